@@ -1,0 +1,349 @@
+"""Starts and stops the dev cluster: etcd, kube-apiserver, kube-controller-manager,
+kube-scheduler and kwok as background processes on free loopback ports, all state in one
+folder. `up` returns once the API is healthy and every simulated node is Ready."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fogline.devcluster.binaries import find_tools_dir
+from fogline.devcluster.pki import ClientCert, ClusterPKI, create_pki
+from fogline.devcluster.topology import Topology, build_nodes
+
+# Start order; `down` stops them in reverse.
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+SERVICE_CIDR = "10.96.0.0/16"
+
+
+class DevClusterError(RuntimeError):
+    pass
+
+
+@dataclass
+class ClusterState:
+    """What `up` leaves in DIR/state.json so that `status` and `down` can find it."""
+
+    server: str
+    pids: dict[str, int] = field(default_factory=dict)
+    topology: dict[str, int] = field(default_factory=dict)
+    started_at: float = 0.0
+    ready_seconds: float = 0.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A zombie child of this process still answers kill(0); reap it if it is ours.
+    with contextlib.suppress(ChildProcessError):
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    return True
+
+
+def kubeconfig_for(server: str, ca: Path, client: ClientCert, user: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [
+            {
+                "name": "fogline-dev",
+                "cluster": {"server": server, "certificate-authority": str(ca)},
+            }
+        ],
+        "users": [
+            {
+                "name": user,
+                "user": {"client-certificate": str(client.cert), "client-key": str(client.key)},
+            }
+        ],
+        "contexts": [{"name": "fogline-dev", "context": {"cluster": "fogline-dev", "user": user}}],
+        "current-context": "fogline-dev",
+    }
+
+
+class DevCluster:
+    """One dev cluster living in `directory`."""
+
+    def __init__(self, directory: Path, tools_dir: Path | None = None) -> None:
+        self.directory = directory.resolve()
+        self._tools_dir = tools_dir
+
+    # -- paths -------------------------------------------------------------------------
+    @property
+    def kubeconfig(self) -> Path:
+        return self.directory / "kubeconfig"
+
+    @property
+    def state_file(self) -> Path:
+        return self.directory / "state.json"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.directory / "logs"
+
+    @property
+    def tools_dir(self) -> Path:
+        if self._tools_dir is None:
+            self._tools_dir = find_tools_dir()
+        return self._tools_dir
+
+    def read_state(self) -> ClusterState | None:
+        if not self.state_file.exists():
+            return None
+        return ClusterState(**json.loads(self.state_file.read_text()))
+
+    def _write_state(self, state: ClusterState) -> None:
+        self.state_file.write_text(json.dumps(asdict(state), indent=2))
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def up(self, topology: Topology, timeout: float = 120.0) -> ClusterState:
+        """Start every component and create the simulated nodes. Idempotent for a running
+        cluster; a folder left by a dead cluster is cleaned and started afresh."""
+        existing = self.read_state()
+        if existing is not None:
+            if self.is_running(existing):
+                return existing
+            self.down()
+        started = time.monotonic()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(exist_ok=True)
+        pki = create_pki(self.directory / "pki")
+        api_port = free_port()
+        server = f"https://127.0.0.1:{api_port}"
+        state = ClusterState(server=server, topology=asdict(topology), started_at=time.time())
+        kubeconfigs = {
+            name: self._write_kubeconfig(name, server, pki, client)
+            for name, client in pki.clients.items()
+        }
+        try:
+            etcd_url = self._start_etcd(state)
+            self._start(state, "kube-apiserver", self._apiserver_args(pki, api_port, etcd_url))
+            self._wait_healthy(state, pki, deadline=started + timeout)
+            self._start(state, "kube-controller-manager", [
+                f"--kubeconfig={kubeconfigs['controller-manager']}",
+                "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
+                "--leader-elect=false", "--use-service-account-credentials=true",
+                f"--service-account-private-key-file={pki.sa_private_key}",
+                f"--root-ca-file={pki.ca_cert}", "--cluster-name=fogline-dev",
+                "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle",
+            ])  # fmt: skip
+            self._start(state, "kube-scheduler", [
+                f"--kubeconfig={kubeconfigs['scheduler']}", "--leader-elect=false",
+                "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
+            ])  # fmt: skip
+            stages = self.directory / "kwok-stages.yaml"
+            stages.write_text(
+                resources.files("fogline.devcluster").joinpath("stages.yaml").read_text()
+            )
+            self._start(state, "kwok", [
+                f"--kubeconfig={kubeconfigs['kwok']}", f"--config={stages}",
+                "--manage-all-nodes=false",
+                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                "--node-lease-duration-seconds=40", "--cidr=10.244.0.0/16",
+                f"--server-address=127.0.0.1:{free_port()}",
+            ])  # fmt: skip
+            # Admin credentials are written last: their presence means the cluster is usable.
+            shutil.copyfile(kubeconfigs["admin"], self.kubeconfig)
+            self._create_nodes(topology, deadline=started + timeout)
+        except BaseException:
+            self._stop_processes(state)
+            raise
+        state.ready_seconds = round(time.monotonic() - started, 2)
+        self._write_state(state)
+        return state
+
+    def down(self) -> None:
+        """Stop every process `up` started and remove what it made in the folder."""
+        state = self.read_state()
+        if state is not None:
+            self._stop_processes(state)
+        for name in ("etcd-data", "pki", "logs", "kubeconfigs"):
+            shutil.rmtree(self.directory / name, ignore_errors=True)
+        for name in ("kubeconfig", "state.json", "kwok-stages.yaml"):
+            (self.directory / name).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.directory.rmdir()  # only when empty: never remove what we did not make
+
+    def is_running(self, state: ClusterState | None = None) -> bool:
+        state = state or self.read_state()
+        if state is None:
+            return False
+        return all(_pid_alive(state.pids.get(name, -1)) for name in COMPONENTS)
+
+    def status(self) -> dict[str, Any]:
+        state = self.read_state()
+        if state is None:
+            return {"running": False, "directory": str(self.directory)}
+        return {
+            "running": self.is_running(state),
+            "directory": str(self.directory),
+            "server": state.server,
+            "kubeconfig": str(self.kubeconfig),
+            "processes": {name: _pid_alive(pid) for name, pid in state.pids.items()},
+            "topology": state.topology,
+            "startupSeconds": state.ready_seconds,
+        }
+
+    # -- clients -----------------------------------------------------------------------
+    def api_client(self) -> Any:
+        from kubernetes import client, config
+
+        configuration = client.Configuration()
+        config.load_kube_config(
+            config_file=str(self.kubeconfig), client_configuration=configuration
+        )
+        return client.ApiClient(configuration)
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [str(self.tools_dir / "kubectl"), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if check and result.returncode != 0:
+            raise DevClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
+        return result
+
+    # -- internals -----------------------------------------------------------------------
+    def _write_kubeconfig(
+        self, name: str, server: str, pki: ClusterPKI, client: ClientCert
+    ) -> Path:
+        folder = self.directory / "kubeconfigs"
+        folder.mkdir(exist_ok=True)
+        path = folder / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(kubeconfig_for(server, pki.ca_cert, client, name)))
+        return path
+
+    def _start(self, state: ClusterState, name: str, args: list[str]) -> None:
+        log = (self.log_dir / f"{name}.log").open("ab")
+        process = subprocess.Popen(
+            [str(self.tools_dir / name), *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,  # its own process group, so `down` can stop it whole
+            cwd=self.directory,
+        )
+        log.close()
+        state.pids[name] = process.pid
+        self._write_state(state)
+
+    def _start_etcd(self, state: ClusterState) -> str:
+        client_port, peer_port = free_port(), free_port()
+        client_url = f"http://127.0.0.1:{client_port}"
+        peer_url = f"http://127.0.0.1:{peer_port}"
+        self._start(state, "etcd", [
+            "--name=fogline-dev", f"--data-dir={self.directory / 'etcd-data'}",
+            f"--listen-client-urls={client_url}", f"--advertise-client-urls={client_url}",
+            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
+            f"--initial-cluster=fogline-dev={peer_url}",
+            # A throwaway cluster: durability buys nothing and fsync costs seconds.
+            "--unsafe-no-fsync=true", "--log-level=warn", "--quota-backend-bytes=2147483648",
+        ])  # fmt: skip
+        return client_url
+
+    def _apiserver_args(self, pki: ClusterPKI, port: int, etcd_url: str) -> list[str]:
+        return [
+            f"--etcd-servers={etcd_url}", "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1", f"--secure-port={port}",
+            f"--cert-dir={self.directory / 'pki'}",
+            f"--tls-cert-file={pki.serving.cert}", f"--tls-private-key-file={pki.serving.key}",
+            f"--client-ca-file={pki.ca_cert}", "--authorization-mode=RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+            f"--service-account-key-file={pki.sa_public_key}",
+            f"--service-account-signing-key-file={pki.sa_private_key}",
+            f"--service-cluster-ip-range={SERVICE_CIDR}", "--allow-privileged=true",
+            "--profiling=false", "--enable-priority-and-fairness=false",
+        ]  # fmt: skip
+
+    def _wait_healthy(self, state: ClusterState, pki: ClusterPKI, deadline: float) -> None:
+        context = ssl.create_default_context(cafile=str(pki.ca_cert))
+        admin = pki.clients["admin"]
+        context.load_cert_chain(str(admin.cert), str(admin.key))
+        last_error = "not started"
+        while time.monotonic() < deadline:
+            for name, pid in state.pids.items():
+                if not _pid_alive(pid):
+                    raise DevClusterError(
+                        f"{name} exited during start-up; see {self.log_dir / name}.log"
+                    )
+            try:
+                with urllib.request.urlopen(
+                    f"{state.server}/readyz", context=context, timeout=2
+                ) as r:
+                    if r.status == 200:
+                        return
+            except (urllib.error.URLError, OSError) as err:
+                last_error = str(err)
+            time.sleep(0.2)
+        raise DevClusterError(f"kube-apiserver did not become ready in time: {last_error}")
+
+    def _create_nodes(self, topology: Topology, deadline: float) -> None:
+        from kubernetes import client
+
+        with self.api_client() as api:
+            core = client.CoreV1Api(api)
+            for node in build_nodes(topology):
+                core.create_node(node)
+            wanted = {n["metadata"]["name"] for n in build_nodes(topology)}
+            while time.monotonic() < deadline:
+                ready = {
+                    n.metadata.name
+                    for n in core.list_node().items
+                    if any(
+                        c.type == "Ready" and c.status == "True" for c in n.status.conditions or []
+                    )
+                }
+                if wanted <= ready:
+                    return
+                time.sleep(0.3)
+        raise DevClusterError(
+            f"kwok did not make the nodes Ready in time: waiting for {sorted(wanted - ready)}"
+        )
+
+    def _stop_processes(self, state: ClusterState) -> None:
+        for name in reversed(COMPONENTS):
+            pid = state.pids.get(name)
+            if pid is None or not _pid_alive(pid):
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGTERM)
+            end = time.monotonic() + 10
+            while _pid_alive(pid) and time.monotonic() < end:
+                time.sleep(0.05)
+            if _pid_alive(pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)

@@ -1,0 +1,85 @@
+"""Fixtures shared by every test tier. The `cluster` fixture starts the real local control
+plane once per test session (only when a test asks for it) and stops it at the end."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fogline.devcluster import DevCluster, Topology
+
+# The fleet every cluster test sees: a GPU pool and three K3s edge sites of two nodes.
+TEST_TOPOLOGY = Topology(gpu_nodes=2, gpus_per_node=4, edge_sites=3, nodes_per_site=2)
+
+
+@dataclass
+class ClusterHandle:
+    """A running dev cluster as tests see it."""
+
+    devcluster: DevCluster
+    kubeconfig: Path
+    api: Any  # kubernetes.client.ApiClient
+    bin_dir: Path
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return self.devcluster.kubectl(*args, input=input, check=check)
+
+    def steer_pod(
+        self,
+        namespace: str,
+        name: str,
+        outcome: str,
+        termination_message: dict[str, Any] | str | None = None,
+    ) -> None:
+        """Tell kwok what becomes of a running pod (see devcluster/stages.yaml)."""
+        from kubernetes import client
+
+        annotations = {"sim.fogline.io/outcome": outcome}
+        if termination_message is not None:
+            text = (
+                termination_message
+                if isinstance(termination_message, str)
+                else json.dumps(termination_message)
+            )
+            annotations["sim.fogline.io/termination-message"] = text
+        client.CoreV1Api(self.api).patch_namespaced_pod(
+            name, namespace, {"metadata": {"annotations": annotations}}
+        )
+
+
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float = 60.0,
+    interval: float = 0.2,
+    what: str = "condition",
+) -> Any:
+    """Poll until predicate() is truthy; fail the test naming `what` if it never is."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what} (last value: {last!r})")
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterHandle]:
+    devcluster = DevCluster(tmp_path_factory.mktemp("devcluster"))
+    devcluster.up(TEST_TOPOLOGY)
+    api = devcluster.api_client()
+    try:
+        yield ClusterHandle(devcluster, devcluster.kubeconfig, api, devcluster.tools_dir)
+    finally:
+        api.close()
+        devcluster.down()
