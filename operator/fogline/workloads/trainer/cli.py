@@ -1,0 +1,215 @@
+"""The trainer's command line (`python -m fogline.workloads.trainer`, `fogline train`):
+flags to a TrainingConfig, exit codes, the `error: ...` line and the termination message.
+Torch is imported only after the input has been checked, so bad input fails in a second."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from fogline.workloads.trainer import config as cfg
+from fogline.workloads.trainer import termination
+from fogline.workloads.trainer.errors import EXIT_RUNTIME_FAILURE, TrainerError, invalid_argument
+
+log = logging.getLogger("fogline.workloads.trainer")
+
+DESCRIPTION = """\
+Train a model, export it to ONNX (optionally TorchScript, pruned, INT8-quantized), evaluate
+it on a held-out split and write an artifact folder (manifest.json + model files) to
+--output. A JSON summary goes to the termination log for the operator to read.
+Under torchrun every process trains; only rank 0 writes files."""
+
+EPILOG = """\
+environment:
+  FOGLINE_TERMINATION_LOG    termination message path (default /dev/termination-log)
+  FOGLINE_PVC_ROOT           where pvc://<claim>/<path> datasets are mounted (default /mnt/pvc)
+  POD_NAME, POD_NAMESPACE    the pod whose fogline.io/progress annotation shows progress
+  FOGLINE_PROGRESS_INTERVAL  seconds between progress patches (default 5)
+  RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT   set by torchrun
+exit codes: 0 success, 1 runtime failure, 2 bad input"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises instead of printing usage and exiting, so that every bad input
+    ends as one `error:` line and a Failed termination message."""
+
+    def error(self, message: str) -> NoReturn:
+        raise invalid_argument(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="fogline train",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    model = parser.add_argument_group("model and data")
+    model.add_argument(
+        "--model",
+        required=True,
+        help="mlp, cnn, or module:function returning a torch.nn.Module "
+        "(called with the keywords it accepts among in_features, num_classes, hidden_units)",
+    )
+    model.add_argument(
+        "--hidden-units", type=int, default=128, help="width of the built-in models (128)"
+    )
+    model.add_argument(
+        "--dataset",
+        required=True,
+        help="builtin:digits, a local .npz/.csv path, file://, pvc://<claim>/<path> or "
+        "http(s)://... (NPZ: arrays x and y; CSV: numbers, label in the last column)",
+    )
+    model.add_argument("--dataset-digest", help="sha256:<hex>; required for http(s) datasets")
+    model.add_argument(
+        "--dataset-format", choices=cfg.DATASET_FORMATS, default="auto", help="(auto: by name)"
+    )
+    model.add_argument(
+        "--validation-split",
+        type=float,
+        default=0.2,
+        help="fraction held out for evaluation, 0.05..0.5 (0.2)",
+    )
+    hyper = parser.add_argument_group("hyperparameters")
+    hyper.add_argument("--epochs", type=int, default=10, help="1..10000 (10)")
+    hyper.add_argument("--batch-size", type=int, default=64, help="per process, 1..65536 (64)")
+    hyper.add_argument("--lr", type=float, default=0.001, help="learning rate, >0..10 (0.001)")
+    hyper.add_argument("--optimizer", choices=cfg.OPTIMIZERS, default="adam", help="(adam)")
+    hyper.add_argument("--seed", type=int, default=0, help="seeds the split, weights, batches (0)")
+    out = parser.add_argument_group("export and output")
+    out.add_argument(
+        "--export",
+        default="onnx",
+        help="comma-separated formats: onnx, torchscript (onnx)",
+    )
+    out.add_argument("--opset", type=int, default=17, help="ONNX opset, 13..21 (17)")
+    out.add_argument("--quantize", choices=cfg.QUANTIZATIONS, default="none", help="(none)")
+    out.add_argument(
+        "--prune",
+        type=float,
+        default=0.0,
+        metavar="AMOUNT",
+        help="zero this fraction of weights by magnitude before export, 0..0.9 (0)",
+    )
+    out.add_argument("--output", required=True, help="artifact folder; also holds checkpoints")
+    out.add_argument(
+        "--artifact-uri", help="URI reported for the artifact (default: the --output folder)"
+    )
+    out.add_argument("--name", help="model name in the manifest (default: from --model)")
+    out.add_argument(
+        "--termination-log",
+        help="where the JSON summary goes (default: $FOGLINE_TERMINATION_LOG or "
+        "/dev/termination-log, skipped when not writable)",
+    )
+    run = parser.add_argument_group("execution")
+    run.add_argument("--device", choices=cfg.DEVICES, default="auto", help="(auto: CUDA if any)")
+    run.add_argument(
+        "--no-mixed-precision",
+        action="store_true",
+        help="train in float32 on CUDA too (default: float16 autocast with GradScaler)",
+    )
+    run.add_argument("--threads", type=int, help="torch CPU threads per process")
+    run.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def parse_config(argv: Sequence[str], env: Mapping[str, str]) -> tuple[cfg.TrainingConfig, bool]:
+    args = build_parser().parse_args(list(argv))
+    formats = tuple(part.strip() for part in args.export.split(",") if part.strip())
+    config = cfg.TrainingConfig(
+        model=args.model,
+        dataset=args.dataset,
+        output=Path(args.output),
+        dataset_digest=args.dataset_digest,
+        dataset_format=args.dataset_format,
+        validation_split=args.validation_split,
+        hidden_units=args.hidden_units,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        optimizer=args.optimizer,
+        seed=args.seed,
+        export_formats=formats,
+        opset=args.opset,
+        quantize=args.quantize,
+        prune=args.prune,
+        artifact_uri=args.artifact_uri,
+        name=args.name,
+        device=args.device,
+        mixed_precision=not args.no_mixed_precision,
+        threads=args.threads,
+        pvc_root=Path(env.get("FOGLINE_PVC_ROOT") or "/mnt/pvc"),
+    )
+    cfg.validate(config)
+    return config, bool(args.verbose)
+
+
+def _termination_flag(argv: Sequence[str]) -> str | None:
+    """--termination-log read before full parsing, so a parse error can still be reported."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--termination-log")
+    known, _ = pre.parse_known_args(list(argv))
+    value: str | None = known.termination_log
+    return value
+
+
+def _configure_logging(verbose: bool, primary: bool) -> None:
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+        )
+        log.addHandler(handler)
+        # Some libraries install a root handler on import; one copy of each line is enough.
+        log.propagate = False
+    level = logging.DEBUG if verbose else logging.INFO
+    log.setLevel(level if primary else logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else argv
+    env = os.environ
+    primary = env.get("RANK", "0") == "0"
+    path, explicit = termination.resolve_path(_termination_flag(arguments), env)
+    try:
+        try:
+            config, verbose = parse_config(arguments, env)
+        except SystemExit as done:  # --help
+            return int(done.code or 0)
+        _configure_logging(verbose, primary)
+        from fogline.workloads.trainer.datasets import load_dataset
+
+        dataset = load_dataset(
+            config.dataset,
+            fmt=config.dataset_format,
+            digest=config.dataset_digest,
+            pvc_root=config.pvc_root,
+        )
+        from fogline.workloads.trainer.pipeline import run_training
+
+        outcome = run_training(config, dataset, env)
+    except TrainerError as err:
+        return _fail(err, path, explicit, primary)
+    except KeyboardInterrupt:
+        return _fail(TrainerError("Interrupted", "interrupted", 130), path, explicit, primary)
+    except Exception as err:  # an unforeseen failure: full traceback in the log, then report it
+        log.error("training failed", exc_info=True)
+        text = f"{type(err).__name__}: {err}".strip().splitlines()[0]
+        failure = TrainerError("TrainingFailed", text, EXIT_RUNTIME_FAILURE)
+        return _fail(failure, path, explicit, primary)
+    if outcome is not None:
+        termination.write_message(path, explicit, outcome.message)
+    return 0
+
+
+def _fail(err: TrainerError, path: Path, explicit: bool, primary: bool) -> int:
+    print(f"error: {err.message}", file=sys.stderr)
+    if primary:
+        message = termination.failure_message(err.reason, err.message)
+        termination.write_message(path, explicit, message)
+    return err.exit_code

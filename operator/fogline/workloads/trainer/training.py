@@ -1,0 +1,220 @@
+"""The training loop: seeded, resumable from the newest checkpoint, data-parallel under
+torchrun, mixed precision on CUDA. It reports each epoch through a callback and leaves
+export, evaluation of exported files and artifact writing to other rooms."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler, TensorDataset
+
+from fogline.workloads.trainer.checkpoints import load_latest_checkpoint, save_checkpoint
+from fogline.workloads.trainer.config import TrainingConfig
+from fogline.workloads.trainer.datasets import Split
+from fogline.workloads.trainer.distributed import ProcessContext, share_from_primary
+from fogline.workloads.trainer.errors import TrainerError
+from fogline.workloads.trainer.progress import EpochReport
+
+log = logging.getLogger(__name__)
+
+EVALUATION_BATCH = 4096
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    model: nn.Module
+    history: list[EpochReport]
+    resumed_from: int
+
+    @property
+    def epochs_done(self) -> int:
+        return self.history[-1].epoch if self.history else 0
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed, same weights and batches: fixed RNGs and deterministic kernels."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+
+
+def make_optimizer(name: str, model: nn.Module, learning_rate: float) -> torch.optim.Optimizer:
+    parameters = model.parameters()
+    if name == "adam":
+        return torch.optim.Adam(parameters, lr=learning_rate)
+    if name == "adamw":
+        return torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.01)
+    return torch.optim.SGD(parameters, lr=learning_rate, momentum=0.9)
+
+
+@torch.no_grad()
+def evaluate_module(
+    model: nn.Module, features: torch.Tensor, labels: torch.Tensor
+) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of a torch model on a held-out split."""
+    was_training = model.training
+    model.eval()
+    loss_sum = torch.zeros((), device=features.device)
+    correct = torch.zeros((), device=features.device)
+    for start in range(0, len(labels), EVALUATION_BATCH):
+        logits = model(features[start : start + EVALUATION_BATCH]).float()
+        target = labels[start : start + EVALUATION_BATCH]
+        loss_sum += nn.functional.cross_entropy(logits, target, reduction="sum")
+        correct += (logits.argmax(dim=1) == target).sum()
+    model.train(was_training)
+    count = max(1, len(labels))
+    return float(loss_sum) / count, float(correct) / count
+
+
+def fit(
+    model: nn.Module,
+    split: Split,
+    config: TrainingConfig,
+    context: ProcessContext,
+    *,
+    output: Path | None,
+    on_epoch: Callable[[EpochReport], None],
+) -> TrainingResult:
+    """Trains `model` in place up to config.epochs and returns it unwrapped, on its device."""
+    device = torch.device(context.device)
+    model.to(device)
+    optimizer = make_optimizer(config.optimizer, model, config.learning_rate)
+    scaler = torch.amp.GradScaler(device.type, enabled=context.mixed_precision)
+    fingerprint = config.checkpoint_fingerprint()
+
+    state = _shared_checkpoint(context, output, fingerprint)
+    history: list[EpochReport] = []
+    start_epoch = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+        history = [EpochReport(**entry) for entry in state["history"]]
+        start_epoch = int(state["epoch"])
+        if context.is_primary:
+            log.info("resuming from checkpoint at epoch %d", start_epoch)
+            if start_epoch >= config.epochs:
+                log.info("checkpoint already has %d epochs; nothing left to train", start_epoch)
+
+    trained: nn.Module = model
+    if context.is_distributed:
+        device_ids = [device.index] if device.type == "cuda" else None
+        trained = DistributedDataParallel(model, device_ids=device_ids)
+
+    train_x = torch.as_tensor(split.train_features, device=device)
+    train_y = torch.as_tensor(split.train_labels, device=device)
+    valid_x = torch.as_tensor(split.validation_features, device=device)
+    valid_y = torch.as_tensor(split.validation_labels, device=device)
+    sampler: DistributedSampler[tuple[torch.Tensor, ...]] = DistributedSampler(
+        TensorDataset(train_y),
+        num_replicas=context.launch.world_size,
+        rank=context.launch.rank,
+        shuffle=True,
+        seed=config.seed,
+    )
+    loss_fn = nn.CrossEntropyLoss()
+
+    for epoch in range(start_epoch + 1, config.epochs + 1):
+        started = time.perf_counter()
+        trained.train()
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(iter(sampler)), device=device)
+        totals = torch.zeros(2, device=device)  # loss sum, samples
+        for first in range(0, len(order), config.batch_size):
+            batch = order[first : first + config.batch_size]
+            inputs, target = train_x[batch], train_y[batch]
+            with torch.autocast(device.type, dtype=torch.float16, enabled=context.mixed_precision):
+                loss = loss_fn(trained(inputs), target)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            totals[0] += loss.detach().float() * len(batch)
+            totals[1] += len(batch)
+        if context.is_distributed:
+            dist.all_reduce(totals)
+        loss_sum, samples = totals.tolist()
+        seconds = time.perf_counter() - started
+        if not context.is_primary:
+            continue
+        validation_loss, accuracy = evaluate_module(model, valid_x, valid_y)
+        report = EpochReport(
+            epoch=epoch,
+            epochs=config.epochs,
+            train_loss=loss_sum / max(samples, 1.0),
+            validation_loss=validation_loss,
+            accuracy=accuracy,
+            samples_per_second=samples / seconds if seconds > 0 else 0.0,
+            seconds=seconds,
+        )
+        history.append(report)
+        if output is not None:
+            save_checkpoint(
+                output,
+                epoch,
+                _checkpoint_state(
+                    epoch=epoch,
+                    model=model,
+                    optimizer=optimizer,
+                    scaler=scaler,
+                    history=history,
+                    fingerprint=fingerprint,
+                ),
+            )
+        on_epoch(report)
+
+    model.eval()
+    return TrainingResult(model=model, history=history, resumed_from=start_epoch)
+
+
+def _checkpoint_state(
+    *,
+    epoch: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    history: list[EpochReport],
+    fingerprint: dict[str, Any],
+) -> dict[str, Any]:
+    return {
+        "epoch": epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "rng": torch.get_rng_state(),
+        "history": [asdict(entry) for entry in history],
+        "fingerprint": fingerprint,
+    }
+
+
+def _shared_checkpoint(
+    context: ProcessContext, output: Path | None, fingerprint: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Rank 0 reads the newest checkpoint and every rank gets it, so optimizer state stays
+    identical across ranks; a refusal on rank 0 is raised on every rank, never left hanging."""
+    if output is None:
+        return None
+    found: tuple[dict[str, Any] | None, tuple[str, str, int] | None] = (None, None)
+    if context.is_primary:
+        try:
+            found = (load_latest_checkpoint(output, fingerprint), None)
+        except TrainerError as err:
+            found = (None, (err.reason, err.message, err.exit_code))
+    shared: tuple[dict[str, Any] | None, tuple[str, str, int] | None]
+    shared = share_from_primary(context, found)
+    state, failure = shared
+    if failure is not None:
+        raise TrainerError(*failure)
+    return state
