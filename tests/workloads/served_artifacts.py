@@ -1,0 +1,97 @@
+"""Builds small artifact folders (an MLP as ONNX plus manifest.json, per the artifact contract)
+for the server and fetch tests, without the trainer. Deterministic weights from a seed."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+@dataclass(frozen=True)
+class MlpShape:
+    features: int = 64
+    hidden: int = 32
+    layers: int = 1  # hidden layers
+    classes: int = 10
+
+
+def mlp_weights(shape: MlpShape, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(weight [in, out], bias [out]) per layer, float32."""
+    rng = np.random.default_rng(seed)
+    sizes = [shape.features] + [shape.hidden] * shape.layers + [shape.classes]
+    return [
+        (
+            (rng.standard_normal((n_in, n_out)) / np.sqrt(n_in)).astype(np.float32),
+            (rng.standard_normal(n_out) * 0.1).astype(np.float32),
+        )
+        for n_in, n_out in itertools.pairwise(sizes)
+    ]
+
+
+def mlp_onnx(weights: list[tuple[np.ndarray, np.ndarray]]) -> onnx.ModelProto:
+    nodes, initializers = [], []
+    current = "input"
+    for index, (weight, bias) in enumerate(weights):
+        initializers += [
+            numpy_helper.from_array(weight, f"w{index}"),
+            numpy_helper.from_array(bias, f"b{index}"),
+        ]
+        last = index == len(weights) - 1
+        out = "logits" if last else f"h{index}"
+        nodes.append(helper.make_node("Gemm", [current, f"w{index}", f"b{index}"], [f"g{index}"]))
+        nodes.append(helper.make_node("Identity" if last else "Relu", [f"g{index}"], [out]))
+        current = out
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [
+            helper.make_tensor_value_info(
+                "input", TensorProto.FLOAT, ["batch", weights[0][0].shape[0]]
+            )
+        ],
+        [
+            helper.make_tensor_value_info(
+                "logits", TensorProto.FLOAT, ["batch", weights[-1][0].shape[1]]
+            )
+        ],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+def write_artifact(
+    folder: Path, shape: MlpShape = MlpShape(), seed: int = 0, name: str = "digits"
+) -> str:
+    """Write model.onnx and manifest.json into folder; returns the artifact digest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    model_path = folder / "model.onnx"
+    model_path.write_bytes(mlp_onnx(mlp_weights(shape, seed)).SerializeToString())
+    data = model_path.read_bytes()
+    sha = hashlib.sha256(data).hexdigest()
+    manifest = {
+        "formatVersion": 1,
+        "name": name,
+        "createdAt": "2026-11-01T00:00:00Z",
+        "files": {"model.onnx": {"sha256": sha, "sizeBytes": len(data)}},
+        "serving": {
+            "file": "model.onnx",
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, shape.features]}],
+            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, shape.classes]}],
+        },
+        "metrics": {"accuracy": 0.9},
+        "evaluation": {"metric": "accuracy", "value": 0.9},
+        "quantized": False,
+        "versions": {"onnx": onnx.__version__},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return f"sha256:{sha}"
