@@ -1,0 +1,102 @@
+"""Dataset parsing and splitting: NPZ and CSV layouts, pvc:// resolution, label checks and a
+seeded split. Files are written to tmp_path; no network and no torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fogline.workloads.trainer.datasets import load_dataset, resolve_local_path, split_dataset
+from fogline.workloads.trainer.errors import TrainerError
+
+pytestmark = pytest.mark.unit
+
+
+def test_builtin_digits_load_offline() -> None:
+    digits = load_dataset("builtin:digits")
+    assert digits.features.shape == (1797, 64)
+    assert digits.features.dtype == np.float32
+    assert digits.num_classes == 10
+    assert digits.digest.startswith("sha256:")
+
+
+@pytest.mark.parametrize(("x_key", "y_key"), [("x", "y"), ("features", "labels")])
+def test_npz_with_either_key_pair(tmp_path: Path, x_key: str, y_key: str) -> None:
+    path = tmp_path / "d.npz"
+    np.savez(path, **{x_key: np.ones((6, 2, 2)), y_key: np.array([0, 1, 2, 0, 1, 2])})
+    dataset = load_dataset(str(path))
+    assert dataset.features.shape == (6, 4)  # images arrive as flat rows
+    assert dataset.num_classes == 3 and dataset.format == "npz"
+
+
+def test_csv_with_header_takes_the_label_from_the_last_column(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("a,b,label\n0.5,1,0\n1.5,2,1\n2.5,3,1\n")
+    dataset = load_dataset(str(path))
+    assert dataset.features.tolist() == [[0.5, 1.0], [1.5, 2.0], [2.5, 3.0]]
+    assert dataset.labels.tolist() == [0, 1, 1]
+
+
+def test_pvc_uri_resolves_under_the_pvc_root(tmp_path: Path) -> None:
+    (tmp_path / "claim" / "sets").mkdir(parents=True)
+    path = tmp_path / "claim" / "sets" / "d.csv"
+    path.write_text("1,0\n2,1\n")
+    assert resolve_local_path("pvc://claim/sets/d.csv", tmp_path) == path
+    assert load_dataset("pvc://claim/sets/d.csv", pvc_root=tmp_path).num_classes == 2
+
+
+@pytest.mark.parametrize(
+    ("uri", "reason"),
+    [
+        ("pvc://claim", "DatasetNotFound"),
+        ("pvc://claim/../../etc/passwd", "DatasetNotFound"),
+        ("ftp://host/d.csv", "DatasetUnsupported"),
+        ("s3://bucket/d.npz", "DatasetUnsupported"),
+        ("builtin:mnist", "DatasetNotFound"),
+    ],
+)
+def test_unusable_uris_are_refused(tmp_path: Path, uri: str, reason: str) -> None:
+    with pytest.raises(TrainerError) as raised:
+        load_dataset(uri, pvc_root=tmp_path)
+    assert raised.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("1,0.5\n2,1\n", "class numbers"),
+        ("1,-1\n2,1\n", "class numbers"),
+        ("1,0\n", "at least 2 samples"),
+        ("1,0\n2,0\n", "at least 2 classes"),
+        ("1\n2\n", "features and a label"),
+        ("nan,0\n1,1\n", "NaN"),
+    ],
+)
+def test_bad_labels_and_values_are_clear_errors(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text(content)
+    with pytest.raises(TrainerError, match=message) as raised:
+        load_dataset(str(path))
+    assert raised.value.reason == "DatasetInvalid"
+
+
+def test_digest_of_a_local_file_is_checked(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("1,0\n2,1\n")
+    good = load_dataset(str(path)).digest
+    assert load_dataset(str(path), digest=good).digest == good
+    with pytest.raises(TrainerError) as raised:
+        load_dataset(str(path), digest="sha256:" + "0" * 64)
+    assert raised.value.reason == "DatasetDigestMismatch"
+
+
+def test_split_is_seeded_disjoint_and_complete() -> None:
+    digits = load_dataset("builtin:digits")
+    first = split_dataset(digits, 0.2, seed=5)
+    again = split_dataset(digits, 0.2, seed=5)
+    other = split_dataset(digits, 0.2, seed=6)
+    assert len(first.validation_labels) == 359 and len(first.train_labels) == 1438
+    np.testing.assert_array_equal(first.validation_features, again.validation_features)
+    assert not np.array_equal(first.validation_features, other.validation_features)
