@@ -1,0 +1,47 @@
+"""Fixtures for cluster tests that need Fogline's own API: the CRDs applied once per
+session and Established, and a fresh namespace for each test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kubernetes import client
+
+from fogline.api.crds import CRD_FILES
+from tests.conftest import ClusterHandle, wait_for
+
+CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
+
+
+def _established(api: client.ApiextensionsV1Api, name: str) -> bool:
+    crd = api.read_custom_resource_definition(name)
+    conditions = (crd.status.conditions if crd.status else None) or []
+    return any(c.type == "Established" and c.status == "True" for c in conditions)
+
+
+@pytest.fixture(scope="session")
+def crds(cluster: ClusterHandle) -> list[str]:
+    """Server-side applies crds/ and waits until every CRD is Established; returns names."""
+    cluster.kubectl("apply", "--server-side", "--field-manager=fogline-tests", "-f", str(CRD_DIR))
+    names = [file_name.removesuffix(".yaml") for file_name in CRD_FILES.values()]
+    api = client.ApiextensionsV1Api(cluster.api)
+    # `kubectl wait` can race a CRD whose status is not written yet; poll instead.
+    wait_for(
+        lambda: all(_established(api, name) for name in names),
+        timeout=60,
+        what=f"CRDs {names} to be Established",
+    )
+    return names
+
+
+@pytest.fixture
+def namespace(cluster: ClusterHandle) -> Iterator[str]:
+    """A namespace of its own for one test, deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core = client.CoreV1Api(cluster.api)
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    core.delete_namespace(name)

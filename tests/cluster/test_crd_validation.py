@@ -1,0 +1,591 @@
+"""The CRDs against the real apiserver: every sample is accepted as it is, each bad manifest
+in the table is rejected with a message naming the field and the rule, defaults match the
+Python model, printer columns and `kubectl explain` show what the CRDs document."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from fogline.api.crds import openapi_schema
+from fogline.api.defaults import apply_defaults
+from fogline.api.edgedeployment import EdgeDeploymentSpec
+from fogline.api.modeltraining import ModelTrainingSpec
+from tests.conftest import ClusterHandle, wait_for
+
+pytestmark = pytest.mark.cluster
+
+SAMPLE_DIR = Path(__file__).resolve().parents[2] / "manifests" / "samples"
+SAMPLES = sorted(SAMPLE_DIR.glob("*.yaml"))
+PLURALS = {"ModelTraining": "modeltrainings", "EdgeDeployment": "edgedeployments"}
+DIGEST = "sha256:" + "ab" * 32
+DELETE = object()  # in a patch: remove this key
+
+MT = "modeltraining-digits-mlp"
+MT_DISTRIBUTED = "modeltraining-digits-distributed"
+ED = "edgedeployment-digits-edge"
+ED_URI = "edgedeployment-pinned-uri"
+
+
+def sample(stem: str) -> dict[str, Any]:
+    body: dict[str, Any] = yaml.safe_load((SAMPLE_DIR / f"{stem}.yaml").read_text())
+    return body
+
+
+def merged(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `patch` merged in: nested dicts merge, DELETE removes, the rest replaces."""
+    result = copy.deepcopy(base)
+    for key, value in patch.items():
+        if value is DELETE:
+            result.pop(key, None)
+        elif isinstance(value, dict) and isinstance(result.get(key), dict):
+            result[key] = merged(result[key], value)
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def create(cluster: ClusterHandle, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    group, version = body["apiVersion"].split("/")
+    created: dict[str, Any] = client.CustomObjectsApi(cluster.api).create_namespaced_custom_object(
+        group, version, namespace, PLURALS[body["kind"]], body, field_validation="Strict"
+    )
+    return created
+
+
+def replace(cluster: ClusterHandle, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+    group, version = body["apiVersion"].split("/")
+    replaced: dict[str, Any] = client.CustomObjectsApi(
+        cluster.api
+    ).replace_namespaced_custom_object(
+        group,
+        version,
+        namespace,
+        PLURALS[body["kind"]],
+        body["metadata"]["name"],
+        body,
+        field_validation="Strict",
+    )
+    return replaced
+
+
+def rejection(call: Callable[[], object]) -> str:
+    """The apiserver's message for a call that must be refused as invalid."""
+    with pytest.raises(ApiException) as refused:
+        call()
+    assert refused.value.status in (400, 422), refused.value.body
+    message: str = json.loads(refused.value.body)["message"]
+    return message
+
+
+@dataclass(frozen=True)
+class Bad:
+    """A manifest made from a sample by a patch, and what the refusal must say."""
+
+    case: str
+    sample: str
+    patch: dict[str, Any]
+    expected: tuple[str, ...]
+
+
+def spec(**fields: Any) -> dict[str, Any]:
+    return {"spec": fields}
+
+
+BAD_CREATES = [
+    # --- ModelTraining: required fields and types
+    Bad("mt-missing-output", MT, spec(output=DELETE), ("spec.output: Required value",)),
+    Bad("mt-missing-dataset", MT, spec(dataset=DELETE), ("spec.dataset: Required value",)),
+    Bad(
+        "mt-missing-dataset-uri",
+        MT,
+        spec(dataset={"uri": DELETE}),
+        ("spec.dataset.uri: Required value",),
+    ),
+    Bad(
+        "mt-hidden-units-not-integer",
+        MT,
+        spec(model={"hiddenUnits": "wide"}),
+        ("spec.model.hiddenUnits", "must be of type integer"),
+    ),
+    Bad(
+        "mt-suspend-not-boolean",
+        MT,
+        spec(runPolicy={"suspend": "yes"}),
+        ("spec.runPolicy.suspend", "must be of type boolean"),
+    ),
+    Bad(
+        "mt-unknown-field",
+        MT,
+        spec(epochs=3),
+        ('unknown field "spec.epochs"',),
+    ),
+    # --- ModelTraining: enums and ranges
+    Bad(
+        "mt-unknown-architecture",
+        MT,
+        spec(model={"architecture": "resnet"}),
+        ("spec.model.architecture", 'Unsupported value: "resnet"', '"mlp", "cnn"'),
+    ),
+    Bad(
+        "mt-zero-epochs",
+        MT,
+        spec(hyperparameters={"epochs": 0}),
+        ("spec.hyperparameters.epochs", "greater than or equal to 1"),
+    ),
+    Bad(
+        "mt-zero-learning-rate",
+        MT,
+        spec(hyperparameters={"learningRate": 0}),
+        ("spec.hyperparameters.learningRate", "greater than 0"),
+    ),
+    Bad(
+        "mt-validation-split-too-large",
+        MT,
+        spec(dataset={"validationSplit": 0.9}),
+        ("spec.dataset.validationSplit", "less than or equal to 0.5"),
+    ),
+    Bad(
+        "mt-too-many-gpus",
+        MT,
+        spec(resources={"gpus": 17}),
+        ("spec.resources.gpus", "less than or equal to 16"),
+    ),
+    Bad(
+        "mt-opset-out-of-range",
+        MT,
+        spec(export={"opset": 9}),
+        ("spec.export.opset", "greater than or equal to 13"),
+    ),
+    Bad(
+        "mt-cpu-not-a-quantity",
+        MT,
+        spec(resources={"cpu": "lots"}),
+        ("spec.resources.cpu", "should match"),
+    ),
+    # --- ModelTraining: CEL rules
+    Bad(
+        "mt-no-model",
+        MT,
+        spec(model={"architecture": DELETE}),
+        ("spec.model", "set exactly one of model.architecture", "model.entrypoint"),
+    ),
+    Bad(
+        "mt-architecture-and-entrypoint",
+        MT,
+        spec(model={"entrypoint": "mypkg.models:build"}),
+        ("spec.model", "set exactly one of model.architecture"),
+    ),
+    Bad(
+        "mt-bad-entrypoint",
+        MT,
+        spec(model={"architecture": DELETE, "entrypoint": "mypkg/models.py"}),
+        ("spec.model.entrypoint", "must look like package.module:function"),
+    ),
+    Bad(
+        "mt-http-dataset-without-digest",
+        MT,
+        spec(dataset={"uri": "https://data.example.com/digits.npz"}),
+        ("spec.dataset.digest", "is required when dataset.uri is http(s):// or s3://"),
+    ),
+    Bad(
+        "mt-short-dataset-digest",
+        MT,
+        spec(dataset={"uri": "s3://data/digits.npz", "digest": "sha256:abc"}),
+        ("spec.dataset.digest", "must be sha256: followed by 64 lowercase hex"),
+    ),
+    Bad(
+        "mt-dataset-ftp",
+        MT,
+        spec(dataset={"uri": "ftp://data.example.com/digits.npz"}),
+        ("spec.dataset.uri", "must be builtin:<name>"),
+    ),
+    Bad(
+        "mt-workers-without-backend",
+        MT,
+        spec(distributed={"workers": 2}),
+        ("spec.distributed.backend", "required when workers > 1"),
+    ),
+    Bad(
+        "mt-nccl-without-gpus",
+        MT_DISTRIBUTED,
+        spec(resources={"gpus": 0}),
+        ("spec.distributed.backend", "nccl", "resources.gpus"),
+    ),
+    Bad(
+        "mt-int8-without-onnx",
+        MT,
+        spec(export={"formats": ["torchscript"]}),
+        ("spec.export.quantization", "export.formats must include onnx"),
+    ),
+    Bad(
+        "mt-duplicate-format",
+        MT,
+        spec(export={"formats": ["onnx", "onnx"]}),
+        ("spec.export.formats[1]", "Duplicate value"),
+    ),
+    Bad(
+        "mt-queue-not-dns-label",
+        MT,
+        spec(queueName="Team_Queue"),
+        ("spec.queueName", "must be a DNS label"),
+    ),
+    Bad(
+        "mt-output-http",
+        MT,
+        spec(output={"uri": "http://store.example.com/out"}),
+        ("spec.output.uri", "must be pvc://<claim>/<path>"),
+    ),
+    Bad(
+        "mt-toleration-exists-with-value",
+        MT_DISTRIBUTED,
+        spec(placement={"tolerations": [{"key": "k", "operator": "Exists", "value": "v"}]}),
+        ("spec.placement.tolerations[0]", "operator Exists must not set value"),
+    ),
+    Bad(
+        "mt-name-too-long",
+        MT,
+        {"metadata": {"name": "m" * 64}},
+        ("metadata.name must be at most 63 characters",),
+    ),
+    # --- EdgeDeployment
+    Bad(
+        "ed-missing-model",
+        ED,
+        spec(model=DELETE),
+        ("spec.model: Required value",),
+    ),
+    Bad(
+        "ed-from-training-and-uri",
+        ED,
+        spec(model={"uri": "/models/digits", "digest": DIGEST}),
+        ("spec.model", "set exactly one of model.fromTraining", "model.uri"),
+    ),
+    Bad(
+        "ed-no-model-source",
+        ED,
+        spec(model={"fromTraining": DELETE}),
+        ("spec.model", "set exactly one of model.fromTraining"),
+    ),
+    Bad(
+        "ed-uri-without-digest",
+        ED_URI,
+        spec(model={"digest": DELETE}),
+        ("spec.model.digest", "is required with model.uri"),
+    ),
+    Bad(
+        "ed-digest-with-from-training",
+        ED,
+        spec(model={"digest": DIGEST}),
+        ("spec.model.digest", "applies only with model.uri"),
+    ),
+    Bad(
+        "ed-uppercase-digest",
+        ED_URI,
+        spec(model={"digest": DIGEST.upper().replace("SHA256", "sha256")}),
+        ("spec.model.digest", "must be sha256: followed by 64 lowercase hex"),
+    ),
+    Bad(
+        "ed-md5-digest",
+        ED_URI,
+        spec(model={"digest": "md5:0123456789abcdef0123456789abcdef"}),
+        ("spec.model.digest", "must be sha256:"),
+    ),
+    Bad(
+        "ed-uri-scheme",
+        ED_URI,
+        spec(model={"uri": "s3://models/digits"}),
+        ("spec.model.uri", "must be an absolute /path"),
+    ),
+    Bad(
+        "ed-canary-exceeds-wave",
+        ED,
+        spec(rollout={"canarySites": 3, "maxUnavailable": 2}),
+        ("spec.rollout.canarySites", "cannot exceed rollout.maxUnavailable"),
+    ),
+    Bad(
+        "ed-max-unavailable-zero",
+        ED,
+        spec(rollout={"canarySites": 0, "maxUnavailable": 0}),
+        ("spec.rollout.maxUnavailable", "count of at least 1", "never finish a wave"),
+    ),
+    Bad(
+        "ed-max-unavailable-zero-percent",
+        ED_URI,
+        spec(rollout={"maxUnavailable": "0%"}),
+        ("spec.rollout.maxUnavailable", "percentage from 1% to 100%"),
+    ),
+    Bad(
+        "ed-max-unavailable-words",
+        ED_URI,
+        spec(rollout={"maxUnavailable": "half"}),
+        ("spec.rollout.maxUnavailable", "percentage from 1% to 100%"),
+    ),
+    Bad(
+        "ed-privileged-port",
+        ED,
+        spec(runtime={"port": 80}),
+        ("spec.runtime.port", "greater than or equal to 1024"),
+    ),
+    Bad(
+        "ed-threads-not-integer",
+        ED,
+        spec(runtime={"threads": 1.5}),
+        ("spec.runtime.threads", "must be of type integer"),
+    ),
+    Bad(
+        "ed-disconnected-sites-enum",
+        ED,
+        spec(rollout={"disconnectedSites": "Ignore"}),
+        ("spec.rollout.disconnectedSites", 'Unsupported value: "Ignore"', '"Skip", "Wait"'),
+    ),
+    Bad(
+        "ed-short-progress-deadline",
+        ED,
+        spec(rollout={"progressDeadlineSeconds": 5}),
+        ("spec.rollout.progressDeadlineSeconds", "greater than or equal to 10"),
+    ),
+    Bad(
+        "ed-empty-node-selector",
+        ED,
+        spec(placement={"nodeSelector": {}}),
+        ("spec.placement.nodeSelector", "should have at least 1 properties"),
+    ),
+    Bad(
+        "ed-site-name-with-space",
+        ED_URI,
+        spec(placement={"sites": ["site-a", "site b"]}),
+        ("spec.placement.sites[1]", "a site name is a label value"),
+    ),
+    Bad(
+        "ed-duplicate-site",
+        ED_URI,
+        spec(placement={"sites": ["site-a", "site-a"]}),
+        ("spec.placement.sites[1]", "Duplicate value"),
+    ),
+    Bad(
+        "ed-site-label-not-a-key",
+        ED,
+        spec(placement={"siteLabel": "the site!"}),
+        ("spec.placement.siteLabel", "must be a label key"),
+    ),
+    Bad(
+        "ed-model-name-with-slash",
+        ED,
+        spec(modelName="digits/v2"),
+        ("spec.modelName", "part of the URL path"),
+    ),
+    Bad(
+        "ed-from-training-not-a-name",
+        ED,
+        spec(model={"fromTraining": "Digits_MLP"}),
+        ("spec.model.fromTraining", "must be the name of a ModelTraining"),
+    ),
+    Bad(
+        "ed-revision-history-zero",
+        ED,
+        spec(revisionHistoryLimit=0),
+        ("spec.revisionHistoryLimit", "greater than or equal to 1"),
+    ),
+    Bad(
+        "ed-negative-retry",
+        ED,
+        spec(rollout={"retry": -1}),
+        ("spec.rollout.retry", "greater than or equal to 0"),
+    ),
+]
+
+BAD_UPDATES = [
+    Bad(
+        "mt-dataset-changed",
+        MT,
+        spec(dataset={"validationSplit": 0.3}),
+        ("spec.dataset", "spec.dataset is immutable once the ModelTraining is created"),
+    ),
+    Bad(
+        "mt-dataset-uri-changed",
+        MT,
+        spec(dataset={"uri": "pvc://data/digits.npz"}),
+        ("spec.dataset", "immutable"),
+    ),
+    Bad(
+        "mt-architecture-changed",
+        MT,
+        spec(model={"architecture": "cnn"}),
+        ("spec.model", "spec.model.architecture and spec.model.entrypoint are immutable"),
+    ),
+    Bad(
+        "mt-architecture-swapped-for-entrypoint",
+        MT,
+        spec(model={"architecture": DELETE, "entrypoint": "mypkg.models:build"}),
+        ("spec.model", "are immutable"),
+    ),
+    Bad(
+        "ed-canary-raised-past-wave",
+        ED,
+        spec(rollout={"canarySites": 5}),
+        ("spec.rollout.canarySites", "cannot exceed rollout.maxUnavailable"),
+    ),
+]
+
+
+def test_the_table_has_at_least_25_bad_manifests() -> None:
+    assert len(BAD_CREATES) + len(BAD_UPDATES) >= 25
+    assert len({bad.case for bad in BAD_CREATES + BAD_UPDATES}) == len(BAD_CREATES + BAD_UPDATES)
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=[path.stem for path in SAMPLES])
+def test_sample_is_accepted_as_it_is(
+    cluster: ClusterHandle, crds: list[str], namespace: str, path: Path
+) -> None:
+    body = yaml.safe_load(path.read_text())
+    created = create(cluster, namespace, body)
+    assert created["metadata"]["name"] == body["metadata"]["name"]
+
+
+def test_all_samples_apply_with_kubectl(
+    cluster: ClusterHandle, crds: list[str], namespace: str
+) -> None:
+    applied = cluster.kubectl(
+        "apply", "--server-side", "-n", namespace, "-f", str(SAMPLE_DIR)
+    ).stdout
+    for path in SAMPLES:
+        assert yaml.safe_load(path.read_text())["metadata"]["name"] in applied
+
+
+@pytest.mark.parametrize("bad", BAD_CREATES, ids=[bad.case for bad in BAD_CREATES])
+def test_bad_manifest_is_rejected_naming_field_and_rule(
+    cluster: ClusterHandle, crds: list[str], namespace: str, bad: Bad
+) -> None:
+    body = merged(sample(bad.sample), bad.patch)
+    message = rejection(lambda: create(cluster, namespace, body))
+    for fragment in bad.expected:
+        assert fragment in message, f"{fragment!r} not in: {message}"
+
+
+@pytest.mark.parametrize("bad", BAD_UPDATES, ids=[bad.case for bad in BAD_UPDATES])
+def test_forbidden_update_is_rejected_naming_field_and_rule(
+    cluster: ClusterHandle, crds: list[str], namespace: str, bad: Bad
+) -> None:
+    created = create(cluster, namespace, sample(bad.sample))
+    message = rejection(lambda: replace(cluster, namespace, merged(created, bad.patch)))
+    for fragment in bad.expected:
+        assert fragment in message, f"{fragment!r} not in: {message}"
+
+
+def test_allowed_update_of_hyperparameters_is_accepted(
+    cluster: ClusterHandle, crds: list[str], namespace: str
+) -> None:
+    created = create(cluster, namespace, sample(MT))
+    updated = replace(cluster, namespace, merged(created, spec(hyperparameters={"epochs": 5})))
+    assert updated["spec"]["hyperparameters"]["epochs"] == 5
+    assert updated["metadata"]["generation"] == 2
+
+
+def test_status_is_a_subresource_with_a_checked_schema(
+    cluster: ClusterHandle, crds: list[str], namespace: str
+) -> None:
+    created = create(cluster, namespace, sample(MT))
+    api = client.CustomObjectsApi(cluster.api)
+    bad = merged(created, {"status": {"phase": "Exploded"}})
+    message = rejection(
+        lambda: api.replace_namespaced_custom_object_status(
+            "fogline.io", "v1alpha1", namespace, "modeltrainings", "digits-mlp", bad
+        )
+    )
+    assert "status.phase" in message
+    assert 'Unsupported value: "Exploded"' in message
+    # A status written through the main resource is ignored, as with built-in kinds.
+    sneaky = merged(created, {"status": {"phase": "Succeeded"}})
+    assert "status" not in replace(cluster, namespace, sneaky)
+
+
+@pytest.mark.parametrize(
+    ("stem", "spec_type"),
+    [(MT, ModelTrainingSpec), (ED, EdgeDeploymentSpec)],
+)
+def test_apiserver_defaults_equal_the_python_defaults(
+    cluster: ClusterHandle, crds: list[str], namespace: str, stem: str, spec_type: Any
+) -> None:
+    minimal = sample(stem)
+    minimal["spec"] = {"model": minimal["spec"]["model"]}
+    if stem == MT:
+        minimal["spec"] |= {"dataset": {"uri": "builtin:digits"}, "output": {"uri": "pvc://a/b"}}
+    stored = create(cluster, namespace, minimal)["spec"]
+    schema = openapi_schema(minimal["kind"])["properties"]["spec"]
+    assert stored == apply_defaults(schema, minimal["spec"])
+    assert spec_type.from_dict(stored) == spec_type.from_dict(minimal["spec"])
+
+
+def test_printer_columns_show_phase_metric_and_short_digest(
+    cluster: ClusterHandle, crds: list[str], namespace: str
+) -> None:
+    created = create(cluster, namespace, sample(MT))
+    digest = "sha256:" + "0123456789abcdef" * 4
+    status = {
+        "phase": "Succeeded",
+        "observedGeneration": 1,
+        "artifact": {
+            "uri": "pvc://fogline-artifacts/digits-mlp",
+            "digest": digest,
+            "metric": {"name": "accuracy", "value": 0.965},
+        },
+        "artifactDigestShort": "0123456789ab",
+    }
+    client.CustomObjectsApi(cluster.api).replace_namespaced_custom_object_status(
+        "fogline.io",
+        "v1alpha1",
+        namespace,
+        "modeltrainings",
+        "digits-mlp",
+        merged(created, {"status": status}),
+    )
+    table = cluster.kubectl("get", "mt", "-n", namespace).stdout.splitlines()
+    assert table[0].split() == ["NAME", "PHASE", "METRIC", "DIGEST", "AGE"]
+    assert table[1].split()[:4] == ["digits-mlp", "Succeeded", "0.965", "0123456789ab"]
+
+
+def test_category_fogline_lists_both_kinds(
+    cluster: ClusterHandle, crds: list[str], namespace: str
+) -> None:
+    create(cluster, namespace, sample(MT))
+    create(cluster, namespace, sample(ED))
+    listed = cluster.kubectl("get", "fogline", "-n", namespace, "-o", "name").stdout.split()
+    assert sorted(listed) == [
+        "edgedeployment.fogline.io/digits-edge",
+        "modeltraining.fogline.io/digits-mlp",
+    ]
+    table = cluster.kubectl("get", "ed", "-n", namespace).stdout.splitlines()
+    assert table[0].split() == ["NAME", "MODEL", "SITES", "PHASE", "AGE"]
+
+
+@pytest.mark.parametrize(
+    ("resource", "expected"),
+    [
+        ("modeltraining.spec.export", ("How the trained model is exported", "quantization")),
+        ("modeltraining.spec.export.quantization", ("dynamic INT8",)),
+        ("modeltraining.spec.distributed.backend", ("gloo works on CPU",)),
+        ("mt.status.artifact.digest", ("sha256 of the served ONNX file",)),
+        ("edgedeployment.spec.rollout.maxUnavailable", ("a percentage of the selected sites",)),
+        ("ed.spec.placement.tolerations.effect", ("Taint effect to match",)),
+    ],
+)
+def test_kubectl_explain_shows_field_descriptions(
+    cluster: ClusterHandle, crds: list[str], resource: str, expected: tuple[str, ...]
+) -> None:
+    def explained() -> str | None:
+        done = cluster.kubectl("explain", resource, check=False)
+        return done.stdout if done.returncode == 0 else None
+
+    text = " ".join(wait_for(explained, timeout=30, what=f"kubectl explain {resource}").split())
+    for fragment in expected:
+        assert fragment in text, f"{fragment!r} not in: {text}"
