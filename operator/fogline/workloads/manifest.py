@@ -117,8 +117,6 @@ def safe_relative_path(name: str) -> PurePosixPath:
     path = PurePosixPath(name)
     if not name or path.is_absolute() or ".." in path.parts or "\\" in name:
         raise ArtifactError(f"manifest.files: {name!r} must be a relative path inside the folder")
-    if str(path) == MANIFEST_FILE:
-        raise ArtifactError("manifest.files: must not list manifest.json itself")
     return path
 
 
@@ -157,7 +155,8 @@ def parse_manifest(document: Any) -> ArtifactManifest:
         raise ArtifactError("manifest.files: expected an object mapping file names to digests")
     files: dict[str, FileEntry] = {}
     for name, entry in raw_files.items():
-        safe_relative_path(name)
+        if str(safe_relative_path(name)) == MANIFEST_FILE:
+            raise ArtifactError("manifest.files: must not list manifest.json itself")
         if not isinstance(entry, dict):
             raise ArtifactError(f"manifest.files[{name!r}]: expected {{sha256, sizeBytes}}")
         sha, size = entry.get("sha256"), entry.get("sizeBytes")

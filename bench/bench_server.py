@@ -1,0 +1,451 @@
+"""Benchmark of the edge inference server, every figure measured in one run: onnxruntime called
+in-process, torch eager on CPU, `fogline serve`, and KServe's Python model server serving the same
+ONNX file over the same protocol. HTTP load comes from a separate client process on loopback.
+
+    .venv/bin/python bench/bench_server.py            # after bench/setup_kserve.sh
+    .venv/bin/python bench/bench_server.py --skip-kserve --duration 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "digits"
+FEATURES, HIDDEN, CLASSES = 64, 128, 10  # the trainer's default MLP on the digits dataset
+
+
+@dataclass(frozen=True)
+class Figures:
+    p50_ms: float
+    p99_ms: float
+    throughput: float  # requests (or calls) per second
+    count: int
+    errors: int = 0
+
+    @classmethod
+    def of(cls, latencies: list[float], elapsed: float, errors: int = 0) -> Figures:
+        ordered = sorted(latencies)
+        p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
+        return cls(
+            statistics.median(ordered) * 1e3,
+            p99 * 1e3,
+            len(ordered) / elapsed,
+            len(ordered),
+            errors,
+        )
+
+
+# ---------------------------------------------------------------- the model
+
+
+def build_artifact(folder: Path) -> Any:
+    """Write model.onnx and manifest.json for a seeded torch MLP; returns the torch module."""
+    import numpy as np
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Linear(FEATURES, HIDDEN),
+        torch.nn.ReLU(),
+        torch.nn.Linear(HIDDEN, HIDDEN),
+        torch.nn.ReLU(),
+        torch.nn.Linear(HIDDEN, CLASSES),
+    ).eval()
+    linears = [layer for layer in module if isinstance(layer, torch.nn.Linear)]
+    nodes, weights, current = [], [], "input"
+    for index, layer in enumerate(linears):
+        weights += [
+            numpy_helper.from_array(layer.weight.detach().numpy().astype(np.float32), f"w{index}"),
+            numpy_helper.from_array(layer.bias.detach().numpy().astype(np.float32), f"b{index}"),
+        ]
+        gemm = "logits" if index == len(linears) - 1 else f"g{index}"
+        nodes.append(
+            helper.make_node("Gemm", [current, f"w{index}", f"b{index}"], [gemm], transB=1)
+        )
+        if gemm != "logits":
+            nodes.append(helper.make_node("Relu", [gemm], [f"h{index}"]))
+            current = f"h{index}"
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", FEATURES])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    data = model.SerializeToString()
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model.onnx").write_bytes(data)
+    manifest = {
+        "formatVersion": 1,
+        "name": MODEL,
+        "createdAt": "2026-11-01T00:00:00Z",
+        "files": {
+            "model.onnx": {"sha256": hashlib.sha256(data).hexdigest(), "sizeBytes": len(data)}
+        },
+        "serving": {
+            "file": "model.onnx",
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, FEATURES]}],
+            "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, CLASSES]}],
+        },
+        "quantized": False,
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return module
+
+
+def sample_input() -> list[float]:
+    return [((i * 37) % 17) / 16.0 for i in range(FEATURES)]
+
+
+def request_body() -> bytes:
+    tensor = {"name": "input", "datatype": "FP32", "shape": [1, FEATURES], "data": sample_input()}
+    return json.dumps({"id": "bench", "inputs": [tensor]}).encode()
+
+
+# ---------------------------------------------------------------- in-process baselines
+
+
+def time_calls(call: Callable[[], Any], duration: float) -> Figures:
+    for _ in range(200):
+        call()
+    latencies: list[float] = []
+    start = time.perf_counter()
+    deadline = start + duration
+    while (now := time.perf_counter()) < deadline:
+        call()
+        latencies.append(time.perf_counter() - now)
+    return Figures.of(latencies, time.perf_counter() - start)
+
+
+def bench_onnxruntime(folder: Path, duration: float, threads: int) -> tuple[Figures, Any]:
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    session = ort.InferenceSession(str(folder / "model.onnx"), options)
+    batch = np.array([sample_input()], dtype=np.float32)
+    (expected,) = session.run(["logits"], {"input": batch})
+    return time_calls(lambda: session.run(["logits"], {"input": batch}), duration), expected
+
+
+def bench_torch(module: Any, duration: float, threads: int) -> Figures:
+    import torch
+
+    torch.set_num_threads(threads)
+    batch = torch.tensor([sample_input()], dtype=torch.float32)
+
+    def call() -> Any:
+        with torch.inference_mode():
+            return module(batch)
+
+    return time_calls(call, duration)
+
+
+# ---------------------------------------------------------------- load client (own process)
+
+
+def _http_request(port: int, path: str, body: bytes) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def _status_and_length(head: bytes) -> tuple[int, int]:
+    status = int(head.split(b" ", 2)[1])
+    match = re.search(rb"(?i)\r\ncontent-length:\s*(\d+)", head)
+    return status, int(match.group(1)) if match else 0
+
+
+def run_blocking_client(port: int, path: str, body: bytes, duration: float) -> dict[str, Any]:
+    """One connection, one request at a time: the latency of a lone caller."""
+    raw = _http_request(port, path, body)
+    sock = socket.create_connection(("127.0.0.1", port))
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    reader = sock.makefile("rb")
+
+    def once() -> int:
+        sock.sendall(raw)
+        head = b""
+        while not head.endswith(b"\r\n\r\n"):
+            line = reader.readline()
+            if not line:
+                raise ConnectionError("server closed the connection")
+            head += line
+        status, length = _status_and_length(head)
+        reader.read(length)
+        return status
+
+    latencies, errors = [], 0
+    warm_until = time.perf_counter() + min(0.5, duration / 4)
+    while time.perf_counter() < warm_until:
+        once()
+    start = time.perf_counter()
+    deadline = start + duration
+    while (now := time.perf_counter()) < deadline:
+        ok = once() == 200
+        latencies.append(time.perf_counter() - now)
+        errors += not ok
+    elapsed = time.perf_counter() - start
+    sock.close()
+    return {"latencies": latencies, "elapsed": elapsed, "errors": errors}
+
+
+async def run_concurrent_client(
+    port: int, path: str, body: bytes, duration: float, concurrency: int
+) -> dict[str, Any]:
+    """`concurrency` keep-alive connections, each sending its next request on each answer."""
+    raw = _http_request(port, path, body)
+    latencies: list[float] = []
+    errors = 0
+    measuring = asyncio.Event()
+
+    async def client(stop_at: float) -> None:
+        nonlocal errors
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            while (now := time.perf_counter()) < stop_at:
+                writer.write(raw)
+                head = await reader.readuntil(b"\r\n\r\n")
+                status, length = _status_and_length(head)
+                await reader.readexactly(length)
+                if measuring.is_set():
+                    latencies.append(time.perf_counter() - now)
+                    errors += status != 200
+        finally:
+            writer.close()
+
+    warm = min(0.5, duration / 4)
+    stop_at = time.perf_counter() + warm + duration
+    tasks = [asyncio.ensure_future(client(stop_at)) for _ in range(concurrency)]
+    await asyncio.sleep(warm)
+    measuring.set()
+    start = time.perf_counter()
+    await asyncio.gather(*tasks)
+    return {"latencies": latencies, "elapsed": time.perf_counter() - start, "errors": errors}
+
+
+def client_main(args: argparse.Namespace) -> int:
+    body = Path(args.body_file).read_bytes()
+    if args.concurrency == 1:
+        result = run_blocking_client(args.port, args.path, body, args.duration)
+    else:
+        result = asyncio.run(
+            run_concurrent_client(args.port, args.path, body, args.duration, args.concurrency)
+        )
+    json.dump(result, sys.stdout)
+    return 0
+
+
+def load_from_client_process(
+    port: int, body_file: Path, duration: float, concurrency: int
+) -> Figures:
+    done = subprocess.run(
+        [sys.executable, __file__, "--client", "--port", str(port), "--path",
+         f"/v2/models/{MODEL}/infer", "--body-file", str(body_file), "--duration",
+         str(duration), "--concurrency", str(concurrency)],
+        capture_output=True, text=True, timeout=duration + 60, check=True,
+    )  # fmt: skip
+    result = json.loads(done.stdout)
+    return Figures.of(result["latencies"], result["elapsed"], result["errors"])
+
+
+# ---------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    url = f"http://127.0.0.1:{port}/v2/models/{MODEL}/ready"
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.2)
+    raise RuntimeError(f"server on port {port} not ready within {timeout} s")
+
+
+def check_answer(port: int, body: bytes, expected: Any) -> None:
+    import numpy as np
+
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        output = json.loads(response.read())["outputs"][0]
+    got = np.array(output["data"], dtype=np.float32).reshape(output["shape"])
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
+def bench_server(
+    name: str,
+    *,
+    command: list[str],
+    port: int,
+    body_file: Path,
+    expected: Any,
+    args: argparse.Namespace,
+) -> dict[int, Figures]:
+    log = Path(tempfile.gettempdir()) / f"bench-{name}-{port}.log"
+    with log.open("wb") as sink:
+        env = {**os.environ, "PYTHONPATH": str(ROOT / "operator")}
+        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+    try:
+        wait_ready(port, process)
+        check_answer(port, body_file.read_bytes(), expected)
+        return {
+            clients: load_from_client_process(port, body_file, args.duration, clients)
+            for clients in (1, args.concurrency)
+        }
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+# ---------------------------------------------------------------- report
+
+
+def row(label: str, figures: Figures) -> str:
+    errors = f"  errors {figures.errors}" if figures.errors else ""
+    return (
+        f"  {label:<34} p50 {figures.p50_ms:7.3f} ms   p99 {figures.p99_ms:7.3f} ms   "
+        f"{figures.throughput:9.0f} /s   (n={figures.count}){errors}"
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime/torch threads")
+    parser.add_argument("--kserve-python", default=str(ROOT / ".venv-kserve" / "bin" / "python"))
+    parser.add_argument("--skip-kserve", action="store_true")
+    parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--path", help=argparse.SUPPRESS)
+    parser.add_argument("--body-file", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.client:
+        return client_main(args)
+
+    import onnxruntime
+    import torch
+
+    work = Path(tempfile.mkdtemp(prefix="fogline-bench-"))
+    folder = work / "artifact"
+    module = build_artifact(folder)
+    body_file = work / "request.json"
+    body_file.write_bytes(request_body())
+    print(
+        f"model: MLP {FEATURES}-{HIDDEN}-{HIDDEN}-{CLASSES}, batch 1, JSON tensors; "
+        f"{args.duration:.0f} s per figure; {args.threads} inference thread(s); "
+        f"{os.cpu_count()} cores; onnxruntime {onnxruntime.__version__}, torch {torch.__version__}"
+    )
+
+    in_process, expected = bench_onnxruntime(folder, args.duration, args.threads)
+    torch_eager = bench_torch(module, args.duration, args.threads)
+    fog_port = free_port()
+    fogline = bench_server(
+        "fogline",
+        command=[sys.executable, "-m", "fogline.workloads.server", "--model-dir", str(folder),
+                 "--name", MODEL, "--host", "127.0.0.1", "--port", str(fog_port),
+                 "--threads", str(args.threads), "--log-level", "WARNING"],
+        port=fog_port, body_file=body_file, expected=expected, args=args,
+    )  # fmt: skip
+    kserve: dict[int, Figures] | None = None
+    if not args.skip_kserve:
+        if not Path(args.kserve_python).exists():
+            print(f"KServe skipped: {args.kserve_python} missing; run bench/setup_kserve.sh")
+        else:
+            ks_port = free_port()
+            kserve = bench_server(
+                "kserve",
+                command=[args.kserve_python, str(ROOT / "bench" / "kserve_onnx_model.py"),
+                         "--model-dir", str(folder), "--name", MODEL, "--port", str(ks_port),
+                         "--threads", str(args.threads)],
+                port=ks_port, body_file=body_file, expected=expected, args=args,
+            )  # fmt: skip
+
+    c = args.concurrency
+    print("\nfigures")
+    print(row("onnxruntime in-process", in_process))
+    print(row("torch eager CPU in-process", torch_eager))
+    print(row("fogline serve, 1 client", fogline[1]))
+    print(row(f"fogline serve, {c} clients", fogline[c]))
+    if kserve:
+        print(row("KServe model server, 1 client", kserve[1]))
+        print(row(f"KServe model server, {c} clients", kserve[c]))
+
+    print("\nratios")
+    overhead = fogline[1].p50_ms - in_process.p50_ms
+    verdict = "meets" if overhead <= 0.5 else "misses"
+    print(
+        f"  fogline p50 - onnxruntime in-process p50: {overhead:+.3f} ms "
+        f"({verdict} the 0.5 ms target)"
+    )
+    print(
+        f"  fogline p50 / onnxruntime in-process p50: {fogline[1].p50_ms / in_process.p50_ms:.2f}x"
+    )
+    print(f"  fogline p50 / torch eager p50: {fogline[1].p50_ms / torch_eager.p50_ms:.2f}x")
+    print(f"  torch eager p50 / onnxruntime p50: {torch_eager.p50_ms / in_process.p50_ms:.2f}x")
+    print(
+        f"  fogline {c}-client throughput / 1-client: "
+        f"{fogline[c].throughput / fogline[1].throughput:.2f}x"
+    )
+    if kserve:
+        ratio = fogline[c].throughput / kserve[c].throughput
+        verdict = "meets" if ratio >= 1.5 else "misses"
+        print(
+            f"  fogline / KServe throughput, {c} clients: {ratio:.2f}x ({verdict} the 1.5x target)"
+        )
+        print(
+            f"  fogline / KServe throughput, 1 client: "
+            f"{fogline[1].throughput / kserve[1].throughput:.2f}x"
+        )
+        print(f"  KServe p50 / fogline p50, 1 client: {kserve[1].p50_ms / fogline[1].p50_ms:.2f}x")
+        print(
+            f"  KServe p99 / fogline p99, {c} clients: {kserve[c].p99_ms / fogline[c].p99_ms:.2f}x"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
