@@ -169,6 +169,7 @@ def test_one_readable_log_line_per_epoch_and_a_quiet_stderr(digits_run: TrainerR
     assert "warn" not in digits_run.stderr.lower(), digits_run.stderr
 
 
+@pytest.mark.slow
 def test_same_seed_gives_the_same_weights(tmp_path: Path, trainer_runner: TrainerRunner) -> None:
     flags = ["--model", "mlp", "--hidden-units", "32", "--dataset", "builtin:digits"]
     flags += ["--epochs", "2", "--seed", "3", "--export", "torchscript"]

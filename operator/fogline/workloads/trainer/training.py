@@ -4,11 +4,13 @@ export, evaluation of exported files and artifact writing to other rooms."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +92,13 @@ def fit(
     device = torch.device(context.device)
     model.to(device)
     optimizer = make_optimizer(config.optimizer, model, config.learning_rate)
-    scaler = torch.amp.GradScaler(device.type, enabled=context.mixed_precision)
+    scaler = torch.amp.GradScaler(device.type) if context.mixed_precision else None
+    # float16 autocast only with mixed precision; a disabled autocast still costs per step
+    autocast: Callable[[], contextlib.AbstractContextManager[None]] = (
+        partial(torch.autocast, device.type, dtype=torch.float16)
+        if context.mixed_precision
+        else contextlib.nullcontext
+    )
     fingerprint = config.checkpoint_fingerprint()
 
     state = _shared_checkpoint(context, output, fingerprint)
@@ -99,7 +107,8 @@ def fit(
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"])
         history = [EpochReport(**entry) for entry in state["history"]]
         start_epoch = int(state["epoch"])
@@ -131,18 +140,25 @@ def fit(
         trained.train()
         sampler.set_epoch(epoch)
         order = torch.tensor(list(iter(sampler)), device=device)
-        totals = torch.zeros(2, device=device)  # loss sum, samples
+        batch_losses: list[torch.Tensor] = []
+        batch_sizes: list[int] = []
         for first in range(0, len(order), config.batch_size):
             batch = order[first : first + config.batch_size]
-            inputs, target = train_x[batch], train_y[batch]
-            with torch.autocast(device.type, dtype=torch.float16, enabled=context.mixed_precision):
-                loss = loss_fn(trained(inputs), target)
+            with autocast():
+                loss = loss_fn(trained(train_x[batch]), train_y[batch])
             optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            totals[0] += loss.detach().float() * len(batch)
-            totals[1] += len(batch)
+            if scaler is None:
+                loss.backward()
+                optimizer.step()
+            else:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            batch_losses.append(loss.detach())  # no .item() here: it would sync every step
+            batch_sizes.append(len(batch))
+        weights = torch.tensor(batch_sizes, device=device, dtype=torch.float32)
+        losses = torch.stack(batch_losses).float() if batch_losses else weights
+        totals = torch.stack([(losses * weights).sum(), weights.sum()])
         if context.is_distributed:
             dist.all_reduce(totals)
         loss_sum, samples = totals.tolist()
@@ -184,7 +200,7 @@ def _checkpoint_state(
     epoch: int,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
-    scaler: torch.amp.GradScaler,
+    scaler: torch.amp.GradScaler | None,
     history: list[EpochReport],
     fingerprint: dict[str, Any],
 ) -> dict[str, Any]:
@@ -192,7 +208,7 @@ def _checkpoint_state(
         "epoch": epoch,
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
-        "scaler": scaler.state_dict(),
+        "scaler": scaler.state_dict() if scaler is not None else {},
         "rng": torch.get_rng_state(),
         "history": [asdict(entry) for entry in history],
         "fingerprint": fingerprint,
