@@ -165,26 +165,8 @@ def _converged(site: SiteObservation, digest: str) -> bool:
     return all(node.serves(digest) for node in site.workable_nodes())
 
 
-def _settled(site: SiteObservation, digest: str) -> bool:
-    """Nothing left to replace and nothing coming up; a failing pod counts as settled, since
-    replacing it again would not help."""
-    for node in site.workable_nodes():
-        pod = node.pod
-        if pod is None or pod.digest != digest or not (pod.ready or pod.failure):
-            return False
-    return True
-
-
 def _needs_replacement(site: SiteObservation, digest: str) -> bool:
     return any(n.pod is not None and n.pod.digest != digest for n in site.workable_nodes())
-
-
-def _in_motion(site: SiteObservation) -> bool:
-    """Some Ready, unlocked node has no pod or an unready one, or they run mixed digests."""
-    nodes = site.workable_nodes()
-    if any(n.pod is None or not n.pod.ready for n in nodes):
-        return True
-    return len({n.pod.digest for n in nodes if n.pod is not None}) > 1
 
 
 def _replacements(site: SiteObservation, digest: str) -> tuple[str, ...]:
@@ -351,7 +333,12 @@ class _Work:
             )
         # Sites caught mid-update (an interrupted wave or convergence) stay listed: the
         # first wave takes them first, so that they never add to what a wave takes down.
-        moving = [name for name in self.wave_sites if _in_motion(self.sites[name])]
+        previous = memory.target_digest
+        moving = [
+            name
+            for name in self.wave_sites
+            if previous is not None and not _converged(self.sites[name], previous)
+        ]
         self.converging = list(dict.fromkeys([*self.converging, *moving]))
         self.stage = "Rollout"
         self.wave_index = 0
@@ -394,7 +381,8 @@ class _Work:
         waiting: list[str] = []
         for name in self.wave_sites:
             site = self.sites[name]
-            if site.held:
+            if site.held or (site.reachable and not site.workable_nodes()):
+                # Held, or every Ready node locked: nothing to do here, nothing to wait for.
                 continue
             if not site.reachable:
                 if self.policy.disconnected == "Wait":
@@ -438,7 +426,9 @@ class _Work:
         done = [
             name
             for name in self.wave_sites
-            if not self.sites[name].held and self.sites[name].reachable
+            if not self.sites[name].held
+            and self.sites[name].reachable
+            and self.sites[name].workable_nodes()
         ]
         self.completed.update(done)
         self.emit(
@@ -463,7 +453,7 @@ class _Work:
         # went back to a digest they still run).
         for name in pending:
             site = self.sites[name]
-            if site.reachable and _converged(site, self.target):
+            if site.workable_nodes() and _converged(site, self.target):
                 self.templates[name] = self.target
                 self.completed.add(name)
         pending = [name for name in pending if name not in self.completed]
@@ -471,9 +461,19 @@ class _Work:
             for name in pending:
                 if not self.sites[name].reachable:
                     self.skip(name)
-            pending = [name for name in pending if self.sites[name].reachable]
+        # A reachable site whose Ready nodes are all locked has nothing to update now; it
+        # follows after completion, like a site that was skipped.
+        pending = [
+            name
+            for name in pending
+            if self.sites[name].workable_nodes()
+            or (not self.sites[name].reachable and self.policy.disconnected == "Wait")
+        ]
         if not pending:
-            self.complete()
+            # A digest that no site has run yet is not proven: with every remaining site
+            # unreachable or held, wait for one instead of calling it stable.
+            if self.completed or not self.sites:
+                self.complete()
             return False
         if self.next_wave_not_before is not None and self.now < self.next_wave_not_before:
             self.requeue.append((self.next_wave_not_before - self.now).total_seconds())
@@ -560,7 +560,9 @@ class _Work:
             for name in self.converging
             if not self.sites[name].held
             and self.sites[name].reachable
-            and not _settled(self.sites[name], digest)
+            # A site whose new pods fail keeps its slot: a digest that fails on the sites
+            # it converges never takes down more than W of them.
+            and not _converged(self.sites[name], digest)
         ]
         for name, site in self.sites.items():
             if site.held:
@@ -675,7 +677,7 @@ class _Work:
                 return "Progressing", f"{self.wave_label()}: {', '.join(self.wave_sites)}"
             if self.next_wave_not_before is not None:
                 return "Progressing", "pausing between waves"
-            return "Progressing", "waiting for a wave"
+            return "Progressing", "waiting for a site that is reachable and not held"
         problems: list[str] = []
         unheld = [s for s in self.sites.values() if not s.held]
         unreachable = [s.name for s in unheld if not s.reachable]
