@@ -619,3 +619,37 @@ def test_counts_and_rows_describe_the_fleet() -> None:
         "reachable": False,
         "message": "every node NotReady; it converges when it returns",
     }
+
+
+def test_target_no_site_could_run_never_becomes_stable() -> None:
+    sites = [site("s1", ready=False), site("s2", ready=False)]
+    plan = plan_rollout(sites, RolloutPolicy(), available(A, sites), B, at(0))
+    assert plan.phase == "Progressing"
+    assert plan.memory.stable_digest == A
+    assert [e.reason for e in plan.events] == ["RolloutStarted", "SiteSkipped", "SiteSkipped"]
+    back = [replace(s, nodes=tuple(replace(n, ready=True) for n in s.nodes)) for s in sites]
+    back, plans = drive(back, RolloutPolicy(), plan.memory, B, start=100, steps=10)
+    assert waves_of(plans)[0] == ("s1",)
+    assert plans[-1].phase == "Available"
+
+
+def test_site_with_every_node_locked_stays_out_of_waves_and_follows_later() -> None:
+    sites = fleet(["s1", "s2"])
+    sites = with_node(with_node(sites, "s1-0", locked=True), "s1-1", locked=True)
+    sites, plans = drive(sites, RolloutPolicy(), available(A, sites), B, steps=6)
+    assert waves_of(plans) == [("s2",)]
+    assert plans[-1].memory.stable_digest == B
+    unlocked = [replace(s, nodes=tuple(replace(n, locked=False) for n in s.nodes)) for s in sites]
+    unlocked, plans = drive(unlocked, RolloutPolicy(), plans[-1].memory, B, start=100, steps=6)
+    assert set(digests(unlocked).values()) == {B}
+
+
+def test_converging_site_whose_pods_fail_keeps_its_slot() -> None:
+    sites = [*fleet(["s1"], digest=B), *fleet(["s2", "s3"], digest=A, nodes=1)]
+    memory = available(B, sites)
+    crash = {B: "CrashLoopBackOff"}.__getitem__
+    sites, plans = drive(sites, RolloutPolicy(max_unavailable=1), memory, B, steps=5, fate=crash)
+    assert [p.replace_pods_on for p in plans if p.replace_pods_on] == [("s2-0",)]
+    assert digests(sites)["s3-0"] == A
+    assert plans[-1].phase == "Degraded"
+    assert plans[-1].memory.converging_sites == ("s2",)

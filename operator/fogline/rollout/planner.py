@@ -128,7 +128,9 @@ def plan_rollout(
        not on the stable digest converges back to it (phase RolledBack); otherwise the
        rollout holds (phase Failed).
     7. After completion (and during a rollback) sites that fall behind converge without a
-       new rollout, at most W at a time.
+       new rollout, at most W at a time; a site whose new pods fail keeps its slot.
+    8. A target becomes stable only once a site was seen serving it: with every remaining
+       site unreachable, held or locked, the rollout waits rather than completes.
     """
     work = _Work.begin(sites, policy, memory, target_digest, now)
     work.start_rollout_if_asked(memory)
