@@ -316,6 +316,16 @@ def validate_modeltraining(spec: ModelTrainingSpec) -> list[SpecError]:
                 "or a pvc://, http(s):// or s3:// location",
             )
         )
+    for path, scheme in (("spec.dataset.uri", spec.dataset.scheme), ("spec.output.uri", spec.output.scheme)):
+        if scheme == "s3":
+            errors.append(
+                SpecError(
+                    path,
+                    "s3:// locations are reserved in the API but the built-in trainer cannot "
+                    "read or write S3 yet; use a pvc://<claim>/<path> (or file:// on a "
+                    "single-node cluster) location",
+                )
+            )
     for key, value in spec.placement.node_selector.items():
         errors += selector_errors("spec.placement.nodeSelector", key, value)
     for what, amount in (("cpu", spec.resources.cpu), ("memory", spec.resources.memory)):

@@ -275,8 +275,20 @@ class DevCluster:
         ])  # fmt: skip
         return client_url
 
+    @property
+    def audit_log(self) -> Path:
+        """Every request's metadata (who did what to which resource), for RBAC tests."""
+        return self.log_dir / "audit.log"
+
     def _apiserver_args(self, pki: ClusterPKI, port: int, etcd_url: str) -> list[str]:
+        policy = self.directory / "pki" / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump({
+            "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+            "rules": [{"level": "None", "userGroups": ["system:nodes"]}, {"level": "Metadata"}],
+        }))  # fmt: skip
         return [
+            f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json", "--audit-log-maxsize=200",
             f"--etcd-servers={etcd_url}", "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1", f"--secure-port={port}",
             f"--cert-dir={self.directory / 'pki'}",

@@ -1,0 +1,59 @@
+"""`fogline run`: runs the operator against the current cluster (in-cluster service account
+or kubeconfig), cluster-wide or in chosen namespaces."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from fogline.settings import OperatorSettings, SettingsError
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fogline run",
+        description="Run the Fogline operator: reconcile ModelTrainings and EdgeDeployments.",
+    )
+    scope = parser.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", action="append", default=[],
+                       help="watch this namespace (repeatable; globs like team-* work)")  # fmt: skip
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
+    parser.add_argument("--peering", default="fogline",
+                        help="peering object shared by replicas; only the highest-priority one acts")  # fmt: skip
+    parser.add_argument("--priority", type=int, default=0, help="this replica's peering priority")
+    parser.add_argument("--standalone", action="store_true", help="no peering (a single replica, e.g. for development)")
+    parser.add_argument("--liveness", default=None, metavar="URL",
+                        help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")  # fmt: skip
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        OperatorSettings.from_env()  # fail before connecting if the settings are wrong
+    except SettingsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    import kopf
+
+    import fogline.controllers.modeltraining
+    import fogline.controllers.runtime  # noqa: F401 - registers the handlers
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    asyncio.run(
+        kopf.operator(
+            clusterwide=not args.namespace,
+            namespaces=args.namespace,
+            standalone=args.standalone,
+            # Naming a peering makes it mandatory: kopf waits for the peering CRDs (the
+            # chart installs them) rather than acting alongside another replica.
+            peering_name=None if args.standalone else args.peering,
+            priority=args.priority,
+            liveness_endpoint=args.liveness,
+        )
+    )
+    return 0

@@ -1,0 +1,46 @@
+"""Operator start-up: kopf settings (finalizers, peering so that two replicas never both
+act, posting), Fogline's own settings and the shared API client, kept in kopf's memo."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+import kopf
+
+from fogline.kube import KubeClient
+from fogline.settings import OperatorSettings
+
+
+@dataclass
+class OperatorState:
+    """What every handler shares, stored in kopf's memo under `fogline`."""
+
+    settings: OperatorSettings
+    kube: KubeClient
+    locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
+    rbac_ready: set[str] = field(default_factory=set)
+
+    def lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
+        """One reconcile at a time per object, whichever event triggered it."""
+        return self.locks.setdefault((kind, namespace, name), asyncio.Lock())
+
+
+def state_of(memo: Any) -> OperatorState:
+    state: OperatorState = memo.fogline
+    return state
+
+
+@kopf.on.startup()
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.finalizer = "fogline.io/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="fogline.io")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="fogline.io", key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.watching.server_timeout = 300
+    settings.batching.error_delays = [1, 2, 5, 10, 30]
+    memo.fogline = OperatorState(settings=OperatorSettings.from_env(), kube=KubeClient())

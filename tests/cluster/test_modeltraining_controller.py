@@ -1,0 +1,260 @@
+"""The ModelTraining controller on the real control plane: a CR becomes a GPU Job placed by
+the real scheduler; kwok plays the trainer's pod (progress, then the termination message);
+the CR's status follows, gated on the evaluation threshold."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from tests.conftest import ClusterHandle, wait_for
+from tests.operator_process import OperatorProcess
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+GROUP, VERSION, PLURAL = "fogline.io", "v1alpha1", "modeltrainings"
+DIGEST = "sha256:" + "ab" * 32
+
+
+@pytest.fixture(scope="module")
+def operator(cluster: ClusterHandle, crds: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator"),
+                              {"FOGLINE_TRAINER_IMAGE": "registry.example/fogline-trainer:test"})  # fmt: skip
+    process.start()
+    yield process
+    process.stop()
+
+
+def training(name: str, **overrides: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "model": {"architecture": "mlp"},
+        "dataset": {"uri": "builtin:digits"},
+        "hyperparameters": {"epochs": 4},
+        "export": {"quantization": "int8"},
+        "evaluation": {"threshold": 0.9},
+        "runPolicy": {"backoffLimit": 1},
+        "output": {"uri": "file:///var/lib/fogline/artifacts"},
+    }
+    for key, value in overrides.items():
+        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelTraining", "metadata": {"name": name}, "spec": spec}
+
+
+def summary(accuracy: float) -> dict[str, Any]:
+    return {
+        "phase": "Succeeded",
+        "epochs": 4,
+        "metrics": {"accuracy": accuracy + 0.005, "loss": 0.08, "accuracy_int8": accuracy},
+        "evaluation": {"metric": "accuracy", "value": accuracy},
+        "artifact": {"uri": "pvc://artifacts/digits/x", "digest": DIGEST, "format": "onnx",
+                     "sizeBytes": 12345, "quantized": True},
+    }  # fmt: skip
+
+
+class Trainings:
+    def __init__(self, cluster: ClusterHandle, namespace: str) -> None:
+        self.cluster, self.namespace = cluster, namespace
+        self.custom = client.CustomObjectsApi(cluster.api)
+        self.core = client.CoreV1Api(cluster.api)
+        self.batch = client.BatchV1Api(cluster.api)
+
+    def create(self, body: dict[str, Any]) -> None:
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
+
+    def get(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+        return result
+
+    def status(self, name: str) -> dict[str, Any]:
+        return self.get(name).get("status") or {}
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 60) -> dict[str, Any]:
+        return wait_for(lambda: (s := self.status(name)).get("phase") == phase and s, timeout=timeout,
+                        what=f"{name} phase {phase}")  # fmt: skip
+
+    def jobs(self, name: str) -> list[Any]:
+        return self.batch.list_namespaced_job(self.namespace, label_selector=f"fogline.io/modeltraining={name}").items
+
+    def pods(self, name: str, phase: str | None = None) -> list[Any]:
+        pods = self.core.list_namespaced_pod(self.namespace, label_selector=f"fogline.io/modeltraining={name}").items
+        return [p for p in pods if phase is None or p.status.phase == phase]
+
+    def running_pod(self, name: str) -> Any:
+        return wait_for(lambda: next(iter(self.pods(name, "Running")), None), what=f"a Running pod of {name}")
+
+    def events(self, name: str) -> list[tuple[str, str]]:
+        items = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={name}").items
+        return [(e.type, e.reason) for e in items]
+
+
+@pytest.fixture
+def mt(cluster: ClusterHandle, namespace: str, operator: OperatorProcess) -> Trainings:
+    return Trainings(cluster, namespace)
+
+
+def test_training_runs_on_a_gpu_node_reports_progress_and_publishes_the_artifact(mt: Trainings) -> None:
+    mt.create(training("digits"))
+    pod = mt.running_pod("digits")
+    node = mt.core.read_node(pod.spec.node_name)
+    assert node.metadata.labels["fogline.io/pool"] == "gpu"
+    job = mt.jobs("digits")[0]
+    container = job.spec.template.spec.containers[0]
+    assert container.resources.limits["nvidia.com/gpu"] == "1"
+    assert container.image == "registry.example/fogline-trainer:test"
+    assert "--quantize=int8" in container.args
+    assert job.metadata.owner_references[0].kind == "ModelTraining"
+
+    # The trainer reports progress on its own pod; the operator surfaces it with an ETA.
+    progress = {"epoch": 2, "epochs": 4, "loss": 0.2, "metric": {"name": "accuracy", "value": 0.9},
+                "samplesPerSecond": 5000.0, "updatedAt": "2030-01-01T00:00:00Z"}  # fmt: skip
+    mt.core.patch_namespaced_pod(pod.metadata.name, mt.namespace,
+                                 {"metadata": {"annotations": {"fogline.io/progress": json.dumps(progress)}}})  # fmt: skip
+    shown = wait_for(lambda: mt.status("digits").get("progress", {}).get("epoch") == 2 and mt.status("digits"),
+                     what="progress in status")  # fmt: skip
+    assert shown["phase"] == "Running"
+    assert shown["progress"]["epochs"] == 4 and "eta" in shown["progress"]
+
+    mt.cluster.steer_pod(mt.namespace, pod.metadata.name, "succeed", summary(0.97))
+    status = mt.wait_phase("digits", "Succeeded")
+    assert status["artifact"]["digest"] == DIGEST
+    assert status["artifact"]["metric"] == {"name": "accuracy", "value": 0.97}
+    assert status["metrics"]["accuracy_int8"] == 0.97
+    assert status["artifactDigestShort"] == DIGEST[7:19]
+    assert status["observedGeneration"] == 1
+    assert {"JobCreated", "Training", "EvaluationPassed"} <= {reason for _, reason in mt.events("digits")}
+
+
+def test_below_threshold_ends_failed_and_publishes_nothing(mt: Trainings) -> None:
+    mt.create(training("weak"))
+    pod = mt.running_pod("weak")
+    mt.cluster.steer_pod(mt.namespace, pod.metadata.name, "succeed", summary(0.42))
+    status = mt.wait_phase("weak", "Failed")
+    assert "artifact" not in status
+    succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
+    assert succeeded["reason"] == "EvaluationBelowThreshold"
+    assert "0.4200 is below the threshold 0.9" in succeeded["message"]
+
+
+def test_failing_pods_exhaust_backoff_and_report_the_reason(mt: Trainings) -> None:
+    mt.create(training("flaky", runPolicy={"backoffLimit": 1}))
+    failed: set[str] = set()
+
+    def fail_new_pods() -> Any:
+        for pod in mt.pods("flaky", "Running"):
+            if pod.metadata.name not in failed:
+                mt.cluster.steer_pod(mt.namespace, pod.metadata.name, "fail", "CUDA error: out of memory")
+                failed.add(pod.metadata.name)
+        return mt.status("flaky").get("phase") == "Failed"
+
+    wait_for(fail_new_pods, timeout=90, what="backoff exhausted")
+    status = mt.status("flaky")
+    succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
+    assert succeeded["reason"] == "BackoffLimitExceeded"
+    assert len(failed) == 2 and status["attempts"] == 2
+    assert ("Warning", "BackoffLimitExceeded") in mt.events("flaky")
+
+
+def test_more_gpus_than_any_node_has_reports_unschedulable(mt: Trainings) -> None:
+    mt.create(training("huge", resources={"gpus": 16}))
+    status = wait_for(lambda: any(c["type"] == "Scheduled" and c["status"] == "False"
+                                  for c in mt.status("huge").get("conditions", [])) and mt.status("huge"),
+                      what="Scheduled=False")  # fmt: skip
+    scheduled = next(c for c in status["conditions"] if c["type"] == "Scheduled")
+    assert scheduled["reason"] == "Unschedulable"
+    assert "Insufficient nvidia.com/gpu" in scheduled["message"]
+    assert status["phase"] == "Pending"
+    assert ("Warning", "Unschedulable") in mt.events("huge")
+
+
+def test_distributed_run_is_an_indexed_job_with_a_headless_service(mt: Trainings) -> None:
+    mt.create(training("ddp", resources={"gpus": 2},
+                       distributed={"workers": 3, "procsPerWorker": 2, "backend": "nccl"}))
+    pods = wait_for(lambda: len(p := mt.pods("ddp", "Running")) == 3 and p, what="3 worker pods")
+    job = mt.jobs("ddp")[0]
+    assert job.spec.completion_mode == "Indexed" and job.spec.completions == 3
+    service = mt.core.read_namespaced_service(job.metadata.name, mt.namespace)
+    assert service.spec.cluster_ip == "None"
+    indexes = set()
+    for pod in pods:
+        env = {e.name: e for e in pod.spec.containers[0].env}
+        # The Job controller gives each pod its index; torchrun's --node-rank reads it.
+        ref = env["JOB_COMPLETION_INDEX"].value_from.field_ref.field_path
+        assert ref.endswith("['batch.kubernetes.io/job-completion-index']")
+        indexes.add(pod.metadata.annotations["batch.kubernetes.io/job-completion-index"])
+        command = pod.spec.containers[0].command
+        assert command[0] == "torchrun" and "--nnodes=3" in command and "--nproc-per-node=2" in command
+        assert f"--master-addr={job.metadata.name}-0.{job.metadata.name}.{mt.namespace}.svc" in command
+        assert pod.spec.subdomain == job.metadata.name
+    assert indexes == {"0", "1", "2"}
+
+
+def test_queue_name_creates_a_suspended_job_for_kueue(mt: Trainings) -> None:
+    mt.create(training("queued", queueName="gpu-team"))
+    mt.wait_phase("queued", "Queued")
+    job = wait_for(lambda: next(iter(mt.jobs("queued")), None), what="the Job")
+    assert job.spec.suspend is True
+    assert job.metadata.labels["kueue.x-k8s.io/queue-name"] == "gpu-team"
+    # Kueue admits by unsuspending; the run then proceeds.
+    mt.batch.patch_namespaced_job(job.metadata.name, mt.namespace, {"spec": {"suspend": False}})
+    mt.running_pod("queued")
+    mt.wait_phase("queued", "Running")
+
+
+def test_suspend_pauses_and_resumes_the_same_job(mt: Trainings) -> None:
+    mt.create(training("pausable"))
+    mt.running_pod("pausable")
+    job_name = mt.jobs("pausable")[0].metadata.name
+    mt.custom.patch_namespaced_custom_object(GROUP, VERSION, mt.namespace, PLURAL, "pausable",
+                                             {"spec": {"runPolicy": {"suspend": True}}})  # fmt: skip
+    mt.wait_phase("pausable", "Suspended")
+    wait_for(lambda: not mt.pods("pausable", "Running"), what="pods stopped")
+    mt.custom.patch_namespaced_custom_object(GROUP, VERSION, mt.namespace, PLURAL, "pausable",
+                                             {"spec": {"runPolicy": {"suspend": False}}})  # fmt: skip
+    mt.wait_phase("pausable", "Running")
+    assert [j.metadata.name for j in mt.jobs("pausable")] == [job_name]
+
+
+def test_operator_restart_mid_run_creates_no_second_job(mt: Trainings, operator: OperatorProcess) -> None:
+    mt.create(training("survivor"))
+    pod = mt.running_pod("survivor")
+    mt.wait_phase("survivor", "Running")
+    operator.restart()
+    mt.cluster.steer_pod(mt.namespace, pod.metadata.name, "succeed", summary(0.95))
+    mt.wait_phase("survivor", "Succeeded")
+    assert len(mt.jobs("survivor")) == 1
+
+
+def test_spec_change_after_success_starts_a_new_run(mt: Trainings) -> None:
+    mt.create(training("rerun"))
+    pod = mt.running_pod("rerun")
+    mt.cluster.steer_pod(mt.namespace, pod.metadata.name, "succeed", summary(0.95))
+    first = mt.wait_phase("rerun", "Succeeded")
+    mt.custom.patch_namespaced_custom_object(GROUP, VERSION, mt.namespace, PLURAL, "rerun",
+                                             {"spec": {"hyperparameters": {"epochs": 8}}})  # fmt: skip
+    second = wait_for(lambda: (s := mt.status("rerun")).get("jobName") != first["jobName"] and s, what="new run")
+    assert second["observedGeneration"] == 2
+    assert second["artifact"]["digest"] == DIGEST  # the last good artifact stays offered
+    wait_for(lambda: [j.metadata.name for j in mt.jobs("rerun")] == [second["jobName"]], what="old Job removed")
+
+
+def test_deleting_the_training_deletes_its_job(mt: Trainings) -> None:
+    mt.create(training("doomed"))
+    mt.running_pod("doomed")
+    mt.custom.delete_namespaced_custom_object(GROUP, VERSION, mt.namespace, PLURAL, "doomed")
+    wait_for(lambda: not mt.jobs("doomed"), what="garbage collection of the Job")
+
+
+def test_spec_only_the_operator_can_judge_becomes_a_condition(mt: Trainings) -> None:
+    mt.create(training("odd", dataset={"uri": "builtin:imagenet"}))
+    status = mt.wait_phase("odd", "Failed")
+    succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
+    assert succeeded["reason"] == "InvalidSpec" and "builtin:digits" in succeeded["message"]
+    assert not mt.jobs("odd")
+    with pytest.raises(ApiException):
+        mt.batch.read_namespaced_job("odd", mt.namespace)
