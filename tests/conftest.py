@@ -83,3 +83,21 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterHandle]
     finally:
         api.close()
         devcluster.down()
+
+
+# A smaller fleet for the opt-in cluster whose local nodes run real processes.
+LOCAL_TOPOLOGY = Topology(gpu_nodes=1, gpus_per_node=1, edge_sites=1, nodes_per_site=1)
+
+
+@pytest.fixture(scope="session")
+def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterHandle]:
+    """A dev cluster of its own with the node agent: pods bound to local-gpu and local-edge
+    run as local processes. Opt-in; the shared `cluster` stays kwok-only."""
+    devcluster = DevCluster(tmp_path_factory.mktemp("localcluster"))
+    devcluster.up(LOCAL_TOPOLOGY, local_nodes=True)
+    api = devcluster.api_client()
+    try:
+        yield ClusterHandle(devcluster, devcluster.kubeconfig, api, devcluster.tools_dir)
+    finally:
+        api.close()
+        devcluster.down()

@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument(
                 "--timeout", type=float, default=120.0, help="seconds to wait for readiness"
             )
+            p.add_argument(
+                "--local-nodes",
+                action="store_true",
+                help="also start the dev node agent: real nodes local-gpu and local-edge whose "
+                "pods of Fogline's images run as local processes (development only)",
+            )
     return parser
 
 
@@ -76,12 +82,15 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 return 2
             topology = Topology(*counts)
-            state = cluster.up(topology, timeout=args.timeout)
+            state = cluster.up(topology, timeout=args.timeout, local_nodes=args.local_nodes)
             if args.json:
                 print(json.dumps(cluster.status(), indent=2))
             else:
                 print(f"dev cluster up in {state.ready_seconds} s at {state.server}")
                 print(f"  export KUBECONFIG={cluster.kubeconfig}")
+                if args.local_nodes:
+                    logs = cluster.local_root / "logs"
+                    print(f"  local nodes local-gpu and local-edge; pod logs in {logs}")
             return 0
         if args.action == "status":
             status = cluster.status()

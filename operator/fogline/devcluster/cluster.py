@@ -12,6 +12,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -24,10 +25,12 @@ import yaml
 
 from fogline.devcluster.binaries import find_tools_dir
 from fogline.devcluster.pki import ClientCert, ClusterPKI, create_pki
-from fogline.devcluster.topology import Topology, build_nodes
+from fogline.devcluster.topology import Topology, build_nodes, local_nodes
 
 # Start order; `down` stops them in reverse.
 COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+# Optional: the dev node agent that runs the pods of the local nodes (devcluster/nodeagent.py).
+NODE_AGENT = "nodeagent"
 SERVICE_CIDR = "10.96.0.0/16"
 
 
@@ -110,6 +113,11 @@ class DevCluster:
         return self.directory / "logs"
 
     @property
+    def local_root(self) -> Path:
+        """The node agent's folder: pods/, pvc/<namespace>/<claim>/, hostpath/, logs/."""
+        return self.directory / NODE_AGENT
+
+    @property
     def tools_dir(self) -> Path:
         if self._tools_dir is None:
             self._tools_dir = find_tools_dir()
@@ -124,12 +132,17 @@ class DevCluster:
         self.state_file.write_text(json.dumps(asdict(state), indent=2))
 
     # -- lifecycle -----------------------------------------------------------------------
-    def up(self, topology: Topology, timeout: float = 120.0) -> ClusterState:
-        """Start every component and create the simulated nodes. Idempotent for a running
+    def up(
+        self, topology: Topology, timeout: float = 120.0, local_nodes: bool = False
+    ) -> ClusterState:
+        """Start every component and create the simulated nodes; with `local_nodes`, also the
+        node agent and its real nodes (local-gpu, local-edge). Idempotent for a running
         cluster; a folder left by a dead cluster is cleaned and started afresh."""
         existing = self.read_state()
         if existing is not None:
             if self.is_running(existing):
+                if local_nodes and NODE_AGENT not in existing.pids:
+                    self._start_node_agent(existing, time.monotonic() + timeout)
                 return existing
             self.down()
         started = time.monotonic()
@@ -173,6 +186,8 @@ class DevCluster:
             # Admin credentials are written last: their presence means the cluster is usable.
             shutil.copyfile(kubeconfigs["admin"], self.kubeconfig)
             self._create_nodes(topology, deadline=started + timeout)
+            if local_nodes:
+                self._start_node_agent(state, deadline=started + timeout)
         except BaseException:
             self._stop_processes(state)
             raise
@@ -185,7 +200,7 @@ class DevCluster:
         state = self.read_state()
         if state is not None:
             self._stop_processes(state)
-        for name in ("etcd-data", "pki", "logs", "kubeconfigs"):
+        for name in ("etcd-data", "pki", "logs", "kubeconfigs", NODE_AGENT):
             shutil.rmtree(self.directory / name, ignore_errors=True)
         for name in ("kubeconfig", "state.json", "kwok-stages.yaml"):
             (self.directory / name).unlink(missing_ok=True)
@@ -196,7 +211,8 @@ class DevCluster:
         state = state or self.read_state()
         if state is None:
             return False
-        return all(_pid_alive(state.pids.get(name, -1)) for name in COMPONENTS)
+        return all(_pid_alive(state.pids.get(name, -1)) for name in (*COMPONENTS, *(
+            [NODE_AGENT] if NODE_AGENT in state.pids else [])))  # fmt: skip
 
     def status(self) -> dict[str, Any]:
         state = self.read_state()
@@ -247,10 +263,12 @@ class DevCluster:
         path.write_text(yaml.safe_dump(kubeconfig_for(server, pki.ca_cert, client, name)))
         return path
 
-    def _start(self, state: ClusterState, name: str, args: list[str]) -> None:
+    def _start(
+        self, state: ClusterState, name: str, args: list[str], program: str | None = None
+    ) -> None:
         log = (self.log_dir / f"{name}.log").open("ab")
         process = subprocess.Popen(
-            [str(self.tools_dir / name), *args],
+            [program or str(self.tools_dir / name), *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -323,6 +341,15 @@ class DevCluster:
             time.sleep(0.2)
         raise DevClusterError(f"kube-apiserver did not become ready in time: {last_error}")
 
+    def _start_node_agent(self, state: ClusterState, deadline: float) -> None:
+        """Run the agent (as this Python) and wait until it has registered its Ready nodes."""
+        self._start(state, NODE_AGENT, [
+            "-m", "fogline.devcluster.nodeagent",
+            f"--kubeconfig={self.directory / 'kubeconfigs' / 'admin.yaml'}",
+            f"--root={self.local_root}",
+        ], program=sys.executable)  # fmt: skip
+        self._wait_nodes_ready({n["metadata"]["name"] for n in local_nodes()}, deadline)
+
     def _create_nodes(self, topology: Topology, deadline: float) -> None:
         from kubernetes import client
 
@@ -330,7 +357,14 @@ class DevCluster:
             core = client.CoreV1Api(api)
             for node in build_nodes(topology):
                 core.create_node(node)
-            wanted = {n["metadata"]["name"] for n in build_nodes(topology)}
+        self._wait_nodes_ready({n["metadata"]["name"] for n in build_nodes(topology)}, deadline)
+
+    def _wait_nodes_ready(self, wanted: set[str], deadline: float) -> None:
+        from kubernetes import client
+
+        ready: set[str] = set()
+        with self.api_client() as api:
+            core = client.CoreV1Api(api)
             while time.monotonic() < deadline:
                 ready = {
                     n.metadata.name
@@ -343,11 +377,11 @@ class DevCluster:
                     return
                 time.sleep(0.3)
         raise DevClusterError(
-            f"kwok did not make the nodes Ready in time: waiting for {sorted(wanted - ready)}"
+            f"the nodes did not become Ready in time: waiting for {sorted(wanted - ready)}"
         )
 
     def _stop_processes(self, state: ClusterState) -> None:
-        for name in reversed(COMPONENTS):
+        for name in (NODE_AGENT, *reversed(COMPONENTS)):
             pid = state.pids.get(name)
             if pid is None or not _pid_alive(pid):
                 continue

@@ -86,3 +86,26 @@ def build_nodes(topology: Topology) -> list[dict[str, Any]]:
     for site in topology.site_names():
         nodes += [edge_node(site, i) for i in range(topology.nodes_per_site)]
     return nodes
+
+
+# Nodes the dev node agent runs for real (devcluster/nodeagent.py), not kwok.
+LOCAL_NODE_LABEL = "devcluster.fogline.io/local"
+LOCAL_GPU_NODE = "local-gpu"
+LOCAL_EDGE_NODE = "local-edge"
+
+
+def _as_local(node: dict[str, Any], name: str) -> dict[str, Any]:
+    meta = node["metadata"]
+    meta["name"] = name
+    meta["annotations"] = {}
+    meta["labels"] |= {"kubernetes.io/hostname": name, "type": "local", LOCAL_NODE_LABEL: "true"}
+    return node
+
+
+def local_nodes(site: str = "site-01", gpus: int = 1) -> list[dict[str, Any]]:
+    """The agent's nodes, labelled and tainted like their kwok siblings: one in the GPU pool
+    and one edge node in `site`, beside that site's simulated nodes."""
+    return [
+        _as_local(gpu_node(0, gpus), LOCAL_GPU_NODE),
+        _as_local(edge_node(site, 0), LOCAL_EDGE_NODE),
+    ]

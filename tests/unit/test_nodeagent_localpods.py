@@ -1,0 +1,269 @@
+"""The pure half of the dev node agent: image mapping, kubelet $(VAR) expansion, downward-API
+env, pod paths seen through a local folder, port rewriting, pod phase and conditions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fogline.devcluster.localpods import (
+    PodSpecError,
+    PodView,
+    container_env,
+    expand,
+    image_kind,
+    pod_conditions,
+    pod_phase,
+    pod_ports,
+    probe_port,
+    resolve_command,
+    rewrite_ports,
+)
+from fogline.devcluster.topology import (
+    EDGE_TAINT,
+    GPU_RESOURCE,
+    GPU_TAINT,
+    KWOK_NODE_ANNOTATION,
+    SITE_LABEL,
+    Topology,
+    build_nodes,
+    local_nodes,
+)
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize(
+    ("image", "kind"),
+    [
+        ("fogline.dev/trainer:local", "trainer"),
+        ("ghcr.io/fogline/trainer:0.1.0", "trainer"),
+        ("registry.example:5000/team/fogline-trainer@sha256:" + "a" * 64, "trainer"),
+        ("fogline.dev/server:local", "server"),
+        ("ghcr.io/fogline/fogline-server", "server"),
+        ("ghcr.io/fogline/fogline:0.1.0", "operator"),
+        ("nginx:1.27", None),
+        ("ghcr.io/trainer-tools/other:1", None),
+        ("localhost:5000/trainerx", None),
+    ],
+)
+def test_image_kind_recognises_foglines_images_by_repository(image: str, kind: str | None) -> None:
+    assert image_kind(image) == kind
+
+
+def test_image_kind_honours_the_operators_configured_images() -> None:
+    assert image_kind("corp/ml-train:7", {"corp/ml-train:7": "trainer"}) == "trainer"
+
+
+def test_resolve_command_uses_the_local_interpreter_and_its_scripts(tmp_path: Path) -> None:
+    (tmp_path / "fogline").write_text("#!/bin/sh\n")
+    python = tmp_path / "python3.11"
+    assert resolve_command(["python", "-m", "x"], python, tmp_path) == [str(python), "-m", "x"]
+    assert resolve_command(["/usr/bin/python3", "-V"], python, tmp_path)[0] == str(python)
+    assert resolve_command(["/usr/local/bin/fogline", "serve"], python, tmp_path) == [
+        str(tmp_path / "fogline"),
+        "serve",
+    ]
+    with pytest.raises(PodSpecError, match="'bash' is not in the local Python environment"):
+        resolve_command(["bash", "-c", "true"], python, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("text", "expanded"),
+    [
+        ("$(A)", "1"),
+        ("--rank=$(A)-$(B)", "--rank=1-two"),
+        ("$(MISSING)", "$(MISSING)"),
+        ("$$(A)", "$(A)"),
+        ("$$", "$"),
+        ("cost $5", "cost $5"),
+        ("$(A", "$(A"),
+        ("end$", "end$"),
+        ("$($(A))", "$($(A))"),
+    ],
+)
+def test_expand_follows_kubelet_rules(text: str, expanded: str) -> None:
+    assert expand(text, {"A": "1", "B": "two"}) == expanded
+
+
+POD: dict[str, Any] = {
+    "metadata": {"name": "p", "namespace": "ns", "uid": "u-1", "labels": {"app": "x"}},
+    "spec": {"nodeName": "local-gpu", "serviceAccountName": "sa"},
+}
+
+
+def test_container_env_resolves_field_refs_and_earlier_variables() -> None:
+    container = {
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {"name": "APP", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['app']"}}},
+            {"name": "WHO", "value": "$(POD_NAME).$(NS) on $(HOST) $(LATER)"},
+            {"name": "LATER", "value": "x"},
+        ]
+    }
+    env = container_env(POD, container, {"HOST": "h"})
+    assert env["POD_NAME"] == "p" and env["NS"] == "ns" and env["APP"] == "x"
+    assert env["WHO"] == "p.ns on h $(LATER)"
+
+
+@pytest.mark.parametrize(
+    "container",
+    [
+        {"env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]},
+        {"envFrom": [{"configMapRef": {"name": "c"}}]},
+        {"env": [{"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "spec.unknown"}}}]},
+    ],
+)
+def test_container_env_refuses_what_it_cannot_resolve(container: dict[str, Any]) -> None:
+    with pytest.raises(PodSpecError) as caught:
+        container_env(POD, container, {})
+    assert caught.value.reason == "CreateContainerConfigError"
+
+
+VIEW = PodView(Path("/r"), ["/mnt/pvc/art", "/tmp", "/dev/termination-log", "/models/"])
+
+
+@pytest.mark.parametrize(
+    ("arg", "rewritten"),
+    [
+        ("--output=/mnt/pvc/art/x", "--output=/r/mnt/pvc/art/x"),
+        ("/mnt/pvc/art", "/r/mnt/pvc/art"),
+        ("/mnt/pvc", "/r/mnt/pvc"),  # an ancestor of a mount: FOGLINE_PVC_ROOT
+        ("/mnt/pvc/other/x", "/mnt/pvc/other/x"),  # another claim is not mounted
+        ("/mnt/pvc/artifacts", "/mnt/pvc/artifacts"),  # a prefix, not a path inside
+        ("--termination-log=/dev/termination-log", "--termination-log=/r/dev/termination-log"),
+        ("--dest=/models/current", "--dest=/r/models/current"),
+        ("file:///tmp/data.npz", "file:///r/tmp/data.npz"),
+        ("pvc://art/x", "pvc://art/x"),
+        ("/usr/bin/env", "/usr/bin/env"),
+        ("/", "/"),
+        ("--lr=0.1", "--lr=0.1"),
+        ("-v", "-v"),
+    ],
+)
+def test_pod_view_rewrites_only_paths_inside_mounts(arg: str, rewritten: str) -> None:
+    assert VIEW.rewrite_arg(arg) == rewritten
+
+
+SERVER_POD: dict[str, Any] = {
+    "spec": {
+        "containers": [
+            {
+                "name": "server",
+                "ports": [{"name": "http", "containerPort": 8080}],
+                "readinessProbe": {"httpGet": {"port": "http", "path": "/ready"}},
+                "livenessProbe": {"tcpSocket": {"port": 9090}},
+            },
+            {"name": "side", "ports": [{"containerPort": 8080}, {"containerPort": 7000}]},
+        ]
+    }
+}
+
+
+def test_pod_ports_lists_declared_and_probed_ports_once() -> None:
+    assert pod_ports(SERVER_POD) == [8080, 9090, 7000]
+
+
+@pytest.mark.parametrize(
+    ("args", "rewritten"),
+    [
+        (["--port", "8080"], ["--port", "41000"]),
+        (["--port=8080", "--name=x"], ["--port=41000", "--name=x"]),
+        (["--port=9999"], ["--port=9999"]),  # not a declared port: left alone
+        (["--host", "0.0.0.0", "--host=0.0.0.0"], ["--host", "127.0.0.1", "--host=127.0.0.1"]),
+        (["--name", "8080"], ["--name", "8080"]),
+    ],
+)
+def test_rewrite_ports_maps_declared_ports_to_local_ones(
+    args: list[str], rewritten: list[str]
+) -> None:
+    assert rewrite_ports(args, {8080: 41000}) == rewritten
+
+
+def test_probe_port_resolves_named_and_numbered_ports() -> None:
+    container = SERVER_POD["spec"]["containers"][0]
+    ports = {8080: 41000, 9090: 41001}
+    assert probe_port({"port": "http"}, container, ports) == 41000
+    assert probe_port({"port": 9090}, container, ports) == 41001
+    with pytest.raises(PodSpecError, match="'metrics' is not declared"):
+        probe_port({"port": "metrics"}, container, ports)
+
+
+def _status(state: dict[str, Any], ready: bool = False, last: bool = False) -> dict[str, Any]:
+    return {"name": "c", "state": state, "ready": ready,
+            "lastState": {"terminated": {"exitCode": 1}} if last else {}}  # fmt: skip
+
+
+WAITING = {"waiting": {"reason": "ContainerCreating"}}
+RUNNING = {"running": {"startedAt": "t"}}
+
+
+def _done(code: int) -> dict[str, Any]:
+    return {"terminated": {"exitCode": code}}
+
+
+@pytest.mark.parametrize(
+    ("policy", "inits", "mains", "phase"),
+    [
+        ("Never", [], [WAITING], "Pending"),
+        ("Always", [RUNNING], [WAITING], "Pending"),
+        ("Never", [_done(1)], [WAITING], "Failed"),
+        ("OnFailure", [_done(1)], [WAITING], "Pending"),
+        ("Never", [_done(0)], [RUNNING], "Running"),
+        ("Never", [], [_done(0), _done(0)], "Succeeded"),
+        ("Never", [], [_done(0), _done(2)], "Failed"),
+        ("Never", [], [_done(0), RUNNING], "Running"),
+        ("OnFailure", [], [_done(0)], "Succeeded"),
+        ("OnFailure", [], [_done(3)], "Running"),
+        ("Always", [], [_done(0)], "Running"),
+    ],
+)
+def test_pod_phase_matches_the_kubelets(
+    policy: str, inits: list[dict[str, Any]], mains: list[dict[str, Any]], phase: str
+) -> None:
+    assert pod_phase(policy, [_status(s) for s in inits], [_status(s) for s in mains]) == phase
+
+
+def test_pod_phase_of_a_crash_looping_container_is_running() -> None:
+    looping = _status({"waiting": {"reason": "CrashLoopBackOff"}}, last=True)
+    assert pod_phase("Always", [], [looping]) == "Running"
+
+
+def test_pod_conditions_keep_others_and_move_transition_time_only_on_flips() -> None:
+    scheduled = {"type": "PodScheduled", "status": "True", "lastTransitionTime": "t0"}
+    first = pod_conditions([scheduled], "Running", [], [_status(RUNNING)], "t1")
+    by_type = {c["type"]: c for c in first}
+    assert by_type["PodScheduled"] == scheduled
+    assert by_type["Ready"]["status"] == "False"
+    assert by_type["Ready"]["message"] == "containers with unready status: [c]"
+    again = {c["type"]: c for c in pod_conditions(first, "Running", [], [_status(RUNNING)], "t2")}
+    assert again["Ready"]["lastTransitionTime"] == "t1"
+    ready = pod_conditions(first, "Running", [], [_status(RUNNING, ready=True)], "t3")
+    assert {c["type"]: c["lastTransitionTime"] for c in ready}["Ready"] == "t3"
+    assert {c["type"]: c["lastTransitionTime"] for c in ready}["Initialized"] == "t1"
+
+
+def test_local_nodes_look_like_their_kwok_siblings_but_are_not_kwoks() -> None:
+    gpu, edge = local_nodes("site-02", gpus=2)
+    kwok_gpu = _first_kwok_node("gpu")
+    kwok_edge = _first_kwok_node("edge")
+    assert gpu["metadata"]["name"] == "local-gpu" and edge["metadata"]["name"] == "local-edge"
+    for node, sibling in ((gpu, kwok_gpu), (edge, kwok_edge)):
+        assert KWOK_NODE_ANNOTATION not in node["metadata"]["annotations"]
+        assert node["spec"] == sibling["spec"]
+        ignored = {"kubernetes.io/hostname", "type", "devcluster.fogline.io/local", SITE_LABEL,
+                   "topology.kubernetes.io/zone"}  # fmt: skip
+        assert {k: v for k, v in node["metadata"]["labels"].items() if k not in ignored} == {
+            k: v for k, v in sibling["metadata"]["labels"].items() if k not in ignored
+        }
+    assert gpu["spec"]["taints"] == [GPU_TAINT] and edge["spec"]["taints"] == [EDGE_TAINT]
+    assert gpu["status"]["capacity"][GPU_RESOURCE] == "2"
+    assert edge["metadata"]["labels"][SITE_LABEL] == "site-02"
+
+
+def _first_kwok_node(kind: str) -> dict[str, Any]:
+    nodes = build_nodes(Topology(gpu_nodes=1, edge_sites=1, nodes_per_site=1))
+    return next(n for n in nodes if n["metadata"]["name"].startswith(kind))
