@@ -513,6 +513,7 @@ class NodeAgent:
                 listing = json.loads(reply.data)
                 for pod in listing["items"]:
                     self.sync(pod)
+                self._forget_missing(node, {p["metadata"]["uid"] for p in listing["items"]})
                 stream = watch.Watch().stream(
                     self.core.list_pod_for_all_namespaces, field_selector=selector,
                     resource_version=listing["metadata"]["resourceVersion"], timeout_seconds=30,
@@ -544,6 +545,17 @@ class NodeAgent:
             runner.pod = pod
         if deleting:
             runner.request_stop(float(meta.get("deletionGracePeriodSeconds") or 0), delete=True)
+
+    def _forget_missing(self, node: str, present: set[str]) -> None:
+        """Pods deleted while no watch was open never send a DELETED event."""
+        with self.lock:
+            missing = [
+                uid
+                for uid, runner in self.runners.items()
+                if runner.pod["spec"].get("nodeName") == node and uid not in present
+            ]
+        for uid in missing:
+            self.forget({"metadata": {"uid": uid}})
 
     def forget(self, pod: Mapping[str, Any]) -> None:
         with self.lock:
