@@ -69,7 +69,9 @@ class KubeClient:
         self.calls += 1
         return await asyncio.to_thread(self._request, method, path, body, query or [], content_type)
 
-    def _request(self, method: str, path: str, body: Any, query: list[tuple[str, str]], content_type: str) -> Any:
+    def _request(
+        self, method: str, path: str, body: Any, query: list[tuple[str, str]], content_type: str
+    ) -> Any:
         serialized = self.api.param_serialize(
             method,
             path,
@@ -106,9 +108,13 @@ class KubeClient:
         )  # fmt: skip
         return result
 
-    async def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
+    async def get(
+        self, api_version: str, kind: str, namespace: str | None, name: str
+    ) -> dict[str, Any] | None:
         try:
-            result: dict[str, Any] = await self._call("GET", _path(api_version, kind, namespace, name))
+            result: dict[str, Any] = await self._call(
+                "GET", _path(api_version, kind, namespace, name)
+            )
         except ApiException as err:
             if err.status == 404:
                 return None
@@ -127,10 +133,14 @@ class KubeClient:
             raise
         return True
 
-    async def patch_status(self, kind: str, namespace: str, name: str, status: Mapping[str, Any]) -> None:
+    async def patch_status(
+        self, kind: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
         """Merge-patch the status subresource of one of our CRs."""
         path = _path(f"{GROUP}/{VERSION}", kind, namespace, name) + "/status"
-        await self._call("PATCH", path, {"status": dict(status)}, content_type="application/merge-patch+json")
+        await self._call(
+            "PATCH", path, {"status": dict(status)}, content_type="application/merge-patch+json"
+        )
 
     async def list(self, api_version: str, kind: str, namespace: str | None,
                    label_selector: str | None = None) -> list[dict[str, Any]]:  # fmt: skip

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +22,9 @@ DIGEST = "sha256:" + "ab" * 32
 
 
 @pytest.fixture(scope="module")
-def operator(cluster: ClusterHandle, crds: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[OperatorProcess]:
+def operator(
+    cluster: ClusterHandle, crds: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
     process = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator"),
                               {"FOGLINE_TRAINER_IMAGE": "registry.example/fogline-trainer:test"})  # fmt: skip
     process.start()
@@ -43,7 +44,12 @@ def training(name: str, **overrides: Any) -> dict[str, Any]:
     }
     for key, value in overrides.items():
         spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelTraining", "metadata": {"name": name}, "spec": spec}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelTraining",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
 
 
 def summary(accuracy: float) -> dict[str, Any]:
@@ -68,7 +74,9 @@ class Trainings:
         self.custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, body)
 
     def get(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+        result: dict[str, Any] = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, PLURAL, name
+        )
         return result
 
     def status(self, name: str) -> dict[str, Any]:
@@ -79,17 +87,36 @@ class Trainings:
                         what=f"{name} phase {phase}")  # fmt: skip
 
     def jobs(self, name: str) -> list[Any]:
-        return self.batch.list_namespaced_job(self.namespace, label_selector=f"fogline.io/modeltraining={name}").items
+        return self.batch.list_namespaced_job(
+            self.namespace, label_selector=f"fogline.io/modeltraining={name}"
+        ).items
 
     def pods(self, name: str, phase: str | None = None) -> list[Any]:
-        pods = self.core.list_namespaced_pod(self.namespace, label_selector=f"fogline.io/modeltraining={name}").items
+        pods = self.core.list_namespaced_pod(
+            self.namespace, label_selector=f"fogline.io/modeltraining={name}"
+        ).items
         return [p for p in pods if phase is None or p.status.phase == phase]
 
     def running_pod(self, name: str) -> Any:
-        return wait_for(lambda: next(iter(self.pods(name, "Running")), None), what=f"a Running pod of {name}")
+        try:
+            return wait_for(
+                lambda: next(iter(self.pods(name, "Running")), None),
+                what=f"a Running pod of {name}",
+            )
+        except pytest.fail.Exception:
+            pytest.fail(self.describe(name))
+
+    def describe(self, name: str) -> str:
+        """What the API shows about a training, for a failing test's message."""
+        pods = [(p.metadata.name, p.status.phase, [(c.type, c.status, c.message) for c in p.status.conditions or []])
+                for p in self.pods(name)]  # fmt: skip
+        jobs = [(j.metadata.name, j.spec.suspend, j.status.to_dict()) for j in self.jobs(name)]
+        return f"status={self.status(name)}\njobs={jobs}\npods={pods}\nevents={self.events(name)}"
 
     def events(self, name: str) -> list[tuple[str, str]]:
-        items = self.core.list_namespaced_event(self.namespace, field_selector=f"involvedObject.name={name}").items
+        items = self.core.list_namespaced_event(
+            self.namespace, field_selector=f"involvedObject.name={name}"
+        ).items
         return [(e.type, e.reason) for e in items]
 
 
@@ -98,7 +125,9 @@ def mt(cluster: ClusterHandle, namespace: str, operator: OperatorProcess) -> Tra
     return Trainings(cluster, namespace)
 
 
-def test_training_runs_on_a_gpu_node_reports_progress_and_publishes_the_artifact(mt: Trainings) -> None:
+def test_training_runs_on_a_gpu_node_reports_progress_and_publishes_the_artifact(
+    mt: Trainings,
+) -> None:
     mt.create(training("digits"))
     pod = mt.running_pod("digits")
     node = mt.core.read_node(pod.spec.node_name)
@@ -127,7 +156,8 @@ def test_training_runs_on_a_gpu_node_reports_progress_and_publishes_the_artifact
     assert status["metrics"]["accuracy_int8"] == 0.97
     assert status["artifactDigestShort"] == DIGEST[7:19]
     assert status["observedGeneration"] == 1
-    assert {"JobCreated", "Training", "EvaluationPassed"} <= {reason for _, reason in mt.events("digits")}
+    wait_for(lambda: {"JobCreated", "Training", "EvaluationPassed"} <= {r for _, r in mt.events("digits")},
+             what="an Event for each transition")  # fmt: skip
 
 
 def test_below_threshold_ends_failed_and_publishes_nothing(mt: Trainings) -> None:
@@ -148,7 +178,9 @@ def test_failing_pods_exhaust_backoff_and_report_the_reason(mt: Trainings) -> No
     def fail_new_pods() -> Any:
         for pod in mt.pods("flaky", "Running"):
             if pod.metadata.name not in failed:
-                mt.cluster.steer_pod(mt.namespace, pod.metadata.name, "fail", "CUDA error: out of memory")
+                mt.cluster.steer_pod(
+                    mt.namespace, pod.metadata.name, "fail", "CUDA error: out of memory"
+                )
                 failed.add(pod.metadata.name)
         return mt.status("flaky").get("phase") == "Failed"
 
@@ -157,7 +189,9 @@ def test_failing_pods_exhaust_backoff_and_report_the_reason(mt: Trainings) -> No
     succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
     assert succeeded["reason"] == "BackoffLimitExceeded"
     assert len(failed) == 2 and status["attempts"] == 2
-    assert ("Warning", "BackoffLimitExceeded") in mt.events("flaky")
+    wait_for(
+        lambda: ("Warning", "BackoffLimitExceeded") in mt.events("flaky"), what="a failure Event"
+    )
 
 
 def test_more_gpus_than_any_node_has_reports_unschedulable(mt: Trainings) -> None:
@@ -169,12 +203,19 @@ def test_more_gpus_than_any_node_has_reports_unschedulable(mt: Trainings) -> Non
     assert scheduled["reason"] == "Unschedulable"
     assert "Insufficient nvidia.com/gpu" in scheduled["message"]
     assert status["phase"] == "Pending"
-    assert ("Warning", "Unschedulable") in mt.events("huge")
+    wait_for(
+        lambda: ("Warning", "Unschedulable") in mt.events("huge"), what="an Unschedulable Event"
+    )
 
 
 def test_distributed_run_is_an_indexed_job_with_a_headless_service(mt: Trainings) -> None:
-    mt.create(training("ddp", resources={"gpus": 2},
-                       distributed={"workers": 3, "procsPerWorker": 2, "backend": "nccl"}))
+    mt.create(
+        training(
+            "ddp",
+            resources={"gpus": 2},
+            distributed={"workers": 3, "procsPerWorker": 2, "backend": "nccl"},
+        )
+    )
     pods = wait_for(lambda: len(p := mt.pods("ddp", "Running")) == 3 and p, what="3 worker pods")
     job = mt.jobs("ddp")[0]
     assert job.spec.completion_mode == "Indexed" and job.spec.completions == 3
@@ -188,8 +229,12 @@ def test_distributed_run_is_an_indexed_job_with_a_headless_service(mt: Trainings
         assert ref.endswith("['batch.kubernetes.io/job-completion-index']")
         indexes.add(pod.metadata.annotations["batch.kubernetes.io/job-completion-index"])
         command = pod.spec.containers[0].command
-        assert command[0] == "torchrun" and "--nnodes=3" in command and "--nproc-per-node=2" in command
-        assert f"--master-addr={job.metadata.name}-0.{job.metadata.name}.{mt.namespace}.svc" in command
+        assert (
+            command[0] == "torchrun" and "--nnodes=3" in command and "--nproc-per-node=2" in command
+        )
+        assert (
+            f"--master-addr={job.metadata.name}-0.{job.metadata.name}.{mt.namespace}.svc" in command
+        )
         assert pod.spec.subdomain == job.metadata.name
     assert indexes == {"0", "1", "2"}
 
@@ -220,7 +265,9 @@ def test_suspend_pauses_and_resumes_the_same_job(mt: Trainings) -> None:
     assert [j.metadata.name for j in mt.jobs("pausable")] == [job_name]
 
 
-def test_operator_restart_mid_run_creates_no_second_job(mt: Trainings, operator: OperatorProcess) -> None:
+def test_operator_restart_mid_run_creates_no_second_job(
+    mt: Trainings, operator: OperatorProcess
+) -> None:
     mt.create(training("survivor"))
     pod = mt.running_pod("survivor")
     mt.wait_phase("survivor", "Running")
@@ -237,10 +284,15 @@ def test_spec_change_after_success_starts_a_new_run(mt: Trainings) -> None:
     first = mt.wait_phase("rerun", "Succeeded")
     mt.custom.patch_namespaced_custom_object(GROUP, VERSION, mt.namespace, PLURAL, "rerun",
                                              {"spec": {"hyperparameters": {"epochs": 8}}})  # fmt: skip
-    second = wait_for(lambda: (s := mt.status("rerun")).get("jobName") != first["jobName"] and s, what="new run")
+    second = wait_for(
+        lambda: (s := mt.status("rerun")).get("jobName") != first["jobName"] and s, what="new run"
+    )
     assert second["observedGeneration"] == 2
     assert second["artifact"]["digest"] == DIGEST  # the last good artifact stays offered
-    wait_for(lambda: [j.metadata.name for j in mt.jobs("rerun")] == [second["jobName"]], what="old Job removed")
+    wait_for(
+        lambda: [j.metadata.name for j in mt.jobs("rerun")] == [second["jobName"]],
+        what="old Job removed",
+    )
 
 
 def test_deleting_the_training_deletes_its_job(mt: Trainings) -> None:

@@ -19,11 +19,17 @@ def _parser() -> argparse.ArgumentParser:
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("-n", "--namespace", action="append", default=[],
                        help="watch this namespace (repeatable; globs like team-* work)")  # fmt: skip
-    scope.add_argument("-A", "--all-namespaces", action="store_true", help="watch every namespace (default)")
+    scope.add_argument(
+        "-A", "--all-namespaces", action="store_true", help="watch every namespace (default)"
+    )
     parser.add_argument("--peering", default="fogline",
                         help="peering object shared by replicas; only the highest-priority one acts")  # fmt: skip
     parser.add_argument("--priority", type=int, default=0, help="this replica's peering priority")
-    parser.add_argument("--standalone", action="store_true", help="no peering (a single replica, e.g. for development)")
+    parser.add_argument(
+        "--standalone",
+        action="store_true",
+        help="no peering (a single replica, e.g. for development)",
+    )
     parser.add_argument("--liveness", default=None, metavar="URL",
                         help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")

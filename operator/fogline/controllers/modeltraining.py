@@ -1,6 +1,7 @@
 """ModelTraining handlers: a CR becomes a training Job (and its Service and trainer RBAC);
 the Job and its pods become the CR's status. Every trigger (the CR, its Job, its pods, a
-timer) runs the same level-triggered reconcile."""
+restart) runs the same level-triggered reconcile. No timers: they would make kopf put a
+finalizer on every CR, and a CR must stay deletable while the operator is down."""
 
 from __future__ import annotations
 
@@ -28,34 +29,48 @@ TRAINER_SELECTOR = {**MANAGED_BY, COMPONENT_LABEL: "trainer"}
 
 
 @kopf.index(GROUP, VERSION, "modeltrainings")
-def trainings_by_name(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+def trainings_by_name(
+    namespace: str | None, name: str, body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
     return {(namespace, name): body}
 
 
 @kopf.index("batch", "v1", "jobs", labels=TRAINER_SELECTOR)
-def training_jobs(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+def training_jobs(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
     return {(namespace, labels[TRAINING_LABEL]): body}
 
 
 @kopf.index("", "v1", "pods", labels=TRAINER_SELECTOR)
-def training_pods(namespace: str, labels: Mapping[str, str], body: kopf.Body, **_: Any) -> dict[Any, Any]:
+def training_pods(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
     return {(namespace, labels[TRAINING_LABEL]): body}
 
 
-def _plain(body: Mapping[str, Any]) -> dict[str, Any]:
+def _plain(body: kopf.Body) -> dict[str, Any]:
     return {key: body[key] for key in body}
 
 
 async def reconcile_training(
-    body: Mapping[str, Any], state: OperatorState, jobs: kopf.Index[Any, Any], pods: kopf.Index[Any, Any]
+    body: kopf.Body,
+    state: OperatorState,
+    jobs: kopf.Index[Any, Any],
+    pods: kopf.Index[Any, Any],
 ) -> None:
     namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    if body["metadata"].get("deletionTimestamp"):
+        return  # the garbage collector removes the children; nothing to reconcile
     async with state.lock("ModelTraining", namespace, name):
         await _reconcile(body, state, jobs, pods)
 
 
 async def _reconcile(
-    body: Mapping[str, Any], state: OperatorState, jobs: kopf.Index[Any, Any], pods: kopf.Index[Any, Any]
+    body: kopf.Body,
+    state: OperatorState,
+    jobs: kopf.Index[Any, Any],
+    pods: kopf.Index[Any, Any],
 ) -> None:
     now = utcnow()
     try:
@@ -75,7 +90,12 @@ async def _reconcile(
     for old in own_jobs:
         if old != run.job_name:
             await state.kube.delete("batch/v1", "Job", training.namespace, old)
-            kopf.event(body, type="Normal", reason="RunSuperseded", message=f"spec changed; Job {old} deleted")
+            kopf.event(
+                body,
+                type="Normal",
+                reason="RunSuperseded",
+                message=f"spec changed; Job {old} deleted",
+            )
 
     finished = training.status.job_name == run.job_name and training.status.phase in TERMINAL_PHASES
     if job is None and not finished:
@@ -85,16 +105,23 @@ async def _reconcile(
         await _sync_suspend(training, job, state)
     if job is None:
         return  # finished and cleaned up by ttlSecondsAfterFinished: the status stands
-    run_pods = [_plain(p) for p in pods.get(key, []) if p["metadata"]["labels"].get("job-name") == run.job_name]
+    run_pods = [
+        _plain(p)
+        for p in pods.get(key, [])
+        if p["metadata"]["labels"].get("job-name") == run.job_name
+    ]
     observation = observe_training(training, run, job, run_pods, now)
     current = dict(body.get("status") or {})
     if any(current.get(k) != v for k, v in observation.status.items()):
-        await state.kube.patch_status("ModelTraining", training.namespace, training.name, observation.status)
+        await state.kube.patch_status(
+            "ModelTraining", training.namespace, training.name, observation.status
+        )
     for event in observation.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        if state.should_announce("ModelTraining", training.namespace, training.name, event.reason):
+            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
 
 
-async def _create_run(body: Mapping[str, Any], training: ModelTraining, state: OperatorState) -> None:
+async def _create_run(body: kopf.Body, training: ModelTraining, state: OperatorState) -> None:
     settings = state.settings
     run = plan_run(training)
     if training.namespace not in state.rbac_ready:
@@ -108,14 +135,23 @@ async def _create_run(body: Mapping[str, Any], training: ModelTraining, state: O
     job = build_training_job(training, run, settings)
     kopf.adopt(job, owner=body)
     await state.kube.apply(job)
-    phase = "Queued" if training.spec.queue_name else ("Suspended" if training.spec.run_policy.suspend else "Pending")
+    phase = (
+        "Queued"
+        if training.spec.queue_name
+        else ("Suspended" if training.spec.run_policy.suspend else "Pending")
+    )
     status = {"phase": phase, "observedGeneration": training.generation, "jobName": run.job_name}
     await state.kube.patch_status("ModelTraining", training.namespace, training.name, status)
     where = f" in queue {training.spec.queue_name!r}" if training.spec.queue_name else ""
-    kopf.event(body, type="Normal", reason="JobCreated", message=f"created Job {run.job_name}{where}")
+    state.should_announce("ModelTraining", training.namespace, training.name, "JobCreated")
+    kopf.event(
+        body, type="Normal", reason="JobCreated", message=f"created Job {run.job_name}{where}"
+    )
 
 
-async def _sync_suspend(training: ModelTraining, job: Mapping[str, Any], state: OperatorState) -> None:
+async def _sync_suspend(
+    training: ModelTraining, job: Mapping[str, Any], state: OperatorState
+) -> None:
     """spec.runPolicy.suspend pauses and resumes the run. A queued Job's suspension belongs
     to Kueue, so it is only ever set here, never cleared."""
     wanted = training.spec.run_policy.suspend
@@ -126,12 +162,13 @@ async def _sync_suspend(training: ModelTraining, job: Mapping[str, Any], state: 
                            {"spec": {"suspend": wanted}})  # fmt: skip
 
 
-async def _report_invalid(body: Mapping[str, Any], state: OperatorState, errors: list[SpecError]) -> None:
+async def _report_invalid(body: kopf.Body, state: OperatorState, errors: list[SpecError]) -> None:
     message = "; ".join(str(e) for e in errors)
     meta = body["metadata"]
     status = dict(body.get("status") or {})
     if status.get("phase") == "Failed" and any(
-        c.get("reason") == "InvalidSpec" and c.get("message") == message for c in status.get("conditions") or []
+        c.get("reason") == "InvalidSpec" and c.get("message") == message
+        for c in status.get("conditions") or []
     ):
         return
     from fogline.api.conditions import set_condition
@@ -147,31 +184,23 @@ async def _report_invalid(body: Mapping[str, Any], state: OperatorState, errors:
 # -- triggers --------------------------------------------------------------------------------
 
 
+def _indexes(kwargs: Mapping[str, Any]) -> tuple[kopf.Index[Any, Any], kopf.Index[Any, Any]]:
+    # kopf passes each index as a keyword named after its function.
+    return kwargs["training_jobs"], kwargs["training_pods"]
+
+
 @kopf.on.resume(GROUP, VERSION, "modeltrainings")
 @kopf.on.create(GROUP, VERSION, "modeltrainings")
 @kopf.on.update(GROUP, VERSION, "modeltrainings", field="spec")
-async def training_changed(
-    body: kopf.Body, memo: kopf.Memo, training_jobs: kopf.Index[Any, Any], training_pods: kopf.Index[Any, Any],
-    **_: Any,
-) -> None:  # fmt: skip
-    await reconcile_training(body, state_of(memo), training_jobs, training_pods)
-
-
-@kopf.timer(GROUP, VERSION, "modeltrainings", interval=30, initial_delay=30, idle=10)
-async def training_resync(
-    body: kopf.Body, memo: kopf.Memo, training_jobs: kopf.Index[Any, Any], training_pods: kopf.Index[Any, Any],
-    **_: Any,
-) -> None:  # fmt: skip
-    """A safety net for missed events while a run is not finished."""
-    if (body.get("status") or {}).get("phase") not in TERMINAL_PHASES:
-        await reconcile_training(body, state_of(memo), training_jobs, training_pods)
+async def training_changed(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
+    await reconcile_training(body, state_of(memo), *_indexes(kwargs))
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=TRAINER_SELECTOR)
 @kopf.on.event("", "v1", "pods", labels=TRAINER_SELECTOR)
 async def training_child_changed(
-    namespace: str, labels: Mapping[str, str], memo: kopf.Memo, trainings_by_name: kopf.Index[Any, Any],
-    training_jobs: kopf.Index[Any, Any], training_pods: kopf.Index[Any, Any], **_: Any,
-) -> None:  # fmt: skip
-    for owner in trainings_by_name.get((namespace, labels.get(TRAINING_LABEL, "")), []):
-        await reconcile_training(owner, state_of(memo), training_jobs, training_pods)
+    namespace: str | None, labels: Mapping[str, str], memo: Any, **kwargs: Any
+) -> None:
+    owners: kopf.Index[Any, Any] = kwargs["trainings_by_name"]
+    for owner in owners.get((namespace, labels.get(TRAINING_LABEL, "")), []):
+        await reconcile_training(owner, state_of(memo), *_indexes(kwargs))

@@ -22,6 +22,16 @@ class OperatorState:
     kube: KubeClient
     locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
     rbac_ready: set[str] = field(default_factory=set)
+    # The last Event reason posted per object: bodies in kopf's indexes can lag behind our
+    # own status patches, and a transition must be announced once, not once per lag.
+    announced: dict[tuple[str, str, str], str] = field(default_factory=dict)
+
+    def should_announce(self, kind: str, namespace: str, name: str, reason: str) -> bool:
+        key = (kind, namespace, name)
+        if self.announced.get(key) == reason:
+            return False
+        self.announced[key] = reason
+        return True
 
     def lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
         """One reconcile at a time per object, whichever event triggered it."""

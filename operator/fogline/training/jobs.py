@@ -130,7 +130,9 @@ def _command(spec: ModelTrainingSpec, run: TrainingRun, namespace: str) -> list[
     ]
 
 
-def _volumes(spec: ModelTrainingSpec, training_name: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def _volumes(
+    spec: ModelTrainingSpec, training_name: str
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     claims: dict[str, bool] = {}  # claim -> read-only
     if spec.output.scheme == "pvc":
         claims[_pvc_parts(spec.output.uri)[0]] = False
@@ -140,13 +142,20 @@ def _volumes(spec: ModelTrainingSpec, training_name: str) -> tuple[list[dict[str
     mounts: list[dict[str, Any]] = []
     for index, (claim, read_only) in enumerate(sorted(claims.items())):
         volumes.append(
-            {"name": f"pvc-{index}", "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only}}
+            {
+                "name": f"pvc-{index}",
+                "persistentVolumeClaim": {"claimName": claim, "readOnly": read_only},
+            }
         )
-        mounts.append({"name": f"pvc-{index}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": read_only})
+        mounts.append(
+            {"name": f"pvc-{index}", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": read_only}
+        )
     if spec.output.scheme == "file":
         # A folder on the training node itself: for single-node and development clusters.
         folder = spec.output.uri.removeprefix("file://").rstrip("/") or "/"
-        volumes.append({"name": "output", "hostPath": {"path": folder, "type": "DirectoryOrCreate"}})
+        volumes.append(
+            {"name": "output", "hostPath": {"path": folder, "type": "DirectoryOrCreate"}}
+        )
         mounts.append({"name": "output", "mountPath": folder})
     volumes.append({"name": "tmp", "emptyDir": {}})
     mounts.append({"name": "tmp", "mountPath": "/tmp"})
@@ -175,7 +184,10 @@ def build_training_job(
     if spec.queue_name:
         job_labels[KUEUE_QUEUE_LABEL] = spec.queue_name
     uses_gpu = spec.resources.gpus > 0
-    node_selector = {**(settings.gpu_node_selector if uses_gpu else {}), **spec.placement.node_selector}
+    node_selector = {
+        **(settings.gpu_node_selector if uses_gpu else {}),
+        **spec.placement.node_selector,
+    }
     tolerations = [dict(t) for t in settings.gpu_tolerations] if uses_gpu else []
     tolerations += [t.to_dict() for t in spec.placement.tolerations]
     volumes, mounts = _volumes(spec, training.name)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fogline.api.conditions import find_condition, rfc3339, set_condition
+from fogline.api.conditions import rfc3339, set_condition
 from fogline.api.digests import is_digest, short_digest
 from fogline.api.modeltraining import ModelTraining
 from fogline.training.jobs import PROGRESS_ANNOTATION, TrainingRun
@@ -61,7 +61,8 @@ def _rank_zero(pods: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     chosen = [
         p
         for p in pods
-        if (p.get("metadata", {}).get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION, "0") == "0"
+        if (p.get("metadata", {}).get("annotations") or {}).get(COMPLETION_INDEX_ANNOTATION, "0")
+        == "0"
     ]
     return sorted(chosen, key=lambda p: p["metadata"].get("creationTimestamp") or "", reverse=True)
 
@@ -130,7 +131,9 @@ def progress_from_pods(
 
 
 def _success(training: ModelTraining, summary: dict[str, Any]) -> _Verdict:
-    metrics = {k: float(v) for k, v in (summary.get("metrics") or {}).items() if isinstance(v, int | float)}
+    metrics = {
+        k: float(v) for k, v in (summary.get("metrics") or {}).items() if isinstance(v, int | float)
+    }
     evaluation = summary.get("evaluation") or {}
     artifact = summary.get("artifact") or {}
     gate = training.spec.evaluation
@@ -185,7 +188,9 @@ def _failure(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> _Verd
     return _Verdict("Failed", reason, message)
 
 
-def _verdict(training: ModelTraining, job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]) -> _Verdict:
+def _verdict(
+    training: ModelTraining, job: Mapping[str, Any] | None, pods: Sequence[Mapping[str, Any]]
+) -> _Verdict:
     if job is None:
         return _Verdict("Pending", "JobPending", "the training Job is being created")
     if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
@@ -200,7 +205,9 @@ def _verdict(training: ModelTraining, job: Mapping[str, Any] | None, pods: Seque
     status = job.get("status") or {}
     if (job.get("spec") or {}).get("suspend"):
         if training.spec.run_policy.suspend:
-            return _Verdict("Suspended", "Suspended", "spec.runPolicy.suspend is true; the Job is paused")
+            return _Verdict(
+                "Suspended", "Suspended", "spec.runPolicy.suspend is true; the Job is paused"
+            )
         if training.spec.queue_name:
             return _Verdict("Queued", "Queued",
                             f"waiting for Kueue to admit the Job in queue {training.spec.queue_name!r}")  # fmt: skip
@@ -234,7 +241,9 @@ def observe_training(
                                    "training pods were placed" if scheduled else verdict.message,
                                    generation, now)  # fmt: skip
     progressing = phase in ("Pending", "Queued", "Running")
-    conditions = set_condition(conditions, "Progressing", progressing, verdict.reason, verdict.message, generation, now)
+    conditions = set_condition(
+        conditions, "Progressing", progressing, verdict.reason, verdict.message, generation, now
+    )
     succeeded: bool | str = {"Succeeded": True, "Failed": False}.get(phase, "Unknown")
     conditions = set_condition(conditions, "Succeeded", succeeded if succeeded != "Unknown" else "Unknown",  # type: ignore[arg-type]
                                verdict.reason, verdict.message, generation, now)  # fmt: skip
@@ -246,7 +255,8 @@ def observe_training(
         "observedGeneration": generation,
         "conditions": conditions,
         "jobName": run.job_name,
-        "attempts": int(job_status.get("failed") or 0) + (1 if job_status.get("active") or job_status.get("succeeded") else 0),
+        "attempts": int(job_status.get("failed") or 0)
+        + (1 if job_status.get("active") or job_status.get("succeeded") else 0),
     }
     if started is not None:
         status["startTime"] = rfc3339(started)
@@ -260,13 +270,9 @@ def observe_training(
         status["progress"] = progress
     status.update(verdict.fields)
 
-    events: list[TrainingEvent] = []
-    if previous.phase != phase or (
-        (old := find_condition(previous.conditions, "Progressing")) is not None and old.reason != verdict.reason
-        and verdict.reason == "Unschedulable"
-    ):
-        kind = "Warning" if phase == "Failed" or verdict.reason == "Unschedulable" else "Normal"
-        events.append(TrainingEvent(kind, verdict.reason, verdict.message))
+    # One Event per verdict; the controller posts it once per change of reason.
+    kind = "Warning" if phase == "Failed" or verdict.reason == "Unschedulable" else "Normal"
+    events = [TrainingEvent(kind, verdict.reason, verdict.message)]
     return TrainingObservation(status=status, events=tuple(events), phase=phase)
 
 
@@ -275,4 +281,10 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-__all__ = ["TrainingEvent", "TrainingObservation", "observe_training", "progress_from_pods", "timedelta"]
+__all__ = [
+    "TrainingEvent",
+    "TrainingObservation",
+    "observe_training",
+    "progress_from_pods",
+    "timedelta",
+]
