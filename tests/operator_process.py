@@ -49,7 +49,9 @@ class OperatorProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"the operator exited at start:\n{self.log_path.read_text()[-3000:]}")
+                raise RuntimeError(
+                    f"the operator exited at start:\n{self.log_path.read_text()[-3000:]}"
+                )
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1) as reply:
                     if reply.status == 200:
@@ -57,7 +59,9 @@ class OperatorProcess:
             except (urllib.error.URLError, OSError):
                 pass
             time.sleep(0.2)
-        raise RuntimeError(f"the operator did not become live:\n{self.log_path.read_text()[-3000:]}")
+        raise RuntimeError(
+            f"the operator did not become live:\n{self.log_path.read_text()[-3000:]}"
+        )
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -74,4 +78,6 @@ class OperatorProcess:
         self.start()
 
     def logs(self) -> str:
-        return "\n".join(p.read_text(errors="replace") for p in sorted(self.log_dir.glob("operator-*.log")))
+        return "\n".join(
+            p.read_text(errors="replace") for p in sorted(self.log_dir.glob("operator-*.log"))
+        )

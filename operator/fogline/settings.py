@@ -29,9 +29,13 @@ class OperatorSettings:
     trainer_image: str = f"ghcr.io/fogline/trainer:{__version__}"
     server_image: str = f"ghcr.io/fogline/server:{__version__}"
     image_pull_policy: str = "IfNotPresent"
-    gpu_node_selector: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_GPU_NODE_SELECTOR))
+    gpu_node_selector: Mapping[str, str] = field(
+        default_factory=lambda: dict(DEFAULT_GPU_NODE_SELECTOR)
+    )
     gpu_tolerations: tuple[Mapping[str, Any], ...] = DEFAULT_GPU_TOLERATIONS
-    edge_node_selector: Mapping[str, str] = field(default_factory=lambda: dict(DEFAULT_EDGE_NODE_SELECTOR))
+    edge_node_selector: Mapping[str, str] = field(
+        default_factory=lambda: dict(DEFAULT_EDGE_NODE_SELECTOR)
+    )
     edge_tolerations: tuple[Mapping[str, Any], ...] = DEFAULT_EDGE_TOLERATIONS
     site_label: str = "topology.fogline.io/site"
     # Node-local folder on edge nodes that keeps fetched artifacts by digest (edge autonomy).
@@ -56,21 +60,37 @@ class OperatorSettings:
             try:
                 value = json.loads(raw)
             except json.JSONDecodeError as err:
-                raise SettingsError(f"{name}: not valid JSON ({err.msg}); e.g. {json.dumps(default)}") from err
+                raise SettingsError(
+                    f"{name}: not valid JSON ({err.msg}); e.g. {json.dumps(default)}"
+                ) from err
             if not isinstance(value, kind):
-                raise SettingsError(f"{name}: expected a JSON {kind.__name__}, e.g. {json.dumps(default)}")
+                raise SettingsError(
+                    f"{name}: expected a JSON {kind.__name__}, e.g. {json.dumps(default)}"
+                )
             return value
 
         return cls(
             trainer_image=text("FOGLINE_TRAINER_IMAGE", defaults.trainer_image),
             server_image=text("FOGLINE_SERVER_IMAGE", defaults.server_image),
             image_pull_policy=text("FOGLINE_IMAGE_PULL_POLICY", defaults.image_pull_policy),
-            gpu_node_selector=parsed("FOGLINE_GPU_NODE_SELECTOR", dict(defaults.gpu_node_selector), dict),
-            gpu_tolerations=tuple(parsed("FOGLINE_GPU_TOLERATIONS", list(defaults.gpu_tolerations), list)),
-            edge_node_selector=parsed("FOGLINE_EDGE_NODE_SELECTOR", dict(defaults.edge_node_selector), dict),
-            edge_tolerations=tuple(parsed("FOGLINE_EDGE_TOLERATIONS", list(defaults.edge_tolerations), list)),
+            gpu_node_selector=parsed(
+                "FOGLINE_GPU_NODE_SELECTOR", dict(defaults.gpu_node_selector), dict
+            ),
+            gpu_tolerations=tuple(
+                parsed("FOGLINE_GPU_TOLERATIONS", list(defaults.gpu_tolerations), list)
+            ),
+            edge_node_selector=parsed(
+                "FOGLINE_EDGE_NODE_SELECTOR", dict(defaults.edge_node_selector), dict
+            ),
+            edge_tolerations=tuple(
+                parsed("FOGLINE_EDGE_TOLERATIONS", list(defaults.edge_tolerations), list)
+            ),
             site_label=text("FOGLINE_SITE_LABEL", defaults.site_label),
             edge_cache_dir=text("FOGLINE_EDGE_CACHE_DIR", defaults.edge_cache_dir),
-            trainer_service_account=text("FOGLINE_TRAINER_SERVICE_ACCOUNT", defaults.trainer_service_account),
-            progress_interval_seconds=int(text("FOGLINE_PROGRESS_INTERVAL", str(defaults.progress_interval_seconds))),
+            trainer_service_account=text(
+                "FOGLINE_TRAINER_SERVICE_ACCOUNT", defaults.trainer_service_account
+            ),
+            progress_interval_seconds=int(
+                text("FOGLINE_PROGRESS_INTERVAL", str(defaults.progress_interval_seconds))
+            ),
         )

@@ -190,3 +190,26 @@ def test_node_annotated_not_ready_stops_reporting_ready_and_comes_back(
     finally:
         core.patch_node(name, {"metadata": {"annotations": {"sim.fogline.io/node-state": None}}})
     wait_for(lambda: ready() == "True", what="node Ready again")
+
+
+@pytest.mark.parametrize(
+    ("digest", "ready", "waiting"),
+    [
+        ("sha256:" + "ab" * 32, "True", None),
+        ("sha256:deadbeef" + "0" * 56, "False", None),
+        ("sha256:badc0de0" + "0" * 56, "False", "CrashLoopBackOff"),
+    ],
+)
+def test_an_inference_pods_model_digest_decides_its_simulated_health(
+    cluster: ClusterHandle, ns: str, digest: str, ready: str, waiting: str | None
+) -> None:
+    pod = _pod("server", tolerations=[EDGE_TOLERATION], nodeSelector={"node-role.kubernetes.io/edge": "true"},
+               annotations={"fogline.io/model-digest": digest})  # fmt: skip
+    client.CoreV1Api(cluster.api).create_namespaced_pod(ns, pod)
+    seen = wait_for(
+        lambda: (p := _read_pod(cluster, ns, "server")).status.phase == "Running" and p,
+        what="Running",
+    )
+    assert {c.type: c.status for c in seen.status.conditions}["Ready"] == ready
+    state = seen.status.container_statuses[0].state
+    assert (state.waiting.reason if state.waiting else None) == waiting

@@ -197,6 +197,7 @@ class EdgeDeploymentStatus:
     failed_site: str | None = None
     message: str | None = None
     history: tuple[HistoryEntry, ...] | None = None
+    rollout: Mapping[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, status: Mapping[str, Any] | None) -> EdgeDeploymentStatus:

@@ -316,7 +316,10 @@ def validate_modeltraining(spec: ModelTrainingSpec) -> list[SpecError]:
                 "or a pvc://, http(s):// or s3:// location",
             )
         )
-    for path, scheme in (("spec.dataset.uri", spec.dataset.scheme), ("spec.output.uri", spec.output.scheme)):
+    for path, scheme in (
+        ("spec.dataset.uri", spec.dataset.scheme),
+        ("spec.output.uri", spec.output.scheme),
+    ):
         if scheme == "s3":
             errors.append(
                 SpecError(

@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import kopf
 
+    import fogline.controllers.edgedeployment
     import fogline.controllers.modeltraining
     import fogline.controllers.runtime  # noqa: F401 - registers the handlers
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,38 @@ class OperatorState:
             return False
         self.announced[key] = reason
         return True
+
+    # Debounced reconciles: many events about one object become one reconcile.
+    pending: dict[tuple[str, str, str], asyncio.TimerHandle] = field(default_factory=dict)
+    indexes: dict[str, Any] = field(default_factory=dict)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    # DaemonSet generations as our last apply left them: a different one means drift.
+    applied_generations: dict[tuple[str, str], int] = field(default_factory=dict)
+    node_essence: dict[str, str] = field(default_factory=dict)
+
+    def kick(
+        self,
+        key: tuple[str, str, str],
+        reconcile: Callable[[str, str], Coroutine[Any, Any, None]],
+        delay: float = 0.2,
+    ) -> None:
+        """Reconcile `key` after `delay` seconds; an earlier pending kick wins, so a burst
+        of events costs one reconcile. `reconcile(namespace, name)` reads fresh state."""
+        loop = asyncio.get_running_loop()
+        due = loop.time() + delay
+        existing = self.pending.get(key)
+        if existing is not None and not existing.cancelled() and existing.when() <= due:
+            return
+        if existing is not None:
+            existing.cancel()
+
+        def fire() -> None:
+            self.pending.pop(key, None)
+            task: asyncio.Task[None] = loop.create_task(reconcile(key[1], key[2]))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+        self.pending[key] = loop.call_later(max(0.0, delay), fire)
 
     def lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
         """One reconcile at a time per object, whichever event triggered it."""

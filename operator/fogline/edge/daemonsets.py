@@ -1,0 +1,210 @@
+"""Builders for what an EdgeDeployment becomes: one DaemonSet per site, whose pods fetch
+and verify the artifact into a node-local cache (init step), then serve it with ONNX
+Runtime behind the Open Inference Protocol. Typed spec in, plain dicts out.
+
+One DaemonSet a site, not one Deployment: an edge node serves its own shop, plant or tower,
+so the unit is one server per node; a per-site object lets each site carry its own model
+digest while a wave is under way; OnDelete lets the operator choose which node's pod is
+replaced and when (update locks, one serving pod at a time, no surge on small nodes)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from fogline.api.edgedeployment import EdgeDeployment
+from fogline.settings import OperatorSettings
+
+MANAGED_BY = {"app.kubernetes.io/managed-by": "fogline"}
+COMPONENT_LABEL = "app.kubernetes.io/component"
+EDGE_LABEL = "fogline.io/edgedeployment"
+SITE_LABEL = "fogline.io/site"
+DIGEST_ANNOTATION = "fogline.io/model-digest"
+TEMPLATE_HASH_ANNOTATION = "fogline.io/template-hash"
+MODEL_DIR = "/models/current"
+CACHE_MOUNT = "/var/lib/fogline/cache"
+PVC_ROOT = "/mnt/pvc"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """The artifact a site serves: where it is fetched from and the digest it must have."""
+
+    uri: str
+    digest: str
+
+
+def daemonset_name(edge_name: str, site: str) -> str:
+    name = f"{edge_name}-{site}"
+    if len(name) <= 63:
+        return name
+    suffix = hashlib.sha256(name.encode()).hexdigest()[:8]
+    return f"{name[:54]}-{suffix}"
+
+
+def edge_labels(edge: EdgeDeployment, site: str) -> dict[str, str]:
+    return {
+        **MANAGED_BY,
+        COMPONENT_LABEL: "edge-server",
+        EDGE_LABEL: edge.name,
+        SITE_LABEL: site[:63],
+    }
+
+
+def _source_volume(
+    model: ModelRef,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, str]]:
+    """Volumes that make a pvc:// or file:// artifact readable by the fetch step."""
+    if model.uri.startswith("pvc://"):
+        claim = model.uri.removeprefix("pvc://").split("/", 1)[0]
+        return (
+            [
+                {
+                    "name": "artifact-source",
+                    "persistentVolumeClaim": {"claimName": claim, "readOnly": True},
+                }
+            ],
+            [{"name": "artifact-source", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True}],
+            {"FOGLINE_PVC_ROOT": PVC_ROOT},
+        )
+    if model.uri.startswith("file://"):
+        folder = model.uri.removeprefix("file://")
+        return (
+            [{"name": "artifact-source", "hostPath": {"path": folder, "type": "Directory"}}],
+            [{"name": "artifact-source", "mountPath": folder, "readOnly": True}],
+            {},
+        )
+    return [], [], {}
+
+
+def build_site_daemonset(
+    edge: EdgeDeployment, site: str, model: ModelRef, settings: OperatorSettings
+) -> dict[str, Any]:
+    """The DaemonSet of one site serving `model`. The caller adds the ownerReference."""
+    spec = edge.spec
+    labels = edge_labels(edge, site)
+    port = spec.runtime.port
+    source_volumes, source_mounts, source_env = _source_volume(model)
+    security = {
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+        "capabilities": {"drop": ["ALL"]},
+    }
+    fetch = {
+        "name": "fetch",
+        "image": spec.runtime.image or settings.server_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["fogline", "fetch"],
+        "args": [
+            f"--uri={model.uri}",
+            f"--digest={model.digest}",
+            f"--cache-dir={CACHE_MOUNT}",
+            f"--dest={MODEL_DIR}",
+        ],
+        "env": [{"name": k, "value": v} for k, v in source_env.items()],
+        "volumeMounts": [
+            {"name": "cache", "mountPath": CACHE_MOUNT},
+            {"name": "model", "mountPath": "/models"},
+            *source_mounts,
+        ],
+        # The hostPath cache belongs to root on the node: the fetch step writes it as UID 0
+        # but with every capability dropped, so it can write only what root owns.
+        "securityContext": {**security, "runAsNonRoot": False, "runAsUser": 0},
+    }
+    probe = {
+        "httpGet": {"path": "/v2/health/ready", "port": "http"},
+        "periodSeconds": 5,
+        "failureThreshold": 3,
+    }
+    server: dict[str, Any] = {
+        "name": "server",
+        "image": spec.runtime.image or settings.server_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["fogline", "serve"],
+        "args": [
+            f"--model-dir={MODEL_DIR}",
+            f"--name={edge.served_name}",
+            f"--port={port}",
+            f"--threads={spec.runtime.threads}",
+            f"--expected-digest={model.digest}",
+        ],
+        "ports": [{"name": "http", "containerPort": port}],
+        "readinessProbe": probe,
+        "livenessProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "startupProbe": {
+            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "periodSeconds": 2,
+            "failureThreshold": 30,
+        },
+        "volumeMounts": [
+            {"name": "model", "mountPath": "/models", "readOnly": True},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
+        "securityContext": security,
+    }
+    resources = spec.runtime.resources
+    if resources is not None and (resources.cpu is not None or resources.memory is not None):
+        requests = {
+            k: str(v)
+            for k, v in (("cpu", resources.cpu), ("memory", resources.memory))
+            if v is not None
+        }
+        server["resources"] = {"requests": requests}
+        if resources.memory is not None:
+            server["resources"]["limits"] = {"memory": str(resources.memory)}
+    node_selector = {**spec.placement.node_selector, spec.placement.site_label: site}
+    pod_spec: dict[str, Any] = {
+        "nodeSelector": node_selector,
+        "tolerations": [t.to_dict() for t in spec.placement.tolerations],
+        "initContainers": [fetch],
+        "containers": [server],
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": 30,
+        "volumes": [
+            # The node-local cache keyed by digest: a node that loses its link to the cloud
+            # still restarts its server from what it fetched before (edge autonomy).
+            {
+                "name": "cache",
+                "hostPath": {"path": settings.edge_cache_dir, "type": "DirectoryOrCreate"},
+            },
+            {"name": "model", "emptyDir": {}},
+            {"name": "tmp", "emptyDir": {}},
+            *source_volumes,
+        ],
+    }
+    if spec.rollout.replace_in_place:
+        strategy: dict[str, Any] = {"type": "OnDelete"}
+    else:
+        # Nodes with room for two copies: the DaemonSet controller surges one node at a time.
+        strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    template = {
+        "metadata": {"labels": labels, "annotations": {DIGEST_ANNOTATION: model.digest}},
+        "spec": pod_spec,
+    }
+    body_spec = {
+        "selector": {"matchLabels": {EDGE_LABEL: edge.name, SITE_LABEL: site[:63]}},
+        "updateStrategy": strategy,
+        "template": template,
+    }
+    template_hash = hashlib.sha256(json.dumps(body_spec, sort_keys=True).encode()).hexdigest()[:16]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {
+            "name": daemonset_name(edge.name, site),
+            "namespace": edge.namespace,
+            "labels": labels,
+            "annotations": {
+                DIGEST_ANNOTATION: model.digest,
+                TEMPLATE_HASH_ANNOTATION: template_hash,
+            },
+        },
+        "spec": body_spec,
+    }

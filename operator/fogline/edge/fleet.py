@@ -1,0 +1,182 @@
+"""From what the API shows (Nodes, the inference pods) to what the rollout planner reads
+(sites of nodes, each with its pod's digest and health), and from the planner's plan to
+the EdgeDeployment's status. Pure functions of their inputs; `now` is passed in."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from fogline.api.conditions import rfc3339, set_condition
+from fogline.api.digests import short_digest
+from fogline.api.edgedeployment import EdgeDeployment, sites_ready_text
+from fogline.edge.daemonsets import DIGEST_ANNOTATION
+from fogline.rollout import NodeObservation, PodObservation, RolloutPlan, SiteObservation
+
+UPDATE_LOCK_ANNOTATION = "fogline.io/update-lock"
+MAINTENANCE_LABEL = "fogline.io/maintenance"
+# Container states from which a pod will not become healthy by waiting.
+FAILING_REASONS = frozenset({
+    "CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "InvalidImageName",
+    "CreateContainerConfigError", "CreateContainerError", "RunContainerError", "UnknownImage",
+})  # fmt: skip
+
+
+def selects(node: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
+    labels = node.get("metadata", {}).get("labels") or {}
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def node_ready(node: Mapping[str, Any]) -> bool:
+    for cond in (node.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return bool(cond.get("status") == "True")
+    return False
+
+
+def pod_failure(pod: Mapping[str, Any]) -> str | None:
+    """Why a pod will not become healthy, or None while it still may."""
+    status = pod.get("status") or {}
+    if status.get("phase") == "Failed":
+        return "PodFailed"
+    for key, prefix in (("initContainerStatuses", "Init:"), ("containerStatuses", "")):
+        for container in status.get(key) or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in FAILING_REASONS:
+                return f"{prefix}{waiting['reason']}"
+            terminated = (container.get("state") or {}).get("terminated") or {}
+            if key == "initContainerStatuses" and terminated.get("exitCode") not in (None, 0):
+                return "Init:FetchFailed"
+    return None
+
+
+def pod_ready(pod: Mapping[str, Any]) -> bool:
+    for cond in (pod.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return bool(cond.get("status") == "True")
+    return False
+
+
+def observe_pod(pod: Mapping[str, Any]) -> PodObservation | None:
+    meta = pod.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return None  # on its way out: the node is being replaced
+    digest = (meta.get("annotations") or {}).get(DIGEST_ANNOTATION, "")
+    return PodObservation(digest=digest, ready=pod_ready(pod), failure=pod_failure(pod))
+
+
+def observe_sites(
+    edge: EdgeDeployment, nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]
+) -> list[SiteObservation]:
+    """The selected edge nodes grouped into sites, each node with its inference pod."""
+    placement = edge.spec.placement
+    wanted_sites = set(placement.sites) if placement.sites else None
+    paused_sites = set(edge.spec.rollout.paused_sites or ())
+    by_node: dict[str, PodObservation] = {}
+    for pod in pods:
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        observed = observe_pod(pod)
+        if node_name and observed is not None:
+            by_node[node_name] = observed
+    sites: dict[str, list[NodeObservation]] = {}
+    maintenance: set[str] = set()
+    for node in nodes:
+        if not selects(node, placement.node_selector):
+            continue
+        meta = node.get("metadata") or {}
+        site = (meta.get("labels") or {}).get(placement.site_label)
+        if not site or (wanted_sites is not None and site not in wanted_sites):
+            continue
+        if (meta.get("labels") or {}).get(MAINTENANCE_LABEL) == "true":
+            maintenance.add(site)
+        sites.setdefault(site, []).append(
+            NodeObservation(
+                name=meta["name"],
+                ready=node_ready(node),
+                locked=UPDATE_LOCK_ANNOTATION in (meta.get("annotations") or {}),
+                pod=by_node.get(meta["name"]),
+            )
+        )
+    return [
+        SiteObservation(
+            name=site,
+            nodes=tuple(sorted(site_nodes, key=lambda n: n.name)),
+            paused=site in paused_sites,
+            maintenance=site in maintenance,
+        )
+        for site, site_nodes in sorted(sites.items())
+    ]
+
+
+def build_status(
+    edge: EdgeDeployment,
+    plan: RolloutPlan,
+    target_uri: str,
+    history: Sequence[Mapping[str, Any]],
+    now: datetime,
+) -> dict[str, Any]:
+    """The status merge patch for a plan."""
+    memory = plan.memory
+    counts = plan.counts
+    previous = [c.to_dict() for c in edge.status.conditions or ()]
+    generation = edge.generation
+    available = plan.phase in ("Available", "Degraded")
+    conditions = set_condition(previous, "ModelResolved", True, "ArtifactResolved",
+                               f"serving {short_digest(memory.target_digest)} from {target_uri}", generation, now)  # fmt: skip
+    conditions = set_condition(
+        conditions, "Available", available, plan.phase, plan.message or plan.phase, generation, now
+    )
+    progressing = plan.phase in ("Progressing", "Pending")
+    conditions = set_condition(
+        conditions,
+        "Progressing",
+        progressing,
+        plan.phase,
+        plan.message or plan.phase,
+        generation,
+        now,
+    )
+    degraded = plan.phase in ("Degraded", "RolledBack", "Failed")
+    conditions = set_condition(
+        conditions, "Degraded", degraded, plan.phase, plan.message or plan.phase, generation, now
+    )
+    status: dict[str, Any] = {
+        "phase": plan.phase,
+        "observedGeneration": generation,
+        "conditions": conditions,
+        "currentDigest": memory.stable_digest,
+        "currentDigestShort": short_digest(memory.stable_digest) if memory.stable_digest else None,
+        "targetDigest": memory.target_digest,
+        "targetUri": target_uri,
+        "sitesReady": sites_ready_text(counts.sites_ready, counts.sites),
+        "counts": counts.to_dict(),
+        "sites": [site.to_dict() for site in plan.sites],
+        "wave": {
+            "index": memory.wave_index,
+            "sites": list(memory.wave_sites),
+            "startedAt": rfc3339(memory.wave_started_at) if memory.wave_started_at else None,
+        },
+        "failedSite": memory.failed_site,
+        "message": plan.message,
+        "history": list(history),
+        "rollout": memory.to_dict(),
+    }
+    return status
+
+
+def next_history(
+    history: Sequence[Mapping[str, Any]],
+    stable_digest: str | None,
+    uri: str,
+    limit: int,
+    now: datetime,
+) -> list[dict[str, Any]]:
+    """Revision history: a new entry when a digest becomes the stable one, newest first,
+    at most `limit` entries."""
+    entries = [dict(h) for h in history]
+    if not stable_digest or (entries and entries[0].get("digest") == stable_digest):
+        return entries[:limit]
+    revision = max((int(h.get("revision") or 0) for h in entries), default=0) + 1
+    entry = {"revision": revision, "digest": stable_digest, "uri": uri, "deployedAt": rfc3339(now)}
+    return [entry, *entries][:limit]

@@ -1,0 +1,305 @@
+"""The EdgeDeployment controller on the real control plane with kwok edge sites: per-site
+DaemonSets on K3s edge nodes, canary then waves, automatic rollback of a model that never
+becomes Ready, disconnected sites, new sites, fromTraining, and clean-up."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from tests.conftest import ClusterHandle, wait_for
+from tests.operator_process import OperatorProcess
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+GROUP, VERSION = "fogline.io", "v1alpha1"
+GOOD = "sha256:" + "a1" * 32
+NEWER = "sha256:" + "b2" * 32
+NEVER_READY = "sha256:deadbeef" + "c3" * 28  # the dev cluster's kwok never makes it Ready
+SITES = ["site-01", "site-02", "site-03"]
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: ClusterHandle, crds: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    process = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator"),
+                              {"FOGLINE_SERVER_IMAGE": "registry.example/fogline-server:test"})  # fmt: skip
+    process.start()
+    yield process
+    process.stop()
+
+
+def edge(name: str, digest: str = GOOD, **rollout: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "EdgeDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": "https://models.example/digits", "digest": digest},
+            "placement": {"sites": SITES},
+            "rollout": {"progressDeadlineSeconds": 20, **rollout},
+        },
+    }
+
+
+class Edges:
+    def __init__(self, cluster: ClusterHandle, namespace: str) -> None:
+        self.cluster, self.namespace = cluster, namespace
+        self.custom = client.CustomObjectsApi(cluster.api)
+        self.core = client.CoreV1Api(cluster.api)
+        self.apps = client.AppsV1Api(cluster.api)
+
+    def create(self, body: dict[str, Any]) -> None:
+        self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "edgedeployments", body
+        )
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "edgedeployments", name, {"spec": spec}
+        )
+
+    def status(self, name: str) -> dict[str, Any]:
+        body = self.custom.get_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, "edgedeployments", name
+        )
+        result: dict[str, Any] = body.get("status") or {}
+        return result
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:
+        return wait_for(lambda: (s := self.status(name)).get("phase") == phase and s, timeout=timeout,
+                        what=f"{name} phase {phase}")  # fmt: skip
+
+    def pods(self, name: str) -> list[Any]:
+        items = self.core.list_namespaced_pod(
+            self.namespace, label_selector=f"fogline.io/edgedeployment={name}"
+        ).items
+        return [p for p in items if p.metadata.deletion_timestamp is None]
+
+    def node(self, name: str) -> Any:
+        return self.core.read_node(name)
+
+    def events(self, name: str) -> list[Any]:
+        items = self.core.list_namespaced_event(
+            self.namespace, field_selector=f"involvedObject.name={name}"
+        ).items
+        return sorted(
+            items,
+            key=lambda e: (e.first_timestamp or e.event_time or 0, e.metadata.creation_timestamp),
+        )
+
+
+@pytest.fixture
+def ed(cluster: ClusterHandle, namespace: str, operator: OperatorProcess) -> Edges:
+    return Edges(cluster, namespace)
+
+
+def test_fresh_deployment_serves_on_every_selected_site(ed: Edges) -> None:
+    ed.create(edge("fresh"))
+    status = ed.wait_phase("fresh", "Available")
+    assert status["counts"] == {
+        "sites": 3,
+        "sitesUpdated": 3,
+        "sitesReady": 3,
+        "nodes": 6,
+        "nodesUpdated": 6,
+        "nodesReady": 6,
+    }
+    assert status["sitesReady"] == "3/3" and status["currentDigest"] == GOOD
+    assert status["observedGeneration"] == 1
+    assert [s["name"] for s in status["sites"]] == SITES
+    pods = ed.pods("fresh")
+    assert len(pods) == 6
+    for pod in pods:
+        labels = ed.node(pod.spec.node_name).metadata.labels
+        assert (
+            labels["node-role.kubernetes.io/edge"] == "true"
+            and labels["topology.fogline.io/site"] in SITES
+        )
+        assert pod.metadata.annotations["fogline.io/model-digest"] == GOOD
+        assert pod.spec.init_containers[0].args[:2] == [
+            "--uri=https://models.example/digits",
+            f"--digest={GOOD}",
+        ]
+        assert pod.spec.containers[0].readiness_probe.http_get.path == "/v2/health/ready"
+    daemonsets = ed.apps.list_namespaced_daemon_set(ed.namespace).items
+    assert sorted(d.metadata.name for d in daemonsets) == [f"fresh-{s}" for s in SITES]
+    assert all(d.spec.update_strategy.type == "OnDelete" for d in daemonsets)
+
+
+def test_new_digest_rolls_canary_first_then_waves_within_the_limit(ed: Edges) -> None:
+    ed.create(edge("waves", canarySites=1, maxUnavailable=2, pauseSeconds=2))
+    ed.wait_phase("waves", "Available")
+    ed.patch_spec("waves", {"model": {"digest": NEWER}})
+    first_seen: dict[str, float] = {}
+    most_updating = 0
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        status = ed.status("waves")
+        for site in status.get("sites", []):
+            if site.get("digest") == NEWER and site["name"] not in first_seen:
+                first_seen[site["name"]] = time.monotonic()
+        most_updating = max(
+            most_updating, sum(1 for s in status.get("sites", []) if s.get("state") == "Updating")
+        )
+        if status.get("phase") == "Available" and status.get("currentDigest") == NEWER:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"rollout did not complete: {ed.status('waves')}")
+    order = sorted(first_seen, key=first_seen.__getitem__)
+    assert order[0] == "site-01"  # the canary, alone
+    assert first_seen[order[1]] - first_seen[order[0]] >= 1.5  # the pause after the canary
+    assert most_updating <= 2
+    reasons = [e.reason for e in ed.events("waves")]
+    assert "WaveStarted" in reasons and "RolloutComplete" in reasons
+
+
+def test_model_that_never_becomes_ready_is_rolled_back_everywhere(ed: Edges) -> None:
+    ed.create(edge("bad", maxUnavailable=3))
+    ed.wait_phase("bad", "Available")
+    ed.patch_spec("bad", {"model": {"digest": NEVER_READY}})
+    status = ed.wait_phase("bad", "RolledBack", timeout=120)
+    assert status["failedSite"] == "site-01"
+    assert "site-01" in status["message"]
+    wait_for(lambda: all(p.metadata.annotations["fogline.io/model-digest"] == GOOD for p in ed.pods("bad"))
+             and len(ed.pods("bad")) == 6, what="every pod back on the good digest")  # fmt: skip
+    assert ed.status("bad")["currentDigest"] == GOOD
+    reasons = [e.reason for e in ed.events("bad")]
+    assert "WaveFailed" in reasons and "RolledBack" in reasons
+
+
+def test_disconnected_site_is_skipped_and_converges_when_it_returns(ed: Edges) -> None:
+    ed.create(edge("offline", maxUnavailable=3, disconnectedSites="Skip"))
+    ed.wait_phase("offline", "Available")
+    offline = ["edge-site-02-1", "edge-site-02-2"]
+    for node in offline:
+        ed.core.patch_node(
+            node, {"metadata": {"annotations": {"sim.fogline.io/node-state": "NotReady"}}}
+        )
+    try:
+        wait_for(lambda: any(s["name"] == "site-02" and not s.get("reachable", True) for s in ed.status("offline").get("sites", [])),
+                 what="site-02 unreachable")  # fmt: skip
+        ed.patch_spec("offline", {"model": {"digest": NEWER}})
+        status = wait_for(lambda: (s := ed.status("offline")).get("currentDigest") == NEWER and s, timeout=90,
+                          what="the rollout to finish without site-02")  # fmt: skip
+        site02 = next(s for s in status["sites"] if s["name"] == "site-02")
+        assert site02["state"] == "Unreachable" and site02["updated"] == 0
+        on_site02 = [p for p in ed.pods("offline") if p.spec.node_name in offline]
+        assert {p.metadata.annotations["fogline.io/model-digest"] for p in on_site02} == {GOOD}
+    finally:
+        for node in offline:
+            ed.core.patch_node(
+                node, {"metadata": {"annotations": {"sim.fogline.io/node-state": None}}}
+            )
+    wait_for(lambda: next(s for s in ed.status("offline")["sites"] if s["name"] == "site-02").get("ready") == 2
+             and ed.status("offline")["phase"] == "Available", timeout=90, what="site-02 converged")  # fmt: skip
+    assert {p.metadata.annotations["fogline.io/model-digest"] for p in ed.pods("offline")} == {
+        NEWER
+    }
+
+
+def test_locked_node_defers_its_update_until_unlocked(ed: Edges) -> None:
+    ed.create(edge("locks", maxUnavailable=3))
+    ed.wait_phase("locks", "Available")
+    ed.core.patch_node(
+        "edge-site-03-2", {"metadata": {"annotations": {"fogline.io/update-lock": "pos-closing"}}}
+    )
+    try:
+        ed.patch_spec("locks", {"model": {"digest": NEWER}})
+        wait_for(
+            lambda: ed.status("locks").get("currentDigest") == NEWER,
+            timeout=90,
+            what="rollout done around the lock",
+        )
+        on_locked = [p for p in ed.pods("locks") if p.spec.node_name == "edge-site-03-2"]
+        assert on_locked[0].metadata.annotations["fogline.io/model-digest"] == GOOD
+    finally:
+        ed.core.patch_node(
+            "edge-site-03-2", {"metadata": {"annotations": {"fogline.io/update-lock": None}}}
+        )
+    wait_for(lambda: all(p.metadata.annotations["fogline.io/model-digest"] == NEWER for p in ed.pods("locks"))
+             and len(ed.pods("locks")) == 6, timeout=60, what="the unlocked node updated")  # fmt: skip
+
+
+def test_new_site_gets_the_current_digest_and_deleting_cleans_up(ed: Edges) -> None:
+    body = edge("grow")
+    del body["spec"]["placement"]["sites"]
+    ed.create(body)
+    ed.wait_phase("grow", "Available")
+    node = {
+        "metadata": {
+            "name": "edge-site-99-1",
+            "annotations": {"kwok.x-k8s.io/node": "fake"},
+            "labels": {"node-role.kubernetes.io/edge": "true", "topology.fogline.io/site": "site-99",
+                       "node.kubernetes.io/instance-type": "k3s", "type": "kwok"},
+        },
+        "spec": {"taints": [{"key": "node-role.kubernetes.io/edge", "value": "true", "effect": "NoSchedule"}]},
+    }  # fmt: skip
+    ed.core.create_node(node)
+    try:
+        wait_for(lambda: any(p.spec.node_name == "edge-site-99-1" and p.status.phase == "Running" for p in ed.pods("grow")),
+                 timeout=60, what="a pod on the new site")  # fmt: skip
+        pod = next(p for p in ed.pods("grow") if p.spec.node_name == "edge-site-99-1")
+        assert pod.metadata.annotations["fogline.io/model-digest"] == GOOD
+        wait_for(
+            lambda: any(s["name"] == "site-99" for s in ed.status("grow").get("sites", [])),
+            what="site-99 in status",
+        )
+        ed.custom.delete_namespaced_custom_object(
+            GROUP, VERSION, ed.namespace, "edgedeployments", "grow"
+        )
+        wait_for(lambda: not ed.apps.list_namespaced_daemon_set(ed.namespace).items and not ed.pods("grow"),
+                 what="DaemonSets and pods garbage-collected")  # fmt: skip
+    finally:
+        ed.core.delete_node("edge-site-99-1")
+
+
+def test_drift_on_a_daemonset_is_corrected(ed: Edges) -> None:
+    ed.create(edge("drift"))
+    ed.wait_phase("drift", "Available")
+    ed.apps.patch_namespaced_daemon_set("drift-site-01", ed.namespace,
+                                        {"spec": {"template": {"spec": {"containers": [{"name": "server", "image": "evil:1"}]}}}})  # fmt: skip
+    wait_for(lambda: ed.apps.read_namespaced_daemon_set("drift-site-01", ed.namespace).spec.template.spec.containers[0].image
+             == "registry.example/fogline-server:test", what="the operator to restore the template")  # fmt: skip
+
+
+def test_from_training_rolls_out_the_artifact_that_passed_the_gate(ed: Edges) -> None:
+    training = {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelTraining", "metadata": {"name": "digits"},
+        "spec": {"model": {"architecture": "mlp"}, "dataset": {"uri": "builtin:digits"},
+                 "evaluation": {"threshold": 0.9}, "output": {"uri": "file:///var/lib/fogline/artifacts"}},
+    }  # fmt: skip
+    ed.custom.create_namespaced_custom_object(
+        GROUP, VERSION, ed.namespace, "modeltrainings", training
+    )
+    body = edge("follow")
+    body["spec"]["model"] = {"fromTraining": "digits"}
+    ed.create(body)
+    waiting = ed.wait_phase("follow", "Pending")
+    assert "waiting for ModelTraining 'digits'" in waiting["message"]
+    pod = wait_for(lambda: next(iter(ed.core.list_namespaced_pod(ed.namespace, label_selector="fogline.io/modeltraining=digits").items), None),
+                   what="the training pod")  # fmt: skip
+    wait_for(
+        lambda: (
+            ed.core.read_namespaced_pod(pod.metadata.name, ed.namespace).status.phase == "Running"
+        ),
+        what="Running",
+    )
+    summary = {"phase": "Succeeded", "metrics": {"accuracy": 0.97}, "evaluation": {"metric": "accuracy", "value": 0.97},
+               "artifact": {"uri": "file:///var/lib/fogline/artifacts/digits/r1", "digest": NEWER, "format": "onnx",
+                            "sizeBytes": 1000, "quantized": True}}  # fmt: skip
+    ed.cluster.steer_pod(ed.namespace, pod.metadata.name, "succeed", summary)
+    status = wait_for(
+        lambda: (s := ed.status("follow")).get("phase") == "Available" and s,
+        timeout=90,
+        what="Available",
+    )
+    assert status["currentDigest"] == NEWER
+    assert status["targetUri"] == "file:///var/lib/fogline/artifacts/digits/r1"
+    assert {p.metadata.annotations["fogline.io/model-digest"] for p in ed.pods("follow")} == {NEWER}
