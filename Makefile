@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.fogline-installed
 PYTEST_ARGS ?=
 
-.PHONY: all venv tools test test-unit test-cluster test-workloads lint format demo demo-down bench clean
+.PHONY: all venv tools test test-unit test-cluster test-workloads lint format demo demo-down bench manifests clean
 
 all: test
 
@@ -44,6 +44,14 @@ lint: venv
 	$(VENV)/bin/ruff check operator tests bench tools
 	$(VENV)/bin/ruff format --check operator tests bench tools
 	$(VENV)/bin/mypy
+	$(PY) tools/sync_crds.py --check
+	$(PY) tools/render_manifests.py --check
+
+# After editing a CRD or the chart: copy the CRDs into the package and the chart, and
+# render manifests/install.yaml and the Argo CD config map patch from the chart.
+manifests: venv tools
+	$(PY) tools/sync_crds.py
+	$(PY) tools/render_manifests.py
 
 format: venv
 	$(VENV)/bin/ruff format operator tests bench tools

@@ -21,6 +21,9 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     ),
     "run": Subcommand("fogline.controllers.cli", "run the operator against the current cluster"),
     "status": Subcommand("fogline.status", "show ModelTrainings and EdgeDeployments as tables"),
+    "demo": Subcommand(
+        "fogline.demo", "train, roll out and serve a model on the local control plane"
+    ),
     "train": Subcommand("fogline.workloads.trainer.cli", "train, export and evaluate a model"),
     "fetch": Subcommand("fogline.workloads.fetch", "fetch and verify a model artifact"),
     "serve": Subcommand("fogline.workloads.server.cli", "serve an artifact over Open Inference v2"),

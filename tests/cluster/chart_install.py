@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Any
-
-import yaml
-from kubernetes import client
 
 from tests.conftest import ClusterHandle
 
@@ -31,22 +27,5 @@ def helm(
 def service_account_kubeconfig(
     cluster: ClusterHandle, namespace: str, name: str, path: Path
 ) -> Path:
-    """Writes a kubeconfig that authenticates as ServiceAccount namespace/name with a
-    bound token minted by the apiserver, trusting the cluster's own CA."""
-    request = {"spec": {"expirationSeconds": 3600}}
-    token = client.CoreV1Api(cluster.api).create_namespaced_service_account_token(
-        name, namespace, request
-    )
-    admin: dict[str, Any] = yaml.safe_load(cluster.kubeconfig.read_text())
-    server = admin["clusters"][0]["cluster"]
-    user = f"system:serviceaccount:{namespace}:{name}"
-    config = {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "fogline-dev", "cluster": server}],
-        "users": [{"name": user, "user": {"token": token.status.token}}],
-        "contexts": [{"name": "sa", "context": {"cluster": "fogline-dev", "user": user}}],
-        "current-context": "sa",
-    }
-    path.write_text(yaml.safe_dump(config))
-    return path
+    """A kubeconfig that authenticates as ServiceAccount namespace/name."""
+    return cluster.devcluster.service_account_kubeconfig(namespace, name, path)

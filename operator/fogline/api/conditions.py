@@ -62,7 +62,7 @@ def _as_status(status: ConditionStatus | bool) -> ConditionStatus:
     raise ValueError(f"condition status must be True, False or Unknown; got {status!r}")
 
 
-def set_condition(  # noqa: PLR0917 - the order metav1.Condition fields are read in
+def set_condition(
     conditions: Iterable[Condition | Mapping[str, Any]] | None,
     type: str,
     status: ConditionStatus | bool,

@@ -238,6 +238,28 @@ class DevCluster:
         )
         return client.ApiClient(configuration)
 
+    def service_account_kubeconfig(self, namespace: str, name: str, path: Path) -> Path:
+        """Write a kubeconfig that authenticates as ServiceAccount namespace/name with a bound
+        token from the TokenRequest API, trusting the cluster's own CA."""
+        from kubernetes import client
+
+        with self.api_client() as api:
+            token = client.CoreV1Api(api).create_namespaced_service_account_token(
+                name, namespace, {"spec": {"expirationSeconds": 3600}}
+            )
+        admin: dict[str, Any] = yaml.safe_load(self.kubeconfig.read_text())
+        user = f"system:serviceaccount:{namespace}:{name}"
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "fogline-dev", "cluster": admin["clusters"][0]["cluster"]}],
+            "users": [{"name": user, "user": {"token": token.status.token}}],
+            "contexts": [{"name": "sa", "context": {"cluster": "fogline-dev", "user": user}}],
+            "current-context": "sa",
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
+
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:

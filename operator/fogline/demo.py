@@ -1,0 +1,408 @@
+"""`fogline demo`: the whole story on the local real control plane. Starts the dev cluster
+with its local nodes, installs the chart, runs the operator as the chart's ServiceAccount,
+applies the samples, and shows a real training, a real rollout and a real inference."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from fogline.devcluster import DevCluster, DevClusterError, Topology
+from fogline.devcluster.binaries import ToolsMissingError
+from fogline.devcluster.localpods import LOCAL_PORT_ANNOTATION
+from fogline.devcluster.topology import LOCAL_EDGE_NODE
+
+SYSTEM_NAMESPACE = "fogline-system"
+DEMO_NAMESPACE = "fogline-demo"
+TRAINER_IMAGE = "fogline.dev/trainer:local"
+SERVER_IMAGE = "fogline.dev/server:local"
+TRAINING, EDGE, SERVED_NAME = "digits-mlp", "digits-edge", "digits"
+CACHE_DIR = "/var/lib/fogline/cache"
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+@dataclass
+class DemoSummary:
+    """What the demo shows at the end, and writes as JSON with --summary."""
+
+    training: dict[str, Any] = field(default_factory=dict)
+    rollout: dict[str, Any] = field(default_factory=dict)
+    inference: dict[str, Any] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def repo_root() -> Path:
+    for start in (Path(__file__).resolve(), Path.cwd().resolve()):
+        for parent in (start, *start.parents):
+            if (parent / "charts" / "fogline").is_dir() and (
+                parent / "manifests" / "samples"
+            ).is_dir():
+                return parent
+    raise DemoError(
+        "run the demo from a Fogline checkout: charts/ and manifests/samples/ are needed"
+    )
+
+
+def wait(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if result := predicate():
+            return result
+        time.sleep(interval)
+    raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+class Demo:
+    def __init__(self, root: Path, workdir: Path, console: Console) -> None:
+        self.root = root
+        self.workdir = workdir
+        self.console = console
+        self.cluster = DevCluster(workdir / "cluster")
+        self.operator: subprocess.Popen[bytes] | None = None
+        self.summary = DemoSummary()
+        self._api: Any = None
+
+    # -- plumbing ---------------------------------------------------------------------------
+    @property
+    def api(self) -> Any:
+        if self._api is None:
+            self._api = self.cluster.api_client()
+        return self._api
+
+    def custom(self, plural: str, name: str) -> dict[str, Any]:
+        from kubernetes import client
+
+        result: dict[str, Any] = client.CustomObjectsApi(self.api).get_namespaced_custom_object(
+            "fogline.io", "v1alpha1", DEMO_NAMESPACE, plural, name
+        )
+        return result
+
+    def helm(self, *args: str) -> None:
+        result = subprocess.run(
+            [str(self.cluster.tools_dir / "helm"), *args, f"--kubeconfig={self.cluster.kubeconfig}"],
+            capture_output=True, text=True, check=False, timeout=300,
+        )  # fmt: skip
+        if result.returncode != 0:
+            raise DemoError(f"helm {args[0]} failed: {result.stderr.strip()}")
+
+    @contextlib.contextmanager
+    def step(self, title: str) -> Iterator[None]:
+        started = time.monotonic()
+        with self.console.status(f"[bold]{title}…"):
+            yield
+        took = time.monotonic() - started
+        self.summary.seconds[title] = round(took, 1)
+        self.console.print(f"[green]✓[/] {title} [dim]({took:.1f} s)[/]")
+
+    # -- the story --------------------------------------------------------------------------
+    def run(self) -> DemoSummary:
+        with self.step("Start the local control plane (kwok edge sites, local GPU and edge nodes)"):
+            self.cluster.up(Topology(gpu_nodes=0, edge_sites=3, nodes_per_site=2), local_nodes=True)
+        with self.step("Install Fogline with the Helm chart"):
+            self.helm("install", "fogline", str(self.root / "charts" / "fogline"),
+                      f"--namespace={SYSTEM_NAMESPACE}", "--create-namespace",
+                      # The operator runs on this machine below, as the chart's ServiceAccount.
+                      "--set", "replicaCount=0",
+                      "--set", f"settings.trainerImage={TRAINER_IMAGE}",
+                      "--set", f"settings.serverImage={SERVER_IMAGE}")  # fmt: skip
+        with self.step("Run the operator as the chart's ServiceAccount"):
+            self.start_operator()
+        with self.step("Create the artifact volume and apply the samples"):
+            self.prepare_namespace()
+            for sample in ("modeltraining-digits-mlp.yaml", "edgedeployment-digits-edge.yaml"):
+                self.cluster.kubectl("apply", "-n", DEMO_NAMESPACE, "-f",
+                                     str(self.root / "manifests" / "samples" / sample))  # fmt: skip
+        self.follow_training()
+        self.follow_rollout()
+        with self.step("Send an inference request to the server on the local edge node"):
+            self.infer()
+        return self.summary
+
+    def start_operator(self) -> None:
+        kubeconfig = self.cluster.service_account_kubeconfig(
+            SYSTEM_NAMESPACE, "fogline", self.workdir / "operator.kubeconfig"
+        )
+        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "FOGLINE_TRAINER_IMAGE": TRAINER_IMAGE,
+               "FOGLINE_SERVER_IMAGE": SERVER_IMAGE}  # fmt: skip
+        log = (self.workdir / "operator.log").open("ab")
+        self.operator = subprocess.Popen(
+            [sys.executable, "-m", "fogline.cli", "run", "--all-namespaces", "--peering=fogline"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        log.close()
+        (self.workdir / "operator.pid").write_text(str(self.operator.pid))
+
+    def prepare_namespace(self) -> None:
+        from kubernetes import client
+
+        core = client.CoreV1Api(self.api)
+        core.create_namespace({"metadata": {"name": DEMO_NAMESPACE}})
+        wait(lambda: core.list_namespaced_service_account(DEMO_NAMESPACE, field_selector="metadata.name=default").items,
+             30, "the namespace's default ServiceAccount")  # fmt: skip
+        # A static volume for the sample's claim: the node agent maps claims to local folders.
+        core.create_persistent_volume({
+            "metadata": {"name": "fogline-demo-artifacts"},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
+                     "storageClassName": "manual", "hostPath": {"path": "/var/lib/fogline/demo-artifacts"},
+                     "claimRef": {"namespace": DEMO_NAMESPACE, "name": "fogline-artifacts"}},
+        })  # fmt: skip
+        core.create_namespaced_persistent_volume_claim(DEMO_NAMESPACE, {
+            "metadata": {"name": "fogline-artifacts"},
+            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "manual",
+                     "resources": {"requests": {"storage": "1Gi"}}},
+        })  # fmt: skip
+        wait(lambda: core.read_namespaced_persistent_volume_claim("fogline-artifacts", DEMO_NAMESPACE).status.phase == "Bound",
+             60, "the artifact claim to be Bound")  # fmt: skip
+
+    def follow_training(self) -> None:
+        started = time.monotonic()
+        columns = (TextColumn("[bold]Train {task.fields[phase]:<9}"), BarColumn(), TextColumn("{task.description}"),
+                   TimeElapsedColumn())  # fmt: skip
+        with Progress(*columns, console=self.console, transient=False) as progress:
+            task = progress.add_task("waiting for the training pod", total=None, phase="Pending")
+            deadline = time.monotonic() + 900
+            while time.monotonic() < deadline:
+                status = self.custom("modeltrainings", TRAINING).get("status") or {}
+                phase = status.get("phase", "Pending")
+                report = status.get("progress") or {}
+                if report.get("epochs"):
+                    metric = (report.get("metric") or {}).get("value")
+                    text = f"epoch {report['epoch']}/{report['epochs']}  loss {report.get('loss', 0):.3f}"
+                    text += f"  accuracy {metric:.3f}" if metric is not None else ""
+                    progress.update(
+                        task,
+                        total=report["epochs"],
+                        completed=report["epoch"],
+                        description=text,
+                        phase=phase,
+                    )
+                else:
+                    progress.update(task, phase=phase)
+                if phase in ("Succeeded", "Failed"):
+                    if phase == "Succeeded" and report.get("epochs"):
+                        progress.update(
+                            task, completed=report["epochs"], description="done", phase=phase
+                        )
+                    break
+                time.sleep(0.5)
+            else:
+                raise DemoError("the training did not finish within 15 minutes")
+        if phase != "Succeeded":
+            failed = next((c for c in status.get("conditions", []) if c["type"] == "Succeeded"), {})
+            raise DemoError(
+                f"the training ended {phase}: {failed.get('reason')}: {failed.get('message')}"
+            )
+        artifact = status["artifact"]
+        self.summary.training = {
+            "phase": phase,
+            "accuracy": artifact["metric"]["value"],
+            "threshold": self.custom("modeltrainings", TRAINING)["spec"]["evaluation"]["threshold"],
+            "digest": artifact["digest"],
+            "uri": artifact["uri"],
+            "quantized": artifact.get("quantized"),
+            "sizeBytes": artifact.get("sizeBytes"),
+        }
+        self.summary.seconds["Train digits-mlp on the local GPU node"] = round(
+            time.monotonic() - started, 1
+        )
+        self.console.print(f"[green]✓[/] Trained: accuracy {artifact['metric']['value']:.4f} "
+                           f"(gate {self.summary.training['threshold']}), artifact {artifact['digest'][:19]}…")  # fmt: skip
+
+    def follow_rollout(self) -> None:
+        started = time.monotonic()
+        with self.console.status("[bold]Roll the artifact out to the edge sites…") as shown:
+
+            def available() -> dict[str, Any] | None:
+                status = self.custom("edgedeployments", EDGE).get("status") or {}
+                shown.update(
+                    f"[bold]Roll out: {status.get('phase', 'Pending')}, sites ready {status.get('sitesReady', '-')}"
+                )
+                if (
+                    status.get("phase") == "Available"
+                    and status.get("currentDigest") == self.summary.training["digest"]
+                ):
+                    return status
+                return None
+
+            status = wait(available, 300, "the EdgeDeployment to become Available")
+        self.summary.rollout = {
+            "phase": status["phase"],
+            "digest": status["currentDigest"],
+            "sitesReady": status["sitesReady"],
+            "sites": [
+                {k: s.get(k) for k in ("name", "state", "ready", "desired")}
+                for s in status["sites"]
+            ],
+        }
+        took = time.monotonic() - started
+        self.summary.seconds["Roll out to the edge"] = round(took, 1)
+        self.console.print(
+            f"[green]✓[/] Rolled out to {status['sitesReady']} sites [dim]({took:.1f} s)[/]"
+        )
+
+    def infer(self) -> None:
+        from kubernetes import client
+        from sklearn.datasets import load_digits
+
+        core = client.CoreV1Api(self.api)
+        pods = core.list_namespaced_pod(
+            DEMO_NAMESPACE, label_selector=f"fogline.io/edgedeployment={EDGE}"
+        ).items
+        pod = next(
+            p
+            for p in pods
+            if p.spec.node_name == LOCAL_EDGE_NODE and p.metadata.deletion_timestamp is None
+        )
+        base = f"http://127.0.0.1:{pod.metadata.annotations[LOCAL_PORT_ANNOTATION]}"
+        with urllib.request.urlopen(f"{base}/v2/models/{SERVED_NAME}", timeout=10) as reply:
+            metadata = json.load(reply)
+        digits = load_digits()
+        index = 1234 % len(digits.target)
+        request = {"inputs": [{"name": metadata["inputs"][0]["name"], "shape": [1, 64], "datatype": "FP32",
+                               "data": [float(v) for v in digits.data[index]]}]}  # fmt: skip
+        posted = urllib.request.Request(f"{base}/v2/models/{SERVED_NAME}/infer", data=json.dumps(request).encode(),
+                                        headers={"Content-Type": "application/json"})  # fmt: skip
+        with urllib.request.urlopen(posted, timeout=10) as reply:
+            answer = json.load(reply)
+        scores = answer["outputs"][0]["data"]
+        predicted = max(range(len(scores)), key=scores.__getitem__)
+        with urllib.request.urlopen(f"{base}/metrics", timeout=10) as reply:
+            metrics = reply.read().decode()
+        served = next(
+            line for line in metrics.splitlines() if line.startswith("fogline_model_info{")
+        )
+        labels = dict(
+            part.split("=", 1)
+            for part in served[served.index("{") + 1 : served.index("}")].split(",")
+        )
+        served_digest = labels["digest"].strip('"')
+        served_file = labels["file"].strip('"')
+        cached = (self.cluster.local_root / "hostpath" / CACHE_DIR.lstrip("/")
+                  / f"sha256-{served_digest.removeprefix('sha256:')}" / served_file)  # fmt: skip
+        file_digest = "sha256:" + hashlib.sha256(cached.read_bytes()).hexdigest()
+        self.summary.inference = {
+            "pod": pod.metadata.name,
+            "node": pod.spec.node_name,
+            "sample": index,
+            "label": int(digits.target[index]),
+            "predicted": predicted,
+            "correct": predicted == int(digits.target[index]),
+            "servedDigest": served_digest,
+            "servedFileSha256": file_digest,
+        }
+
+    # -- the end ----------------------------------------------------------------------------
+    def report(self) -> None:
+        s = self.summary
+        table = Table(title="Fogline demo", show_header=False)
+        table.add_row("Training", f"{s.training['phase']}: accuracy {s.training['accuracy']:.4f} "
+                      f"≥ gate {s.training['threshold']}, INT8 {s.training['quantized']}, {s.training['sizeBytes']} bytes")  # fmt: skip
+        table.add_row("Artifact", f"{s.training['digest']}\n{s.training['uri']}")
+        table.add_row("Rollout", f"{s.rollout['phase']} on {s.rollout['sitesReady']} sites")
+        for site in s.rollout["sites"]:
+            table.add_row(
+                "", f"{site['name']}: {site['state']} {site['ready']}/{site['desired']} pods"
+            )
+        verdict = "correct" if s.inference["correct"] else "wrong"
+        table.add_row("Inference", f"digit {s.inference['label']} → predicted {s.inference['predicted']} ({verdict}) "
+                      f"by {s.inference['pod']} on {s.inference['node']}")  # fmt: skip
+        match = (
+            "equals" if s.inference["servedFileSha256"] == s.training["digest"] else "DIFFERS FROM"
+        )
+        table.add_row(
+            "Digest check", f"sha256 of the file the server loaded {match} the artifact digest"
+        )
+        self.console.print(table)
+
+    def stop(self) -> None:
+        stop_operator(self.workdir)
+        if self._api is not None:
+            self._api.close()
+        self.cluster.down()
+
+
+def stop_operator(workdir: Path) -> None:
+    pid_file = workdir / "operator.pid"
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text())
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+        for _ in range(100):
+            os.kill(pid, 0)
+            with contextlib.suppress(ChildProcessError):
+                if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                    break
+            time.sleep(0.1)
+        else:
+            os.killpg(pid, signal.SIGKILL)
+    pid_file.unlink()
+
+
+NEXT_STEPS = """Try next (with --keep):
+  export KUBECONFIG={kubeconfig}
+  fogline status -n fogline-demo
+  kubectl -n fogline-demo get mt,ed
+  kubectl -n fogline-demo patch mt digits-mlp --type=merge -p '{{"spec":{{"hyperparameters":{{"epochs":30}}}}}}'
+Stop it with `make demo-down`."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fogline demo", description=__doc__)
+    parser.add_argument(
+        "--dir", type=Path, default=Path(".demo"), help="working folder (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="leave the cluster and operator running"
+    )
+    parser.add_argument("--down", action="store_true", help="stop a demo left running with --keep")
+    parser.add_argument("--summary", type=Path, help="also write the summary as JSON to this file")
+    args = parser.parse_args(argv)
+    console = Console()
+    workdir = args.dir.resolve()
+    if args.down:
+        stop_operator(workdir)
+        DevCluster(workdir / "cluster").down()
+        console.print("demo stopped")
+        return 0
+    try:
+        root = repo_root()
+    except DemoError as err:
+        console.print(f"[red]error:[/] {err}")
+        return 1
+    workdir.mkdir(parents=True, exist_ok=True)
+    demo = Demo(root, workdir, console)
+    ok = False
+    try:
+        demo.run()
+        demo.report()
+        if args.summary:
+            args.summary.write_text(json.dumps(demo.summary.__dict__, indent=2))
+        ok = True
+    except (DemoError, DevClusterError, ToolsMissingError) as err:
+        console.print(f"[red]error:[/] {err}\n[dim]operator log: {workdir / 'operator.log'}[/]")
+    finally:
+        if args.keep and ok:
+            console.print(NEXT_STEPS.format(kubeconfig=demo.cluster.kubeconfig))
+        else:
+            demo.stop()
+    return 0 if ok else 1
