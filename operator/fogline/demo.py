@@ -207,7 +207,9 @@ class Demo:
             else:
                 raise DemoError("the training did not finish within 15 minutes")
         if phase != "Succeeded":
-            failed = next((c for c in status.get("conditions", []) if c["type"] == "Succeeded"), {})
+            failed: dict[str, Any] = next(
+                (c for c in status.get("conditions", []) if c["type"] == "Succeeded"), {}
+            )
             raise DemoError(
                 f"the training ended {phase}: {failed.get('reason')}: {failed.get('message')}"
             )
