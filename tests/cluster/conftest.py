@@ -12,6 +12,7 @@ from kubernetes import client
 
 from fogline.api.crds import CRD_FILES
 from tests.conftest import ClusterHandle, wait_for
+from tests.operator_process import OperatorProcess
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
 
@@ -49,3 +50,18 @@ def namespace(cluster: ClusterHandle) -> Iterator[str]:
     # anything that blocks deletion (a finalizer nobody removes) fails loudly here.
     wait_for(lambda: not core.list_namespace(field_selector=f"metadata.name={name}").items,
              timeout=60, what=f"namespace {name} to be deleted")  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def operator(
+    cluster: ClusterHandle, crds: list[str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """`fogline run` against the session's cluster, one per test module (restartable)."""
+    images = {
+        "FOGLINE_TRAINER_IMAGE": "registry.example/fogline-trainer:test",
+        "FOGLINE_SERVER_IMAGE": "registry.example/fogline-server:test",
+    }
+    process = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator"), images)
+    process.start()
+    yield process
+    process.stop()

@@ -5,7 +5,6 @@ becomes Ready, disconnected sites, new sites, fromTraining, and clean-up."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,17 +20,6 @@ GOOD = "sha256:" + "a1" * 32
 NEWER = "sha256:" + "b2" * 32
 NEVER_READY = "sha256:deadbeef" + "c3" * 28  # the dev cluster's kwok never makes it Ready
 SITES = ["site-01", "site-02", "site-03"]
-
-
-@pytest.fixture(scope="module")
-def operator(
-    cluster: ClusterHandle, crds: list[str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator"),
-                              {"FOGLINE_SERVER_IMAGE": "registry.example/fogline-server:test"})  # fmt: skip
-    process.start()
-    yield process
-    process.stop()
 
 
 def edge(name: str, digest: str = GOOD, **rollout: Any) -> dict[str, Any]:

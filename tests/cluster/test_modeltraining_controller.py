@@ -5,7 +5,6 @@ the CR's status follows, gated on the evaluation threshold."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,17 +18,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 GROUP, VERSION, PLURAL = "fogline.io", "v1alpha1", "modeltrainings"
 DIGEST = "sha256:" + "ab" * 32
-
-
-@pytest.fixture(scope="module")
-def operator(
-    cluster: ClusterHandle, crds: list[str], tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[OperatorProcess]:
-    process = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator"),
-                              {"FOGLINE_TRAINER_IMAGE": "registry.example/fogline-trainer:test"})  # fmt: skip
-    process.start()
-    yield process
-    process.stop()
 
 
 def training(name: str, **overrides: Any) -> dict[str, Any]:
