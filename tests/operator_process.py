@@ -30,6 +30,7 @@ class OperatorProcess:
         self.args = args
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.metrics_url = ""
 
     @property
     def log_path(self) -> Path:
@@ -38,11 +39,13 @@ class OperatorProcess:
     def start(self, timeout: float = 60) -> None:
         self.starts += 1
         port = _free_port()
+        self.metrics_url = f"http://127.0.0.1:{_free_port()}/metrics"
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.extra_env}
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "fogline.cli", "run", *self.args,
-             f"--liveness=http://127.0.0.1:{port}/healthz"],
+             f"--liveness=http://127.0.0.1:{port}/healthz",
+             f"--metrics-port={self.metrics_url.split(':')[2].split('/')[0]}"],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         log.close()
@@ -76,6 +79,11 @@ class OperatorProcess:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as reply:
+            text: str = reply.read().decode()
+            return text
 
     def logs(self) -> str:
         return "\n".join(

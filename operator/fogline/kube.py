@@ -63,10 +63,13 @@ class KubeClient:
     def __init__(self, api: client.ApiClient | None = None) -> None:
         self.api = api or load_api_client()
         self.calls = 0  # API requests made, for benchmarks and scale tests
+        self.metrics: Any = None  # OperatorMetrics, when the operator exposes them
 
     async def _call(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None,
                     content_type: str = "application/json") -> Any:  # fmt: skip
         self.calls += 1
+        if self.metrics is not None:
+            self.metrics.api_requests += 1
         return await asyncio.to_thread(self._request, method, path, body, query or [], content_type)
 
     def _request(

@@ -173,8 +173,13 @@ def test_every_rendering_validates_against_the_real_apiserver(
 def test_servicemonitor_renders_for_the_prometheus_operator(cluster: ClusterHandle) -> None:
     docs = documents(template(cluster, "--set", "serviceMonitor.enabled=true").stdout)
     monitor = one(docs, "ServiceMonitor")
-    assert monitor["spec"]["endpoints"][0]["port"] == "http"
-    assert one(docs, "Service")["spec"]["ports"][0]["name"] == "http"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["endpoints"][0]["path"] == "/metrics"
+    ports = {p["name"]: p for p in one(docs, "Service")["spec"]["ports"]}
+    assert ports["metrics"]["targetPort"] == "metrics" and ports["http"]["targetPort"] == "health"
+    container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert "--metrics-port=9090" in container["args"]
+    assert {"name": "metrics", "containerPort": 9090, "protocol": "TCP"} in container["ports"]
 
 
 def test_helm_install_upgrade_and_uninstall(cluster: ClusterHandle, chart_crds: None) -> None:

@@ -148,6 +148,21 @@ def test_training_runs_on_a_gpu_node_reports_progress_and_publishes_the_artifact
              what="an Event for each transition")  # fmt: skip
 
 
+def test_operator_exposes_its_reconciles_and_events_as_metrics(
+    mt: Trainings, operator: OperatorProcess
+) -> None:
+    mt.create(training("counted"))
+    mt.wait_phase("counted", "Running")
+    text = wait_for(
+        lambda: (t := operator.metrics()) and 'reason="Training"' in t and t, what="metrics"
+    )
+    assert 'fogline_reconciles_total{kind="ModelTraining",result="ok"}' in text
+    requests = next(
+        line for line in text.splitlines() if line.startswith("fogline_api_requests_total")
+    )
+    assert int(requests.split()[1]) > 0
+
+
 def test_below_threshold_ends_failed_and_publishes_nothing(mt: Trainings) -> None:
     mt.create(training("weak"))
     pod = mt.running_pod("weak")

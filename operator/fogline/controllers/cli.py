@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 
 from fogline.settings import OperatorSettings, SettingsError
@@ -32,6 +33,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--liveness", default=None, metavar="URL",
                         help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")  # fmt: skip
+    parser.add_argument(
+        "--metrics-port", type=int, default=None, metavar="PORT",
+        help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics",
+    )  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -44,6 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     import kopf
+
+    if args.metrics_port is not None:
+        os.environ["FOGLINE_METRICS_PORT"] = str(args.metrics_port)
 
     import fogline.controllers.edgedeployment
     import fogline.controllers.modeltraining

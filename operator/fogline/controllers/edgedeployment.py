@@ -6,6 +6,7 @@ applies per-site DaemonSets, replaces the pods the plan names and patches status
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
@@ -37,6 +38,7 @@ from fogline.kube import GROUP, VERSION
 from fogline.rollout import RolloutMemory, RolloutPolicy, plan_rollout
 from fogline.training.observe import utcnow
 
+logger = logging.getLogger(__name__)
 EDGE_SELECTOR = {**MANAGED_BY, COMPONENT_LABEL: "edge-server"}
 KIND = "EdgeDeployment"
 INDEX_NAMES = ("edges_by_name", "edges_by_training", "edge_nodes", "edge_pods", "edge_daemonsets",
@@ -94,6 +96,8 @@ def kick(state: OperatorState, namespace: str, name: str, delay: float = 0.2) ->
 
 
 async def reconcile_edge(state: OperatorState, namespace: str, name: str) -> None:
+    """One reconcile, run by a kick outside any kopf handler: a failure (a conflict, the API
+    server away) is logged and retried with back-off rather than lost with its task."""
     async with state.lock(KIND, namespace, name):
         owners = list(state.indexes["edges_by_name"].get((namespace, name), []))
         if not owners:
@@ -101,7 +105,20 @@ async def reconcile_edge(state: OperatorState, namespace: str, name: str) -> Non
         body = owners[0]
         if body["metadata"].get("deletionTimestamp"):
             return
-        await _reconcile(state, body, utcnow())
+        key = (KIND, namespace, name)
+        try:
+            with state.metrics.reconciling(KIND):
+                await _reconcile(state, body, utcnow())
+        except Exception:
+            failures = state.failures.get(key, 0) + 1
+            state.failures[key] = failures
+            delay = min(60.0, 2.0**failures)
+            logger.exception(
+                "reconcile of %s/%s failed; retrying in %.0f s", namespace, name, delay
+            )
+            kick(state, namespace, name, delay=delay)
+        else:
+            state.failures.pop(key, None)
 
 
 async def _reconcile(state: OperatorState, body: kopf.Body, now: datetime) -> None:
@@ -152,7 +169,7 @@ async def _reconcile(state: OperatorState, body: kopf.Body, now: datetime) -> No
     ):
         await state.kube.patch_status(KIND, edge.namespace, edge.name, status)
     for event in plan.events:
-        kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+        state.post_event(body, type=event.type, reason=event.reason, message=event.message)
     if plan.requeue_after is not None:
         kick(state, edge.namespace, edge.name, delay=max(0.5, plan.requeue_after))
 
@@ -242,7 +259,7 @@ async def _hold(
     await state.kube.patch_status(KIND, meta["namespace"], meta["name"], {
         "phase": phase, "observedGeneration": meta.get("generation"), "conditions": conditions, "message": message,
     })  # fmt: skip
-    kopf.event(
+    state.post_event(
         body, type="Warning" if phase == "Failed" else "Normal", reason=reason, message=message
     )
 

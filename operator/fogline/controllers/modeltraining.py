@@ -63,7 +63,8 @@ async def reconcile_training(
     if body["metadata"].get("deletionTimestamp"):
         return  # the garbage collector removes the children; nothing to reconcile
     async with state.lock("ModelTraining", namespace, name):
-        await _reconcile(body, state, jobs, pods)
+        with state.metrics.reconciling("ModelTraining"):
+            await _reconcile(body, state, jobs, pods)
 
 
 async def _reconcile(
@@ -90,7 +91,7 @@ async def _reconcile(
     for old in own_jobs:
         if old != run.job_name:
             await state.kube.delete("batch/v1", "Job", training.namespace, old)
-            kopf.event(
+            state.post_event(
                 body,
                 type="Normal",
                 reason="RunSuperseded",
@@ -118,7 +119,7 @@ async def _reconcile(
         )
     for event in observation.events:
         if state.should_announce("ModelTraining", training.namespace, training.name, event.reason):
-            kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+            state.post_event(body, type=event.type, reason=event.reason, message=event.message)
 
 
 async def _create_run(body: kopf.Body, training: ModelTraining, state: OperatorState) -> None:
@@ -144,7 +145,7 @@ async def _create_run(body: kopf.Body, training: ModelTraining, state: OperatorS
     await state.kube.patch_status("ModelTraining", training.namespace, training.name, status)
     where = f" in queue {training.spec.queue_name!r}" if training.spec.queue_name else ""
     state.should_announce("ModelTraining", training.namespace, training.name, "JobCreated")
-    kopf.event(
+    state.post_event(
         body, type="Normal", reason="JobCreated", message=f"created Job {run.job_name}{where}"
     )
 
@@ -178,7 +179,7 @@ async def _report_invalid(body: kopf.Body, state: OperatorState, errors: list[Sp
     await state.kube.patch_status("ModelTraining", meta["namespace"], meta["name"], {
         "phase": "Failed", "observedGeneration": meta.get("generation"), "conditions": conditions,
     })  # fmt: skip
-    kopf.event(body, type="Warning", reason="InvalidSpec", message=message)
+    state.post_event(body, type="Warning", reason="InvalidSpec", message=message)
 
 
 # -- triggers --------------------------------------------------------------------------------

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
 
+from fogline.controllers.metrics import OperatorMetrics, serve_metrics
 from fogline.kube import KubeClient
 from fogline.settings import OperatorSettings
 
@@ -21,6 +23,7 @@ class OperatorState:
 
     settings: OperatorSettings
     kube: KubeClient
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
     rbac_ready: set[str] = field(default_factory=set)
     # The last Event reason posted per object: bodies in kopf's indexes can lag behind our
@@ -41,6 +44,7 @@ class OperatorState:
     # DaemonSet generations as our last apply left them: a different one means drift.
     applied_generations: dict[tuple[str, str], int] = field(default_factory=dict)
     node_essence: dict[str, str] = field(default_factory=dict)
+    failures: dict[tuple[str, str, str], int] = field(default_factory=dict)
 
     def kick(
         self,
@@ -66,6 +70,11 @@ class OperatorState:
 
         self.pending[key] = loop.call_later(max(0.0, delay), fire)
 
+    def post_event(self, body: kopf.Body, type: str, reason: str, message: str) -> None:
+        """An Event on the object, counted in the operator's metrics."""
+        self.metrics.events[(type, reason)] += 1
+        kopf.event(body, type=type, reason=reason, message=message)
+
     def lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
         """One reconcile at a time per object, whichever event triggered it."""
         return self.locks.setdefault((kind, namespace, name), asyncio.Lock())
@@ -86,4 +95,16 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.WARNING
     settings.watching.server_timeout = 300
     settings.batching.error_delays = [1, 2, 5, 10, 30]
-    memo.fogline = OperatorState(settings=OperatorSettings.from_env(), kube=KubeClient())
+    state = OperatorState(settings=OperatorSettings.from_env(), kube=KubeClient())
+    state.kube.metrics = state.metrics
+    memo.fogline = state
+    if port := os.environ.get("FOGLINE_METRICS_PORT"):
+        memo.metrics_server = await serve_metrics(state.metrics, "0.0.0.0", int(port))
+
+
+@kopf.on.cleanup()
+async def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
+    server = getattr(memo, "metrics_server", None)
+    if server is not None:
+        server.close()
+        await server.wait_closed()
