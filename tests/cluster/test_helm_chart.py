@@ -81,7 +81,7 @@ def test_operator_pod_is_hardened_and_its_settings_parse(cluster: ClusterHandle)
         container["args"][:2] == ["run", "--all-namespaces"]
         and "--peering=fogline" in container["args"]
     )
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e["value"] for e in container["env"] if "value" in e}
     settings = OperatorSettings.from_env(env)  # what the operator itself will parse at start-up
     assert settings.site_label == "example.com/site"
     assert settings.gpu_node_selector == {"fogline.io/pool": "gpu", "pool": "a100"}
@@ -90,7 +90,8 @@ def test_operator_pod_is_hardened_and_its_settings_parse(cluster: ClusterHandle)
 
 
 BAD_VALUES = [
-    (["--set", "replicaCount=2"], "/replicaCount"),
+    (["--set", "replicaCount=4"], "/replicaCount"),
+    (["--set", "peering.priority=first"], "/peering/priority"),
     (["--set-json", 'watchNamespaces=["team-*"]'], "/watchNamespaces/0"),
     (["--set", "settings.siteLabel=not a label"], "/settings/siteLabel"),
     (["--set", "settings.edgeNodeSelector=null"], "edgeNodeSelector"),

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import logging
 import os
+import socket
 import sys
 
 from fogline.settings import OperatorSettings, SettingsError
@@ -25,7 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--peering", default="fogline",
                         help="peering object shared by replicas; only the highest-priority one acts")  # fmt: skip
-    parser.add_argument("--priority", type=int, default=0, help="this replica's peering priority")
+    parser.add_argument(
+        "--priority", default="0", metavar="N|auto",
+        help="this replica's peering priority; `auto` derives a distinct one from the pod "
+        "name, so that of several replicas exactly one acts and the others stand by",
+    )  # fmt: skip
     parser.add_argument(
         "--standalone",
         action="store_true",
@@ -41,11 +47,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def peering_priority(value: str, identity: str) -> int:
+    """A number, or `auto`: a stable number in 1..999999 from this replica's identity.
+    kopf freezes every operator of a peering when two share the highest priority, so
+    replicas must differ; the one with the highest acts and the others take over when its
+    peering record expires."""
+    if value == "auto":
+        return int(hashlib.sha256(identity.encode()).hexdigest(), 16) % 999_999 + 1
+    try:
+        return int(value)
+    except ValueError as err:
+        raise ValueError(f"--priority: expected a number or auto, got {value!r}") from err
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         OperatorSettings.from_env()  # fail before connecting if the settings are wrong
-    except SettingsError as err:
+        priority = peering_priority(
+            args.priority, os.environ.get("POD_NAME") or socket.gethostname()
+        )
+    except (SettingsError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     import kopf
@@ -67,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
             # Naming a peering makes it mandatory: kopf waits for the peering CRDs (the
             # chart installs them) rather than acting alongside another replica.
             peering_name=None if args.standalone else args.peering,
-            priority=args.priority,
+            priority=priority,
             liveness_endpoint=args.liveness,
         )
     )

@@ -93,6 +93,8 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         prefix="fogline.io", key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING
+    # How long a silent replica still counts as alive; a standby takes over after that.
+    settings.peering.lifetime = int(os.environ.get("FOGLINE_PEERING_LIFETIME", "60"))
     settings.watching.server_timeout = 300
     settings.batching.error_delays = [1, 2, 5, 10, 30]
     state = OperatorState(settings=OperatorSettings.from_env(), kube=KubeClient())
