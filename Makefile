@@ -63,7 +63,9 @@ demo: venv tools
 demo-down: venv
 	$(VENV)/bin/fogline demo --down
 
+# The KServe comparison server needs a virtual environment of its own (.venv-kserve).
 bench: venv tools
+	PYTHON=$(PYTHON) bash bench/setup_kserve.sh
 	@set -e; for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b; done
 
 clean:

@@ -5,7 +5,7 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${1:-${root}/.venv-kserve}"
-python="${PYTHON:-python3.11}"
+python="${PYTHON:-python3}"
 if [[ ! -x "${venv}/bin/python" ]]; then
   "${python}" -m venv "${venv}"
 fi
