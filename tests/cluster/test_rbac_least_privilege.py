@@ -222,7 +222,8 @@ def run_training_lifecycle(cluster: ClusterHandle, namespace: str) -> None:
 
 
 def run_edge_lifecycle(cluster: ClusterHandle, namespace: str) -> None:
-    """Roll a pinned model out to every site, roll a second one out, then delete."""
+    """Roll a pinned model out to every site, roll a second one out, narrow it to one site
+    (the other sites' DaemonSets are deleted), then delete it."""
     custom = client.CustomObjectsApi(cluster.api)
     plural = "edgedeployments"
 
@@ -247,6 +248,15 @@ def run_edge_lifecycle(cluster: ClusterHandle, namespace: str) -> None:
                                           {"spec": {"model": {"digest": "sha256:" + "2" * 64}}})  # fmt: skip
     wait_for(lambda: (s := status()).get("observedGeneration") == 2 and s.get("phase") == "Available",
              timeout=180, what="second model Available")  # fmt: skip
+    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, "edge",
+                                          {"spec": {"placement": {"sites": ["site-01"]}}})  # fmt: skip
+    wait_for(lambda: (s := status()).get("observedGeneration") == 3 and (s.get("counts") or {}).get("sites") == 1,
+             timeout=120, what="the EdgeDeployment narrowed to one site")  # fmt: skip
+    apps = client.AppsV1Api(cluster.api)
+    wait_for(
+        lambda: len(apps.list_namespaced_daemon_set(namespace).items) == 1,
+        what="other sites' DaemonSets deleted",
+    )
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, plural, "edge")
     wait_for(lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)["items"],
              what="EdgeDeployment finalizer released")  # fmt: skip
