@@ -16,7 +16,7 @@ import kopf
 from fogline.api.conditions import set_condition
 from fogline.api.edgedeployment import EdgeDeployment, validate_edgedeployment
 from fogline.api.errors import SpecError
-from fogline.controllers.runtime import OperatorState, state_of
+from fogline.controllers.runtime import OperatorState, state_of, utcnow
 from fogline.edge.daemonsets import (
     COMPONENT_LABEL,
     EDGE_LABEL,
@@ -36,7 +36,6 @@ from fogline.edge.fleet import (
 )
 from fogline.kube import GROUP, VERSION
 from fogline.rollout import RolloutMemory, RolloutPolicy, plan_rollout
-from fogline.training.observe import utcnow
 
 logger = logging.getLogger(__name__)
 EDGE_SELECTOR = {**MANAGED_BY, COMPONENT_LABEL: "edge-server"}

@@ -12,7 +12,7 @@ import kopf
 
 from fogline.api.errors import SpecError
 from fogline.api.modeltraining import ModelTraining, validate_modeltraining
-from fogline.controllers.runtime import OperatorState, state_of
+from fogline.controllers.runtime import OperatorState, state_of, utcnow
 from fogline.kube import GROUP, VERSION
 from fogline.training.jobs import (
     COMPONENT_LABEL,
@@ -23,7 +23,7 @@ from fogline.training.jobs import (
     build_training_job,
     plan_run,
 )
-from fogline.training.observe import TERMINAL_PHASES, observe_training, utcnow
+from fogline.training.observe import TERMINAL_PHASES, observe_training
 
 TRAINER_SELECTOR = {**MANAGED_BY, COMPONENT_LABEL: "trainer"}
 

@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -78,6 +79,11 @@ class OperatorState:
     def lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
         """One reconcile at a time per object, whichever event triggered it."""
         return self.locks.setdefault((kind, namespace, name), asyncio.Lock())
+
+
+def utcnow() -> datetime:
+    """The clock, read by handlers only: pure code takes `now` as an argument."""
+    return datetime.now(UTC)
 
 
 def state_of(memo: Any) -> OperatorState:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from fogline.api.conditions import rfc3339, set_condition
@@ -202,7 +202,6 @@ def _verdict(
         return _success(training, summary)
     if _job_condition(job, "Failed") or _job_condition(job, "FailureTarget"):
         return _failure(job, pods)
-    status = job.get("status") or {}
     if (job.get("spec") or {}).get("suspend"):
         if training.spec.run_policy.suspend:
             return _Verdict(
@@ -213,10 +212,8 @@ def _verdict(
                             f"waiting for Kueue to admit the Job in queue {training.spec.queue_name!r}")  # fmt: skip
     if message := _unschedulable(pods):
         return _Verdict("Pending", "Unschedulable", message)
-    if any((p.get("status") or {}).get("phase") == "Running" for p in pods) or status.get("active"):
-        running = any((p.get("status") or {}).get("phase") == "Running" for p in pods)
-        if running:
-            return _Verdict("Running", "Training", "the trainer is running")
+    if any((p.get("status") or {}).get("phase") == "Running" for p in pods):
+        return _Verdict("Running", "Training", "the trainer is running")
     return _Verdict("Pending", "PodsStarting", "waiting for the training pods to start")
 
 
@@ -274,17 +271,3 @@ def observe_training(
     kind = "Warning" if phase == "Failed" or verdict.reason == "Unschedulable" else "Normal"
     events = [TrainingEvent(kind, verdict.reason, verdict.message)]
     return TrainingObservation(status=status, events=tuple(events), phase=phase)
-
-
-def utcnow() -> datetime:
-    """The clock, for handlers only: pure code takes `now` as an argument."""
-    return datetime.now(UTC)
-
-
-__all__ = [
-    "TrainingEvent",
-    "TrainingObservation",
-    "observe_training",
-    "progress_from_pods",
-    "timedelta",
-]
