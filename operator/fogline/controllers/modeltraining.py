@@ -125,10 +125,13 @@ async def _reconcile(
 async def _create_run(body: kopf.Body, training: ModelTraining, state: OperatorState) -> None:
     settings = state.settings
     run = plan_run(training)
-    if training.namespace not in state.rbac_ready:
-        for obj in build_trainer_rbac(training.namespace, settings):
-            await state.kube.apply(obj)
-        state.rbac_ready.add(training.namespace)
+    # Many trainings can arrive in one namespace at once: one of them grants the RBAC,
+    # the others wait for it instead of applying the same three objects again.
+    async with state.lock("TrainerRBAC", training.namespace, ""):
+        if training.namespace not in state.rbac_ready:
+            for obj in build_trainer_rbac(training.namespace, settings):
+                await state.kube.apply(obj)
+            state.rbac_ready.add(training.namespace)
     if training.spec.distributed.is_distributed:
         service = build_rendezvous_service(training, run)
         kopf.adopt(service, owner=body)
