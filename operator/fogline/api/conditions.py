@@ -41,6 +41,11 @@ class Condition:
         return self.status == "True"
 
 
+def is_reason(value: str) -> bool:
+    """True for a reason a condition accepts: CamelCase, as metav1.Condition requires."""
+    return _REASON.match(value) is not None
+
+
 def rfc3339(now: datetime) -> str:
     """`now` as the RFC 3339 UTC timestamp with second precision that metav1.Time uses."""
     if now.tzinfo is None:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from fogline.api.conditions import rfc3339, set_condition
+from fogline.api.conditions import is_reason, rfc3339, set_condition
 from fogline.api.digests import is_digest, short_digest
 from fogline.api.modeltraining import ModelTraining
 from fogline.training.jobs import PROGRESS_ANNOTATION, TrainingRun
@@ -142,7 +142,7 @@ def _success(training: ModelTraining, summary: dict[str, Any]) -> _Verdict:
         value = metrics.get(gate.metric)
     digest = artifact.get("digest")
     fields: dict[str, Any] = {"metrics": metrics}
-    if value is None or not isinstance(digest, str) or not is_digest(digest):
+    if not isinstance(value, int | float) or not isinstance(digest, str) or not is_digest(digest):
         return _Verdict("Failed", "ResultMissing",
                         "the trainer finished without a metric and an artifact digest in its "
                         "termination message", fields)  # fmt: skip
@@ -178,12 +178,14 @@ def _failure(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> _Verd
     failed = _job_condition(job, "Failed") or _job_condition(job, "FailureTarget") or {}
     reason = str(failed.get("reason") or "JobFailed")
     message = str(failed.get("message") or "the training Job failed")
-    summary = _summary(pods, "Failed")
-    if summary and summary.get("reason") and summary["reason"] != "UnreadableResult":
-        # The trainer said why: that is the reason a user can act on.
-        reason = str(summary["reason"])
+    summary = _summary(pods, "Failed") or {}
+    trainer_reason = str(summary.get("reason") or "")
+    if is_reason(trainer_reason) and trainer_reason != "UnreadableResult":
+        # The trainer said why: that is the reason a user can act on. A custom image may
+        # write any text there; only a CamelCase reason can become a condition's reason.
+        reason = trainer_reason
         message = f"{summary.get('message', '')} ({failed.get('reason', 'JobFailed')})".strip()
-    elif summary and summary.get("message"):
+    elif summary.get("message"):
         message = f"{message}; the trainer's last words: {summary['message']}"
     return _Verdict("Failed", reason, message)
 

@@ -1,0 +1,235 @@
+"""The per-site DaemonSet builder: which nodes a site's server runs on, how its pods are
+replaced, how the fetch step and the server pin the artifact digest, and when the template
+hash moves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fogline.api.edgedeployment import EdgeDeployment
+from fogline.edge.daemonsets import (
+    DIGEST_ANNOTATION,
+    PVC_ROOT,
+    SITE_LABEL,
+    TEMPLATE_HASH_ANNOTATION,
+    ModelRef,
+    build_site_daemonset,
+    daemonset_name,
+)
+from fogline.settings import OperatorSettings
+
+pytestmark = pytest.mark.unit
+
+SETTINGS = OperatorSettings(edge_cache_dir="/srv/fogline-cache")
+DIGEST_A = "sha256:" + "a" * 64
+DIGEST_B = "sha256:" + "b" * 64
+MODEL = ModelRef(uri="pvc://models/runs/digits/0123abcd", digest=DIGEST_A)
+
+
+def edge(name: str = "shop", **overrides: Any) -> EdgeDeployment:
+    spec: dict[str, Any] = {"model": {"uri": MODEL.uri, "digest": MODEL.digest}, **overrides}
+    return EdgeDeployment.from_body({"metadata": {"name": name, "namespace": "edge"}, "spec": spec})
+
+
+def daemonset(
+    e: EdgeDeployment | None = None, site: str = "berlin", model: ModelRef = MODEL
+) -> dict[str, Any]:
+    return build_site_daemonset(e or edge(), site, model, SETTINGS)
+
+
+def pod_spec(ds: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = ds["spec"]["template"]["spec"]
+    return result
+
+
+def container(ds: dict[str, Any], name: str) -> dict[str, Any]:
+    spec = pod_spec(ds)
+    (found,) = [c for c in spec["initContainers"] + spec["containers"] if c["name"] == name]
+    result: dict[str, Any] = found
+    return result
+
+
+# --- placement ------------------------------------------------------------------------------
+
+
+def test_site_daemonset_runs_only_on_the_nodes_of_its_site() -> None:
+    e = edge(placement={"nodeSelector": {"fogline.io/edge": "yes"}, "siteLabel": "example/site"})
+    ds = daemonset(e, site="hamburg")
+    assert pod_spec(ds)["nodeSelector"] == {"fogline.io/edge": "yes", "example/site": "hamburg"}
+    assert ds["spec"]["selector"]["matchLabels"] == {
+        "fogline.io/edgedeployment": "shop",
+        SITE_LABEL: "hamburg",
+    }
+    assert ds["spec"]["selector"]["matchLabels"].items() <= (
+        ds["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+
+def test_tolerations_come_from_the_spec() -> None:
+    toleration = {"key": "shop-floor", "operator": "Exists", "effect": "NoExecute"}
+    assert pod_spec(daemonset(edge(placement={"tolerations": [toleration]})))["tolerations"] == [
+        toleration
+    ]
+    default = pod_spec(daemonset())["tolerations"]
+    assert default == [
+        {"key": "node-role.kubernetes.io/edge", "operator": "Exists", "effect": "NoSchedule"}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("replace_in_place", "want"),
+    [
+        pytest.param(True, {"type": "OnDelete"}, id="operator-replaces-pods"),
+        pytest.param(
+            False,
+            {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            id="surge-one-node-at-a-time",
+        ),
+    ],
+)
+def test_update_strategy_follows_replace_in_place(
+    replace_in_place: bool, want: dict[str, Any]
+) -> None:
+    ds = daemonset(edge(rollout={"replaceInPlace": replace_in_place}))
+    assert ds["spec"]["updateStrategy"] == want
+
+
+# --- the fetch step and the server ----------------------------------------------------------
+
+
+def test_fetch_step_is_told_the_uri_and_the_digest() -> None:
+    fetch = container(daemonset(), "fetch")
+    assert f"--uri={MODEL.uri}" in fetch["args"]
+    assert f"--digest={DIGEST_A}" in fetch["args"]
+    assert fetch["command"] == ["fogline", "fetch"]
+
+
+def test_server_refuses_any_other_digest_and_serves_the_named_model() -> None:
+    server = container(daemonset(edge(modelName="detector", runtime={"port": 9000})), "server")
+    assert f"--expected-digest={DIGEST_A}" in server["args"]
+    assert "--name=detector" in server["args"]
+    assert "--port=9000" in server["args"]
+    assert server["ports"] == [{"name": "http", "containerPort": 9000}]
+
+
+def test_readiness_probe_asks_the_server_on_its_named_port() -> None:
+    probe = container(daemonset(), "server")["readinessProbe"]
+    assert probe["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
+
+
+def test_runtime_image_overrides_the_operator_default() -> None:
+    assert container(daemonset(), "server")["image"] == SETTINGS.server_image
+    custom = daemonset(edge(runtime={"image": "example.com/server:2"}))
+    assert {c["image"] for c in (container(custom, "fetch"), container(custom, "server"))} == {
+        "example.com/server:2"
+    }
+
+
+def test_server_resources_request_cpu_and_limit_memory() -> None:
+    server = container(
+        daemonset(edge(runtime={"resources": {"cpu": "250m", "memory": "256Mi"}})), "server"
+    )
+    assert server["resources"] == {
+        "requests": {"cpu": "250m", "memory": "256Mi"},
+        "limits": {"memory": "256Mi"},
+    }
+    assert "resources" not in container(daemonset(), "server")
+
+
+# --- volumes --------------------------------------------------------------------------------
+
+
+def volumes(ds: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in pod_spec(ds)["volumes"]}
+
+
+def test_cache_is_the_node_folder_from_the_settings() -> None:
+    assert volumes(daemonset())["cache"]["hostPath"] == {
+        "path": "/srv/fogline-cache",
+        "type": "DirectoryOrCreate",
+    }
+
+
+def test_pvc_source_is_mounted_read_only_for_the_fetch_step() -> None:
+    ds = daemonset()
+    assert volumes(ds)["artifact-source"]["persistentVolumeClaim"] == {
+        "claimName": "models",
+        "readOnly": True,
+    }
+    fetch = container(ds, "fetch")
+    mounts = {m["name"]: m for m in fetch["volumeMounts"]}
+    assert mounts["artifact-source"] == {
+        "name": "artifact-source",
+        "mountPath": f"{PVC_ROOT}/models",
+        "readOnly": True,
+    }
+    assert {"name": "FOGLINE_PVC_ROOT", "value": PVC_ROOT} in fetch["env"]
+    server_mounts = {m["name"] for m in container(ds, "server")["volumeMounts"]}
+    assert "artifact-source" not in server_mounts
+
+
+@pytest.mark.parametrize(
+    ("uri", "want_source"),
+    [
+        pytest.param(
+            "file:///srv/models/digits",
+            {"hostPath": {"path": "/srv/models/digits", "type": "Directory"}},
+            id="file-is-a-host-folder",
+        ),
+        pytest.param("https://example.com/model.onnx", None, id="http-needs-no-volume"),
+    ],
+)
+def test_other_sources_mount_what_they_need(uri: str, want_source: dict[str, Any] | None) -> None:
+    ds = daemonset(model=ModelRef(uri=uri, digest=DIGEST_A))
+    source = volumes(ds).get("artifact-source")
+    if want_source is None:
+        assert source is None
+    else:
+        assert source == {"name": "artifact-source", **want_source}
+
+
+# --- digest and template hash ---------------------------------------------------------------
+
+
+def test_digest_is_annotated_on_the_daemonset_and_its_pods() -> None:
+    ds = daemonset()
+    assert ds["metadata"]["annotations"][DIGEST_ANNOTATION] == DIGEST_A
+    assert ds["spec"]["template"]["metadata"]["annotations"][DIGEST_ANNOTATION] == DIGEST_A
+
+
+def template_hash(ds: dict[str, Any]) -> str:
+    return str(ds["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION])
+
+
+def test_template_hash_moves_with_the_digest_not_with_rollout_pacing() -> None:
+    before = template_hash(daemonset())
+    assert template_hash(daemonset()) == before
+    assert template_hash(daemonset(model=ModelRef(MODEL.uri, DIGEST_B))) != before
+    # The status and anything outside the pod template leave it alone.
+    same = edge(revisionHistoryLimit=3, rollout={"canarySites": 2, "pauseSeconds": 30})
+    assert template_hash(daemonset(same)) == before
+
+
+# --- names ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("edge_name", "site"),
+    [
+        pytest.param("shop", "berlin", id="short"),
+        pytest.param("e" * 30, "s" * 32, id="exactly-63"),
+        pytest.param("e" * 30, "s" * 33, id="one-over"),
+        pytest.param("e" * 253, "s" * 63, id="longest"),
+    ],
+)
+def test_daemonset_name_is_a_label_sized_name(edge_name: str, site: str) -> None:
+    name = daemonset_name(edge_name, site)
+    assert len(name) <= 63
+    assert name.startswith(f"{edge_name}-{site}"[:50])
+
+
+def test_long_names_that_share_a_prefix_stay_apart() -> None:
+    assert daemonset_name("e" * 60, "site-a") != daemonset_name("e" * 60, "site-b")
+    assert daemonset_name("shop", "berlin") == "shop-berlin"

@@ -1,0 +1,326 @@
+"""From Nodes and inference pods to the sites the rollout planner reads, why a pod will not
+become healthy, and the revision history."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from fogline.api.conditions import rfc3339
+from fogline.api.edgedeployment import EdgeDeployment
+from fogline.edge.daemonsets import DIGEST_ANNOTATION
+from fogline.edge.fleet import (
+    MAINTENANCE_LABEL,
+    UPDATE_LOCK_ANNOTATION,
+    next_history,
+    observe_sites,
+    pod_failure,
+)
+from fogline.rollout import NodeObservation, PodObservation, SiteObservation
+
+pytestmark = pytest.mark.unit
+
+SITE = "topology.fogline.io/site"
+EDGE = "node-role.kubernetes.io/edge"
+A = "sha256:" + "a" * 64
+B = "sha256:" + "b" * 64
+C = "sha256:" + "c" * 64
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+# --- tiny constructors ----------------------------------------------------------------------
+
+
+def edge(**overrides: Any) -> EdgeDeployment:
+    spec: dict[str, Any] = {"model": {"uri": "pvc://models/m", "digest": A}, **overrides}
+    return EdgeDeployment.from_body(
+        {"metadata": {"name": "shop", "namespace": "edge"}, "spec": spec}
+    )
+
+
+def node(
+    name: str,
+    site: str | None,
+    *,
+    ready: bool = True,
+    edge_role: bool = True,
+    locked: bool = False,
+    maintenance: bool = False,
+) -> dict[str, Any]:
+    labels: dict[str, str] = {}
+    if site is not None:
+        labels[SITE] = site
+    if edge_role:
+        labels[EDGE] = "true"
+    if maintenance:
+        labels[MAINTENANCE_LABEL] = "true"
+    annotations = {UPDATE_LOCK_ANNOTATION: "reboot"} if locked else {}
+    return {
+        "metadata": {"name": name, "labels": labels, "annotations": annotations},
+        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+def pod(
+    node_name: str | None,
+    digest: str = A,
+    *,
+    ready: bool = True,
+    deleting: bool = False,
+    status: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"annotations": {DIGEST_ANNOTATION: digest}}
+    if deleting:
+        meta["deletionTimestamp"] = rfc3339(T0)
+    pod_status = dict(status or {"phase": "Running"})
+    pod_status.setdefault("conditions", [{"type": "Ready", "status": str(ready)}])
+    return {"metadata": meta, "spec": {"nodeName": node_name}, "status": pod_status}
+
+
+def waiting(reason: str) -> dict[str, Any]:
+    return {"state": {"waiting": {"reason": reason}}}
+
+
+def terminated(exit_code: int) -> dict[str, Any]:
+    return {"state": {"terminated": {"exitCode": exit_code}}}
+
+
+# --- observe_sites --------------------------------------------------------------------------
+
+
+def test_nodes_are_grouped_into_sites_by_the_site_label() -> None:
+    nodes = [node("b-2", "berlin"), node("h-1", "hamburg"), node("b-1", "berlin")]
+    sites = observe_sites(edge(), nodes, [])
+    assert sites == [
+        SiteObservation("berlin", (NodeObservation("b-1", True), NodeObservation("b-2", True))),
+        SiteObservation("hamburg", (NodeObservation("h-1", True),)),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "nodes", "want_sites"),
+    [
+        pytest.param(
+            {},
+            [node("n1", "berlin"), node("n2", "hamburg", edge_role=False)],
+            ["berlin"],
+            id="node-selector",
+        ),
+        pytest.param({}, [node("n1", "berlin"), node("n2", None)], ["berlin"], id="no-site-label"),
+        pytest.param(
+            {"placement": {"sites": ["hamburg", "munich"]}},
+            [node("n1", "berlin"), node("n2", "hamburg"), node("n3", "munich")],
+            ["hamburg", "munich"],
+            id="chosen-sites",
+        ),
+        pytest.param(
+            {"placement": {"nodeSelector": {}}},
+            [node("n1", "berlin", edge_role=False)],
+            ["berlin"],
+            id="empty-selector-takes-every-node",
+        ),
+        pytest.param(
+            {"placement": {"siteLabel": "example/store"}},
+            [node("n1", "berlin")],
+            [],
+            id="other-site-label",
+        ),
+    ],
+)
+def test_only_selected_nodes_of_chosen_sites_are_observed(
+    overrides: dict[str, Any], nodes: list[dict[str, Any]], want_sites: list[str]
+) -> None:
+    assert [s.name for s in observe_sites(edge(**overrides), nodes, [])] == want_sites
+
+
+def test_node_readiness_and_update_lock_are_observed() -> None:
+    nodes = [node("n1", "berlin", ready=False), node("n2", "berlin", locked=True)]
+    (site,) = observe_sites(edge(), nodes, [])
+    assert site.nodes == (
+        NodeObservation("n1", ready=False, locked=False),
+        NodeObservation("n2", ready=True, locked=True),
+    )
+
+
+def test_node_without_conditions_is_not_ready() -> None:
+    bare = {"metadata": {"name": "n1", "labels": {SITE: "berlin", EDGE: "true"}}}
+    (site,) = observe_sites(edge(), [bare], [])
+    assert site.nodes[0].ready is False
+
+
+def test_maintenance_label_on_any_node_puts_its_site_in_maintenance() -> None:
+    nodes = [node("b1", "berlin"), node("b2", "berlin", maintenance=True), node("h1", "hamburg")]
+    assert {s.name: s.maintenance for s in observe_sites(edge(), nodes, [])} == {
+        "berlin": True,
+        "hamburg": False,
+    }
+
+
+def test_paused_sites_are_marked_paused() -> None:
+    e = edge(rollout={"pausedSites": ["hamburg"]})
+    nodes = [node("b1", "berlin"), node("h1", "hamburg")]
+    assert {s.name: s.paused for s in observe_sites(e, nodes, [])} == {
+        "berlin": False,
+        "hamburg": True,
+    }
+
+
+def test_pods_are_mapped_to_their_nodes() -> None:
+    nodes = [node("n1", "berlin"), node("n2", "berlin"), node("n3", "berlin")]
+    pods = [pod("n1", A), pod("n2", B, ready=False), pod(None, C)]
+    (site,) = observe_sites(edge(), nodes, pods)
+    assert [n.pod for n in site.nodes] == [
+        PodObservation(A, ready=True),
+        PodObservation(B, ready=False),
+        None,
+    ]
+
+
+@pytest.mark.parametrize(
+    "pods",
+    [
+        pytest.param([pod("n1", A, deleting=True)], id="only-pod-deleting"),
+        pytest.param([], id="no-pod"),
+    ],
+)
+def test_pod_being_deleted_counts_as_no_pod(pods: list[dict[str, Any]]) -> None:
+    (site,) = observe_sites(edge(), [node("n1", "berlin")], pods)
+    assert site.nodes[0].pod is None
+
+
+@pytest.mark.parametrize(
+    "pods",
+    [
+        pytest.param([pod("n1", A, deleting=True), pod("n1", B)], id="old-first"),
+        pytest.param([pod("n1", B), pod("n1", A, deleting=True)], id="new-first"),
+    ],
+)
+def test_replacement_pod_wins_over_the_one_being_deleted(pods: list[dict[str, Any]]) -> None:
+    (site,) = observe_sites(edge(), [node("n1", "berlin")], pods)
+    assert site.nodes[0].pod == PodObservation(B, ready=True)
+
+
+# --- pod_failure ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "want"),
+    [
+        pytest.param({"phase": "Running"}, None, id="running"),
+        pytest.param({"phase": "Failed"}, "PodFailed", id="phase-failed"),
+        pytest.param(
+            {"phase": "Running", "containerStatuses": [waiting("CrashLoopBackOff")]},
+            "CrashLoopBackOff",
+            id="crash-loop",
+        ),
+        pytest.param(
+            {"phase": "Pending", "containerStatuses": [waiting("ImagePullBackOff")]},
+            "ImagePullBackOff",
+            id="image-pull",
+        ),
+        pytest.param(
+            {"phase": "Pending", "containerStatuses": [waiting("ContainerCreating")]},
+            None,
+            id="still-creating",
+        ),
+        pytest.param(
+            {"phase": "Pending", "initContainerStatuses": [terminated(3)]},
+            "Init:FetchFailed",
+            id="fetch-exited-nonzero",
+        ),
+        pytest.param(
+            {"phase": "Pending", "initContainerStatuses": [terminated(0)]},
+            None,
+            id="fetch-done",
+        ),
+        pytest.param(
+            {"phase": "Pending", "initContainerStatuses": [waiting("CrashLoopBackOff")]},
+            "Init:CrashLoopBackOff",
+            id="fetch-crash-loop",
+        ),
+        pytest.param(
+            {"phase": "Running", "containerStatuses": [terminated(1)]},
+            None,
+            id="server-exit-is-left-to-the-kubelet",
+        ),
+        pytest.param({}, None, id="no-status"),
+    ],
+)
+def test_pod_failure_names_why_a_pod_will_not_become_healthy(
+    status: dict[str, Any], want: str | None
+) -> None:
+    assert pod_failure({"status": status}) == want
+
+
+def test_failing_pod_is_observed_with_its_failure() -> None:
+    failing = pod(
+        "n1", B, ready=False, status={"phase": "Pending", "initContainerStatuses": [terminated(1)]}
+    )
+    (site,) = observe_sites(edge(), [node("n1", "berlin")], [failing])
+    assert site.nodes[0].pod == PodObservation(B, ready=False, failure="Init:FetchFailed")
+
+
+# --- next_history ---------------------------------------------------------------------------
+
+
+def entry(revision: int, digest: str, when: datetime = T0) -> dict[str, Any]:
+    return {
+        "revision": revision,
+        "digest": digest,
+        "uri": "pvc://models/m",
+        "deployedAt": rfc3339(when),
+    }
+
+
+NOW = T0 + timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    ("history", "stable", "limit", "want"),
+    [
+        pytest.param([], None, 10, [], id="nothing-stable-yet"),
+        pytest.param([], A, 10, [entry(1, A, NOW)], id="first-stable-digest"),
+        pytest.param([entry(1, A)], A, 10, [entry(1, A)], id="same-digest-adds-nothing"),
+        pytest.param(
+            [entry(1, A)], B, 10, [entry(2, B, NOW), entry(1, A)], id="new-digest-newest-first"
+        ),
+        pytest.param(
+            [entry(2, B), entry(1, A)],
+            A,
+            10,
+            [entry(3, A, NOW), entry(2, B), entry(1, A)],
+            id="rollback-is-a-new-revision",
+        ),
+        pytest.param(
+            [entry(2, B), entry(1, A)], C, 2, [entry(3, C, NOW), entry(2, B)], id="bounded"
+        ),
+        pytest.param(
+            [entry(3, C), entry(2, B), entry(1, A)],
+            C,
+            2,
+            [entry(3, C), entry(2, B)],
+            id="lowered-limit-trims",
+        ),
+        pytest.param([entry(1, A)], None, 10, [entry(1, A)], id="no-stable-keeps-history"),
+    ],
+)
+def test_history_gains_an_entry_only_when_the_stable_digest_changes(
+    history: list[dict[str, Any]], stable: str | None, limit: int, want: list[dict[str, Any]]
+) -> None:
+    assert next_history(history, stable, "pvc://models/m", limit, NOW) == want
+
+
+def test_revisions_keep_increasing_after_old_entries_fall_off() -> None:
+    history: list[dict[str, Any]] = []
+    for step, digest in enumerate([A, B, C, A, B]):
+        history = next_history(history, digest, "pvc://models/m", 2, T0 + timedelta(hours=step))
+    assert [h["revision"] for h in history] == [5, 4]
+    assert [h["digest"] for h in history] == [B, A]
+
+
+def test_history_input_is_not_changed() -> None:
+    history = [entry(1, A)]
+    next_history(history, B, "pvc://models/m", 10, NOW)[1]["digest"] = C
+    assert history == [entry(1, A)]
