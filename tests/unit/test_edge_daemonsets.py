@@ -4,6 +4,7 @@ hash moves."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -233,3 +234,12 @@ def test_daemonset_name_is_a_label_sized_name(edge_name: str, site: str) -> None
 def test_long_names_that_share_a_prefix_stay_apart() -> None:
     assert daemonset_name("e" * 60, "site-a") != daemonset_name("e" * 60, "site-b")
     assert daemonset_name("shop", "berlin") == "shop-berlin"
+
+
+@pytest.mark.parametrize("site", ["Berlin_1", "Shop 12", "UPPER", "a" * 80])
+def test_site_labels_that_are_not_names_still_give_valid_distinct_daemonset_names(
+    site: str,
+) -> None:
+    name = daemonset_name("digits", site)
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63
+    assert name != daemonset_name("digits", site + "x")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,11 +38,14 @@ class ModelRef:
 
 
 def daemonset_name(edge_name: str, site: str) -> str:
-    name = f"{edge_name}-{site}"
-    if len(name) <= 63:
+    """A DNS-1123 name for a site's DaemonSet. A site label value may hold characters a name
+    cannot (`Berlin_1`): those become '-', and a hash of the original keeps names distinct."""
+    clean = re.sub(r"[^a-z0-9-]+", "-", site.lower()).strip("-") or "site"
+    name = f"{edge_name}-{clean}"
+    if clean == site and len(name) <= 63:
         return name
-    suffix = hashlib.sha256(name.encode()).hexdigest()[:8]
-    return f"{name[:54]}-{suffix}"
+    suffix = hashlib.sha256(f"{edge_name}/{site}".encode()).hexdigest()[:8]
+    return f"{name[:54].rstrip('-')}-{suffix}"
 
 
 def edge_labels(edge: EdgeDeployment, site: str) -> dict[str, str]:
