@@ -3,8 +3,6 @@ resources, labels and taints, the real controller-manager runs Jobs, RBAC is enf
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -24,12 +22,9 @@ EDGE_TOLERATION = {
 
 
 @pytest.fixture
-def ns(cluster: ClusterHandle) -> Iterator[str]:
-    name = f"dc-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(cluster.api)
-    core.create_namespace({"metadata": {"name": name}})
-    yield name
-    core.delete_namespace(name)
+def ns(namespace: str) -> str:
+    """A fresh namespace (tests/cluster/conftest.py), under a short name."""
+    return namespace
 
 
 def _pod(name: str, **spec: Any) -> dict[str, Any]:
