@@ -114,6 +114,29 @@ def test_backend_is_gloo_on_cpu_and_nccl_on_gpu(device: str, backend: str) -> No
     assert select_backend(device) == backend
 
 
+@pytest.mark.parametrize(
+    ("device", "requested", "backend"),
+    [
+        ("cpu", "gloo", "gloo"),
+        ("cuda:0", "gloo", "gloo"),
+        ("cuda:1", "nccl", "nccl"),
+        ("cpu", "", "gloo"),
+    ],
+)
+def test_the_requested_backend_wins(device: str, requested: str, backend: str) -> None:
+    assert select_backend(device, requested) == backend
+
+
+@pytest.mark.parametrize(
+    ("device", "requested", "reason"),
+    [("cpu", "nccl", "NoGpuForNccl"), ("cpu", "mpi", "InvalidArgument")],
+)
+def test_an_impossible_backend_is_a_clear_error(device: str, requested: str, reason: str) -> None:
+    with pytest.raises(TrainerError) as raised:
+        select_backend(device, requested)
+    assert raised.value.reason == reason
+
+
 def test_launch_reads_torchrun_environment() -> None:
     launch = launch_from_environment({"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "4"})
     assert (launch.rank, launch.local_rank, launch.world_size) == (3, 1, 4)

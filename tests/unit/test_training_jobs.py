@@ -447,3 +447,19 @@ def test_trainer_role_may_only_read_and_annotate_pods() -> None:
 
 def trainer_account_of(job: dict[str, Any]) -> str:
     return str(pod_spec(job)["serviceAccountName"])
+
+
+@pytest.mark.parametrize(
+    ("distributed", "gpus", "expected"),
+    [
+        ({"workers": 2, "backend": "gloo"}, 0, "gloo"),
+        ({"workers": 2, "procsPerWorker": 2, "backend": "nccl"}, 2, "nccl"),
+        ({"workers": 1}, 1, None),
+    ],
+)
+def test_the_chosen_backend_reaches_the_trainer(
+    distributed: dict[str, Any], gpus: int, expected: str | None
+) -> None:
+    job = job_for(training(distributed=distributed, resources={"gpus": gpus}))
+    env = {e["name"]: e.get("value") for e in trainer(job)["env"]}
+    assert env.get("FOGLINE_DIST_BACKEND") == expected

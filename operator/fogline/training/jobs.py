@@ -198,6 +198,8 @@ def build_training_job(
         {"name": "FOGLINE_PROGRESS_INTERVAL", "value": str(settings.progress_interval_seconds)},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
+    if spec.distributed.is_distributed and spec.distributed.backend:
+        env.append({"name": "FOGLINE_DIST_BACKEND", "value": spec.distributed.backend})
     container: dict[str, Any] = {
         "name": "trainer",
         "image": spec.image or settings.trainer_image,

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from fogline.workloads.trainer.errors import EXIT_RUNTIME_FAILURE, TrainerError
+from fogline.workloads.trainer.errors import EXIT_BAD_INPUT, EXIT_RUNTIME_FAILURE, TrainerError
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +79,28 @@ def select_device(requested: str, cuda_devices: int, local_rank: int) -> str:
     return f"cuda:{local_rank % cuda_devices}"
 
 
-def select_backend(device: str) -> str:
-    return "nccl" if device.startswith("cuda") else "gloo"
+BACKEND_ENV = "FOGLINE_DIST_BACKEND"
+
+
+def select_backend(device: str, requested: str | None = None) -> str:
+    """The collective backend: the one requested (the operator passes
+    spec.distributed.backend as FOGLINE_DIST_BACKEND), else nccl on CUDA and gloo on CPU."""
+    if not requested:
+        return "nccl" if device.startswith("cuda") else "gloo"
+    if requested not in ("gloo", "nccl"):
+        raise TrainerError(
+            "InvalidArgument",
+            f"{BACKEND_ENV}={requested!r}: use gloo (CPU or GPU) or nccl (GPU)",
+            EXIT_BAD_INPUT,
+        )
+    if requested == "nccl" and not device.startswith("cuda"):
+        raise TrainerError(
+            "NoGpuForNccl",
+            "backend nccl needs a CUDA device and none is visible; use backend gloo or give "
+            "the pod GPUs",
+            EXIT_RUNTIME_FAILURE,
+        )
+    return requested
 
 
 def join_run(requested_device: str, mixed_precision: bool) -> ProcessContext:
@@ -95,7 +115,7 @@ def join_run(requested_device: str, mixed_precision: bool) -> ProcessContext:
         torch.cuda.set_device(torch.device(device))
     backend: str | None = None
     if launch.is_distributed:
-        backend = select_backend(device)
+        backend = select_backend(device, os.environ.get(BACKEND_ENV))
         dist.init_process_group(backend=backend, timeout=COLLECTIVE_TIMEOUT)
         log.debug("rank %d of %d joined with %s", launch.rank, launch.world_size, backend)
     use_amp = mixed_precision and device.startswith("cuda")
