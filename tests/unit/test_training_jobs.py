@@ -338,8 +338,11 @@ def test_one_claim_for_dataset_and_output_is_mounted_once_and_writable() -> None
 def test_file_output_is_a_host_folder_on_the_training_node() -> None:
     job = job_for(training(output={"uri": "file:///data/out/"}))
     volumes, mounts = volumes_and_mounts(job)
-    assert volumes["output"]["hostPath"] == {"path": "/data/out", "type": "DirectoryOrCreate"}
-    assert mounts["/data/out"]["name"] == "output"
+    assert volumes["output"]["hostPath"] == {
+        "path": "/data/out/digits",
+        "type": "DirectoryOrCreate",
+    }
+    assert mounts["/data/out/digits"]["name"] == "output"
     assert not any("persistentVolumeClaim" in v for v in volumes.values())
     assert "/tmp" in mounts
 
@@ -463,3 +466,19 @@ def test_the_chosen_backend_reaches_the_trainer(
     job = job_for(training(distributed=distributed, resources={"gpus": gpus}))
     env = {e["name"]: e.get("value") for e in trainer(job)["env"]}
     assert env.get("FOGLINE_DIST_BACKEND") == expected
+
+
+@pytest.mark.parametrize(
+    ("uri", "output_dir", "artifact_uri"),
+    [
+        ("file:///srv/models/", "/srv/models/digits/", "file:///srv/models/digits/"),
+        ("file:///", "/digits/", "file:///digits/"),
+        ("pvc://art/x/", "/mnt/pvc/art/x/digits/", "pvc://art/x/digits/"),
+    ],
+)
+def test_output_locations_keep_their_scheme_and_root(
+    uri: str, output_dir: str, artifact_uri: str
+) -> None:
+    run = plan_run(training(output={"uri": uri}))
+    assert run.output_dir == output_dir + run.run_id
+    assert run.artifact_uri == artifact_uri + run.run_id

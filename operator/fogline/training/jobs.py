@@ -64,7 +64,9 @@ def plan_run(training: ModelTraining) -> TrainingRun:
         claim, path = _pvc_parts(base_uri)
         output_dir = "/".join(p for p in (PVC_ROOT, claim, path, training.name, run_id) if p)
     elif output.scheme == "file":
-        output_dir = f"{base_uri.removeprefix('file://').rstrip('/')}/{training.name}/{run_id}"
+        folder = output.uri.removeprefix("file://").rstrip("/")
+        output_dir = f"{folder}/{training.name}/{run_id}"
+        base_uri = f"file://{folder}"
     else:
         raise ValueError(f"spec.output.uri: {output.uri!r} is not a pvc:// or file:// location")
     return TrainingRun(
@@ -152,7 +154,8 @@ def _volumes(
         )
     if spec.output.scheme == "file":
         # A folder on the training node itself: for single-node and development clusters.
-        folder = spec.output.uri.removeprefix("file://").rstrip("/") or "/"
+        # Only this training's folder is mounted, never its parents (file:/// is the root).
+        folder = f"{spec.output.uri.removeprefix('file://').rstrip('/')}/{training_name}"
         volumes.append(
             {"name": "output", "hostPath": {"path": folder, "type": "DirectoryOrCreate"}}
         )
