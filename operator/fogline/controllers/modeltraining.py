@@ -49,10 +49,6 @@ def training_pods(
     return {(namespace, labels[TRAINING_LABEL]): body}
 
 
-def _plain(body: kopf.Body) -> dict[str, Any]:
-    return {key: body[key] for key in body}
-
-
 async def reconcile_training(
     body: kopf.Body,
     state: OperatorState,
@@ -84,7 +80,7 @@ async def _reconcile(
         return
     run = plan_run(training)
     key = (training.namespace, training.name)
-    own_jobs = {j["metadata"]["name"]: _plain(j) for j in jobs.get(key, [])}
+    own_jobs = {j["metadata"]["name"]: j for j in jobs.get(key, [])}
     job = own_jobs.get(run.job_name)
 
     # Runs of an older spec are superseded: stop them (their artifacts stay where they are).
@@ -107,9 +103,7 @@ async def _reconcile(
     if job is None:
         return  # finished and cleaned up by ttlSecondsAfterFinished: the status stands
     run_pods = [
-        _plain(p)
-        for p in pods.get(key, [])
-        if p["metadata"]["labels"].get("job-name") == run.job_name
+        p for p in pods.get(key, []) if p["metadata"]["labels"].get("job-name") == run.job_name
     ]
     observation = observe_training(training, run, job, run_pods, now)
     current = dict(body.get("status") or {})
