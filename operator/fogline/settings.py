@@ -40,10 +40,17 @@ class OperatorSettings:
     site_label: str = "topology.fogline.io/site"
     # Node-local folder on edge nodes that keeps fetched artifacts by digest (edge autonomy).
     edge_cache_dir: str = "/var/lib/fogline/cache"
-    # ServiceAccount the trainer runs as; the operator creates it with a Role that lets a
-    # trainer annotate its own pod with progress, nothing more.
+    # ServiceAccount the trainer runs as; the operator creates it with a Role that may patch
+    # pods, and the chart's admission policy narrows that to the progress annotation of the
+    # pod the trainer's token is bound to.
     trainer_service_account: str = "fogline-trainer"
     progress_interval_seconds: int = 5
+    # Node folders a file:// artifact of an EdgeDeployment may be read from (a hostPath
+    # mount on every edge node): none unless the administrator names them.
+    allowed_file_roots: tuple[str, ...] = ()
+    # Image prefixes an EdgeDeployment's runtime.image may use; empty: the repository of
+    # server_image only.
+    allowed_image_prefixes: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -93,4 +100,25 @@ class OperatorSettings:
             progress_interval_seconds=int(
                 text("FOGLINE_PROGRESS_INTERVAL", str(defaults.progress_interval_seconds))
             ),
+            allowed_file_roots=_absolute_paths(
+                "FOGLINE_ALLOWED_FILE_ROOTS", parsed("FOGLINE_ALLOWED_FILE_ROOTS", [], list)
+            ),
+            allowed_image_prefixes=_strings(
+                "FOGLINE_ALLOWED_IMAGE_PREFIXES",
+                parsed("FOGLINE_ALLOWED_IMAGE_PREFIXES", [], list),
+            ),
         )
+
+
+def _strings(name: str, values: list[Any]) -> tuple[str, ...]:
+    if not all(isinstance(v, str) and v for v in values):
+        raise SettingsError(f"{name}: expected a JSON list of non-empty strings")
+    return tuple(values)
+
+
+def _absolute_paths(name: str, values: list[Any]) -> tuple[str, ...]:
+    paths = _strings(name, values)
+    for path in paths:
+        if not path.startswith("/") or ".." in path.split("/"):
+            raise SettingsError(f"{name}: {path!r} is not an absolute path without '..'")
+    return paths
