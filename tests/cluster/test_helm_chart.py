@@ -98,6 +98,10 @@ BAD_VALUES = [
     (["--set", "settings.progressIntervalSeconds=0"], "/settings/progressIntervalSeconds"),
     (["--set", "image.digest=sha256:nothex"], "/image/digest"),
     (["--set", "settings.imagePullPolicy=Sometimes"], "/settings/imagePullPolicy"),
+    (
+        ["--set-json", 'networkPolicy.apiServerCIDRs=["everywhere"]'],
+        "/networkPolicy/apiServerCIDRs/0",
+    ),
     (["--set", "sttings.siteLabel=typo"], "additional properties 'sttings'"),
     (
         ["--set-json", 'settings.gpuTolerations=[{"key":"a","operator":"Maybe"}]'],
@@ -156,7 +160,9 @@ def test_every_rendering_validates_against_the_real_apiserver(
         "namespaced": ["--set-json", f'watchNamespaces=["{namespace}"]'],
         "everything": ["--set", "podDisruptionBudget.enabled=true", "--set", "verbose=true",
                        "--set", "image.digest=sha256:" + "a" * 64, "--set-json",
-                       'extraEnv=[{"name":"X","value":"1"}]', "--set", "priorityClassName=system-cluster-critical"],
+                       'extraEnv=[{"name":"X","value":"1"}]', "--set", "priorityClassName=system-cluster-critical",
+                       "--set", "networkPolicy.enabled=true", "--set-json",
+                       'networkPolicy.metricsFrom=[{"namespaceSelector":{"matchLabels":{"team":"obs"}}}]'],
     }  # fmt: skip
     for name, args in variants.items():
         out = _server_dry_run(cluster, template(cluster, *args).stdout)
@@ -169,6 +175,24 @@ def test_every_rendering_validates_against_the_real_apiserver(
     assert all(set(rule["verbs"]) <= {"list", "watch"} for rule in cluster_rules), (
         "cluster scope stays read-only"
     )
+
+
+def test_network_policy_opens_only_health_metrics_api_and_dns(cluster: ClusterHandle) -> None:
+    args = ["--set", "networkPolicy.enabled=true"]
+    args += ["--set-json", 'networkPolicy.apiServerCIDRs=["10.43.0.1/32"]']
+    args += ["--set-json", "networkPolicy.apiServerPorts=[6443]"]
+    docs = documents(template(cluster, *args).stdout)
+    policy = one(docs, "NetworkPolicy")
+    assert (
+        policy["spec"]["podSelector"]["matchLabels"]
+        == (one(docs, "Deployment")["spec"]["selector"]["matchLabels"])
+    )
+    assert [p["port"] for p in policy["spec"]["ingress"][0]["ports"]] == ["health", "metrics"]
+    to_api, dns = policy["spec"]["egress"]
+    assert to_api["to"] == [{"ipBlock": {"cidr": "10.43.0.1/32"}}]
+    assert to_api["ports"] == [{"port": 6443, "protocol": "TCP"}]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert "NetworkPolicy" not in template(cluster).stdout
 
 
 def test_servicemonitor_renders_for_the_prometheus_operator(cluster: ClusterHandle) -> None:

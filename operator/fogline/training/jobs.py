@@ -283,8 +283,10 @@ def build_rendezvous_service(training: ModelTraining, run: TrainingRun) -> dict[
 
 
 def build_trainer_rbac(namespace: str, settings: OperatorSettings) -> list[dict[str, Any]]:
-    """ServiceAccount, Role and RoleBinding for trainers in a namespace: read and annotate
-    pods (the progress channel), nothing else."""
+    """ServiceAccount, Role and RoleBinding for trainers in a namespace: get and patch pods
+    (the progress channel). RBAC cannot name a pod that does not exist yet; the chart's
+    ValidatingAdmissionPolicy (templates/trainer-policy.yaml) narrows the patch to the
+    progress annotation of the trainer's own pod."""
     name = settings.trainer_service_account
     meta = {"name": name, "namespace": namespace, "labels": dict(MANAGED_BY)}
     return [
