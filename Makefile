@@ -1,5 +1,5 @@
 # Fogline's developer entry points. `make test` and `make demo` need nothing installed by
-# hand beyond Python 3.11+, Go and openssl: they build the rest.
+# hand beyond Python 3.11+, Go and make: they build the rest.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
