@@ -14,7 +14,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=build /wheels /wheels
-RUN pip install "fogline @ file://$(ls /wheels/fogline-*.whl)" && rm -rf /wheels
+RUN pip install "fogline[operator] @ file://$(ls /wheels/fogline-*.whl)" && rm -rf /wheels
 # A numeric non-root user, so that runAsNonRoot can verify it without a passwd lookup.
 USER 65532:65532
 WORKDIR /tmp

@@ -60,13 +60,19 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         module = importlib.import_module(sub.module)
+        entry: Callable[[list[str]], int] = module.main
+        return entry(args[1:])
     except ModuleNotFoundError as err:
-        extra = {"train": "train", "serve": "serve", "fetch": "serve"}.get(args[0], "")
-        hint = f"; install it with `pip install 'fogline[{extra}]'`" if extra else ""
-        print(f"error: `fogline {args[0]}` needs the module {err.name!r}{hint}", file=sys.stderr)
+        if (err.name or "fogline").partition(".")[0] == "fogline":
+            raise  # a broken installation of fogline itself, not a missing extra
+        # Each image installs one extra; a command of another role says which one it needs.
+        extra = {"train": "train", "serve": "serve", "fetch": "serve"}.get(args[0], "operator")
+        print(
+            f"error: `fogline {args[0]}` needs the module {err.name!r}; "
+            f"install it with `pip install 'fogline[{extra}]'`",
+            file=sys.stderr,
+        )
         return 1
-    entry: Callable[[list[str]], int] = module.main
-    return entry(args[1:])
 
 
 if __name__ == "__main__":

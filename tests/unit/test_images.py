@@ -18,7 +18,7 @@ pytestmark = pytest.mark.unit
 REPO = Path(__file__).resolve().parents[2]
 # image -> (the extras it installs, the `fogline` subcommand it runs)
 IMAGES = {
-    "operator": (set[str](), "run"),
+    "operator": ({"operator"}, "run"),
     "trainer": ({"train"}, "train"),
     "server": ({"serve"}, "serve"),
 }
