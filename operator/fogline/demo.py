@@ -297,10 +297,11 @@ class Demo:
             for part in served[served.index("{") + 1 : served.index("}")].split(",")
         )
         served_digest = labels["digest"].strip('"')
-        served_file = labels["file"].strip('"')
+        # The manifest is written canonically, so its bytes hash to the artifact digest, and it
+        # lists the sha256 of every file the server verified before it loaded them.
         cached = (self.cluster.local_root / "hostpath" / CACHE_DIR.lstrip("/")
-                  / f"sha256-{served_digest.removeprefix('sha256:')}" / served_file)  # fmt: skip
-        file_digest = "sha256:" + hashlib.sha256(cached.read_bytes()).hexdigest()
+                  / f"sha256-{served_digest.removeprefix('sha256:')}" / "manifest.json")  # fmt: skip
+        manifest_digest = "sha256:" + hashlib.sha256(cached.read_bytes()).hexdigest()
         self.summary.inference = {
             "pod": pod.metadata.name,
             "node": pod.spec.node_name,
@@ -309,7 +310,7 @@ class Demo:
             "predicted": predicted,
             "correct": predicted == int(digits.target[index]),
             "servedDigest": served_digest,
-            "servedFileSha256": file_digest,
+            "servedManifestSha256": manifest_digest,
         }
 
     # -- the end ----------------------------------------------------------------------------
@@ -328,10 +329,13 @@ class Demo:
         table.add_row("Inference", f"digit {s.inference['label']} → predicted {s.inference['predicted']} ({verdict}) "
                       f"by {s.inference['pod']} on {s.inference['node']}")  # fmt: skip
         match = (
-            "equals" if s.inference["servedFileSha256"] == s.training["digest"] else "DIFFERS FROM"
+            "equals"
+            if s.inference["servedManifestSha256"] == s.training["digest"]
+            else "DIFFERS FROM"
         )
         table.add_row(
-            "Digest check", f"sha256 of the file the server loaded {match} the artifact digest"
+            "Digest check",
+            f"sha256 of the manifest the server verified {match} the artifact digest",
         )
         self.console.print(table)
 

@@ -25,7 +25,7 @@ def test_demo_trains_rolls_out_and_serves_for_real(tmp_path: Path) -> None:
     assert training["phase"] == "Succeeded"
     assert training["accuracy"] >= training["threshold"] >= 0.9
     # The digest the operator published is the sha256 of the very file the server loaded.
-    assert inference["servedFileSha256"] == training["digest"] == inference["servedDigest"]
+    assert inference["servedManifestSha256"] == training["digest"] == inference["servedDigest"]
     assert rollout["phase"] == "Available" and rollout["digest"] == training["digest"]
     ready, total = rollout["sitesReady"].split("/")
     assert ready == total == "3"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import struct
 from typing import Any
 
@@ -94,8 +96,31 @@ def manifest(**changes: Any) -> dict[str, Any]:
     return document
 
 
-def test_manifest_digest_is_the_serving_files_sha256() -> None:
-    assert parse_manifest(manifest()).digest == "sha256:" + "a" * 64
+def test_manifest_digest_is_the_sha256_of_its_canonical_form() -> None:
+    document = manifest()
+    canonical = json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+    assert parse_manifest(document).digest == "sha256:" + hashlib.sha256(canonical).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        pytest.param({"files": {"model.onnx": {"sha256": "b" * 64, "sizeBytes": 10}}}, id="file"),
+        pytest.param({"files": {"model.onnx": {"sha256": "a" * 64, "sizeBytes": 11}}}, id="size"),
+        pytest.param(
+            {
+                "files": {
+                    "model.onnx": {"sha256": "a" * 64, "sizeBytes": 10},
+                    "model.onnx.data": {"sha256": "c" * 64, "sizeBytes": 5},
+                }
+            },
+            id="added-external-data",
+        ),
+        pytest.param({"name": "other"}, id="name"),
+    ],
+)
+def test_any_change_to_the_manifest_changes_the_artifact_digest(change: dict[str, Any]) -> None:
+    assert parse_manifest(manifest(**change)).digest != parse_manifest(manifest()).digest
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from fogline.workloads.manifest import manifest_digest
+
 
 @dataclass(frozen=True)
 class MlpShape:
@@ -94,4 +96,4 @@ def write_artifact(
         "versions": {"onnx": onnx.__version__},
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return f"sha256:{sha}"
+    return manifest_digest(manifest)

@@ -22,6 +22,7 @@ import onnxruntime as ort
 import pytest
 import tritonclient.http as triton
 
+from fogline.workloads.manifest import manifest_digest
 from tests.workloads.served_artifacts import MlpShape, write_artifact
 
 pytestmark = pytest.mark.workloads
@@ -251,7 +252,7 @@ def test_metrics_count_requests_and_label_the_digest(server: ServerProcess, arti
     connection.request("GET", "/metrics")
     text = connection.getresponse().read().decode()
     connection.close()
-    digest = json.loads((artifact / "manifest.json").read_text())["files"]["model.onnx"]["sha256"]
+    digest = manifest_digest(json.loads((artifact / "manifest.json").read_text()))
     assert re.search(
         r'fogline_http_requests_total\{endpoint="/v2/models/\{name\}/infer",method="POST",'
         r'status="200"\} [1-9]',
@@ -260,7 +261,7 @@ def test_metrics_count_requests_and_label_the_digest(server: ServerProcess, arti
     assert 'fogline_http_request_duration_seconds_bucket{endpoint="/v2/models/{name}/infer"' in text
     assert re.search(r'fogline_inference_duration_seconds_count\{model="digits"\} [1-9]', text)
     assert re.search(r'fogline_model_load_duration_seconds\{model="digits"\} \d', text)
-    assert f'fogline_model_info{{model="digits",version="1",digest="sha256:{digest}"' in text
+    assert f'fogline_model_info{{model="digits",version="1",digest="{digest}"' in text
     assert 'fogline_model_ready{model="digits"} 1' in text
 
 

@@ -14,6 +14,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from fogline.workloads.manifest import verify_artifact
 from fogline.workloads.trainer.datasets import load_dataset, split_dataset
 from tests.workloads.conftest import TrainerRun, TrainerRunner
 
@@ -135,11 +136,13 @@ def test_manifest_describes_serving_signature_versions_and_run(digits_run: Train
     assert set(manifest["versions"]) >= {"torch", "onnx", "onnxruntime", "python"}
 
 
-def test_artifact_digest_is_sha256_of_the_serving_file(digits_run: TrainerRun) -> None:
+def test_artifact_digest_is_sha256_of_the_canonical_manifest(digits_run: TrainerRun) -> None:
     artifact = digits_run.termination["artifact"]
-    serving = digits_run.output / digits_run.manifest["serving"]["file"]
-    assert artifact["digest"] == f"sha256:{sha256_hex(serving)}"
-    assert artifact["sizeBytes"] == serving.stat().st_size
+    manifest_path = digits_run.output / "manifest.json"
+    assert artifact["digest"] == f"sha256:{sha256_hex(manifest_path)}"
+    assert artifact["digest"] == verify_artifact(digits_run.output).digest
+    files = digits_run.manifest["files"]
+    assert artifact["sizeBytes"] == sum(entry["sizeBytes"] for entry in files.values())
 
 
 def test_termination_message_follows_the_contract(digits_run: TrainerRun) -> None:

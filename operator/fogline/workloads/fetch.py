@@ -1,32 +1,40 @@
 """`fogline fetch`, the init step of an edge pod: copy an artifact from its URI into a node-local
-cache keyed by digest, verify it, and place the verified files in the destination. A cache hit
-needs no network, so a node that lost its link still restarts its server."""
+cache keyed by its whole-artifact digest, verify every file, and place the verified files in the
+destination. A cache hit needs no network, so a node that lost its link still restarts its
+server. Failures end in one `error:` line and a termination message naming the reason
+(ArtifactUnreachable, AccessDenied, DigestMismatch, InvalidArtifact) for the operator to show."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import hashlib
 import json
 import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import NoReturn, Protocol
+from typing import IO, Any, NoReturn, Protocol
 from urllib.parse import quote, unquote, urlsplit
+from urllib.request import getproxies, proxy_bypass
+
+import urllib3
+from urllib3.exceptions import HTTPError as TransportError
+from urllib3.exceptions import MaxRetryError
+from urllib3.util import Retry, Timeout
 
 from fogline.workloads.manifest import (
     MANIFEST_FILE,
-    ONNX_TYPE_TO_DATATYPE,
+    MANIFEST_MAX_BYTES,
     ArtifactError,
     ArtifactManifest,
-    file_sha256,
+    FileEntry,
+    manifest_digest,
     parse_digest,
     parse_manifest,
     safe_relative_path,
@@ -39,111 +47,490 @@ EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 DEFAULT_PVC_ROOT = "/mnt/pvc"
 _CHUNK = 1 << 20
 _RETRYABLE_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
+ENTRY_PREFIX = "sha256-"
+PARTIAL_PREFIX = ".partial-"
+LOCKS = ".locks"  # one flock file a digest; never removed, so no two holders see two inodes
+
+# The reasons a failed fetch reports; the operator shows them on the site row and condition.
+UNREACHABLE, ACCESS_DENIED, DIGEST_MISMATCH, INVALID = (
+    "ArtifactUnreachable",
+    "AccessDenied",
+    "DigestMismatch",
+    "InvalidArtifact",
+)
 
 
 class FetchError(Exception):
     """The artifact could not be fetched or did not verify (exit 1)."""
+
+    def __init__(self, message: str, reason: str = UNREACHABLE) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class UsageError(Exception):
     """The arguments cannot work whatever the network does (exit 2)."""
 
 
-class ArtifactSource(Protocol):
-    """Where an artifact comes from; `None` names the single file of a one-file artifact."""
+@dataclass(frozen=True)
+class TransferPolicy:
+    """How hard one fetch tries: per-request timeouts, retries with jittered exponential
+    back-off (Retry-After honoured), and an overall deadline so a 1 byte/s drip ends."""
 
-    single_file: str | None
+    connect_timeout: float = 10.0
+    read_timeout: float = 30.0
+    retries: int = 5
+    deadline_seconds: float = 900.0
+    backoff_factor: float = 0.5
+    backoff_max: float = 30.0
+    ca_bundle: str | None = None
+
+    def retry(self) -> Retry:
+        return Retry(
+            total=self.retries,
+            connect=self.retries,
+            read=self.retries,
+            status=self.retries,
+            other=self.retries,
+            redirect=5,
+            allowed_methods=frozenset({"GET"}),
+            status_forcelist=_RETRYABLE_HTTP,
+            backoff_factor=self.backoff_factor,
+            backoff_max=self.backoff_max,
+            backoff_jitter=self.backoff_factor,
+            respect_retry_after_header=True,
+            raise_on_status=False,
+        )
+
+
+class HttpTransport:
+    """GETs with resume, over urllib3 pools that honour HTTPS_PROXY/HTTP_PROXY/NO_PROXY and a CA
+    bundle. urllib3's Retry covers failures before the body; a body cut or stalled midway is
+    resumed here with a Range request (If-Range on the validator the first answer gave), using
+    the same Retry object for the back-off. No library resumes a download into a file, so this
+    loop is our own."""
+
+    def __init__(
+        self,
+        policy: TransferPolicy,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.policy = policy
+        self.clock = clock
+        self.sleep = sleep
+        self.deadline = clock() + policy.deadline_seconds
+        self.bytes_received = 0
+        self._proxies = getproxies()
+        tls: dict[str, Any] = {"ca_certs": policy.ca_bundle} if policy.ca_bundle else {}
+        self._direct = urllib3.PoolManager(num_pools=4, **tls)
+        self._via_proxy: dict[str, urllib3.ProxyManager] = {}
+        self._tls = tls
+        self._etags: dict[str, str] = {}
+
+    def _pool_for(self, url: str) -> urllib3.PoolManager:
+        parts = urlsplit(url)
+        proxy = self._proxies.get(parts.scheme)
+        if not proxy or proxy_bypass(parts.hostname or ""):
+            return self._direct
+        if proxy not in self._via_proxy:
+            self._via_proxy[proxy] = urllib3.ProxyManager(proxy, num_pools=4, **self._tls)
+        return self._via_proxy[proxy]
+
+    def _timeout(self) -> Timeout:
+        left = self.deadline - self.clock()
+        if left <= 0:
+            raise FetchError(
+                f"the overall deadline of {self.policy.deadline_seconds:g} s passed",
+                UNREACHABLE,
+            )
+        return Timeout(
+            connect=min(self.policy.connect_timeout, left),
+            read=min(self.policy.read_timeout, left),
+        )
+
+    def read_small(self, url: str, limit: int) -> bytes:
+        """A whole small document (a manifest), refused when longer than limit."""
+        retry = self.policy.retry()
+        while True:
+            sink = _BytesSink()
+            try:
+                self._get(url, sink, offset=0, size=None, limit=limit)
+                return sink.getvalue()
+            except (TransportError, ConnectionError) as err:
+                retry = self._next_attempt(retry, url, err)
+
+    def download(self, url: str, target: Path, size: int) -> None:
+        """Fill target with exactly size bytes, resuming what a previous attempt left."""
+        retry = self.policy.retry()
+        while True:
+            have = target.stat().st_size if target.exists() else 0
+            if have > size:
+                target.unlink()
+                have = 0
+            if have == size:
+                return
+            try:
+                with target.open("ab") as out:
+                    self._get(url, out, offset=have, size=size)
+            except (TransportError, ConnectionError) as err:
+                retry = self._next_attempt(retry, url, err)
+
+    def _next_attempt(self, retry: Retry, url: str, err: Exception) -> Retry:
+        try:
+            retry = retry.increment(method="GET", url=url, error=_as_read_error(err))
+        except MaxRetryError:
+            raise FetchError(
+                f"{_redacted(url)}: failed after {self.policy.retries + 1} attempts: "
+                f"{_one_line(err)}",
+                UNREACHABLE,
+            ) from None
+        delay = min(retry.get_backoff_time(), max(0.0, self.deadline - self.clock()))
+        log.warning("%s: %s; resuming in %.1f s", _redacted(url), _one_line(err), delay)
+        self.sleep(delay)
+        return retry
+
+    def _get(
+        self,
+        url: str,
+        out: _Sink,
+        *,
+        offset: int,
+        size: int | None,
+        limit: int | None = None,
+    ) -> None:
+        """One GET from offset into out. A resumed GET carries If-Range with the ETag the first
+        answer gave, so an object changed in between comes whole (200) instead of spliced."""
+        key = _redacted(url)
+        headers = {"Accept-Encoding": "identity"}
+        if offset:
+            headers["Range"] = f"bytes={offset}-"
+            if key in self._etags:
+                headers["If-Range"] = self._etags[key]
+        try:
+            response = self._pool_for(url).request(
+                "GET",
+                url,
+                headers=headers,
+                preload_content=False,
+                retries=self.policy.retry(),
+                timeout=self._timeout(),
+            )
+        except MaxRetryError as err:
+            raise FetchError(
+                f"{_redacted(url)}: unreachable after {self.policy.retries + 1} attempts: "
+                f"{_one_line(err.reason or err)}",
+                UNREACHABLE,
+            ) from None
+        try:
+            _check_status(url, response.status)
+            if etag := response.headers.get("ETag"):
+                self._etags[key] = etag
+            if offset and response.status == 200:
+                # The server ignored the range or the object changed: start this file again.
+                log.warning("%s: the server sent the whole body again; restarting", _redacted(url))
+                out.seek(0)
+                out.truncate()
+                offset = 0
+            if response.status == 206:
+                _check_content_range(url, response.headers.get("Content-Range"), offset, size)
+            announced = response.headers.get("Content-Length")
+            if announced is not None and size is not None and offset + int(announced) != size:
+                raise FetchError(
+                    f"{_redacted(url)}: the server announces {offset + int(announced)} bytes but "
+                    f"the manifest lists {size}",
+                    DIGEST_MISMATCH,
+                )
+            bound = size if size is not None else limit
+            written = offset
+            for chunk in response.stream(_CHUNK, decode_content=False):
+                written += len(chunk)
+                if bound is not None and written > bound:
+                    raise FetchError(
+                        f"{_redacted(url)}: the body is longer than the {bound} bytes declared; "
+                        "refused",
+                        DIGEST_MISMATCH if size is not None else INVALID,
+                    )
+                out.write(chunk)
+                self.bytes_received += len(chunk)
+                if self.clock() > self.deadline:
+                    raise FetchError(
+                        f"{_redacted(url)}: the overall deadline of "
+                        f"{self.policy.deadline_seconds:g} s passed at {written} bytes",
+                        UNREACHABLE,
+                    )
+            if size is not None and written < size:
+                raise urllib3.exceptions.ProtocolError(
+                    f"the body ended at {written} of {size} bytes"
+                )
+        finally:
+            response.release_conn()
+
+
+class _Sink(Protocol):
+    """The part of a binary file that _get writes through."""
+
+    def write(self, data: bytes, /) -> int: ...
+
+    def seek(self, offset: int, /) -> int: ...
+
+    def truncate(self) -> int: ...
+
+
+class _BytesSink:
+    """A bytes buffer with the small file API _get writes through."""
+
+    def __init__(self) -> None:
+        self._parts: list[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        self._parts.append(data)
+        return len(data)
+
+    def seek(self, offset: int, /) -> int:
+        self._parts.clear()
+        return 0
+
+    def truncate(self) -> int:
+        self._parts.clear()
+        return 0
+
+    def getvalue(self) -> bytes:
+        return b"".join(self._parts)
+
+
+def _check_status(url: str, status: int) -> None:
+    if status in (200, 206):
+        return
+    if status in (401, 403):
+        raise FetchError(
+            f"{_redacted(url)}: HTTP {status}: the store refused the credentials; check the "
+            "read-only Secret named by spec.model.credentialsSecret",
+            ACCESS_DENIED,
+        )
+    raise FetchError(f"{_redacted(url)}: HTTP {status}", UNREACHABLE)
+
+
+def _check_content_range(url: str, header: str | None, offset: int, size: int | None) -> None:
+    """`bytes START-END/TOTAL` must start where the file stopped and total its declared size."""
+    try:
+        span, total = (header or "").removeprefix("bytes ").split("/")
+        start = int(span.split("-")[0])
+    except ValueError:
+        raise urllib3.exceptions.ProtocolError(f"bad Content-Range {header!r}") from None
+    if start != offset or (size is not None and total != "*" and int(total) != size):
+        raise FetchError(
+            f"{_redacted(url)}: Content-Range {header} does not continue at byte {offset} of "
+            f"{size}",
+            DIGEST_MISMATCH,
+        )
+
+
+def _as_read_error(err: Exception) -> Exception:
+    # Retry counts ProtocolError and ReadTimeoutError as read errors; an OSError from the
+    # socket mid-body is the same thing seen one layer lower.
+    if isinstance(err, TransportError):
+        return err
+    return urllib3.exceptions.ProtocolError(str(err))
+
+
+def _one_line(err: object) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def _redacted(url: str) -> str:
+    """A URL without its query: presigned signatures must not reach logs or status."""
+    return urlsplit(url)._replace(query="", fragment="").geturl()
+
+
+class ArtifactSource(Protocol):
+    """Where an artifact comes from: its manifest, then each listed file."""
 
     def describe(self) -> str: ...
 
-    def copy_to(self, relative: str | None, target: Path) -> None: ...
+    def read_manifest(self, digest: str) -> bytes: ...
+
+    def copy_to(self, name: str, entry: FileEntry, target: Path) -> None: ...
 
 
 @dataclass
 class LocalSource:
     root: Path
-    single_file: str | None = None
 
     def __post_init__(self) -> None:
-        if self.root.is_file():
-            self.single_file = self.root.name
-        elif not self.root.is_dir():
-            raise FetchError(f"{self.root}: no such file or folder")
+        if not self.root.is_dir():
+            raise FetchError(f"{self.root}: no such artifact folder", UNREACHABLE)
 
     def describe(self) -> str:
         return str(self.root)
 
-    def copy_to(self, relative: str | None, target: Path) -> None:
-        source = self.root if relative is None else self.root / safe_relative_path(relative)
+    def read_manifest(self, digest: str) -> bytes:
+        path = self.root / MANIFEST_FILE
         try:
-            shutil.copyfile(source, target)
+            if path.is_symlink() or path.stat().st_size > MANIFEST_MAX_BYTES:
+                raise FetchError(f"{path}: a symlink or larger than a manifest can be", INVALID)
+            return path.read_bytes()
         except FileNotFoundError:
-            raise FetchError(f"{source}: listed by the artifact but missing") from None
-        except OSError as err:
-            raise FetchError(f"{source}: cannot copy: {err.strerror}") from err
+            raise FetchError(f"{path}: no manifest.json in the artifact folder", INVALID) from None
+
+    def copy_to(self, name: str, entry: FileEntry, target: Path) -> None:
+        source = self.root / safe_relative_path(name)
+        if source.is_symlink():
+            raise FetchError(f"{source}: a symlink; refused", INVALID)
+        try:
+            with source.open("rb") as src, target.open("wb") as out:
+                _copy_bounded(src, out, entry.size_bytes, str(source))
+        except FileNotFoundError:
+            raise FetchError(f"{source}: listed by the artifact but missing", INVALID) from None
+
+
+def _copy_bounded(src: IO[bytes], out: IO[bytes], size: int, where: str) -> None:
+    written = 0
+    while chunk := src.read(_CHUNK):
+        written += len(chunk)
+        if written > size:
+            raise FetchError(f"{where}: longer than the {size} bytes declared", DIGEST_MISMATCH)
+        out.write(chunk)
 
 
 @dataclass
 class HttpSource:
-    url: str
-    timeout: float
-    retries: int
-    single_file: str | None = None
-    sleep: Callable[[float], None] = time.sleep
+    """An artifact folder under an http(s) URL: URL/manifest.json and URL/<file>."""
 
-    def __post_init__(self) -> None:
-        path = urlsplit(self.url).path
-        if path.endswith(".onnx"):
-            self.single_file = unquote(PurePosixPath(path).name)
+    url: str
+    transport: HttpTransport
 
     def describe(self) -> str:
-        return self.url
+        return _redacted(self.url)
 
-    def _url_of(self, relative: str | None) -> str:
-        if relative is None:
-            return self.url
+    def _url_of(self, relative: str) -> str:
         parts = urlsplit(self.url)
         path = parts.path.rstrip("/") + "/" + quote(str(safe_relative_path(relative)))
-        return parts._replace(path=path, query="", fragment="").geturl()
+        return parts._replace(path=path, fragment="").geturl()
 
-    def copy_to(self, relative: str | None, target: Path) -> None:
-        url = self._url_of(relative)
-        for attempt in range(self.retries + 1):
-            try:
-                with (
-                    urllib.request.urlopen(url, timeout=self.timeout) as response,
-                    target.open("wb") as out,
-                ):
-                    shutil.copyfileobj(response, out, _CHUNK)
-                return
-            except urllib.error.HTTPError as err:
-                if err.code not in _RETRYABLE_HTTP or attempt == self.retries:
-                    raise FetchError(f"{url}: HTTP {err.code} {err.reason}") from None
-                reason = f"HTTP {err.code}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                if attempt == self.retries:
-                    detail = getattr(err, "reason", err)
-                    raise FetchError(
-                        f"{url}: unreachable after {self.retries + 1} attempts: {detail}"
-                    ) from None
-                reason = str(getattr(err, "reason", err))
-            delay = min(0.5 * 2**attempt, 8.0)
-            log.warning("%s: %s; retrying in %.1f s", url, reason, delay)
-            self.sleep(delay)
+    def read_manifest(self, digest: str) -> bytes:
+        return self.transport.read_small(self._url_of(MANIFEST_FILE), MANIFEST_MAX_BYTES)
+
+    def copy_to(self, name: str, entry: FileEntry, target: Path) -> None:
+        self.transport.download(self._url_of(name), target, entry.size_bytes)
 
 
-def resolve_source(uri: str, timeout: float, retries: int) -> ArtifactSource:
-    """The source a URI names: a local path, file://, pvc://<claim>/<path>, or http(s)://."""
+@dataclass
+class S3Source:
+    """s3://bucket/prefix read with read-only credentials from the environment (a Secret): each
+    object URL is presigned here, locally and offline, and then fetched like any HTTPS URL, so
+    resume, proxies and the CA bundle work the same for every store."""
+
+    bucket: str
+    prefix: str
+    transport: HttpTransport
+    presign: Callable[[str, str], str] = field(repr=False)
+
+    def describe(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}"
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix.rstrip('/')}/{safe_relative_path(name)}".lstrip("/")
+
+    def read_manifest(self, digest: str) -> bytes:
+        url = self.presign(self.bucket, self._key(MANIFEST_FILE))
+        return self.transport.read_small(url, MANIFEST_MAX_BYTES)
+
+    def copy_to(self, name: str, entry: FileEntry, target: Path) -> None:
+        self.transport.download(
+            self.presign(self.bucket, self._key(name)), target, entry.size_bytes
+        )
+
+
+@dataclass
+class OciSource:
+    """oci://registry/repository pulled by digest: the manifest.json blob's sha256 is the
+    artifact digest and each file's blob is its listed sha256, so no tag is trusted."""
+
+    base: str  # https://registry/v2/repository
+    transport: HttpTransport
+
+    def describe(self) -> str:
+        return self.base
+
+    def read_manifest(self, digest: str) -> bytes:
+        return self.transport.read_small(f"{self.base}/blobs/{digest}", MANIFEST_MAX_BYTES)
+
+    def copy_to(self, name: str, entry: FileEntry, target: Path) -> None:
+        url = f"{self.base}/blobs/sha256:{entry.sha256}"
+        self.transport.download(url, target, entry.size_bytes)
+
+
+def s3_presigner(environ: dict[str, str]) -> Callable[[str, str], str]:
+    """A function presigning GETs, offline, with the read-only credentials, endpoint
+    (AWS_ENDPOINT_URL) and region of the environment; path-style addressing unless
+    FOGLINE_S3_ADDRESSING says virtual."""
+    import boto3
+    from botocore.config import Config
+
+    access_key, secret_key = environ.get("AWS_ACCESS_KEY_ID"), environ.get("AWS_SECRET_ACCESS_KEY")
+    if not access_key or not secret_key:
+        raise FetchError(
+            "s3: no credentials in the environment; name a read-only Secret holding "
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in spec.model.credentialsSecret",
+            ACCESS_DENIED,
+        )
+    client = boto3.session.Session().client(
+        "s3",
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        aws_session_token=environ.get("AWS_SESSION_TOKEN") or None,
+        endpoint_url=environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or None,
+        region_name=environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        config=Config(
+            signature_version="s3v4",
+            s3={"addressing_style": environ.get("FOGLINE_S3_ADDRESSING", "path")},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
+
+    def presign(bucket: str, key: str) -> str:
+        url: str = client.generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=3600
+        )
+        return url
+
+    return presign
+
+
+def resolve_source(
+    uri: str, transport: HttpTransport, environ: dict[str, str] | None = None
+) -> ArtifactSource:
+    """The source a URI names: a folder path, file://, pvc://<claim>/<path>, http(s)://,
+    s3://bucket/prefix or oci://registry/repository."""
+    environ = dict(os.environ) if environ is None else environ
     parts = urlsplit(uri)
     scheme = parts.scheme.lower()
     if scheme in ("http", "https"):
-        return HttpSource(uri, timeout, retries)
+        return HttpSource(uri, transport)
+    if scheme == "s3":
+        if not parts.netloc:
+            raise UsageError(f"--uri {uri}: s3 URIs are s3://<bucket>/<prefix>")
+        return S3Source(
+            parts.netloc, unquote(parts.path).strip("/"), transport, s3_presigner(environ)
+        )
+    if scheme == "oci":
+        repository = parts.path.strip("/")
+        if not parts.netloc or not repository or "@" in repository or ":" in repository:
+            raise UsageError(
+                f"--uri {uri}: OCI URIs are oci://<registry>/<repository> (the digest comes "
+                "from --digest, never a tag)"
+            )
+        insecure = environ.get("FOGLINE_OCI_PLAIN_HTTP", "") == "1"
+        base = f"{'http' if insecure else 'https'}://{parts.netloc}/v2/{repository}"
+        return OciSource(base, transport)
     if scheme == "file":
         return LocalSource(Path(unquote(parts.path)))
     if scheme == "pvc":
         if not parts.netloc:
             raise UsageError(f"--uri {uri}: pvc URIs are pvc://<claim>/<path>")
-        root = Path(os.environ.get("FOGLINE_PVC_ROOT", DEFAULT_PVC_ROOT))
+        root = Path(environ.get("FOGLINE_PVC_ROOT", DEFAULT_PVC_ROOT))
         relative = unquote(parts.path).lstrip("/")
         if ".." in PurePosixPath(relative).parts:
             raise UsageError(f"--uri {uri}: the path must stay inside the claim")
@@ -151,112 +538,156 @@ def resolve_source(uri: str, timeout: float, retries: int) -> ArtifactSource:
     if scheme == "":
         return LocalSource(Path(uri))
     raise UsageError(
-        f"--uri {uri}: scheme {scheme!r} is not supported; use a path, file://, pvc:// or http(s)://"
+        f"--uri {uri}: scheme {scheme!r} is not supported; use a path, file://, pvc://, "
+        "http(s)://, s3:// or oci://"
     )
 
 
-def _signature_of(model_path: Path) -> dict[str, object]:
-    """The serving signature of a lone ONNX file, read with onnxruntime."""
-    import onnxruntime as ort
+# -- the node cache ------------------------------------------------------------------------
 
+
+def _lock_path(cache_dir: Path, hex_digest: str) -> Path:
+    folder = cache_dir / LOCKS
+    folder.mkdir(exist_ok=True)
+    return folder / hex_digest
+
+
+@contextlib.contextmanager
+def _locked(path: Path, blocking: bool = True) -> Iterator[bool]:
+    """An exclusive flock on path; yields False when not blocking and somebody holds it. The
+    kernel drops the lock when its holder dies, so a kill -9 never leaves a stale lock."""
+    with path.open("a") as handle:
+        flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
+        try:
+            fcntl.flock(handle, flags)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _download(source: ArtifactSource, digest: str, staging: Path) -> ArtifactManifest:
+    """Fill staging with the artifact, resuming files a killed fetch left there."""
+    raw = source.read_manifest(digest)
     try:
-        session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    except Exception as err:  # onnxruntime raises its own untyped errors
-        raise FetchError(f"{model_path.name}: not a loadable ONNX model: {err}") from err
-
-    def tensors(args: list[object]) -> list[dict[str, object]]:
-        specs = []
-        for arg in args:
-            name, onnx_type, shape = arg.name, arg.type, arg.shape  # type: ignore[attr-defined]
-            if onnx_type not in ONNX_TYPE_TO_DATATYPE:
-                raise FetchError(f"{model_path.name}: tensor {name!r} has unsupported {onnx_type}")
-            dims = [dim if isinstance(dim, int) else -1 for dim in shape]
-            specs.append(
-                {"name": name, "datatype": ONNX_TYPE_TO_DATATYPE[onnx_type], "shape": dims}
-            )
-        return specs
-
-    return {
-        "file": model_path.name,
-        "inputs": tensors(session.get_inputs()),
-        "outputs": tensors(session.get_outputs()),
-    }
-
-
-def _write_single_file_manifest(folder: Path, filename: str) -> None:
-    path = folder / filename
-    document = {
-        "formatVersion": 1,
-        "name": path.stem,
-        "createdAt": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "files": {filename: {"sha256": file_sha256(path), "sizeBytes": path.stat().st_size}},
-        "serving": _signature_of(path),
-    }
-    (folder / MANIFEST_FILE).write_text(json.dumps(document, indent=2) + "\n")
-
-
-def _download(source: ArtifactSource, digest: str, staging: Path) -> None:
-    """Fill staging with the artifact; raise FetchError when it is not the wanted digest."""
-    hex_digest = parse_digest(digest)
-    if source.single_file is not None:
-        name = source.single_file
-        source.copy_to(None, staging / name)
-        actual = file_sha256(staging / name)
-        if actual != hex_digest:
-            raise FetchError(f"{source.describe()}: sha256:{actual} is not the expected {digest}")
-        _write_single_file_manifest(staging, name)
-        return
-    source.copy_to(MANIFEST_FILE, staging / MANIFEST_FILE)
-    try:
-        manifest = parse_manifest(json.loads((staging / MANIFEST_FILE).read_text("utf-8")))
+        document = json.loads(raw.decode("utf-8"))
+        manifest = parse_manifest(document)
     except (ValueError, ArtifactError) as err:
-        raise FetchError(f"{source.describe()}: manifest.json: {err}") from err
-    if manifest.digest != digest:
+        raise FetchError(f"{source.describe()}: manifest.json: {err}", INVALID) from err
+    if manifest_digest(document) != digest:
         raise FetchError(
             f"{source.describe()}: the artifact's digest is {manifest.digest}, not the expected "
-            f"{digest}"
+            f"{digest}; it was changed after it was published",
+            DIGEST_MISMATCH,
         )
-    for name in manifest.files:
+    for name, entry in manifest.files.items():
         target = staging / safe_relative_path(name)
         target.parent.mkdir(parents=True, exist_ok=True)
-        source.copy_to(name, target)
+        if target.is_symlink():
+            target.unlink()
+        source.copy_to(name, entry, target)
+        if _sha256_of(target) != entry.sha256:
+            target.unlink()  # a resumed file that does not verify must not be resumed again
+            raise FetchError(
+                f"{source.describe()}: {name}: sha256 differs from the manifest's {entry.sha256}; "
+                "the artifact was modified or corrupted",
+                DIGEST_MISMATCH,
+            )
+    (staging / MANIFEST_FILE).write_bytes(raw)
+    return manifest
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def fill_cache(source_of: Callable[[], ArtifactSource], digest: str, cache_dir: Path) -> Path:
-    """The verified cache entry for digest, fetched only when missing or corrupt.
+    """The verified cache entry for digest, fetched only when missing or damaged.
 
-    `source_of` is called only on a miss, so a cache hit touches no network at all.
+    `source_of` is called only on a miss, so a cache hit touches no network at all. Fetches of
+    one digest on one node take turns on a lock: the second finds the entry the first made.
     """
-    entry = cache_dir / f"sha256-{parse_digest(digest)}"
-    if entry.is_dir():
-        try:
-            verify_artifact(entry, digest)
-            log.info("cache hit: %s", entry)
-            return entry
-        except ArtifactError as err:
-            log.warning("cached copy is damaged (%s); fetching it again", err)
-            shutil.rmtree(entry)
+    hex_digest = parse_digest(digest)
+    entry = cache_dir / f"{ENTRY_PREFIX}{hex_digest}"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    source = source_of()
-    staging = Path(tempfile.mkdtemp(prefix=f".partial-{entry.name}-", dir=cache_dir))
-    try:
-        _download(source, digest, staging)
+    with _locked(_lock_path(cache_dir, hex_digest)):
+        if entry.is_dir():
+            try:
+                verify_artifact(entry, digest)
+                log.info("cache hit: %s", entry)
+                os.utime(entry)  # recency drives eviction
+                return entry
+            except ArtifactError as err:
+                log.warning("cached copy is damaged (%s); fetching it again", err)
+                shutil.rmtree(entry)
+        source = source_of()
+        staging = cache_dir / f"{PARTIAL_PREFIX}{hex_digest}"
+        staging.mkdir(exist_ok=True)
+        try:
+            _download(source, digest, staging)
+        except FetchError as err:
+            if err.reason != UNREACHABLE:  # only a cut transfer is worth resuming
+                shutil.rmtree(staging)
+            raise
         try:
             verify_artifact(staging, digest)
         except ArtifactError as err:
-            raise FetchError(f"{source.describe()}: {err}") from err
-        try:
-            staging.rename(entry)  # atomic: the entry is complete or absent
-        except OSError:
-            if not entry.is_dir():
-                raise
-            log.info("another fetch filled %s first; using it", entry)
-        log.info("fetched %s from %s", digest, source.describe())
-    finally:
-        if staging.exists():
             shutil.rmtree(staging)
-    verify_artifact(entry, digest)
+            raise FetchError(f"{source.describe()}: {err}", DIGEST_MISMATCH) from err
+        staging.rename(entry)  # atomic: the entry is complete or absent
+        log.info("fetched %s from %s", digest, source.describe())
     return entry
+
+
+@dataclass(frozen=True)
+class CacheLimits:
+    """What the node cache keeps besides the digest in use: the `keep` most recently used
+    others (what a rollback may need) and at most `max_bytes` in all (0: no bound)."""
+
+    keep: int = 3
+    max_bytes: int = 0
+
+
+def _size_of(folder: Path) -> int:
+    return sum(p.lstat().st_size for p in folder.rglob("*") if not p.is_symlink() and p.is_file())
+
+
+def prune_cache(cache_dir: Path, current: str, limits: CacheLimits) -> list[str]:
+    """Evict entries beyond the limits and sweep partial downloads nobody is working on;
+    returns the names removed. An entry or partial whose lock is held is left alone."""
+    current_name = f"{ENTRY_PREFIX}{parse_digest(current)}"
+    removed: list[str] = []
+    for partial in sorted(cache_dir.glob(f"{PARTIAL_PREFIX}*")):
+        hex_digest = partial.name.removeprefix(PARTIAL_PREFIX)
+        with _locked(_lock_path(cache_dir, hex_digest), blocking=False) as mine:
+            if mine:
+                shutil.rmtree(partial, ignore_errors=True)
+                removed.append(partial.name)
+    others = sorted(
+        (p for p in cache_dir.glob(f"{ENTRY_PREFIX}*") if p.name != current_name),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    total = _size_of(cache_dir / current_name) if (cache_dir / current_name).exists() else 0
+    for rank, entry in enumerate(others):
+        size = _size_of(entry)
+        over_bound = limits.max_bytes > 0 and total + size > limits.max_bytes
+        if rank < limits.keep and not over_bound:
+            total += size
+            continue
+        hex_digest = entry.name.removeprefix(ENTRY_PREFIX)
+        with _locked(_lock_path(cache_dir, hex_digest), blocking=False) as mine:
+            if mine:
+                shutil.rmtree(entry)
+                removed.append(entry.name)
+    return removed
 
 
 def install(entry: Path, dest: Path, digest: str) -> ArtifactManifest:
@@ -272,6 +703,14 @@ def install(entry: Path, dest: Path, digest: str) -> ArtifactManifest:
     return verify_artifact(dest, digest)
 
 
+def write_termination_message(reason: str, message: str, environ: dict[str, str]) -> None:
+    """The reason the operator shows; best effort, as a terminal without the file is fine."""
+    path = Path(environ.get("FOGLINE_TERMINATION_LOG", "/dev/termination-log"))
+    document = json.dumps({"reason": reason, "message": message[:3000]}, separators=(",", ":"))
+    with contextlib.suppress(OSError):
+        path.write_text(document)
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(EXIT_USAGE, f"error: {message}\n")
@@ -282,38 +721,68 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fogline fetch",
         description="Fetch an artifact into a digest-keyed cache, verify it, copy it to --dest.",
     )
-    parser.add_argument("--uri", required=True, help="path, file://, pvc://claim/path, http(s)://")
-    parser.add_argument("--digest", required=True, help="sha256:HEX of the serving ONNX file")
+    parser.add_argument(
+        "--uri", required=True, help="path, file://, pvc://, http(s)://, s3://bucket/prefix, oci://"
+    )
+    parser.add_argument("--digest", required=True, help="sha256:HEX of the artifact manifest")
     parser.add_argument("--cache-dir", required=True, type=Path, help="node-local cache folder")
     parser.add_argument("--dest", required=True, type=Path, help="folder the server loads")
-    parser.add_argument("--timeout", type=float, default=30.0, help="seconds per http request")
-    parser.add_argument("--retries", type=int, default=4, help="retries of a failed download")
+    parser.add_argument("--timeout", type=float, default=30.0, help="read timeout in seconds")
+    parser.add_argument("--connect-timeout", type=float, default=10.0, help="seconds")
+    parser.add_argument("--retries", type=int, default=5, help="retries of each request")
+    parser.add_argument("--deadline", type=float, default=900.0, help="seconds for the whole fetch")
+    parser.add_argument("--ca-bundle", help="PEM file of CAs to trust (default: the system's)")
+    parser.add_argument("--cache-keep", type=int, default=3, help="other digests the cache keeps")
+    parser.add_argument("--cache-max-bytes", type=int, default=0, help="cache bound (0: none)")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    environ = dict(os.environ) if environ is None else environ
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         parse_digest(args.digest)
-        if args.retries < 0 or args.timeout <= 0:
-            raise UsageError("--retries must be >= 0 and --timeout > 0")
+        if args.retries < 0 or args.timeout <= 0 or args.connect_timeout <= 0 or args.deadline <= 0:
+            raise UsageError("--retries must be >= 0, timeouts and --deadline > 0")
+        if args.cache_keep < 0 or args.cache_max_bytes < 0:
+            raise UsageError("--cache-keep and --cache-max-bytes must be >= 0")
+        policy = TransferPolicy(
+            connect_timeout=args.connect_timeout,
+            read_timeout=args.timeout,
+            retries=args.retries,
+            deadline_seconds=args.deadline,
+            ca_bundle=args.ca_bundle or environ.get("FOGLINE_CA_BUNDLE") or None,
+        )
         entry = fill_cache(
-            lambda: resolve_source(args.uri, args.timeout, max(0, args.retries)),
+            lambda: resolve_source(args.uri, HttpTransport(policy), environ),
             args.digest,
             args.cache_dir,
         )
         manifest = install(entry, args.dest, args.digest)
+        for name in prune_cache(
+            args.cache_dir, args.digest, CacheLimits(args.cache_keep, args.cache_max_bytes)
+        ):
+            log.info("cache: removed %s", name)
     except (ValueError, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)
+        write_termination_message(INVALID, str(err), environ)
         return EXIT_USAGE
-    except (FetchError, ArtifactError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except FetchError as err:
+        print(f"error: {err.reason}: {err}", file=sys.stderr)
+        write_termination_message(err.reason, str(err), environ)
         return EXIT_FAILURE
-    except OSError as err:
-        print(f"error: {err.filename or ''}: {err.strerror}", file=sys.stderr)
+    except ArtifactError as err:
+        print(f"error: {DIGEST_MISMATCH}: {err}", file=sys.stderr)
+        write_termination_message(DIGEST_MISMATCH, str(err), environ)
         return EXIT_FAILURE
-    print(f"{manifest.digest} {manifest.serving.file} ready in {args.dest}")
+    except (TransportError, OSError) as err:
+        # Whatever the transport raised that the loops above did not turn into a FetchError
+        # still ends in one line, and the kubelet retries the init container.
+        print(f"error: {UNREACHABLE}: {_one_line(err)}", file=sys.stderr)
+        write_termination_message(UNREACHABLE, _one_line(err), environ)
+        return EXIT_FAILURE
+    print(f"{args.digest} {manifest.serving.file} ready in {args.dest}")
     return EXIT_OK
 
 

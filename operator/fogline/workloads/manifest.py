@@ -1,12 +1,17 @@
 """Reading and verifying an artifact folder's manifest.json on the consuming side (fetch, server).
-Parses the contract's shape into typed values and checks every file's sha256; it never writes
-a trained artifact (the trainer does) and never touches the network."""
+Parses the contract's shape into typed values and checks every file's sha256 and size; it never
+writes a trained artifact (the trainer does) and never touches the network.
+
+The artifact digest is the sha256 of the manifest in canonical JSON (keys sorted, no spaces,
+UTF-8), the OCI way: the manifest lists every file with its own sha256 and size, so no file of
+an artifact can be swapped, added or removed under the same digest."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -16,6 +21,9 @@ FORMAT_VERSION = 1
 DIGEST_PATTERN = re.compile(r"^sha256:([0-9a-f]{64})$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _CHUNK = 1 << 20
+# A manifest lists files and a signature: a few kB. Anything near this bound is not one, and
+# reading it whole would let a hostile store fill the fetcher's memory.
+MANIFEST_MAX_BYTES = 1 << 20
 
 # Open Inference Protocol datatype names, as the manifest spells them.
 DATATYPES = frozenset(
@@ -92,8 +100,25 @@ class ArtifactManifest:
 
     @property
     def digest(self) -> str:
-        """The artifact digest: sha256 of the serving file, as `sha256:<hex>`."""
-        return f"sha256:{self.files[self.serving.file].sha256}"
+        """The whole-artifact digest: sha256 of the canonical manifest, as `sha256:<hex>`."""
+        return manifest_digest(self.raw)
+
+    @property
+    def size_bytes(self) -> int:
+        """The bytes of every listed file together (the manifest itself not counted)."""
+        return sum(entry.size_bytes for entry in self.files.values())
+
+
+def canonical_manifest_bytes(document: Any) -> bytes:
+    """The one byte form of a manifest that its digest is taken over."""
+    return json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+def manifest_digest(document: Any) -> str:
+    """`sha256:<hex>` of the canonical form of a decoded manifest.json."""
+    return "sha256:" + hashlib.sha256(canonical_manifest_bytes(document)).hexdigest()
 
 
 def parse_digest(digest: str) -> str:
@@ -189,12 +214,25 @@ def parse_manifest(document: Any) -> ArtifactManifest:
     )
 
 
+def _regular_size(path: Path) -> int:
+    """The size of a regular file that is not a symlink (a link to /dev/zero fills disks)."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: listed in manifest.json but missing") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ArtifactError(f"{path}: not a regular file (symlinks and devices are refused)")
+    return info.st_size
+
+
 def read_manifest(folder: Path) -> ArtifactManifest:
     path = folder / MANIFEST_FILE
+    if not path.exists() and not path.is_symlink():
+        raise ArtifactError(f"{path}: no manifest.json in the artifact folder")
+    if _regular_size(path) > MANIFEST_MAX_BYTES:
+        raise ArtifactError(f"{path}: larger than {MANIFEST_MAX_BYTES} bytes; not a manifest")
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ArtifactError(f"{path}: no manifest.json in the artifact folder") from None
     except OSError as err:
         raise ArtifactError(f"{path}: cannot read: {err.strerror}") from err
     try:
@@ -205,7 +243,8 @@ def read_manifest(folder: Path) -> ArtifactManifest:
 
 
 def verify_artifact(folder: Path, expected_digest: str | None = None) -> ArtifactManifest:
-    """Check every listed file's size and sha256, and the serving file against the digest.
+    """Check the manifest against the whole-artifact digest, then every listed file's size and
+    sha256.
 
     Raises ArtifactError naming the first file that does not match; returns the manifest.
     """
@@ -216,10 +255,7 @@ def verify_artifact(folder: Path, expected_digest: str | None = None) -> Artifac
         )
     for name, entry in manifest.files.items():
         path = folder / safe_relative_path(name)
-        try:
-            size = path.stat().st_size
-        except FileNotFoundError:
-            raise ArtifactError(f"{path}: listed in manifest.json but missing") from None
+        size = _regular_size(path)
         if size != entry.size_bytes:
             raise ArtifactError(f"{path}: size {size} differs from manifest's {entry.size_bytes}")
         actual = file_sha256(path)

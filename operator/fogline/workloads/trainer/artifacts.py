@@ -1,10 +1,10 @@
 """The artifact folder's manifest: per-file sha256 and size, the serving file's signature,
-metrics, hyperparameters, dataset and framework versions. Building the manifest is pure;
-only `describe_files` and `write_manifest` touch the disk."""
+metrics, hyperparameters, dataset and framework versions. Its canonical form's sha256 is the
+artifact digest. Building the manifest is pure; only `describe_files` and `write_manifest`
+touch the disk."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from fogline.workloads.manifest import canonical_manifest_bytes, manifest_digest
 from fogline.workloads.trainer.datasets import sha256_file
 
 MANIFEST_NAME = "manifest.json"
@@ -82,9 +83,11 @@ def build_manifest(
     }
 
 
-def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> Path:
+def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> str:
+    """Write manifest.json in its canonical form and return the whole-artifact digest, which
+    is then also the sha256 of the file's bytes (`sha256sum manifest.json` shows it)."""
     path = folder / MANIFEST_NAME
     partial = path.with_suffix(".partial")
-    partial.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    partial.write_bytes(canonical_manifest_bytes(manifest))
     os.replace(partial, path)
-    return path
+    return manifest_digest(manifest)

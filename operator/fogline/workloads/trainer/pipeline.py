@@ -178,24 +178,24 @@ def _package(
         "mixedPrecision": context.mixed_precision,
         "resumedFromEpoch": result.resumed_from,
     }
-    artifacts.write_manifest(output, manifest)
+    digest = artifacts.write_manifest(output, manifest)
     for name in files:
         log.info("wrote %s (%s bytes)", name, f"{records[name].size_bytes:,}")
     log.info(
-        "accuracy %.4f%s; serving %s %s",
+        "accuracy %.4f%s; serving %s; artifact %s",
         metrics["accuracy"],
         f", int8 {metrics['accuracy_int8']:.4f}" if quantized else "",
         serving,
-        records[serving].digest,
+        digest,
     )
     message = termination.success_message(
         epochs=result.epochs_done,
         metrics=metrics,
         evaluation=evaluation,
         artifact_uri=config.artifact_uri or str(output),
-        digest=records[serving].digest,
+        digest=digest,
         artifact_format=artifact_format,
-        size_bytes=records[serving].size_bytes,
+        size_bytes=sum(record.size_bytes for record in records.values()),
         quantized=quantized,
     )
     return RunOutcome(manifest=manifest, message=message)
