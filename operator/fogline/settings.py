@@ -40,6 +40,10 @@ class OperatorSettings:
     site_label: str = "topology.fogline.io/site"
     # Node-local folder on edge nodes that keeps fetched artifacts by digest (edge autonomy).
     edge_cache_dir: str = "/var/lib/fogline/cache"
+    # Digests the node cache keeps besides the one served (what a rollback may need), and its
+    # bound in bytes (0: none); the rest is evicted after each fetch.
+    edge_cache_keep: int = 3
+    edge_cache_max_bytes: int = 0
     # ServiceAccount the trainer runs as; the operator creates it with a Role that may patch
     # pods, and the chart's admission policy narrows that to the progress annotation of the
     # pod the trainer's token is bound to.
@@ -94,6 +98,10 @@ class OperatorSettings:
             ),
             site_label=text("FOGLINE_SITE_LABEL", defaults.site_label),
             edge_cache_dir=text("FOGLINE_EDGE_CACHE_DIR", defaults.edge_cache_dir),
+            edge_cache_keep=int(text("FOGLINE_EDGE_CACHE_KEEP", str(defaults.edge_cache_keep))),
+            edge_cache_max_bytes=int(
+                text("FOGLINE_EDGE_CACHE_MAX_BYTES", str(defaults.edge_cache_max_bytes))
+            ),
             trainer_service_account=text(
                 "FOGLINE_TRAINER_SERVICE_ACCOUNT", defaults.trainer_service_account
             ),

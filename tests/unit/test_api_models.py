@@ -197,6 +197,11 @@ def ed(**changes: Any) -> EdgeDeploymentSpec:
             "remove it or add it to placement.sites",
         ),
         (ed(runtime={"resources": {"memory": 0}}), "spec.runtime.resources.memory", "positive"),
+        (
+            mt(output={"uri": "s3://bucket/models"}),
+            "spec.output.access.credentialsSecret",
+            "name a Secret in this namespace",
+        ),
     ],
 )
 def test_extra_checks_name_the_field_and_the_fix(spec: Any, field: str, fix: str) -> None:

@@ -3,6 +3,7 @@ become healthy, and the revision history."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -205,6 +206,17 @@ def test_replacement_pod_wins_over_the_one_being_deleted(pods: list[dict[str, An
 # --- pod_failure ----------------------------------------------------------------------------
 
 
+def fetch_failed(reason: str, last: bool = False) -> dict[str, Any]:
+    """A fetch step that exited 1 with its termination message; `last`: restarted since."""
+    terminated = {"exitCode": 1, "reason": "Error", "message": json.dumps({"reason": reason})}
+    if last:
+        return {
+            "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": terminated},
+        }
+    return {"state": {"terminated": terminated}}
+
+
 @pytest.mark.parametrize(
     ("status", "want"),
     [
@@ -239,6 +251,24 @@ def test_replacement_pod_wins_over_the_one_being_deleted(pods: list[dict[str, An
             {"phase": "Pending", "initContainerStatuses": [waiting("CrashLoopBackOff")]},
             "Init:CrashLoopBackOff",
             id="fetch-crash-loop",
+        ),
+        pytest.param(
+            {"phase": "Pending", "initContainerStatuses": [fetch_failed("DigestMismatch")]},
+            "Init:DigestMismatch",
+            id="fetch-names-a-digest-mismatch",
+        ),
+        pytest.param(
+            {
+                "phase": "Pending",
+                "initContainerStatuses": [fetch_failed("AccessDenied", last=True)],
+            },
+            "Init:AccessDenied",
+            id="reason-survives-the-restart-in-last-state",
+        ),
+        pytest.param(
+            {"phase": "Pending", "initContainerStatuses": [fetch_failed("Gibberish")]},
+            "Init:FetchFailed",
+            id="unknown-reason-stays-generic",
         ),
         pytest.param(
             {"phase": "Running", "containerStatuses": [terminated(1)]},

@@ -152,9 +152,47 @@ def test_output_uri_becomes_run_folder_and_artifact_uri(
     assert run.artifact_uri == want_uri.format(run=run.run_id)
 
 
-def test_s3_output_is_refused_naming_the_field() -> None:
-    with pytest.raises(ValueError, match=r"spec\.output\.uri"):
-        plan_run(training(output={"uri": "s3://bucket/models"}))
+@pytest.mark.parametrize(
+    ("output", "want_uri"),
+    [
+        ("s3://bucket/models", "s3://bucket/models/digits/{run}"),
+        ("oci://registry.example/models/digits", "oci://registry.example/models/digits"),
+    ],
+)
+def test_published_outputs_package_in_scratch_and_report_the_store_uri(
+    output: str, want_uri: str
+) -> None:
+    t = training(output={"uri": output, "access": {"credentialsSecret": "writer"}})
+    run = plan_run(t)
+    assert run.artifact_uri == want_uri.format(run=run.run_id)
+    assert run.output_dir == f"/var/lib/fogline/artifact/digits/{run.run_id}"
+    job = job_for(t)
+    assert {"name": "staging", "emptyDir": {}} in pod_spec(job)["volumes"]
+    assert trainer(job)["envFrom"] == [{"secretRef": {"name": "writer"}}]
+
+
+def test_s3_access_settings_reach_the_trainer_as_environment() -> None:
+    access = {
+        "endpoint": "https://store.example:9000",
+        "region": "eu-west-1",
+        "credentialsSecret": "writer",
+        "caBundleConfigMap": "private-ca",
+    }
+    job = job_for(training(output={"uri": "s3://bucket/models", "access": access}))
+    env = {e["name"]: e.get("value") for e in trainer(job)["env"]}
+    assert env["AWS_ENDPOINT_URL"] == "https://store.example:9000"
+    assert env["AWS_REGION"] == "eu-west-1"
+    assert env["AWS_CA_BUNDLE"] == "/etc/fogline/ca/ca.crt"
+    assert {"name": "store-ca", "mountPath": "/etc/fogline/ca", "readOnly": True} in trainer(job)[
+        "volumeMounts"
+    ]
+
+
+def test_pvc_output_carries_no_store_credentials() -> None:
+    job = job_for(
+        training(output={"uri": "pvc://models/runs", "access": {"credentialsSecret": "x"}})
+    )
+    assert "envFrom" not in trainer(job)
 
 
 @pytest.mark.parametrize("length", [1, 40, 41, 63, 253])

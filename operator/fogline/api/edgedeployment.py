@@ -15,6 +15,7 @@ from fogline.api.defaults import apply_defaults
 from fogline.api.errors import SpecError
 from fogline.api.labels import EDGE_ROLE_LABEL, SITE_LABEL, label_key_problem, selector_errors
 from fogline.api.scheduling import Quantity, Toleration, quantity_errors
+from fogline.api.stores import StoreAccess
 
 KIND = "EdgeDeployment"
 PLURAL = "edgedeployments"
@@ -38,6 +39,7 @@ class ModelSource:
     from_training: str | None = None
     uri: str | None = None
     digest: str | None = None
+    access: StoreAccess | None = None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from fogline.api.defaults import apply_defaults
 from fogline.api.errors import SpecError
 from fogline.api.labels import selector_errors
 from fogline.api.scheduling import Quantity, Toleration, quantity_errors
+from fogline.api.stores import StoreAccess
 
 KIND = "ModelTraining"
 PLURAL = "modeltrainings"
@@ -30,7 +31,7 @@ Quantization = Literal["none", "int8"]
 EvaluationMetric = Literal["accuracy"]
 TrainingPhase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended"]
 DatasetScheme = Literal["builtin", "path", "pvc", "http", "s3"]
-OutputScheme = Literal["pvc", "s3", "file"]
+OutputScheme = Literal["pvc", "s3", "oci", "file"]
 
 
 # --- spec ---------------------------------------------------------------------------------
@@ -165,9 +166,11 @@ class RunPolicySpec:
 
 @dataclass(frozen=True)
 class OutputSpec:
-    """spec.output: where the artifact folder is written."""
+    """spec.output: where the artifact folder is written (pvc://, file://), or published
+    (s3://bucket/prefix, oci://registry/repository) with `access` to reach the store."""
 
     uri: str
+    access: StoreAccess | None = None
 
     @property
     def scheme(self) -> OutputScheme:
@@ -175,6 +178,8 @@ class OutputSpec:
             return "pvc"
         if self.uri.startswith("s3://"):
             return "s3"
+        if self.uri.startswith("oci://"):
+            return "oci"
         return "file"
 
 
@@ -316,19 +321,24 @@ def validate_modeltraining(spec: ModelTrainingSpec) -> list[SpecError]:
                 "or a pvc://, http(s):// or s3:// location",
             )
         )
-    for path, scheme in (
-        ("spec.dataset.uri", spec.dataset.scheme),
-        ("spec.output.uri", spec.output.scheme),
-    ):
-        if scheme == "s3":
-            errors.append(
-                SpecError(
-                    path,
-                    "s3:// locations are reserved in the API but the built-in trainer cannot "
-                    "read or write S3 yet; use a pvc://<claim>/<path> (or file:// on a "
-                    "single-node cluster) location",
-                )
+    if spec.dataset.scheme == "s3":
+        errors.append(
+            SpecError(
+                "spec.dataset.uri",
+                "s3:// datasets are reserved in the API but the built-in trainer cannot read "
+                "them yet; use a pvc://<claim>/<path> or http(s):// location with a digest",
             )
+        )
+    if spec.output.scheme == "s3" and (
+        spec.output.access is None or not spec.output.access.credentials_secret
+    ):
+        errors.append(
+            SpecError(
+                "spec.output.access.credentialsSecret",
+                "s3:// outputs need write credentials: name a Secret in this namespace holding "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+            )
+        )
     for key, value in spec.placement.node_selector.items():
         errors += selector_errors("spec.placement.nodeSelector", key, value)
     for what, amount in (("cpu", spec.resources.cpu), ("memory", spec.resources.memory)):

@@ -1,5 +1,6 @@
 """Where the control-plane binaries live: the project builds them (`make tools`) into a
-cache outside the repository and links them at .tools/bin. This module only finds them."""
+cache outside the repository and links them at .tools/bin (the artifact stores at
+.tools/stores-bin). This module only finds them."""
 
 from __future__ import annotations
 
@@ -20,15 +21,18 @@ class ToolsMissingError(RuntimeError):
     pass
 
 
-def _candidates() -> list[Path]:
+STORES = ("versitygw", "registry")
+
+
+def _candidates(variable: str = "FOGLINE_TOOLS_BIN", link: str = "bin") -> list[Path]:
     found = []
-    if env := os.environ.get("FOGLINE_TOOLS_BIN"):
+    if env := os.environ.get(variable):
         found.append(Path(env))
     # The repository checkout this package runs from (editable install), then the cwd.
     for start in (Path(__file__).resolve(), Path.cwd().resolve()):
         for parent in (start, *start.parents):
-            if (parent / ".tools" / "bin").exists():
-                found.append(parent / ".tools" / "bin")
+            if (parent / ".tools" / link).exists():
+                found.append(parent / ".tools" / link)
                 break
     return found
 
@@ -41,4 +45,15 @@ def find_tools_dir() -> Path:
     raise ToolsMissingError(
         "the control-plane binaries were not found; build them with `make tools` "
         "(or point FOGLINE_TOOLS_BIN at a folder holding " + ", ".join(REQUIRED) + ")"
+    )
+
+
+def find_stores_dir() -> Path:
+    """The folder holding versitygw and registry, or a clear error."""
+    for candidate in _candidates("FOGLINE_STORES_BIN", "stores-bin"):
+        if all(os.access(candidate / name, os.X_OK) for name in STORES):
+            return candidate.resolve()
+    raise ToolsMissingError(
+        "the artifact stores were not found; build them with `make tools` "
+        "(or point FOGLINE_STORES_BIN at a folder holding " + ", ".join(STORES) + ")"
     )

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fogline.devcluster.binaries import ToolsMissingError
 from fogline.devcluster.cluster import DevCluster, DevClusterError
+from fogline.devcluster.stores import StoreError
 from fogline.devcluster.topology import Topology
 
 DEFAULT_DIR = Path(".devcluster")
@@ -66,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
                 help="also start the dev node agent: real nodes local-gpu and local-edge whose "
                 "pods of Fogline's images run as local processes (development only)",
             )
+            p.add_argument(
+                "--no-stores",
+                action="store_true",
+                help="do not start the S3 store (versitygw) and OCI registry beside the cluster",
+            )
     return parser
 
 
@@ -82,7 +88,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 return 2
             topology = Topology(*counts)
-            state = cluster.up(topology, timeout=args.timeout, local_nodes=args.local_nodes)
+            state = cluster.up(
+                topology,
+                timeout=args.timeout,
+                local_nodes=args.local_nodes,
+                stores=not args.no_stores,
+            )
+            endpoints = cluster.stores.read()
             if args.json:
                 print(json.dumps(cluster.status(), indent=2))
             else:
@@ -91,6 +103,10 @@ def main(argv: list[str] | None = None) -> int:
                 if args.local_nodes:
                     logs = cluster.local_root / "logs"
                     print(f"  local nodes local-gpu and local-edge; pod logs in {logs}")
+                if endpoints is not None:
+                    print(f"  S3 {endpoints.s3_endpoint} bucket {endpoints.bucket}")
+                    print(f"  OCI registry {endpoints.registry} (plain HTTP)")
+                    print(f"  endpoints and credentials in {cluster.stores.state_file}")
             return 0
         if args.action == "status":
             status = cluster.status()
@@ -105,6 +121,6 @@ def main(argv: list[str] | None = None) -> int:
         if not args.json:
             print("dev cluster stopped")
         return 0
-    except (DevClusterError, ToolsMissingError) as err:
+    except (DevClusterError, ToolsMissingError, StoreError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

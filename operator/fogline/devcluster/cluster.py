@@ -1,6 +1,7 @@
 """Starts and stops the dev cluster: etcd, kube-apiserver, kube-controller-manager,
 kube-scheduler and kwok as background processes on free loopback ports, all state in one
-folder. `up` returns once the API is healthy and every simulated node is Ready."""
+folder, and optionally the artifact stores beside them (devcluster/stores.py). `up` returns
+once the API is healthy and every simulated node is Ready."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ import yaml
 
 from fogline.devcluster.binaries import find_tools_dir
 from fogline.devcluster.pki import ClientCert, ClusterPKI, create_pki
+from fogline.devcluster.stores import ArtifactStores
 from fogline.devcluster.topology import Topology, build_nodes, local_nodes
 
 # Start order; `down` stops them in reverse.
@@ -118,6 +120,11 @@ class DevCluster:
         return self.directory / NODE_AGENT
 
     @property
+    def stores(self) -> ArtifactStores:
+        """The S3 store and OCI registry beside this cluster (started by `up(stores=True)`)."""
+        return ArtifactStores(self.directory / "stores")
+
+    @property
     def tools_dir(self) -> Path:
         if self._tools_dir is None:
             self._tools_dir = find_tools_dir()
@@ -133,16 +140,23 @@ class DevCluster:
 
     # -- lifecycle -----------------------------------------------------------------------
     def up(
-        self, topology: Topology, timeout: float = 120.0, local_nodes: bool = False
+        self,
+        topology: Topology,
+        timeout: float = 120.0,
+        local_nodes: bool = False,
+        stores: bool = False,
     ) -> ClusterState:
         """Start every component and create the simulated nodes; with `local_nodes`, also the
-        node agent and its real nodes (local-gpu, local-edge). Idempotent for a running
-        cluster; a folder left by a dead cluster is cleaned and started afresh."""
+        node agent and its real nodes (local-gpu, local-edge); with `stores`, the S3 store and
+        the OCI registry. Idempotent for a running cluster; a folder left by a dead cluster is
+        cleaned and started afresh."""
         existing = self.read_state()
         if existing is not None:
             if self.is_running(existing):
                 if local_nodes and NODE_AGENT not in existing.pids:
                     self._start_node_agent(existing, time.monotonic() + timeout)
+                if stores:
+                    self.stores.up()
                 return existing
             self.down()
         started = time.monotonic()
@@ -188,8 +202,11 @@ class DevCluster:
             self._create_nodes(topology, deadline=started + timeout)
             if local_nodes:
                 self._start_node_agent(state, deadline=started + timeout)
+            if stores:
+                self.stores.up()
         except BaseException:
             self._stop_processes(state)
+            self.stores.down()
             raise
         state.ready_seconds = round(time.monotonic() - started, 2)
         self._write_state(state)
@@ -200,6 +217,9 @@ class DevCluster:
         state = self.read_state()
         if state is not None:
             self._stop_processes(state)
+        self.stores.down()
+        with contextlib.suppress(OSError):
+            (self.directory / "stores").rmdir()
         for name in ("etcd-data", "pki", "logs", "kubeconfigs", NODE_AGENT):
             shutil.rmtree(self.directory / name, ignore_errors=True)
         for name in ("kubeconfig", "state.json", "kwok-stages.yaml"):
@@ -226,6 +246,13 @@ class DevCluster:
             "processes": {name: _pid_alive(pid) for name, pid in state.pids.items()},
             "topology": state.topology,
             "startupSeconds": state.ready_seconds,
+            "stores": (endpoints := self.stores.read())
+            and {
+                "s3Endpoint": endpoints.s3_endpoint,
+                "bucket": endpoints.bucket,
+                "registry": endpoints.registry,
+                "file": str(self.stores.state_file),
+            },
         }
 
     # -- clients -----------------------------------------------------------------------

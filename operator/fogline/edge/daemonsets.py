@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fogline.api.edgedeployment import EdgeDeployment
+from fogline.api.stores import pod_access
 from fogline.settings import OperatorSettings
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "fogline"}
@@ -91,6 +92,7 @@ def build_site_daemonset(
     labels = edge_labels(edge, site)
     port = spec.runtime.port
     source_volumes, source_mounts, source_env = _source_volume(model)
+    access = pod_access(spec.model.access, model.uri)
     security = {
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
@@ -107,13 +109,20 @@ def build_site_daemonset(
             f"--digest={model.digest}",
             f"--cache-dir={CACHE_MOUNT}",
             f"--dest={MODEL_DIR}",
+            f"--cache-keep={settings.edge_cache_keep}",
+            f"--cache-max-bytes={settings.edge_cache_max_bytes}",
         ],
-        "env": [{"name": k, "value": v} for k, v in source_env.items()],
+        "env": [{"name": k, "value": v} for k, v in source_env.items()] + access.env,
         "volumeMounts": [
             {"name": "cache", "mountPath": CACHE_MOUNT},
             {"name": "model", "mountPath": "/models"},
             *source_mounts,
+            *access.mounts,
         ],
+        # A failed fetch writes its reason (ArtifactUnreachable, AccessDenied, DigestMismatch)
+        # here; the fleet observer shows it on the site row and the condition.
+        "terminationMessagePath": "/dev/termination-log",
+        "terminationMessagePolicy": "File",
         # The hostPath cache belongs to root on the node: the fetch step writes it as UID 0
         # but with every capability dropped, so it can write only what root owns.
         "securityContext": {**security, "runAsNonRoot": False, "runAsUser": 0},
@@ -181,8 +190,12 @@ def build_site_daemonset(
             {"name": "model", "emptyDir": {}},
             {"name": "tmp", "emptyDir": {}},
             *source_volumes,
+            *access.volumes,
         ],
     }
+    if access.env_from:
+        # Only the fetch step sees the (read-only) store credentials; the server never does.
+        fetch["envFrom"] = access.env_from
     if spec.rollout.replace_in_place:
         strategy: dict[str, Any] = {"type": "OnDelete"}
     else:

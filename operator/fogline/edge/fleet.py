@@ -4,6 +4,7 @@ the EdgeDeployment's status. Pure functions of their inputs; `now` is passed in.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -35,19 +36,41 @@ def node_ready(node: Mapping[str, Any]) -> bool:
     return False
 
 
+# The reasons `fogline fetch` writes to its termination message (workloads/fetch.py).
+FETCH_REASONS = frozenset(
+    {"ArtifactUnreachable", "AccessDenied", "DigestMismatch", "InvalidArtifact"}
+)
+
+
+def fetch_failure_reason(container: Mapping[str, Any]) -> str | None:
+    """The reason a failed fetch step gave, from its current or last termination: after the
+    first failure the kubelet restarts it, so the reason lives on in lastState."""
+    for key in ("state", "lastState"):
+        terminated = (container.get(key) or {}).get("terminated") or {}
+        if terminated.get("exitCode") in (None, 0):
+            continue
+        try:
+            message = json.loads(terminated.get("message") or "")
+        except ValueError:
+            message = None
+        reason = message.get("reason") if isinstance(message, dict) else None
+        return f"{reason}" if reason in FETCH_REASONS else "FetchFailed"
+    return None
+
+
 def pod_failure(pod: Mapping[str, Any]) -> str | None:
     """Why a pod will not become healthy, or None while it still may."""
     status = pod.get("status") or {}
     if status.get("phase") == "Failed":
         return "PodFailed"
+    for container in status.get("initContainerStatuses") or []:
+        if (reason := fetch_failure_reason(container)) is not None:
+            return f"Init:{reason}"
     for key, prefix in (("initContainerStatuses", "Init:"), ("containerStatuses", "")):
         for container in status.get(key) or []:
             waiting = (container.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in FAILING_REASONS:
                 return f"{prefix}{waiting['reason']}"
-            terminated = (container.get("state") or {}).get("terminated") or {}
-            if key == "initContainerStatuses" and terminated.get("exitCode") not in (None, 0):
-                return "Init:FetchFailed"
     return None
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fogline.api.modeltraining import ModelTraining, ModelTrainingSpec
+from fogline.api.stores import pod_access
 from fogline.settings import OperatorSettings
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "fogline"}
@@ -19,6 +20,8 @@ COMPONENT_LABEL = "app.kubernetes.io/component"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 PROGRESS_ANNOTATION = "fogline.io/progress"
 PVC_ROOT = "/mnt/pvc"
+# Where a run to be published (s3://, oci://) is packaged before the upload: a scratch volume.
+STAGING_ROOT = "/var/lib/fogline/artifact"
 RENDEZVOUS_PORT = 29500
 TERMINATION_LOG = "/dev/termination-log"
 # The trainer exits 2 for input it can never accept (missing dataset, bad arguments):
@@ -67,14 +70,19 @@ def plan_run(training: ModelTraining) -> TrainingRun:
         folder = output.uri.removeprefix("file://").rstrip("/")
         output_dir = f"{folder}/{training.name}/{run_id}"
         base_uri = f"file://{folder}"
+    elif output.scheme in ("s3", "oci"):
+        output_dir = f"{STAGING_ROOT}/{training.name}/{run_id}"
     else:
-        raise ValueError(f"spec.output.uri: {output.uri!r} is not a pvc:// or file:// location")
+        raise ValueError(f"spec.output.uri: {output.uri!r} is not a supported location")
+    # An OCI repository holds every run (one tag each, pulled by digest); elsewhere each run
+    # has its own folder or prefix.
+    artifact_uri = base_uri if output.scheme == "oci" else f"{base_uri}/{training.name}/{run_id}"
     return TrainingRun(
         run_id=run_id,
         job_name=job_name,
         service_name=job_name,
         output_dir=output_dir,
-        artifact_uri=f"{base_uri}/{training.name}/{run_id}",
+        artifact_uri=artifact_uri,
     )
 
 
@@ -160,6 +168,9 @@ def _volumes(
             {"name": "output", "hostPath": {"path": folder, "type": "DirectoryOrCreate"}}
         )
         mounts.append({"name": "output", "mountPath": folder})
+    if spec.output.scheme in ("s3", "oci"):
+        volumes.append({"name": "staging", "emptyDir": {}})
+        mounts.append({"name": "staging", "mountPath": STAGING_ROOT})
     volumes.append({"name": "tmp", "emptyDir": {}})
     mounts.append({"name": "tmp", "mountPath": "/tmp"})
     return volumes, mounts
@@ -203,6 +214,10 @@ def build_training_job(
     ]
     if spec.distributed.is_distributed and spec.distributed.backend:
         env.append({"name": "FOGLINE_DIST_BACKEND", "value": spec.distributed.backend})
+    access = pod_access(spec.output.access, spec.output.uri)
+    env += access.env
+    volumes += access.volumes
+    mounts += access.mounts
     container: dict[str, Any] = {
         "name": "trainer",
         "image": spec.image or settings.trainer_image,
@@ -211,6 +226,7 @@ def build_training_job(
         "args": trainer_args(spec, run),
         "env": env,
         "volumeMounts": mounts,
+        **({"envFrom": access.env_from} if access.env_from else {}),
         "terminationMessagePath": TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from fogline.workloads.trainer import config as cfg
-from fogline.workloads.trainer import termination
+from fogline.workloads.trainer import publish, termination
 from fogline.workloads.trainer.errors import EXIT_RUNTIME_FAILURE, TrainerError, invalid_argument
 
 log = logging.getLogger("fogline.workloads.trainer")
@@ -203,6 +203,12 @@ def main(argv: list[str] | None = None) -> int:
         failure = TrainerError("TrainingFailed", text, EXIT_RUNTIME_FAILURE)
         return _fail(failure, path, explicit, primary)
     if outcome is not None:
+        if publish.needs_publishing(config.artifact_uri):
+            try:
+                publish.publish(config.output, str(config.artifact_uri), env)
+            except publish.PublishError as err:
+                failure = TrainerError(err.reason, str(err), EXIT_RUNTIME_FAILURE)
+                return _fail(failure, path, explicit, primary)
         termination.write_message(path, explicit, outcome.message)
     return 0
 
