@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The control plane and the artifact stores have cache keys of their own: bumping a store
+# never rebuilds Kubernetes.
 tools:
 	bash tools/build.sh
+	bash tools/stores/build.sh
 
 # pytest exits 5 when it collected nothing: that is a broken suite, never a pass.
 define run_pytest

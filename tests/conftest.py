@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from fogline.devcluster import DevCluster, Topology
+from fogline.devcluster.stores import ArtifactStores, StoreEndpoints
 
 # The fleet every cluster test sees: a GPU pool and three K3s edge sites of two nodes.
 TEST_TOPOLOGY = Topology(gpu_nodes=2, gpus_per_node=4, edge_sites=3, nodes_per_site=2)
@@ -101,3 +102,14 @@ def local_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterH
     finally:
         api.close()
         devcluster.down()
+
+
+@pytest.fixture(scope="session")
+def artifact_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreEndpoints]:
+    """versitygw (S3) and the distribution registry (OCI) on loopback, as `fogline devcluster
+    up` starts them: a bucket, a writer and a read-only user. Started once, on demand."""
+    stores = ArtifactStores(tmp_path_factory.mktemp("stores"))
+    try:
+        yield stores.up()
+    finally:
+        stores.down()

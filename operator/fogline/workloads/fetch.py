@@ -243,7 +243,9 @@ class HttpTransport:
                 )
             bound = size if size is not None else limit
             written = offset
-            for chunk in response.stream(_CHUNK, decode_content=False):
+            # read1 hands over what has arrived: a timeout then loses nothing already received,
+            # so the resume starts exactly where the bytes stopped.
+            while chunk := response.read1(_CHUNK):
                 written += len(chunk)
                 if bound is not None and written > bound:
                     raise FetchError(

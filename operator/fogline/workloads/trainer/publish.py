@@ -30,6 +30,9 @@ MANIFEST_MEDIA_TYPE = "application/vnd.fogline.artifact.manifest.v1+json"
 FILE_MEDIA_TYPE = "application/vnd.fogline.artifact.file.v1"
 
 
+_DENIED = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch")
+
+
 class PublishError(Exception):
     """The artifact could not be published; reason is AccessDenied or PublishFailed."""
 
@@ -80,6 +83,7 @@ def s3_client(env: Mapping[str, str]) -> Any:
 
 
 def _publish_s3(folder: Path, uri: str, env: Mapping[str, str]) -> None:
+    from boto3.exceptions import S3UploadFailedError
     from botocore.exceptions import BotoCoreError, ClientError
 
     parts = urlsplit(uri)
@@ -91,14 +95,16 @@ def _publish_s3(folder: Path, uri: str, env: Mapping[str, str]) -> None:
             key = f"{prefix}/{safe_relative_path(name)}".lstrip("/")
             client.upload_file(str(folder / name), bucket, key)
             log.info("uploaded s3://%s/%s", bucket, key)
-    except ClientError as err:
-        code = str(err.response.get("Error", {}).get("Code", ""))
-        reason = (
-            "AccessDenied"
-            if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch")
-            else "PublishFailed"
+    except (ClientError, S3UploadFailedError) as err:
+        # upload_file wraps the store's ClientError; its code is what says who is to blame.
+        cause = err if isinstance(err, ClientError) else err.__cause__
+        code = (
+            str(cause.response.get("Error", {}).get("Code", ""))
+            if isinstance(cause, ClientError)
+            else next((c for c in _DENIED if c in str(err)), "")
         )
-        raise PublishError(reason, f"{uri}: {code or 'error'}: {err}") from err
+        reason = "AccessDenied" if code in _DENIED else "PublishFailed"
+        raise PublishError(reason, f"{uri}: {code or 'error'}: {_one_line(err)}") from err
     except (BotoCoreError, OSError) as err:
         raise PublishError("PublishFailed", f"{uri}: {err}") from err
 

@@ -1,0 +1,171 @@
+"""The artifact path through the real stores: the trainer publishes to versitygw and to the
+distribution registry, and the fetch step pulls from each with read-only access, refusing an
+object changed after publishing and wrong credentials with the reasons the operator shows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fogline.devcluster.stores import StoreEndpoints
+from fogline.workloads.fetch import main as fetch_main
+from fogline.workloads.manifest import verify_artifact
+from fogline.workloads.trainer.publish import CONFIG_MEDIA_TYPE, PublishError, publish
+from tests.workloads.conftest import TrainerRun, TrainerRunner, trainer_environment
+from tests.workloads.served_artifacts import write_artifact
+
+pytestmark = pytest.mark.workloads
+
+
+def writer_env(stores: StoreEndpoints) -> dict[str, str]:
+    return {
+        "AWS_ENDPOINT_URL": stores.s3_endpoint,
+        "AWS_REGION": stores.region,
+        "AWS_ACCESS_KEY_ID": stores.writer_access_key,
+        "AWS_SECRET_ACCESS_KEY": stores.writer_secret_key,
+        "FOGLINE_OCI_PLAIN_HTTP": "1",
+    }
+
+
+def reader_env(stores: StoreEndpoints, root: Path) -> dict[str, str]:
+    return {
+        "AWS_ENDPOINT_URL": stores.s3_endpoint,
+        "AWS_REGION": stores.region,
+        "AWS_ACCESS_KEY_ID": stores.reader_access_key,
+        "AWS_SECRET_ACCESS_KEY": stores.reader_secret_key,
+        "FOGLINE_OCI_PLAIN_HTTP": "1",
+        "FOGLINE_TERMINATION_LOG": str(root / "termination-log"),
+    }
+
+
+def fetch(uri: str, digest: str, root: Path, env: dict[str, str]) -> int:
+    args = ["--uri", uri, "--digest", digest, "--cache-dir", str(root / "cache")]
+    return fetch_main([*args, "--dest", str(root / "dest"), "--retries", "1"], environ=env)
+
+
+def reason(root: Path) -> str:
+    return str(json.loads((root / "termination-log").read_text())["reason"])
+
+
+@pytest.fixture(scope="module")
+def trained(
+    tmp_path_factory: pytest.TempPathFactory,
+    trainer_runner: TrainerRunner,
+    artifact_stores: StoreEndpoints,
+) -> dict[str, TrainerRun]:
+    """One short training published to the bucket, one to the registry."""
+    runs = {}
+    for scheme, uri in (
+        ("s3", f"s3://{artifact_stores.bucket}/trainings/digits/run-1"),
+        ("oci", f"oci://{artifact_stores.registry}/models/digits"),
+    ):
+        output = tmp_path_factory.mktemp(scheme) / "artifact"
+        run = trainer_runner(
+            output,
+            *("--model", "mlp", "--dataset", "builtin:digits", "--epochs", "1"),
+            *("--hidden-units", "32", "--artifact-uri", uri),
+            env=trainer_environment(writer_env(artifact_stores)),
+        )
+        assert run.returncode == 0, run.stderr
+        runs[scheme] = run
+    return runs
+
+
+def test_trainer_publishes_every_file_to_the_bucket_manifest_last(
+    trained: dict[str, TrainerRun], artifact_stores: StoreEndpoints
+) -> None:
+    run = trained["s3"]
+    artifact = run.termination["artifact"]
+    assert artifact["uri"] == f"s3://{artifact_stores.bucket}/trainings/digits/run-1"
+    assert artifact["digest"] == verify_artifact(run.output).digest
+    listing = artifact_stores.s3_client().list_objects_v2(
+        Bucket=artifact_stores.bucket, Prefix="trainings/digits/run-1/"
+    )
+    keys = {item["Key"].rsplit("/", 1)[1] for item in listing["Contents"]}
+    assert keys == {"manifest.json", *run.manifest["files"]}
+
+
+def test_edge_fetches_from_the_bucket_with_read_only_credentials(
+    tmp_path: Path, trained: dict[str, TrainerRun], artifact_stores: StoreEndpoints
+) -> None:
+    artifact = trained["s3"].termination["artifact"]
+    env = reader_env(artifact_stores, tmp_path)
+    assert fetch(artifact["uri"], artifact["digest"], tmp_path, env) == 0
+    assert verify_artifact(tmp_path / "dest", artifact["digest"]).digest == artifact["digest"]
+
+
+def test_trainer_pushes_an_oci_artifact_with_a_layer_per_file_and_a_real_config(
+    trained: dict[str, TrainerRun], artifact_stores: StoreEndpoints
+) -> None:
+    import urllib.request
+
+    run = trained["oci"]
+    artifact = run.termination["artifact"]
+    assert artifact["uri"] == f"oci://{artifact_stores.registry}/models/digits"
+    base = f"http://{artifact_stores.registry}/v2/models/digits"
+    with urllib.request.urlopen(f"{base}/tags/list", timeout=10) as reply:
+        (tag,) = json.load(reply)["tags"]
+    request = urllib.request.Request(
+        f"{base}/manifests/{tag}",
+        headers={"Accept": "application/vnd.oci.image.manifest.v1+json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        manifest = json.load(reply)
+    assert manifest["config"]["mediaType"] == CONFIG_MEDIA_TYPE
+    titles = {
+        layer["annotations"]["org.opencontainers.image.title"] for layer in manifest["layers"]
+    }
+    assert titles == {"manifest.json", *run.manifest["files"]}
+    by_title = {
+        layer["annotations"]["org.opencontainers.image.title"]: layer["digest"]
+        for layer in manifest["layers"]
+    }
+    assert by_title["manifest.json"] == artifact["digest"]  # pulled by digest, no tag trusted
+
+
+def test_edge_pulls_the_oci_artifact_by_digest(
+    tmp_path: Path, trained: dict[str, TrainerRun], artifact_stores: StoreEndpoints
+) -> None:
+    artifact = trained["oci"].termination["artifact"]
+    env = reader_env(artifact_stores, tmp_path)
+    assert fetch(artifact["uri"], artifact["digest"], tmp_path, env) == 0
+    assert verify_artifact(tmp_path / "dest", artifact["digest"]).digest == artifact["digest"]
+
+
+def test_object_changed_in_the_bucket_after_publishing_is_refused_by_digest(
+    tmp_path: Path, artifact_stores: StoreEndpoints
+) -> None:
+    folder = tmp_path / "published"
+    digest = write_artifact(folder)
+    uri = f"s3://{artifact_stores.bucket}/tampered/run-1"
+    publish(folder, uri, writer_env(artifact_stores))
+    artifact_stores.s3_client().put_object(
+        Bucket=artifact_stores.bucket, Key="tampered/run-1/model.onnx", Body=b"\x08\x07swapped"
+    )
+    root = tmp_path / "edge"
+    assert fetch(uri, digest, root, reader_env(artifact_stores, root)) == 1
+    assert reason(root) == "DigestMismatch"
+    assert not (root / "dest" / "manifest.json").exists()
+
+
+def test_wrong_credentials_are_access_denied(
+    tmp_path: Path, trained: dict[str, TrainerRun], artifact_stores: StoreEndpoints
+) -> None:
+    artifact = trained["s3"].termination["artifact"]
+    env = reader_env(artifact_stores, tmp_path) | {"AWS_SECRET_ACCESS_KEY": "wrong"}
+    assert fetch(artifact["uri"], artifact["digest"], tmp_path, env) == 1
+    assert reason(tmp_path) == "AccessDenied"
+
+
+def test_reader_cannot_publish(tmp_path: Path, artifact_stores: StoreEndpoints) -> None:
+    folder = tmp_path / "published"
+    write_artifact(folder)
+    env = writer_env(artifact_stores) | {
+        "AWS_ACCESS_KEY_ID": artifact_stores.reader_access_key,
+        "AWS_SECRET_ACCESS_KEY": artifact_stores.reader_secret_key,
+    }
+    with pytest.raises(PublishError) as caught:
+        publish(folder, f"s3://{artifact_stores.bucket}/by-reader", env)
+    assert caught.value.reason == "AccessDenied"
