@@ -109,11 +109,16 @@ def test_container_env_resolves_field_refs_and_earlier_variables() -> None:
     assert env["WHO"] == "p.ns on h $(LATER)"
 
 
+def test_env_from_comes_before_env_which_overrides_it() -> None:
+    container = {"env": [{"name": "B", "value": "mine"}, {"name": "C", "value": "$(A)"}]}
+    env = container_env(POD, container, {}, {"A": "from-secret", "B": "from-secret"})
+    assert env == {"A": "from-secret", "B": "mine", "C": "from-secret"}
+
+
 @pytest.mark.parametrize(
     "container",
     [
         {"env": [{"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]},
-        {"envFrom": [{"configMapRef": {"name": "c"}}]},
         {"env": [{"name": "X", "valueFrom": {"fieldRef": {"fieldPath": "spec.unknown"}}}]},
     ],
 )

@@ -141,13 +141,15 @@ def field_value(pod: Mapping[str, Any], field_path: str) -> str:
 
 
 def container_env(
-    pod: Mapping[str, Any], container: Mapping[str, Any], service_env: Mapping[str, str]
+    pod: Mapping[str, Any],
+    container: Mapping[str, Any],
+    service_env: Mapping[str, str],
+    env_from: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The container's environment as the kubelet builds it: service variables first, then
-    env in order, each value expanded against the variables defined before it."""
-    env = dict(service_env)
-    if container.get("envFrom"):
-        raise PodSpecError("CreateContainerConfigError", "envFrom is not supported locally")
+    what envFrom brought (read by the caller), then env in order, each value expanded against
+    the variables defined before it."""
+    env = {**service_env, **(env_from or {})}
     for var in container.get("env") or []:
         source = var.get("valueFrom")
         if source is None:

@@ -200,6 +200,31 @@ class PodRunner(threading.Thread):
             except PodSpecError as err:
                 container.fail(err, self.restart_policy)
 
+    def _env_from(self, spec: Mapping[str, Any]) -> dict[str, str]:
+        """envFrom's Secrets and ConfigMaps, read now as the kubelet does at container start."""
+        namespace = self.pod["metadata"]["namespace"]
+        values: dict[str, str] = {}
+        for source in spec.get("envFrom") or []:
+            prefix = source.get("prefix", "")
+            try:
+                if ref := source.get("secretRef"):
+                    secret = self.agent.core.read_namespaced_secret(ref["name"], namespace)
+                    data = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+                elif ref := source.get("configMapRef"):
+                    data = (
+                        self.agent.core.read_namespaced_config_map(ref["name"], namespace).data
+                        or {}
+                    )
+                else:
+                    continue
+            except ApiException as err:
+                if err.status == 404 and ref.get("optional"):
+                    continue
+                raise PodSpecError("CreateContainerConfigError",
+                                   f"envFrom {ref['name']!r}: {err.reason}") from None  # fmt: skip
+            values |= {prefix + k: v for k, v in data.items()}
+        return values
+
     def _plan(self, c: LocalContainer, volumes: Mapping[str, Path],
               service_env: Mapping[str, str], kubeconfig: Path | None) -> None:  # fmt: skip
         image = c.spec.get("image", "")
@@ -220,7 +245,7 @@ class PodRunner(threading.Thread):
                 link.symlink_to(volumes[mount["name"]] / mount.get("subPath", ""))
         c.termination_file = Path(view.local(termination_path))
         c.termination_file.parent.mkdir(parents=True, exist_ok=True)
-        env = container_env(self.pod, c.spec, service_env)
+        env = container_env(self.pod, c.spec, service_env, self._env_from(c.spec))
         command = c.spec.get("command") or list(IMAGE_ENTRYPOINTS[kind])
         argv = rewrite_ports([expand(a, env) for a in [*command, *(c.spec.get("args") or [])]],
                              self.ports)  # fmt: skip

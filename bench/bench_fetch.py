@@ -1,0 +1,157 @@
+"""Edge fetch against the real S3 store (versitygw on loopback), side by side in one run:
+1. throughput of `fogline fetch` for a 200 MB artifact against `curl` of the same object
+   (a presigned URL), both to disk; fetch's figure also covers the sha256 of every byte;
+2. resume: a fetch killed with SIGKILL at about half, then run again; the bytes fetched in
+   all against the artifact's size.
+
+Run: python bench/bench_fetch.py [--megabytes N] [--repeats N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "operator"))
+
+from fogline.devcluster.stores import ArtifactStores, StoreEndpoints
+from fogline.workloads.fetch import HttpTransport, TransferPolicy, fill_cache, resolve_source
+from fogline.workloads.manifest import manifest_digest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_artifact(folder: Path, megabytes: int) -> dict[str, object]:
+    folder.mkdir(parents=True)
+    block = os.urandom(1 << 20)
+    digest = hashlib.sha256()
+    with (folder / "weights.bin").open("wb") as out:
+        for index in range(megabytes):
+            chunk = block[index % 7 :] + block[: index % 7]
+            out.write(chunk)
+            digest.update(chunk)
+    manifest = {
+        "formatVersion": 1,
+        "name": "bench",
+        "files": {"weights.bin": {"sha256": digest.hexdigest(), "sizeBytes": megabytes << 20}},
+        "serving": {
+            "file": "weights.bin",
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 1]}],
+            "outputs": [{"name": "y", "datatype": "FP32", "shape": [-1, 1]}],
+        },
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return manifest
+
+
+def reader_env(stores: StoreEndpoints) -> dict[str, str]:
+    return {
+        "AWS_ENDPOINT_URL": stores.s3_endpoint,
+        "AWS_ACCESS_KEY_ID": stores.reader_access_key,
+        "AWS_SECRET_ACCESS_KEY": stores.reader_secret_key,
+        "PYTHONPATH": str(REPO / "operator"),
+        "PATH": os.environ.get("PATH", ""),
+    }
+
+
+def timed_fetch(uri: str, digest: str, cache: Path, env: dict[str, str]) -> tuple[float, int]:
+    transport = HttpTransport(TransferPolicy())
+    started = time.perf_counter()
+    fill_cache(lambda: resolve_source(uri, transport, env), digest, cache)
+    return time.perf_counter() - started, transport.bytes_received
+
+
+def timed_curl(url: str, target: Path) -> float:
+    started = time.perf_counter()
+    subprocess.run(["curl", "-sSf", "-o", str(target), url], check=True, timeout=600)
+    return time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--megabytes", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    if shutil.which("curl") is None:
+        sys.exit("error: curl is needed for the comparison (apt-get install curl)")
+    with tempfile.TemporaryDirectory() as scratch:
+        root = Path(scratch)
+        stores = ArtifactStores(root / "stores")
+        endpoints = stores.up()
+        try:
+            manifest = make_artifact(root / "artifact", args.megabytes)
+            digest = manifest_digest(manifest)
+            writer = endpoints.s3_client()
+            for name in ("weights.bin", "manifest.json"):
+                writer.upload_file(str(root / "artifact" / name), endpoints.bucket, f"a/{name}")
+            uri = f"s3://{endpoints.bucket}/a"
+            env = reader_env(endpoints)
+            url = endpoints.s3_client(reader=True).generate_presigned_url(
+                "get_object", Params={"Bucket": endpoints.bucket, "Key": "a/weights.bin"}
+            )
+            fetch_times, curl_times = [], []
+            for repeat in range(args.repeats):  # interleaved: both see the same machine load
+                curl_times.append(timed_curl(url, root / f"curl-{repeat}"))
+                (root / f"curl-{repeat}").unlink()
+                seconds, _ = timed_fetch(uri, digest, root / f"cache-{repeat}", env)
+                fetch_times.append(seconds)
+                shutil.rmtree(root / f"cache-{repeat}")
+            size = args.megabytes << 20
+            best_fetch, best_curl = min(fetch_times), min(curl_times)
+            print(
+                f"artifact: {args.megabytes} MB from versitygw on loopback, best of {args.repeats}"
+            )
+            print(f"  fogline fetch (download + sha256): {size / best_fetch / 1e6:8.1f} MB/s")
+            print(f"  curl -o                         : {size / best_curl / 1e6:8.1f} MB/s")
+            print(
+                f"  throughput ratio fetch/curl     : {best_curl / best_fetch:8.2f}x (goal >= 0.9)"
+            )
+
+            cache = root / "cache-resume"
+            killed = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "fogline.workloads.fetch",
+                    "--uri",
+                    uri,
+                    "--digest",
+                    digest,
+                    "--cache-dir",
+                    str(cache),
+                    "--dest",
+                    str(root / "never"),
+                ],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            partial = cache / f".partial-{digest.removeprefix('sha256:')}" / "weights.bin"
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                if partial.exists() and partial.stat().st_size >= size // 2:
+                    break
+                time.sleep(0.005)
+            os.kill(killed.pid, signal.SIGKILL)
+            killed.wait()
+            first = partial.stat().st_size
+            _, second = timed_fetch(uri, digest, cache, env)
+            print(f"resume: killed at {first / size:.0%}, then fetched {second / size:.0%} more")
+            print(
+                f"  bytes fetched in all / size     : {(first + second) / size:8.3f} (goal <= 1.05)"
+            )
+        finally:
+            stores.down()
+
+
+if __name__ == "__main__":
+    main()
