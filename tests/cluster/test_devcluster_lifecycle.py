@@ -1,5 +1,5 @@
-"""`fogline devcluster up|status|down` from the command line: up returns a healthy cluster,
-down stops every process it started and leaves nothing behind."""
+"""`fogline devcluster up|status|down` from the command line: up returns a healthy cluster
+with its artifact stores, down stops every process it started and leaves nothing behind."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import json
 import os
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
+
+from fogline.devcluster.stores import ArtifactStores
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -44,6 +47,15 @@ def test_up_status_down_leaves_no_process_and_no_file(tmp_path: Path) -> None:
     }  # fmt: skip
     assert (folder / "kubeconfig").exists()
     pids = json.loads((folder / "state.json").read_text())["pids"]
+    # The artifact stores beside it: a bucket the writer can fill and the reader can read.
+    endpoints = ArtifactStores(folder / "stores").read()
+    assert endpoints is not None and status["stores"]["bucket"] == endpoints.bucket
+    endpoints.s3_client().put_object(Bucket=endpoints.bucket, Key="probe", Body=b"ok")
+    reply = endpoints.s3_client(reader=True).get_object(Bucket=endpoints.bucket, Key="probe")
+    assert reply["Body"].read() == b"ok"
+    with urllib.request.urlopen(f"http://{endpoints.registry}/v2/", timeout=10) as answer:
+        assert answer.status == 200
+    pids |= endpoints.pids
 
     assert _fogline("devcluster", "status", "--dir", str(folder)).returncode == 0
 

@@ -65,6 +65,7 @@ class StoreEndpoints:
             aws_access_key_id=access,
             aws_secret_access_key=secret,
             config=Config(
+                signature_version="s3v4",
                 s3={"addressing_style": "path"},
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",

@@ -13,8 +13,10 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -161,21 +163,31 @@ class HttpTransport:
             except (TransportError, ConnectionError) as err:
                 retry = self._next_attempt(retry, url, err)
 
-    def download(self, url: str, target: Path, size: int) -> None:
-        """Fill target with exactly size bytes, resuming what a previous attempt left."""
+    def download(self, url: str, target: Path, size: int) -> str:
+        """Fill target with exactly size bytes, resuming what a previous attempt left; returns
+        the sha256 (hex) of the file, hashed as it landed."""
         retry = self.policy.retry()
-        while True:
-            have = target.stat().st_size if target.exists() else 0
-            if have > size:
-                target.unlink()
-                have = 0
-            if have == size:
-                return
-            try:
-                with target.open("ab") as out:
-                    self._get(url, out, offset=have, size=size)
-            except (TransportError, ConnectionError) as err:
-                retry = self._next_attempt(retry, url, err)
+        hasher = _Hasher()
+        try:
+            if target.exists() and target.stat().st_size <= size:
+                with target.open("rb") as kept:  # the prefix a killed fetch left
+                    while chunk := kept.read(_CHUNK):
+                        hasher.update(chunk)
+            while True:
+                have = target.stat().st_size if target.exists() else 0
+                if have > size:
+                    target.unlink()
+                    hasher.reset()
+                    have = 0
+                if have == size:
+                    return hasher.hexdigest()
+                try:
+                    with target.open("ab") as out:
+                        self._get(url, out, offset=have, size=size, hasher=hasher)
+                except (TransportError, ConnectionError) as err:
+                    retry = self._next_attempt(retry, url, err)
+        finally:
+            hasher.close()
 
     def _next_attempt(self, retry: Retry, url: str, err: Exception) -> Retry:
         try:
@@ -199,6 +211,7 @@ class HttpTransport:
         offset: int,
         size: int | None,
         limit: int | None = None,
+        hasher: _Hasher | None = None,
     ) -> None:
         """One GET from offset into out. A resumed GET carries If-Range with the ETag the first
         answer gave, so an object changed in between comes whole (200) instead of spliced."""
@@ -232,6 +245,8 @@ class HttpTransport:
                 log.warning("%s: the server sent the whole body again; restarting", _redacted(url))
                 out.seek(0)
                 out.truncate()
+                if hasher is not None:
+                    hasher.reset()
                 offset = 0
             if response.status == 206:
                 _check_content_range(url, response.headers.get("Content-Range"), offset, size)
@@ -255,6 +270,8 @@ class HttpTransport:
                         DIGEST_MISMATCH if size is not None else INVALID,
                     )
                 out.write(chunk)
+                if hasher is not None:
+                    hasher.update(chunk)
                 self.bytes_received += len(chunk)
                 if self.clock() > self.deadline:
                     raise FetchError(
@@ -268,6 +285,43 @@ class HttpTransport:
                 )
         finally:
             response.release_conn()
+
+
+_RESET = b""  # never a chunk: read1 ends the loop on empty bytes
+
+
+class _Hasher:
+    """sha256 of a file as it is written, in a thread of its own: hashlib releases the GIL on
+    large buffers, so hashing overlaps the network instead of adding a pass after it."""
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=32)
+        self._sha = hashlib.sha256()
+        self._thread = threading.Thread(target=self._run, name="fetch-sha256", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self._queue.get()) is not None:
+            if chunk is _RESET:
+                self._sha = hashlib.sha256()
+            else:
+                self._sha.update(chunk)
+
+    def update(self, chunk: bytes) -> None:
+        if chunk:
+            self._queue.put(chunk)
+
+    def reset(self) -> None:
+        self._queue.put(_RESET)
+
+    def hexdigest(self) -> str:
+        self.close()
+        return self._sha.hexdigest()
+
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
 
 class _Sink(Protocol):
@@ -353,7 +407,9 @@ class ArtifactSource(Protocol):
 
     def read_manifest(self, digest: str) -> bytes: ...
 
-    def copy_to(self, name: str, entry: FileEntry, target: Path) -> None: ...
+    def copy_to(self, name: str, entry: FileEntry, target: Path) -> str:
+        """Write the file to target; return the sha256 (hex) of what was written."""
+        ...
 
 
 @dataclass
@@ -376,24 +432,26 @@ class LocalSource:
         except FileNotFoundError:
             raise FetchError(f"{path}: no manifest.json in the artifact folder", INVALID) from None
 
-    def copy_to(self, name: str, entry: FileEntry, target: Path) -> None:
+    def copy_to(self, name: str, entry: FileEntry, target: Path) -> str:
         source = self.root / safe_relative_path(name)
         if source.is_symlink():
             raise FetchError(f"{source}: a symlink; refused", INVALID)
         try:
             with source.open("rb") as src, target.open("wb") as out:
-                _copy_bounded(src, out, entry.size_bytes, str(source))
+                return _copy_bounded(src, out, entry.size_bytes, str(source))
         except FileNotFoundError:
             raise FetchError(f"{source}: listed by the artifact but missing", INVALID) from None
 
 
-def _copy_bounded(src: IO[bytes], out: IO[bytes], size: int, where: str) -> None:
-    written = 0
+def _copy_bounded(src: IO[bytes], out: IO[bytes], size: int, where: str) -> str:
+    written, sha = 0, hashlib.sha256()
     while chunk := src.read(_CHUNK):
         written += len(chunk)
         if written > size:
             raise FetchError(f"{where}: longer than the {size} bytes declared", DIGEST_MISMATCH)
         out.write(chunk)
+        sha.update(chunk)
+    return sha.hexdigest()
 
 
 @dataclass
@@ -414,8 +472,8 @@ class HttpSource:
     def read_manifest(self, digest: str) -> bytes:
         return self.transport.read_small(self._url_of(MANIFEST_FILE), MANIFEST_MAX_BYTES)
 
-    def copy_to(self, name: str, entry: FileEntry, target: Path) -> None:
-        self.transport.download(self._url_of(name), target, entry.size_bytes)
+    def copy_to(self, name: str, entry: FileEntry, target: Path) -> str:
+        return self.transport.download(self._url_of(name), target, entry.size_bytes)
 
 
 @dataclass
@@ -439,10 +497,9 @@ class S3Source:
         url = self.presign(self.bucket, self._key(MANIFEST_FILE))
         return self.transport.read_small(url, MANIFEST_MAX_BYTES)
 
-    def copy_to(self, name: str, entry: FileEntry, target: Path) -> None:
-        self.transport.download(
-            self.presign(self.bucket, self._key(name)), target, entry.size_bytes
-        )
+    def copy_to(self, name: str, entry: FileEntry, target: Path) -> str:
+        url = self.presign(self.bucket, self._key(name))
+        return self.transport.download(url, target, entry.size_bytes)
 
 
 @dataclass
@@ -459,45 +516,46 @@ class OciSource:
     def read_manifest(self, digest: str) -> bytes:
         return self.transport.read_small(f"{self.base}/blobs/{digest}", MANIFEST_MAX_BYTES)
 
-    def copy_to(self, name: str, entry: FileEntry, target: Path) -> None:
+    def copy_to(self, name: str, entry: FileEntry, target: Path) -> str:
         url = f"{self.base}/blobs/sha256:{entry.sha256}"
-        self.transport.download(url, target, entry.size_bytes)
+        return self.transport.download(url, target, entry.size_bytes)
 
 
 def s3_presigner(environ: dict[str, str]) -> Callable[[str, str], str]:
-    """A function presigning GETs, offline, with the read-only credentials, endpoint
-    (AWS_ENDPOINT_URL) and region of the environment; path-style addressing unless
-    FOGLINE_S3_ADDRESSING says virtual."""
-    import boto3
-    from botocore.config import Config
+    """A function presigning GETs (SigV4 query auth), offline, with the read-only credentials,
+    endpoint (AWS_ENDPOINT_URL) and region of the environment; path-style addressing unless
+    FOGLINE_S3_ADDRESSING says virtual. botocore's signer alone, not a boto3 client: building
+    a client loads the service models, which costs a fetch more time than a small artifact."""
+    from botocore.auth import S3SigV4QueryAuth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
 
     access_key, secret_key = environ.get("AWS_ACCESS_KEY_ID"), environ.get("AWS_SECRET_ACCESS_KEY")
     if not access_key or not secret_key:
         raise FetchError(
             "s3: no credentials in the environment; name a read-only Secret holding "
-            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in spec.model.credentialsSecret",
+            "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in spec.model.access.credentialsSecret",
             ACCESS_DENIED,
         )
-    client = boto3.session.Session().client(
-        "s3",
-        aws_access_key_id=access_key,
-        aws_secret_access_key=secret_key,
-        aws_session_token=environ.get("AWS_SESSION_TOKEN") or None,
-        endpoint_url=environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL") or None,
-        region_name=environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1",
-        config=Config(
-            signature_version="s3v4",
-            s3={"addressing_style": environ.get("FOGLINE_S3_ADDRESSING", "path")},
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        ),
-    )
+    credentials = Credentials(access_key, secret_key, environ.get("AWS_SESSION_TOKEN") or None)
+    region = environ.get("AWS_REGION") or environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    endpoint = (
+        environ.get("AWS_ENDPOINT_URL_S3")
+        or environ.get("AWS_ENDPOINT_URL")
+        or f"https://s3.{region}.amazonaws.com"
+    ).rstrip("/")
+    virtual = environ.get("FOGLINE_S3_ADDRESSING", "path") == "virtual"
 
     def presign(bucket: str, key: str) -> str:
-        url: str = client.generate_presigned_url(
-            "get_object", Params={"Bucket": bucket, "Key": key}, ExpiresIn=3600
-        )
-        return url
+        if virtual:
+            parts = urlsplit(endpoint)
+            url = parts._replace(netloc=f"{bucket}.{parts.netloc}").geturl() + "/" + quote(key)
+        else:
+            url = f"{endpoint}/{quote(bucket)}/{quote(key)}"
+        request = AWSRequest(method="GET", url=url)
+        S3SigV4QueryAuth(credentials, "s3", region, expires=3600).add_auth(request)
+        signed: str = request.url
+        return signed
 
     return presign
 
@@ -591,8 +649,7 @@ def _download(source: ArtifactSource, digest: str, staging: Path) -> ArtifactMan
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.is_symlink():
             target.unlink()
-        source.copy_to(name, entry, target)
-        if _sha256_of(target) != entry.sha256:
+        if source.copy_to(name, entry, target) != entry.sha256:
             target.unlink()  # a resumed file that does not verify must not be resumed again
             raise FetchError(
                 f"{source.describe()}: {name}: sha256 differs from the manifest's {entry.sha256}; "
@@ -601,14 +658,6 @@ def _download(source: ArtifactSource, digest: str, staging: Path) -> ArtifactMan
             )
     (staging / MANIFEST_FILE).write_bytes(raw)
     return manifest
-
-
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def fill_cache(source_of: Callable[[], ArtifactSource], digest: str, cache_dir: Path) -> Path:
