@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -32,7 +33,8 @@ SYSTEM_NAMESPACE = "fogline-system"
 DEMO_NAMESPACE = "fogline-demo"
 TRAINER_IMAGE = "fogline.dev/trainer:local"
 SERVER_IMAGE = "fogline.dev/server:local"
-TRAINING, EDGE, SERVED_NAME = "digits-mlp", "digits-edge", "digits"
+TRAINING, EDGE, SERVED_NAME = "digits-mlp-s3", "digits-edge-s3", "digits"
+SAMPLES = ("modeltraining-digits-mlp-s3.yaml", "edgedeployment-digits-edge-s3.yaml")
 CACHE_DIR = "/var/lib/fogline/cache"
 
 
@@ -116,7 +118,9 @@ class Demo:
     # -- the story --------------------------------------------------------------------------
     def run(self) -> DemoSummary:
         with self.step("Start the local control plane (kwok edge sites, local GPU and edge nodes)"):
-            self.cluster.up(Topology(gpu_nodes=0, edge_sites=3, nodes_per_site=2), local_nodes=True)
+            self.cluster.up(
+                Topology(gpu_nodes=0, edge_sites=3, nodes_per_site=2), local_nodes=True, stores=True
+            )
         with self.step("Install Fogline with the Helm chart"):
             self.helm("install", "fogline", str(self.root / "charts" / "fogline"),
                       f"--namespace={SYSTEM_NAMESPACE}", "--create-namespace",
@@ -126,11 +130,16 @@ class Demo:
                       "--set", f"settings.serverImage={SERVER_IMAGE}")  # fmt: skip
         with self.step("Run the operator as the chart's ServiceAccount"):
             self.start_operator()
-        with self.step("Create the artifact volume and apply the samples"):
-            self.prepare_namespace()
-            for sample in ("modeltraining-digits-mlp.yaml", "edgedeployment-digits-edge.yaml"):
-                self.cluster.kubectl("apply", "-n", DEMO_NAMESPACE, "-f",
-                                     str(self.root / "manifests" / "samples" / sample))  # fmt: skip
+        with self.step("Create the store's Secrets and apply the S3 samples"):
+            endpoint = self.prepare_namespace()
+            for sample in SAMPLES:
+                # The samples name a conventional endpoint; the demo's store has a port of its own.
+                body = yaml.safe_load((self.root / "manifests" / "samples" / sample).read_text())
+                place = body["spec"]["output" if body["kind"] == "ModelTraining" else "model"]
+                place["access"]["endpoint"] = endpoint
+                self.cluster.kubectl(
+                    "apply", "-n", DEMO_NAMESPACE, "-f", "-", input=yaml.safe_dump(body)
+                )
         self.follow_training()
         self.follow_rollout()
         with self.step("Send an inference request to the server on the local edge node"):
@@ -151,27 +160,30 @@ class Demo:
         log.close()
         (self.workdir / "operator.pid").write_text(str(self.operator.pid))
 
-    def prepare_namespace(self) -> None:
+    def prepare_namespace(self) -> str:
+        """The namespace with a writer Secret for the trainer and a read-only one for the edge;
+        returns the S3 endpoint. No volume is shared between the GPU and the edge node."""
+        import base64
+
         from kubernetes import client
 
+        stores = self.cluster.stores.read()
+        if stores is None:
+            raise DemoError("the artifact stores did not start; see the cluster's stores/logs")
         core = client.CoreV1Api(self.api)
         core.create_namespace({"metadata": {"name": DEMO_NAMESPACE}})
         wait(lambda: core.list_namespaced_service_account(DEMO_NAMESPACE, field_selector="metadata.name=default").items,
              30, "the namespace's default ServiceAccount")  # fmt: skip
-        # A static volume for the sample's claim: the node agent maps claims to local folders.
-        core.create_persistent_volume({
-            "metadata": {"name": "fogline-demo-artifacts"},
-            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
-                     "storageClassName": "manual", "hostPath": {"path": "/var/lib/fogline/demo-artifacts"},
-                     "claimRef": {"namespace": DEMO_NAMESPACE, "name": "fogline-artifacts"}},
-        })  # fmt: skip
-        core.create_namespaced_persistent_volume_claim(DEMO_NAMESPACE, {
-            "metadata": {"name": "fogline-artifacts"},
-            "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": "manual",
-                     "resources": {"requests": {"storage": "1Gi"}}},
-        })  # fmt: skip
-        wait(lambda: core.read_namespaced_persistent_volume_claim("fogline-artifacts", DEMO_NAMESPACE).status.phase == "Bound",
-             60, "the artifact claim to be Bound")  # fmt: skip
+        for name, (key, secret) in {
+            "artifact-writer": (stores.writer_access_key, stores.writer_secret_key),
+            "artifact-reader": (stores.reader_access_key, stores.reader_secret_key),
+        }.items():
+            data = {"AWS_ACCESS_KEY_ID": key, "AWS_SECRET_ACCESS_KEY": secret}
+            encoded = {k: base64.b64encode(v.encode()).decode() for k, v in data.items()}
+            core.create_namespaced_secret(
+                DEMO_NAMESPACE, {"metadata": {"name": name}, "data": encoded}
+            )
+        return stores.s3_endpoint
 
     def follow_training(self) -> None:
         started = time.monotonic()
