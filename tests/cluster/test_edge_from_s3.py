@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 
 from fogline.api.edgedeployment import EdgeDeployment
 from fogline.devcluster.localpods import LOCAL_PORT_ANNOTATION
@@ -86,16 +87,15 @@ def publish_artifact(stores: StoreEndpoints, folder: Path, prefix: str, seed: in
     return digest
 
 
-def edge_for(name: str, namespace: str, uri: str, digest: str, endpoint: str) -> EdgeDeployment:
+def edge_for(
+    name: str, namespace: str, uri: str, digest: str, endpoint: str, **model: Any
+) -> EdgeDeployment:
+    access = {"endpoint": endpoint, "credentialsSecret": "artifact-reader"}
     return EdgeDeployment.from_body(
         {
             "metadata": {"name": name, "namespace": namespace, "generation": 1},
             "spec": {
-                "model": {
-                    "uri": uri,
-                    "digest": digest,
-                    "access": {"endpoint": endpoint, "credentialsSecret": "artifact-reader"},
-                },
+                "model": {"uri": uri, "digest": digest, "access": access, **model},
                 "placement": {
                     "nodeSelector": {"kubernetes.io/hostname": LOCAL_EDGE_NODE},
                     "tolerations": [
@@ -169,6 +169,42 @@ def test_object_swapped_in_the_bucket_is_refused_and_the_site_row_says_so(
     plan = plan_rollout(sites, RolloutPolicy(), RolloutMemory(), digest, datetime.now(UTC))
     (row,) = [row for row in plan.sites if row.name == SITE]
     assert row.state == "Failed" and "Init:DigestMismatch" in row.message
+
+
+def test_image_volume_pod_passes_pod_security_restricted_and_serves(
+    local_cluster: ClusterHandle, stores: StoreEndpoints, tmp_path: Path
+) -> None:
+    """The kubelet's way for oci:// artifacts: no hostPath, no root init step, so the
+    namespace may enforce Pod Security `restricted`; the DaemonSet's pod is admitted, the
+    node pulls the artifact from the registry, and the server verifies and serves it."""
+    folder = tmp_path / "oci"
+    digest = write_artifact(folder, seed=3)
+    uri = f"oci://{stores.registry}/models/image-volume"
+    publish(folder, uri, {"FOGLINE_OCI_PLAIN_HTTP": "1"})
+    namespace = f"edge-restricted-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(local_cluster.api)
+    labels = {"pod-security.kubernetes.io/enforce": "restricted"}
+    core.create_namespace({"metadata": {"name": namespace, "labels": labels}})
+    try:
+        edge = edge_for("digits", namespace, uri, digest, "", delivery="ImageVolume", access=None)
+        apply_site(local_cluster, edge, digest)
+        pod = ready_pod(local_cluster, edge)
+        assert not any("hostPath" in volume for volume in pod["spec"]["volumes"])
+        # The same artifact delivered by the fetch step (hostPath cache, root) is refused here.
+        fetching = edge_for("fetching", namespace, uri, digest, "", access=None)
+        template = build_site_daemonset(fetching, SITE, ModelRef(uri, digest), SETTINGS)["spec"][
+            "template"
+        ]
+        refused = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "fetching"}}
+        with pytest.raises(ApiException) as caught:
+            core.create_namespaced_pod(
+                namespace, refused | {"spec": template["spec"]}, dry_run="All"
+            )
+        assert caught.value.status == 403 and "PodSecurity" in str(caught.value.body)
+        assert "initContainers" not in pod["spec"]
+        assert len(infer(pod)) == 10
+    finally:
+        core.delete_namespace(namespace)
 
 
 def test_edge_pod_fetches_from_s3_serves_and_restarts_with_the_store_gone(

@@ -243,3 +243,41 @@ def test_site_labels_that_are_not_names_still_give_valid_distinct_daemonset_name
     name = daemonset_name("digits", site)
     assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) and len(name) <= 63
     assert name != daemonset_name("digits", site + "x")
+
+
+# --- stores and image volumes ---------------------------------------------------------------
+
+OCI = ModelRef(uri="oci://registry.example:5000/models/digits", digest="sha256:" + "ab" * 32)
+
+
+def test_image_volume_delivery_mounts_the_artifact_with_no_init_step_or_host_path() -> None:
+    e = edge(model={"uri": OCI.uri, "digest": OCI.digest, "delivery": "ImageVolume"})
+    pod = daemonset(e, model=OCI)["spec"]["template"]["spec"]
+    assert "initContainers" not in pod
+    assert not any("hostPath" in volume for volume in pod["volumes"])
+    (model,) = [v for v in pod["volumes"] if v["name"] == "model"]
+    assert model["image"]["reference"] == f"registry.example:5000/models/digits:sha256-{'ab' * 32}"
+    server = pod["containers"][0]
+    assert {"name": "model", "mountPath": "/models/current", "readOnly": True} in server[
+        "volumeMounts"
+    ]
+    assert f"--expected-digest={OCI.digest}" in server["args"]  # the server still verifies
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_fetch_delivery_of_an_oci_artifact_keeps_the_init_step() -> None:
+    e = edge(model={"uri": OCI.uri, "digest": OCI.digest})
+    pod = daemonset(e, model=OCI)["spec"]["template"]["spec"]
+    assert pod["initContainers"][0]["args"][0] == f"--uri={OCI.uri}"
+
+
+def test_read_only_secret_reaches_the_fetch_step_only() -> None:
+    access = {"endpoint": "https://s3.example", "credentialsSecret": "reader"}
+    model = ModelRef(uri="s3://bucket/models/run-1", digest=OCI.digest)
+    e = edge(model={"uri": model.uri, "digest": model.digest, "access": access})
+    pod = daemonset(e, model=model)["spec"]["template"]["spec"]
+    fetch, server = pod["initContainers"][0], pod["containers"][0]
+    assert fetch["envFrom"] == [{"secretRef": {"name": "reader"}}]
+    assert {"name": "AWS_ENDPOINT_URL", "value": "https://s3.example"} in fetch["env"]
+    assert "envFrom" not in server
+    assert "--cache-keep=3" in fetch["args"]

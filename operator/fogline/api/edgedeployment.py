@@ -27,6 +27,7 @@ SiteState = Literal[
     "Pending", "Updating", "Ready", "Failed", "Skipped", "Paused", "Unreachable", "RolledBack"
 ]
 DisconnectedSites = Literal["Skip", "Wait"]
+Delivery = Literal["Fetch", "ImageVolume"]
 
 
 # --- spec ---------------------------------------------------------------------------------
@@ -40,6 +41,7 @@ class ModelSource:
     uri: str | None = None
     digest: str | None = None
     access: StoreAccess | None = None
+    delivery: Delivery = "Fetch"
 
 
 @dataclass(frozen=True)

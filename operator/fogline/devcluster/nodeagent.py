@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -624,6 +625,8 @@ class NodeAgent:
             elif claim := volume.get("persistentVolumeClaim"):
                 path = self.config.root / "pvc" / namespace / claim["claimName"]
                 path.mkdir(parents=True, exist_ok=True)
+            elif image := volume.get("image"):
+                path = self.pull_image_volume(image["reference"])
             elif "projected" in volume or "configMap" in volume or "secret" in volume:
                 path.mkdir(parents=True, exist_ok=True)
                 sources = (volume.get("projected") or {}).get("sources") or [volume]
@@ -633,9 +636,36 @@ class NodeAgent:
                 kind = next((k for k in volume if k != "name"), "?")
                 raise PodSpecError("CreateContainerConfigError", (
                     f"volume {name!r}: {kind} volumes do not run locally; use emptyDir, hostPath, "
-                    "persistentVolumeClaim, configMap, secret or projected"))  # fmt: skip
+                    "persistentVolumeClaim, configMap, secret, projected or image"))  # fmt: skip
             paths[name] = path
         return paths, token
+
+    def pull_image_volume(self, reference: str) -> Path:
+        """An image volume as the kubelet makes one: the OCI artifact pulled once into the
+        node's image folder (each layer a file, named by its title) and shared read-only.
+        Only a registry on loopback is reached, over plain HTTP: the dev cluster's own."""
+        import oras.provider
+
+        host = reference.split("/", 1)[0]
+        if not host.startswith(("127.0.0.1:", "localhost:")):
+            raise PodSpecError("ErrImagePull", f"image volume {reference!r}: only a registry "
+                               "on loopback (the dev cluster's) is reached locally")  # fmt: skip
+        folder = self.config.root / "images" / hashlib.sha256(reference.encode()).hexdigest()[:16]
+        if folder.is_dir():
+            return folder
+        partial = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        try:
+            oras.provider.Registry(host, insecure=True).pull(target=reference, outdir=str(partial))
+        except Exception as err:  # oras raises requests' and its own errors alike
+            shutil.rmtree(partial, ignore_errors=True)
+            raise PodSpecError("ErrImagePull", f"image volume {reference!r}: {err}") from err
+        for file in partial.rglob("*"):
+            if file.is_file():
+                file.chmod(0o444)
+        partial.rename(folder)
+        return folder
 
     def _project(self, pod: Mapping[str, Any], source: Mapping[str, Any], path: Path) -> str | None:
         meta = pod["metadata"]

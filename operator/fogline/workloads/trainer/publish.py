@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from fogline.api.digests import oci_tag
 from fogline.workloads.manifest import (
     MANIFEST_FILE,
     canonical_manifest_bytes,
@@ -124,7 +125,7 @@ def _publish_oci(folder: Path, uri: str, env: Mapping[str, str]) -> None:
         registry.login(
             env["FOGLINE_OCI_USERNAME"], env.get("FOGLINE_OCI_PASSWORD", ""), hostname=parts.netloc
         )
-    tag = f"{manifest.name}-{manifest.digest.removeprefix('sha256:')[:12]}"
+    tag = oci_tag(manifest.digest)
     with tempfile.TemporaryDirectory() as scratch:
         # The manifest layer carries the canonical bytes, so its blob digest is the artifact
         # digest whatever formatting the folder's copy has.
