@@ -2,9 +2,10 @@
 1. throughput of `fogline fetch` for a 200 MB artifact against `curl` of the same object
    (a presigned URL), both to disk; fetch's figure also covers the sha256 of every byte;
 2. resume: a fetch killed with SIGKILL at about half, then run again; the bytes fetched in
-   all against the artifact's size.
+   all against the artifact's size;
+3. a rollout to many nodes: the requests each node sends to the store, first and again.
 
-Run: python bench/bench_fetch.py [--megabytes N] [--repeats N]
+Run: python bench/bench_fetch.py [--megabytes N] [--repeats N] [--nodes N]
 """
 
 from __future__ import annotations
@@ -70,6 +71,13 @@ def timed_fetch(uri: str, digest: str, cache: Path, env: dict[str, str]) -> tupl
     return time.perf_counter() - started, transport.bytes_received
 
 
+def counted_fetch(uri: str, digest: str, cache: Path, env: dict[str, str]) -> int:
+    """The requests one node's fetch sends to the store."""
+    transport = HttpTransport(TransferPolicy())
+    fill_cache(lambda: resolve_source(uri, transport, env), digest, cache)
+    return transport.requests_sent
+
+
 def timed_curl(url: str, target: Path) -> float:
     started = time.perf_counter()
     subprocess.run(["curl", "-sSf", "-o", str(target), url], check=True, timeout=600)
@@ -80,6 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--megabytes", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--nodes", type=int, default=100, help="nodes of the simulated rollout")
     args = parser.parse_args()
     if shutil.which("curl") is None:
         sys.exit("error: curl is needed for the comparison (apt-get install curl)")
@@ -149,6 +158,28 @@ def main() -> None:
             print(
                 f"  bytes fetched in all / size     : {(first + second) / size:8.3f} (goal <= 1.05)"
             )
+
+            # A rollout of a new digest to many nodes: each asks for the manifest and each file
+            # once, and a node that already holds the digest asks for nothing.
+            files = {"model.onnx": os.urandom(100_000), "model.onnx.data": os.urandom(400_000)}
+            small: dict[str, object] = {**manifest, "files": {}}
+            listed: dict[str, object] = {}
+            for name, data in files.items():
+                writer.put_object(Bucket=endpoints.bucket, Key=f"r/{name}", Body=data)
+                listed[name] = {"sha256": hashlib.sha256(data).hexdigest(), "sizeBytes": len(data)}
+            small["files"] = listed
+            small["serving"] = {**manifest["serving"], "file": "model.onnx"}  # type: ignore[dict-item]
+            writer.put_object(
+                Bucket=endpoints.bucket, Key="r/manifest.json", Body=json.dumps(small)
+            )
+            small_uri, small_digest = f"s3://{endpoints.bucket}/r", manifest_digest(small)
+            first_pass = again = 0
+            for node in range(args.nodes):
+                first_pass += counted_fetch(small_uri, small_digest, root / f"node-{node}", env)
+                again += counted_fetch(small_uri, small_digest, root / f"node-{node}", env)
+            print(f"rollout to {args.nodes} nodes of a {len(files)}-file artifact:")
+            print(f"  requests to the store per node  : {first_pass / args.nodes:8.2f}")
+            print(f"  again, on a node holding it     : {again / args.nodes:8.2f}")
         finally:
             stores.down()
 

@@ -124,6 +124,7 @@ class HttpTransport:
         self.sleep = sleep
         self.deadline = clock() + policy.deadline_seconds
         self.bytes_received = 0
+        self.requests_sent = 0
         self._proxies = getproxies()
         tls: dict[str, Any] = {"ca_certs": policy.ca_bundle} if policy.ca_bundle else {}
         self._direct = urllib3.PoolManager(num_pools=4, **tls)
@@ -221,6 +222,7 @@ class HttpTransport:
             headers["Range"] = f"bytes={offset}-"
             if key in self._etags:
                 headers["If-Range"] = self._etags[key]
+        self.requests_sent += 1
         try:
             response = self._pool_for(url).request(
                 "GET",
