@@ -1,16 +1,23 @@
 """The one place that talks to the Kubernetes API for the controllers: server-side apply
 with Fogline's field manager, deletes, status patches of our CRs. Calls run in a worker
-thread so that kopf's event loop never blocks on the network."""
+thread so that kopf's event loop never blocks on the network, and every call has a
+connect and a read timeout, over sockets with TCP keepalive: a half-open connection or a
+frozen API server fails the call within seconds (the work queue retries it) instead of
+holding a worker thread, and the reconcile waiting on it, forever."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
+from kubernetes.utils.keepalive import tcp_keepalive_socket_options
+
+if TYPE_CHECKING:
+    from fogline.controllers.metrics import OperatorMetrics
 
 FIELD_MANAGER = "fogline"
 GROUP = "fogline.io"
@@ -34,13 +41,24 @@ _KINDS: dict[tuple[str, str], tuple[str, str, bool]] = {
 }
 
 
+# Seconds to connect, and to wait for an answer once connected. No request of ours is a
+# watch or a long list (those are kopf's), so 30 s of silence means the server is away.
+CONNECT_TIMEOUT = 5.0
+READ_TIMEOUT = 30.0
+# An idle connection is probed after 15 s and dropped after 3 unanswered probes 5 s apart.
+KEEPALIVE = {"idle": 15, "interval": 5, "count": 3}
+
+
 def load_api_client() -> client.ApiClient:
-    """In-cluster credentials when running in a pod, else the usual kubeconfig."""
+    """In-cluster credentials when running in a pod, else the usual kubeconfig; sockets
+    with TCP keepalive."""
+    configuration = client.Configuration()
     try:
-        config.load_incluster_config()
+        config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
-        config.load_kube_config()
-    return client.ApiClient()
+        config.load_kube_config(client_configuration=configuration)
+    configuration.socket_options = tcp_keepalive_socket_options(**KEEPALIVE)
+    return client.ApiClient(configuration)
 
 
 def _path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
@@ -60,17 +78,34 @@ def _path(api_version: str, kind: str, namespace: str | None, name: str | None =
 class KubeClient:
     """Async facade over the synchronous kubernetes client."""
 
-    def __init__(self, api: client.ApiClient | None = None) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient | None = None,
+        metrics: OperatorMetrics | None = None,
+        timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT),
+    ) -> None:
         self.api = api or load_api_client()
         self.calls = 0  # API requests made, for benchmarks and scale tests
-        self.metrics: Any = None  # OperatorMetrics, when the operator exposes them
+        self.metrics = metrics
+        self.timeout = timeout
 
     async def _call(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None,
                     content_type: str = "application/json") -> Any:  # fmt: skip
         self.calls += 1
         if self.metrics is not None:
-            self.metrics.api_requests += 1
-        return await asyncio.to_thread(self._request, method, path, body, query or [], content_type)
+            self.metrics.api_requests.inc()
+        try:
+            return await asyncio.to_thread(
+                self._request, method, path, body, query or [], content_type
+            )
+        except ApiException as err:
+            if self.metrics is not None:
+                self.metrics.api_errors.labels(str(err.status or 0)).inc()
+            raise
+        except Exception:
+            if self.metrics is not None:
+                self.metrics.api_errors.labels("0").inc()
+            raise
 
     def _request(
         self, method: str, path: str, body: Any, query: list[tuple[str, str]], content_type: str
@@ -83,7 +118,7 @@ class KubeClient:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = self.api.call_api(*serialized)
+        response = self.api.call_api(*serialized, _request_timeout=self.timeout)
         data = response.read()
         if not 200 <= response.status < 300:
             error = ApiException(status=response.status, reason=response.reason)
@@ -151,3 +186,33 @@ class KubeClient:
         result = await self._call("GET", _path(api_version, kind, namespace), query=query)
         items: list[dict[str, Any]] = result.get("items") or []
         return items
+
+
+def missing_peerings(api: client.ApiClient, name: str, namespaces: list[str]) -> list[str]:
+    """The kopf peering objects an operator with peering `name` needs and the cluster
+    lacks: the ClusterKopfPeering when it watches the whole cluster, else a KopfPeering in
+    each named namespace (globs cannot be checked and are skipped). A list, the verb kopf
+    itself uses on them, so that the check needs no extra RBAC."""
+    base = "/apis/kopf.dev/v1"
+    if not namespaces:
+        where = [(f"{base}/clusterkopfpeerings", f"ClusterKopfPeering {name!r}")]
+    else:
+        where = [(f"{base}/namespaces/{ns}/kopfpeerings", f"KopfPeering {name!r} in namespace {ns!r}")
+                 for ns in namespaces if not any(c in ns for c in "*?[!")]  # fmt: skip
+    missing = []
+    for path, what in where:
+        serialized = api.param_serialize(
+            "GET", path, query_params=[("fieldSelector", f"metadata.name={name}")],
+            header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
+        )  # fmt: skip
+        response = api.call_api(*serialized, _request_timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+        data = response.read()
+        if response.status == 404:
+            missing.append(f"{what} (the kopf.dev peering CRDs are not installed either)")
+        elif not 200 <= response.status < 300:
+            error = ApiException(status=response.status, reason=response.reason)
+            error.body = data.decode(errors="replace") if isinstance(data, bytes) else data
+            raise error
+        elif not (json.loads(data) if data else {}).get("items"):
+            missing.append(what)
+    return missing

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from fogline.edge.daemonsets import daemonset_name
 from tests.conftest import ClusterHandle, wait_for
 from tests.operator_process import OperatorProcess
 
@@ -251,9 +252,10 @@ def test_new_site_gets_the_current_digest_and_deleting_cleans_up(ed: Edges) -> N
 def test_drift_on_a_daemonset_is_corrected(ed: Edges) -> None:
     ed.create(edge("drift"))
     ed.wait_phase("drift", "Available")
-    ed.apps.patch_namespaced_daemon_set("drift-site-01", ed.namespace,
+    name = daemonset_name("drift", "site-01")
+    ed.apps.patch_namespaced_daemon_set(name, ed.namespace,
                                         {"spec": {"template": {"spec": {"containers": [{"name": "server", "image": "evil:1"}]}}}})  # fmt: skip
-    wait_for(lambda: ed.apps.read_namespaced_daemon_set("drift-site-01", ed.namespace).spec.template.spec.containers[0].image
+    wait_for(lambda: ed.apps.read_namespaced_daemon_set(name, ed.namespace).spec.template.spec.containers[0].image
              == "registry.example/fogline-server:test", what="the operator to restore the template")  # fmt: skip
 
 

@@ -160,7 +160,7 @@ def test_operator_exposes_its_reconciles_and_events_as_metrics(
     requests = next(
         line for line in text.splitlines() if line.startswith("fogline_api_requests_total")
     )
-    assert int(requests.split()[1]) > 0
+    assert float(requests.split()[1]) > 0
 
 
 def test_below_threshold_ends_failed_and_publishes_nothing(mt: Trainings) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 import pytest
 
 from fogline.rollout import (
+    PodObservation,
     RolloutMemory,
     RolloutPlan,
     RolloutPolicy,
@@ -114,6 +115,23 @@ def test_no_sites_is_pending() -> None:
     plan = plan_rollout([], RolloutPolicy(), RolloutMemory(), A, at(0))
     assert plan.phase == "Pending"
     assert plan.site_digests == {}
+
+
+def test_no_sites_completes_nothing_and_makes_nothing_stable() -> None:
+    memory = RolloutMemory()
+    for step in range(3):
+        plan = plan_rollout([], RolloutPolicy(), memory, A, at(step))
+        memory = plan.memory
+        assert "RolloutComplete" not in [e.reason for e in plan.events]
+    assert memory.stable_digest is None
+
+
+def test_pods_running_but_not_ready_after_completion_are_degraded() -> None:
+    sites = fleet(["s1", "s2"])
+    sites = with_node(sites, "s1-0", pod=PodObservation(A, ready=False))
+    plan = plan_rollout(sites, RolloutPolicy(), available(A, sites), A, at(0))
+    assert plan.phase == "Degraded"
+    assert "1 pod(s) not Ready" in (plan.message or "")
 
 
 def test_paused_at_creation_renders_nothing() -> None:

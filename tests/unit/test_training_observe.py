@@ -17,6 +17,7 @@ from fogline.training.observe import (
     TrainingObservation,
     observe_training,
     progress_from_pods,
+    regate,
 )
 
 pytestmark = pytest.mark.unit
@@ -539,3 +540,37 @@ def test_condition_time_is_kept_while_status_does_not_flip() -> None:
     assert condition(done, "Progressing")["lastTransitionTime"] == rfc3339(later)
     assert condition(done, "Succeeded")["lastTransitionTime"] == rfc3339(later)
     assert condition(done, "Scheduled")["lastTransitionTime"] == rfc3339(T0)
+
+
+# --- the gate, re-judged from the spec and the artifact's own metric -------------------------
+
+PUBLISHED = {
+    "phase": "Succeeded",
+    "jobName": "digits-0123abcd",
+    "conditions": [],
+    "artifact": {"uri": URI, "digest": DIGEST, "metric": {"name": "accuracy", "value": 0.93}},
+    "artifactDigestShort": DIGEST[7:19],
+}
+
+
+def test_a_raised_threshold_withdraws_the_artifact_even_without_the_job() -> None:
+    status, events = regate(training(threshold=0.95, status=PUBLISHED), {}, NOW)
+    assert status["artifact"] is None and status["artifactDigestShort"] is None
+    assert status["phase"] == "Failed"
+    succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
+    assert succeeded["status"] == "False" and succeeded["reason"] == "EvaluationBelowThreshold"
+    assert [e.reason for e in events] == ["ArtifactWithdrawn"]
+    assert "0.9300" in events[0].message and "0.95" in events[0].message
+
+
+def test_an_artifact_that_still_passes_the_gate_stays() -> None:
+    status, events = regate(training(threshold=0.9, status=PUBLISHED), {}, NOW)
+    assert status == {} and events == ()
+
+
+def test_a_new_run_keeps_the_last_good_artifact_only_while_it_passes() -> None:
+    running = {"phase": "Running", "observedGeneration": 4}
+    kept, _ = regate(training(threshold=0.9, status=PUBLISHED), running, NOW)
+    assert "artifact" not in kept  # the merge patch leaves it in place
+    withdrawn, _ = regate(training(threshold=0.99, status=PUBLISHED), running, NOW)
+    assert withdrawn["artifact"] is None and withdrawn["phase"] == "Running"

@@ -60,6 +60,31 @@ def peering_priority(value: str, identity: str) -> int:
         raise ValueError(f"--priority: expected a number or auto, got {value!r}") from err
 
 
+def _peering_problem(name: str, namespaces: list[str]) -> str | None:
+    """Why the operator cannot act with peering `name`, or None. kopf, asked for a peering
+    object that does not exist, waits for it forever and says so only at DEBUG level; we
+    say it at start, with the fix. The operator does not create the object itself, even
+    where it may: the peering is how replicas find each other, and a replica started with
+    a mistyped --peering would create a peering of its own and act beside the others."""
+    from kubernetes.client.rest import ApiException
+    from urllib3.exceptions import HTTPError
+
+    from fogline.kube import load_api_client, missing_peerings
+
+    try:
+        with load_api_client() as api:
+            missing = missing_peerings(api, name, namespaces)
+    except (ApiException, HTTPError, OSError) as err:
+        return f"cannot check the kopf peering object {name!r}: {err}"
+    if not missing:
+        return None
+    return (f"the kopf peering object {', '.join(missing)} does not exist, and without it the "
+            "operator would wait for ever; install the chart (helm install fogline "
+            "charts/fogline) or `kubectl apply -f manifests/install.yaml`, which create it, "
+            f"or create it yourself with --peering={name}, or run a single replica with "
+            "--standalone")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -81,6 +106,9 @@ def main(argv: list[str] | None = None) -> int:
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    if not args.standalone and (problem := _peering_problem(args.peering, args.namespace)):
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     asyncio.run(
         kopf.operator(
             clusterwide=not args.namespace,

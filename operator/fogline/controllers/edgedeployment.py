@@ -5,6 +5,7 @@ applies per-site DaemonSets, replaces the pods the plan names and patches status
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -16,15 +17,16 @@ import kopf
 from fogline.api.conditions import set_condition
 from fogline.api.edgedeployment import EdgeDeployment, validate_edgedeployment
 from fogline.api.errors import SpecError
+from fogline.api.status import status_patch
 from fogline.controllers.runtime import OperatorState, state_of, utcnow
 from fogline.edge.daemonsets import (
     COMPONENT_LABEL,
     EDGE_LABEL,
     MANAGED_BY,
-    SITE_LABEL,
     TEMPLATE_HASH_ANNOTATION,
     ModelRef,
     build_site_daemonset,
+    daemonset_name,
 )
 from fogline.edge.fleet import (
     MAINTENANCE_LABEL,
@@ -76,47 +78,33 @@ def edge_daemonsets(
     return {(namespace, labels.get(EDGE_LABEL)): body}
 
 
-def _remember_indexes(state: OperatorState, kwargs: Mapping[str, Any]) -> None:
-    # kopf's indexes are live views; the debounced reconcile runs outside any handler.
-    for name in INDEX_NAMES:
-        if name in kwargs:
-            state.indexes[name] = kwargs[name]
+def kick(state: OperatorState, namespace: str, name: str, delay: float | None = None) -> None:
+    state.enqueue(KIND, namespace, name, delay)
 
 
-def kick(state: OperatorState, namespace: str, name: str, delay: float = 0.2) -> None:
-    async def reconcile(ns: str, nm: str) -> None:
-        await reconcile_edge(state, ns, nm)
-
-    state.kick((KIND, namespace, name), reconcile, delay)
-
-
-async def reconcile_edge(state: OperatorState, namespace: str, name: str) -> None:
-    """One reconcile, run by a kick outside any kopf handler: a failure (a conflict, the API
-    server away) is logged and retried with back-off rather than lost with its task."""
-    async with state.lock(KIND, namespace, name):
-        owners = list(state.indexes["edges_by_name"].get((namespace, name), []))
-        if not owners:
-            return  # deleted: the garbage collector removes the DaemonSets
-        body = owners[0]
-        if body["metadata"].get("deletionTimestamp"):
-            return
-        key = (KIND, namespace, name)
-        try:
-            with state.metrics.reconciling(KIND):
-                await _reconcile(state, body, utcnow())
-        except Exception:
-            failures = state.failures.get(key, 0) + 1
-            state.failures[key] = failures
-            delay = min(60.0, 2.0**failures)
-            logger.exception(
-                "reconcile of %s/%s failed; retrying in %.0f s", namespace, name, delay
-            )
-            kick(state, namespace, name, delay=delay)
-        else:
-            state.failures.pop(key, None)
+async def reconcile_edge(state: OperatorState, namespace: str, name: str) -> float | None:
+    """One reconcile, run from the work queue: a failure (a conflict, the API server away)
+    raises, and the queue retries it with back-off. Returns when to look again."""
+    key = (KIND, namespace, name)
+    owners = list(state.indexes["edges_by_name"].get((namespace, name), []))
+    if not owners:
+        state.forget(key)  # deleted: the garbage collector removes the DaemonSets
+        return None
+    body = owners[0]
+    if body["metadata"].get("deletionTimestamp"):
+        return None
+    return await _reconcile(state, body)
 
 
-async def _reconcile(state: OperatorState, body: kopf.Body, now: datetime) -> None:
+CORRUPT_HELP = (
+    "reset it with `kubectl patch edgedeployment {name} -n {namespace} --subresource=status "
+    '--type=merge -p \'{{"status":{{"rollout":null}}}}\'` (the rollout then starts over '
+    "from what the sites run)"
+)
+
+
+async def _reconcile(state: OperatorState, body: kopf.Body) -> float | None:
+    now = utcnow()
     try:
         edge = EdgeDeployment.from_body(body)
         errors = validate_edgedeployment(edge.spec)
@@ -124,12 +112,20 @@ async def _reconcile(state: OperatorState, body: kopf.Body, now: datetime) -> No
         errors = [err]
     if errors:
         await _hold(state, body, "Failed", "InvalidSpec", "; ".join(str(e) for e in errors), now)
-        return
+        return None
     model = _resolve_model(state, edge)
     if isinstance(model, str):
         await _hold(state, body, "Pending", "ArtifactNotReady", model, now)
-        return
+        return None
+    try:
+        memory = RolloutMemory.from_dict(dict(edge.status.rollout) if edge.status.rollout else None)
+    except (ValueError, TypeError, KeyError, AttributeError) as err:
+        help_ = CORRUPT_HELP.format(name=edge.name, namespace=edge.namespace)
+        await _hold(state, body, "Failed", "CorruptRolloutMemory",
+                    f"status.rollout cannot be read ({err}); {help_}", now)  # fmt: skip
+        return None
     key = (edge.namespace, edge.name)
+    object_key = (KIND, edge.namespace, edge.name)
     # Index bodies are read in place: copying 500 nodes on every reconcile buys nothing.
     pods = list(state.indexes["edge_pods"].get(key, []))
     nodes = [node for bodies in state.indexes["edge_nodes"].values() for node in bodies]
@@ -145,7 +141,6 @@ async def _reconcile(state: OperatorState, body: kopf.Body, now: datetime) -> No
         disconnected=rollout.disconnected_sites,
         retry=rollout.retry,
     )
-    memory = RolloutMemory.from_dict(dict(edge.status.rollout) if edge.status.rollout else None)
     plan = plan_rollout(sites, policy, memory, model.digest, now)
 
     history_in = list((body.get("status") or {}).get("history") or [])
@@ -155,25 +150,27 @@ async def _reconcile(state: OperatorState, body: kopf.Body, now: datetime) -> No
     await _apply_daemonsets(state, body, edge, plan.site_digests, uris)
     if rollout.replace_in_place:
         await _replace_pods(state, edge, pods, plan.replace_pods_on)
+    # The calls above may have waited out an API outage: a wave this plan starts starts
+    # when its DaemonSets were written, not when the plan was made, or the outage would
+    # count against the wave's progress deadline.
+    written = utcnow()
+    if plan.memory.wave_started_at == now and written > now:
+        plan = dataclasses.replace(
+            plan, memory=dataclasses.replace(plan.memory, wave_started_at=written)
+        )
 
-    history = next_history(history_in, plan.memory.stable_digest, uris.get(plan.memory.stable_digest or "") or model.uri,
-                           edge.spec.revision_history_limit, now)  # fmt: skip
-    status = build_status(edge, plan, model.uri, history, now)
+    stable = plan.memory.stable_digest
+    history = next_history(history_in, stable, uris.get(stable or "") or model.uri,
+                           edge.spec.revision_history_limit, written)  # fmt: skip
+    status = build_status(edge, plan, model.uri, history, written)
     current = dict(body.get("status") or {})
-    if any(current.get(k) != v for k, v in status.items() if k != "rollout") or _rollout_changed(
-        current, status
-    ):
-        await state.kube.patch_status(KIND, edge.namespace, edge.name, status)
+    if patch := status_patch(current, status):
+        await state.kube.patch_status(KIND, edge.namespace, edge.name, patch)
     for event in plan.events:
-        state.post_event(body, type=event.type, reason=event.reason, message=event.message)
+        state.announce(object_key, body, event.type, event.reason, event.message)
     if plan.requeue_after is not None:
-        kick(state, edge.namespace, edge.name, delay=max(0.5, plan.requeue_after))
-
-
-def _rollout_changed(current: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
-    return json.dumps(current.get("rollout"), sort_keys=True) != json.dumps(
-        status.get("rollout"), sort_keys=True
-    )
+        return max(0.5, plan.requeue_after)
+    return None
 
 
 def _resolve_model(state: OperatorState, edge: EdgeDeployment) -> ModelRef | str:
@@ -200,19 +197,20 @@ async def _apply_daemonsets(
     uris: Mapping[str | None, str | None],
 ) -> None:  # fmt: skip
     existing = {
-        d["metadata"]["labels"].get(SITE_LABEL): d
+        d["metadata"]["name"]: d
         for d in state.indexes["edge_daemonsets"].get((edge.namespace, edge.name), [])
     }
+    generations = state.edge.applied_generations.setdefault((KIND, edge.namespace, edge.name), {})
     for site, digest in sorted(site_digests.items()):
         uri = uris.get(digest)
         if not uri:
             continue  # a digest whose location is forgotten cannot be served; the planner waits
         desired = build_site_daemonset(edge, site, ModelRef(uri=uri, digest=digest), state.settings)
-        current = existing.get(site[:63])
+        current = existing.get(desired["metadata"]["name"])
         wanted_hash = desired["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION]
         if current is not None:
             annotations = current["metadata"].get("annotations") or {}
-            applied = state.applied_generations.get((edge.namespace, desired["metadata"]["name"]))
+            applied = generations.get(desired["metadata"]["name"])
             generation = current["metadata"].get("generation")
             if annotations.get(TEMPLATE_HASH_ANNOTATION) == wanted_hash and applied in (
                 None,
@@ -221,14 +219,13 @@ async def _apply_daemonsets(
                 continue  # as we left it (someone else's edit bumps the generation: drift)
         kopf.adopt(desired, owner=body)
         result = await state.kube.apply(desired)
-        state.applied_generations[(edge.namespace, desired["metadata"]["name"])] = result[
-            "metadata"
-        ]["generation"]
-    for site, current in existing.items():
-        if site not in {s[:63] for s in site_digests}:
-            await state.kube.delete(
-                "apps/v1", "DaemonSet", edge.namespace, current["metadata"]["name"]
-            )
+        generations[desired["metadata"]["name"]] = result["metadata"]["generation"]
+    wanted = {daemonset_name(edge.name, site) for site in site_digests}
+    for name, current in existing.items():
+        # A site that left, or a DaemonSet named the way older versions named them.
+        if name not in wanted and not current["metadata"].get("deletionTimestamp"):
+            await state.kube.delete("apps/v1", "DaemonSet", edge.namespace, name)
+            generations.pop(name, None)
 
 
 async def _replace_pods(
@@ -258,9 +255,8 @@ async def _hold(
     await state.kube.patch_status(KIND, meta["namespace"], meta["name"], {
         "phase": phase, "observedGeneration": meta.get("generation"), "conditions": conditions, "message": message,
     })  # fmt: skip
-    state.post_event(
-        body, type="Warning" if phase == "Failed" else "Normal", reason=reason, message=message
-    )
+    state.announce((KIND, meta["namespace"], meta["name"]), body,
+                   "Warning" if phase == "Failed" else "Normal", reason, message)  # fmt: skip
 
 
 # -- triggers --------------------------------------------------------------------------------
@@ -271,8 +267,19 @@ async def _hold(
 @kopf.on.update(GROUP, VERSION, "edgedeployments", field="spec")
 async def edge_changed(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
     state = state_of(memo)
-    _remember_indexes(state, kwargs)
+    state.remember_indexes(kwargs)
     kick(state, namespace or "", name, delay=0)
+
+
+@kopf.on.event(GROUP, VERSION, "edgedeployments")
+async def edge_event(
+    namespace: str | None, name: str, type: str | None, memo: Any, **kwargs: Any
+) -> None:
+    """A deleted EdgeDeployment is reconciled once more, so that its memory is dropped."""
+    if type == "DELETED":
+        state = state_of(memo)
+        state.remember_indexes(kwargs)
+        kick(state, namespace or "", name)
 
 
 @kopf.on.event("", "v1", "pods", labels=EDGE_SELECTOR)
@@ -281,7 +288,7 @@ async def edge_child_changed(
     namespace: str | None, labels: Mapping[str, str], memo: Any, **kwargs: Any
 ) -> None:
     state = state_of(memo)
-    _remember_indexes(state, kwargs)
+    state.remember_indexes(kwargs)
     if owner := labels.get(EDGE_LABEL):
         kick(state, namespace or "", owner)
 
@@ -303,11 +310,14 @@ async def node_changed(
     name: str, body: kopf.Body, type: str | None, memo: Any, **kwargs: Any
 ) -> None:
     state = state_of(memo)
-    _remember_indexes(state, kwargs)
+    state.remember_indexes(kwargs)
     essence = _node_essence(body, type)
-    if state.node_essence.get(name) == essence:
+    if state.edge.node_essence.get(name) == essence:
         return
-    state.node_essence[name] = essence
+    if type == "DELETED":
+        state.edge.node_essence.pop(name, None)
+    else:
+        state.edge.node_essence[name] = essence
     edges: kopf.Index[Any, Any] = kwargs["edges_by_name"]
     for namespace, edge_name in list(edges.keys()):
         kick(state, namespace, edge_name, delay=0.5)
@@ -316,7 +326,7 @@ async def node_changed(
 @kopf.on.event(GROUP, VERSION, "modeltrainings")
 async def training_published(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
     state = state_of(memo)
-    _remember_indexes(state, kwargs)
+    state.remember_indexes(kwargs)
     followers: kopf.Index[Any, Any] = kwargs["edges_by_training"]
     for edge_name in followers.get((namespace, name), []):
         kick(state, namespace or "", edge_name)

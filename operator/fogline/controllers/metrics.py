@@ -1,23 +1,62 @@
-"""The operator's own Prometheus metrics: reconciles by kind and outcome, their duration,
-API requests and Events posted, served as text on a port of their own (kopf's liveness
-server cannot carry other routes)."""
+"""The operator's own Prometheus metrics, kept by prometheus_client in a registry of their
+own: reconciles by kind and outcome, their duration as a histogram, the work queue's depth,
+retries and waiting time, API requests, Events posted, and the process's own metrics (CPU,
+memory, open files). Served on a port of their own: kopf's liveness server cannot carry
+other routes."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
-from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+    start_http_server,
+)
+
+RECONCILE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
-@dataclass
 class OperatorMetrics:
-    reconciles: Counter[tuple[str, str]] = field(default_factory=Counter)
-    reconcile_seconds: dict[str, float] = field(default_factory=dict)
-    events: Counter[tuple[str, str]] = field(default_factory=Counter)
-    api_requests: int = 0
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        r = self.registry
+        self.reconciles = Counter("fogline_reconciles", "Reconciles run, by kind and outcome.",
+                                  ["kind", "result"], registry=r)  # fmt: skip
+        self.reconcile_duration = Histogram(
+            "fogline_reconcile_duration_seconds", "Time one reconcile took, by kind.", ["kind"],
+            buckets=RECONCILE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.events = Counter("fogline_events", "Kubernetes Events posted, by type and reason.",
+                              ["type", "reason"], registry=r)  # fmt: skip
+        self.api_requests = Counter(
+            "fogline_api_requests", "Requests the controllers sent to the API server.", registry=r
+        )
+        self.api_errors = Counter("fogline_api_errors",
+                                  "API requests that failed, by HTTP status (0: no answer).",
+                                  ["status"], registry=r)  # fmt: skip
+        self.depth = Gauge("fogline_workqueue_depth", "Keys waiting in the work queue, by kind.",
+                           ["kind"], registry=r)  # fmt: skip
+        self.retries = Counter("fogline_workqueue_retries",
+                               "Failed reconciles put back with back-off, by kind.", ["kind"],
+                               registry=r)  # fmt: skip
+        self.queue_wait = Histogram(
+            "fogline_workqueue_queue_duration_seconds",
+            "Time a key waited in the work queue before its reconcile started, by kind.",
+            ["kind"], buckets=RECONCILE_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.tracked = Gauge("fogline_tracked_objects",
+                             "Objects the operator keeps per-object memory of.", registry=r)  # fmt: skip
 
     @contextlib.contextmanager
     def reconciling(self, kind: str) -> Iterator[None]:
@@ -28,62 +67,24 @@ class OperatorMetrics:
             yield
             result = "ok"
         finally:
-            self.reconciles[(kind, result)] += 1
-            self.reconcile_seconds[kind] = (
-                self.reconcile_seconds.get(kind, 0.0) + time.monotonic() - started
-            )
+            self.reconciles.labels(kind, result).inc()
+            self.reconcile_duration.labels(kind).observe(time.monotonic() - started)
+
+    # The work queue's reports (fogline.controllers.workqueue.QueueMetrics).
+    def queue_depth(self, kind: str, depth: int) -> None:
+        self.depth.labels(kind).set(depth)
+
+    def queue_retry(self, kind: str) -> None:
+        self.retries.labels(kind).inc()
+
+    def queue_latency(self, kind: str, seconds: float) -> None:
+        self.queue_wait.labels(kind).observe(seconds)
 
     def render(self) -> str:
-        lines = [
-            "# HELP fogline_reconciles_total Reconciles run, by kind and outcome.",
-            "# TYPE fogline_reconciles_total counter",
-        ]
-        lines += [
-            f'fogline_reconciles_total{{kind="{kind}",result="{result}"}} {count}'
-            for (kind, result), count in sorted(self.reconciles.items())
-        ]
-        lines += [
-            "# HELP fogline_reconcile_seconds_total Time spent reconciling, by kind.",
-            "# TYPE fogline_reconcile_seconds_total counter",
-        ]
-        lines += [
-            f'fogline_reconcile_seconds_total{{kind="{kind}"}} {seconds:.6f}'
-            for kind, seconds in sorted(self.reconcile_seconds.items())
-        ]
-        lines += [
-            "# HELP fogline_events_total Kubernetes Events posted, by type and reason.",
-            "# TYPE fogline_events_total counter",
-        ]
-        lines += [
-            f'fogline_events_total{{type="{type_}",reason="{reason}"}} {count}'
-            for (type_, reason), count in sorted(self.events.items())
-        ]
-        lines += [
-            "# HELP fogline_api_requests_total Requests the controllers sent to the API server.",
-            "# TYPE fogline_api_requests_total counter",
-            f"fogline_api_requests_total {self.api_requests}",
-        ]
-        return "\n".join(lines) + "\n"
+        return generate_latest(self.registry).decode()
 
 
-async def serve_metrics(metrics: OperatorMetrics, host: str, port: int) -> asyncio.Server:
-    """A minimal HTTP/1.0 responder for GET /metrics (anything else is 404)."""
-
-    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            request = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5)
-            path = request.split(b" ", 2)[1] if request.count(b" ") >= 2 else b""
-            if path == b"/metrics":
-                body, status = metrics.render().encode(), b"200 OK"
-                kind = b"text/plain; version=0.0.4"
-            else:
-                body, status, kind = b"not found\n", b"404 Not Found", b"text/plain"
-            writer.write(b"HTTP/1.0 " + status + b"\r\nContent-Type: " + kind
-                         + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)  # fmt: skip
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError):
-            pass  # a scraper that hung up or sent garbage gets nothing
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(answer, host, port)
+def serve_metrics(metrics: OperatorMetrics, host: str, port: int) -> WSGIServer:
+    """prometheus_client's own HTTP server, on a thread of its own; `shutdown()` stops it."""
+    server, _thread = start_http_server(port, addr=host, registry=metrics.registry)
+    return server

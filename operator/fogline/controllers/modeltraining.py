@@ -1,6 +1,7 @@
 """ModelTraining handlers: a CR becomes a training Job (and its Service and trainer RBAC);
 the Job and its pods become the CR's status. Every trigger (the CR, its Job, its pods, a
-restart) runs the same level-triggered reconcile. No timers: they would make kopf put a
+restart) puts the training's key in the work queue, which runs the same level-triggered
+reconcile and retries it when it fails. No timers: they would make kopf put a
 finalizer on every CR, and a CR must stay deletable while the operator is down."""
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import kopf
 
 from fogline.api.errors import SpecError
 from fogline.api.modeltraining import ModelTraining, validate_modeltraining
+from fogline.api.status import status_patch
 from fogline.controllers.runtime import OperatorState, state_of, utcnow
 from fogline.kube import GROUP, VERSION
 from fogline.training.jobs import (
@@ -23,7 +25,7 @@ from fogline.training.jobs import (
     build_training_job,
     plan_run,
 )
-from fogline.training.observe import TERMINAL_PHASES, observe_training
+from fogline.training.observe import TERMINAL_PHASES, observe_training, regate
 
 TRAINER_SELECTOR = {**MANAGED_BY, COMPONENT_LABEL: "trainer"}
 
@@ -49,18 +51,27 @@ def training_pods(
     return {(namespace, labels[TRAINING_LABEL]): body}
 
 
-async def reconcile_training(
-    body: kopf.Body,
-    state: OperatorState,
-    jobs: kopf.Index[Any, Any],
-    pods: kopf.Index[Any, Any],
-) -> None:
-    namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+KIND = "ModelTraining"
+# Keys of one run: a new run (or a Job that is gone) must not show the last run's times.
+RUN_KEYS = ("startTime", "completionTime", "progress")
+
+
+async def reconcile_training(state: OperatorState, namespace: str, name: str) -> float | None:
+    """One reconcile, run from the work queue: a failure (a conflict, the API server away,
+    a status patch refused) raises, and the queue retries it with back-off."""
+    key = (KIND, namespace, name)
+    owners = list(state.indexes["trainings_by_name"].get((namespace, name), []))
+    if not owners:
+        # Deleted: the garbage collector removes the children; we forget the object.
+        used = any(ns == namespace for ns, _ in state.indexes["trainings_by_name"])
+        state.training.forget(key, namespace_still_used=used)
+        state.forget(key)
+        return None
+    body = owners[0]
     if body["metadata"].get("deletionTimestamp"):
-        return  # the garbage collector removes the children; nothing to reconcile
-    async with state.lock("ModelTraining", namespace, name):
-        with state.metrics.reconciling("ModelTraining"):
-            await _reconcile(body, state, jobs, pods)
+        return None
+    await _reconcile(body, state, state.indexes["training_jobs"], state.indexes["training_pods"])
+    return None
 
 
 async def _reconcile(
@@ -69,7 +80,6 @@ async def _reconcile(
     jobs: kopf.Index[Any, Any],
     pods: kopf.Index[Any, Any],
 ) -> None:
-    now = utcnow()
     try:
         training = ModelTraining.from_body(body)
         errors = validate_modeltraining(training.spec)
@@ -80,19 +90,16 @@ async def _reconcile(
         return
     run = plan_run(training)
     key = (training.namespace, training.name)
+    object_key = (KIND, training.namespace, training.name)
     own_jobs = {j["metadata"]["name"]: j for j in jobs.get(key, [])}
     job = own_jobs.get(run.job_name)
 
     # Runs of an older spec are superseded: stop them (their artifacts stay where they are).
-    for old in own_jobs:
-        if old != run.job_name:
+    for old, old_job in own_jobs.items():
+        if old != run.job_name and not old_job["metadata"].get("deletionTimestamp"):
             await state.kube.delete("batch/v1", "Job", training.namespace, old)
-            state.post_event(
-                body,
-                type="Normal",
-                reason="RunSuperseded",
-                message=f"spec changed; Job {old} deleted",
-            )
+            state.announce(object_key, body, "Normal", "RunSuperseded",
+                           f"spec changed; Job {old} deleted")  # fmt: skip
 
     finished = training.status.job_name == run.job_name and training.status.phase in TERMINAL_PHASES
     if job is None and not finished:
@@ -100,20 +107,25 @@ async def _reconcile(
         return  # the Job's own event brings us back with it in the index
     if job is not None:
         await _sync_suspend(training, job, state)
-    if job is None:
-        return  # finished and cleaned up by ttlSecondsAfterFinished: the status stands
-    run_pods = [
-        p for p in pods.get(key, []) if p["metadata"]["labels"].get("job-name") == run.job_name
-    ]
-    observation = observe_training(training, run, job, run_pods, now)
     current = dict(body.get("status") or {})
-    if any(current.get(k) != v for k, v in observation.status.items()):
-        await state.kube.patch_status(
-            "ModelTraining", training.namespace, training.name, observation.status
-        )
-    for event in observation.events:
-        if state.should_announce("ModelTraining", training.namespace, training.name, event.reason):
-            state.post_event(body, type=event.type, reason=event.reason, message=event.message)
+    if job is None:
+        # Finished and cleaned up by ttlSecondsAfterFinished: the run's status stands,
+        # but the gate is the spec's, now: a raised threshold withdraws the artifact.
+        desired, events = regate(training, {}, utcnow())
+        removable: tuple[str, ...] = ()
+    else:
+        run_pods = [
+            p for p in pods.get(key, []) if p["metadata"]["labels"].get("job-name") == run.job_name
+        ]
+        # `now` is read after the API calls above: they may have waited out an outage.
+        now = utcnow()
+        observation = observe_training(training, run, job, run_pods, now)
+        desired, withdrawn = regate(training, observation.status, now)
+        removable, events = RUN_KEYS, (*observation.events, *withdrawn)
+    if patch := status_patch(current, desired, removable):
+        await state.kube.patch_status(KIND, training.namespace, training.name, patch)
+    for event in events:
+        state.announce(object_key, body, event.type, event.reason, event.message)
 
 
 async def _create_run(body: kopf.Body, training: ModelTraining, state: OperatorState) -> None:
@@ -121,11 +133,11 @@ async def _create_run(body: kopf.Body, training: ModelTraining, state: OperatorS
     run = plan_run(training)
     # Many trainings can arrive in one namespace at once: one of them grants the RBAC,
     # the others wait for it instead of applying the same three objects again.
-    async with state.lock("TrainerRBAC", training.namespace, ""):
-        if training.namespace not in state.rbac_ready:
+    async with state.training.rbac_lock:
+        if training.namespace not in state.training.rbac_ready:
             for obj in build_trainer_rbac(training.namespace, settings):
                 await state.kube.apply(obj)
-            state.rbac_ready.add(training.namespace)
+            state.training.rbac_ready.add(training.namespace)
     if training.spec.distributed.is_distributed:
         service = build_rendezvous_service(training, run)
         kopf.adopt(service, owner=body)
@@ -138,13 +150,14 @@ async def _create_run(body: kopf.Body, training: ModelTraining, state: OperatorS
         if training.spec.queue_name
         else ("Suspended" if training.spec.run_policy.suspend else "Pending")
     )
-    status = {"phase": phase, "observedGeneration": training.generation, "jobName": run.job_name}
-    await state.kube.patch_status("ModelTraining", training.namespace, training.name, status)
+    # A new run: the last run's times and progress no longer apply.
+    status = {"phase": phase, "observedGeneration": training.generation, "jobName": run.job_name,
+              **dict.fromkeys(RUN_KEYS)}  # fmt: skip
+    patch = status_patch(dict(body.get("status") or {}), status)
+    await state.kube.patch_status(KIND, training.namespace, training.name, patch)
     where = f" in queue {training.spec.queue_name!r}" if training.spec.queue_name else ""
-    state.should_announce("ModelTraining", training.namespace, training.name, "JobCreated")
-    state.post_event(
-        body, type="Normal", reason="JobCreated", message=f"created Job {run.job_name}{where}"
-    )
+    state.announce((KIND, training.namespace, training.name), body, "Normal", "JobCreated",
+                   f"created Job {run.job_name}{where}")  # fmt: skip
 
 
 async def _sync_suspend(
@@ -173,25 +186,33 @@ async def _report_invalid(body: kopf.Body, state: OperatorState, errors: list[Sp
 
     conditions = set_condition(status.get("conditions"), "Succeeded", False, "InvalidSpec", message,
                                meta.get("generation"), utcnow())  # fmt: skip
-    await state.kube.patch_status("ModelTraining", meta["namespace"], meta["name"], {
+    await state.kube.patch_status(KIND, meta["namespace"], meta["name"], {
         "phase": "Failed", "observedGeneration": meta.get("generation"), "conditions": conditions,
     })  # fmt: skip
-    state.post_event(body, type="Warning", reason="InvalidSpec", message=message)
+    state.announce((KIND, meta["namespace"], meta["name"]), body, "Warning", "InvalidSpec", message)
 
 
 # -- triggers --------------------------------------------------------------------------------
 
 
-def _indexes(kwargs: Mapping[str, Any]) -> tuple[kopf.Index[Any, Any], kopf.Index[Any, Any]]:
-    # kopf passes each index as a keyword named after its function.
-    return kwargs["training_jobs"], kwargs["training_pods"]
-
-
 @kopf.on.resume(GROUP, VERSION, "modeltrainings")
 @kopf.on.create(GROUP, VERSION, "modeltrainings")
 @kopf.on.update(GROUP, VERSION, "modeltrainings", field="spec")
-async def training_changed(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
-    await reconcile_training(body, state_of(memo), *_indexes(kwargs))
+async def training_changed(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
+    state = state_of(memo)
+    state.remember_indexes(kwargs)
+    state.enqueue(KIND, namespace or "", name, delay=0)
+
+
+@kopf.on.event(GROUP, VERSION, "modeltrainings")
+async def training_event(
+    namespace: str | None, name: str, type: str | None, memo: Any, **kwargs: Any
+) -> None:
+    """A deleted training is reconciled once more, so that its memory is dropped."""
+    if type == "DELETED":
+        state = state_of(memo)
+        state.remember_indexes(kwargs)
+        state.enqueue(KIND, namespace or "", name)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=TRAINER_SELECTOR)
@@ -199,6 +220,9 @@ async def training_changed(body: kopf.Body, memo: Any, **kwargs: Any) -> None:
 async def training_child_changed(
     namespace: str | None, labels: Mapping[str, str], memo: Any, **kwargs: Any
 ) -> None:
+    state = state_of(memo)
+    state.remember_indexes(kwargs)
     owners: kopf.Index[Any, Any] = kwargs["trainings_by_name"]
-    for owner in owners.get((namespace, labels.get(TRAINING_LABEL, "")), []):
-        await reconcile_training(owner, state_of(memo), *_indexes(kwargs))
+    owner = labels.get(TRAINING_LABEL, "")
+    if (namespace, owner) in owners:
+        state.enqueue(KIND, namespace or "", owner)

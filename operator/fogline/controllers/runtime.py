@@ -1,84 +1,110 @@
 """Operator start-up: kopf settings (finalizers, peering so that two replicas never both
-act, posting), Fogline's own settings and the shared API client, kept in kopf's memo."""
+act, watch timeouts, posting), Fogline's own settings, the shared API client and the one
+work queue both controllers reconcile through, kept in kopf's memo."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from wsgiref.simple_server import WSGIServer
 
 import kopf
 
+from fogline.controllers.announcer import Announcer
 from fogline.controllers.metrics import OperatorMetrics, serve_metrics
+from fogline.controllers.workqueue import Key, WorkQueue
 from fogline.kube import KubeClient
 from fogline.settings import OperatorSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingCache:
+    """What the ModelTraining controller remembers between reconciles."""
+
+    # Namespaces whose trainer RBAC we applied; dropped when the last training of a
+    # namespace goes (deleting a namespace deletes its trainings first), so a recreated
+    # namespace gets its RBAC again.
+    rbac_ready: set[str] = field(default_factory=set)
+    # Many trainings can arrive in one namespace at once: one grants the RBAC, the others
+    # wait for it instead of applying the same three objects again.
+    rbac_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def forget(self, key: Key, namespace_still_used: bool) -> None:
+        if not namespace_still_used:
+            self.rbac_ready.discard(key[1])
+
+
+@dataclass
+class EdgeCache:
+    """What the EdgeDeployment controller remembers between reconciles."""
+
+    # DaemonSet generations as our last apply left them, per EdgeDeployment: a different
+    # one means someone else edited the DaemonSet (drift).
+    applied_generations: dict[Key, dict[str, int]] = field(default_factory=dict)
+    # What of each node matters to rollouts, so that heartbeats wake nothing.
+    node_essence: dict[str, str] = field(default_factory=dict)
+
+    def forget(self, key: Key) -> None:
+        self.applied_generations.pop(key, None)
+
+
+Reconciler = Callable[["OperatorState", str, str], Awaitable[float | None]]
 
 
 @dataclass
 class OperatorState:
-    """What every handler shares, stored in kopf's memo under `fogline`."""
+    """What every handler shares, stored in kopf's memo under `fogline`: each part has one
+    job (the queue schedules, the announcer posts Events once, the caches remember)."""
 
     settings: OperatorSettings
     kube: KubeClient
-    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
-    locks: dict[tuple[str, str, str], asyncio.Lock] = field(default_factory=dict)
-    rbac_ready: set[str] = field(default_factory=set)
-    # The last Event reason posted per object: bodies in kopf's indexes can lag behind our
-    # own status patches, and a transition must be announced once, not once per lag.
-    announced: dict[tuple[str, str, str], str] = field(default_factory=dict)
-
-    def should_announce(self, kind: str, namespace: str, name: str, reason: str) -> bool:
-        key = (kind, namespace, name)
-        if self.announced.get(key) == reason:
-            return False
-        self.announced[key] = reason
-        return True
-
-    # Debounced reconciles: many events about one object become one reconcile.
-    pending: dict[tuple[str, str, str], asyncio.TimerHandle] = field(default_factory=dict)
+    metrics: OperatorMetrics
+    announcer: Announcer
+    queue: WorkQueue = field(init=False)
+    reconcilers: dict[str, Reconciler] = field(default_factory=dict)
+    # kopf's indexes are live views; reconciles run from the queue, outside any handler,
+    # so handlers leave them here.
     indexes: dict[str, Any] = field(default_factory=dict)
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    # DaemonSet generations as our last apply left them: a different one means drift.
-    applied_generations: dict[tuple[str, str], int] = field(default_factory=dict)
-    node_essence: dict[str, str] = field(default_factory=dict)
-    failures: dict[tuple[str, str, str], int] = field(default_factory=dict)
+    training: TrainingCache = field(default_factory=TrainingCache)
+    edge: EdgeCache = field(default_factory=EdgeCache)
 
-    def kick(
-        self,
-        key: tuple[str, str, str],
-        reconcile: Callable[[str, str], Coroutine[Any, Any, None]],
-        delay: float = 0.2,
-    ) -> None:
-        """Reconcile `key` after `delay` seconds; an earlier pending kick wins, so a burst
-        of events costs one reconcile. `reconcile(namespace, name)` reads fresh state."""
-        loop = asyncio.get_running_loop()
-        due = loop.time() + delay
-        existing = self.pending.get(key)
-        if existing is not None and not existing.cancelled() and existing.when() <= due:
-            return
-        if existing is not None:
-            existing.cancel()
+    def __post_init__(self) -> None:
+        self.queue = WorkQueue(self._dispatch, metrics=self.metrics)
 
-        def fire() -> None:
-            self.pending.pop(key, None)
-            task: asyncio.Task[None] = loop.create_task(reconcile(key[1], key[2]))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+    async def _dispatch(self, key: Key) -> float | None:
+        kind, namespace, name = key
+        with self.metrics.reconciling(kind):
+            return await self.reconcilers[kind](self, namespace, name)
 
-        self.pending[key] = loop.call_later(max(0.0, delay), fire)
+    def enqueue(self, kind: str, namespace: str, name: str, delay: float | None = None) -> None:
+        self.queue.add((kind, namespace, name), delay)
 
-    def post_event(self, body: kopf.Body, type: str, reason: str, message: str) -> None:
-        """An Event on the object, counted in the operator's metrics."""
-        self.metrics.events[(type, reason)] += 1
-        kopf.event(body, type=type, reason=reason, message=message)
+    def remember_indexes(self, kwargs: dict[str, Any]) -> None:
+        for name, value in kwargs.items():
+            if isinstance(value, kopf.Index):
+                self.indexes[name] = value
 
-    def lock(self, kind: str, namespace: str, name: str) -> asyncio.Lock:
-        """One reconcile at a time per object, whichever event triggered it."""
-        return self.locks.setdefault((kind, namespace, name), asyncio.Lock())
+    def forget(self, key: Key) -> None:
+        """The object is gone: drop every per-object memory of it."""
+        self.queue.forget(key)
+        self.announcer.forget(key)
+        self.edge.forget(key)
+        self.metrics.tracked.set(self.tracked())
+
+    def tracked(self) -> int:
+        """How many objects the operator holds memory of (nodes not counted: they are the
+        fleet, not objects that come and go with CRs)."""
+        return self.queue.tracked() + self.announcer.tracked() + len(self.edge.applied_generations)
+
+    def announce(self, key: Key, body: kopf.Body, type: str, reason: str, message: str) -> None:
+        self.announcer.announce(key, body, type, reason, message)
 
 
 def utcnow() -> datetime:
@@ -101,18 +127,38 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.posting.level = logging.WARNING
     # How long a silent replica still counts as alive; a standby takes over after that.
     settings.peering.lifetime = int(os.environ.get("FOGLINE_PEERING_LIFETIME", "60"))
+    # No watch waits forever: the server ends each after 5 min and kopf reopens it from
+    # its resourceVersion; a stream silent for 70 s (not even a bookmark, which the server
+    # sends every minute) is cut and reopened (kopf's inactivity timeout); the client ends
+    # any after 6 min; a connection not made within 10 s is retried.
     settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 360
+    settings.watching.connect_timeout = 10
+    settings.watching.reconnect_backoff = 1.0
+    # kopf's own calls (patches of its annotations, Events) are cut after 30 s too.
+    settings.networking.request_timeout = 30
+    settings.networking.connect_timeout = 10
     settings.batching.error_delays = [1, 2, 5, 10, 30]
-    state = OperatorState(settings=OperatorSettings.from_env(), kube=KubeClient())
-    state.kube.metrics = state.metrics
+    metrics = OperatorMetrics()
+    kube = KubeClient(metrics=metrics)
+    state = OperatorState(
+        settings=OperatorSettings.from_env(), kube=kube, metrics=metrics,
+        announcer=Announcer(metrics),
+    )  # fmt: skip
+    from fogline.controllers.edgedeployment import reconcile_edge
+    from fogline.controllers.modeltraining import reconcile_training
+
+    state.reconcilers = {"ModelTraining": reconcile_training, "EdgeDeployment": reconcile_edge}
     memo.fogline = state
     if port := os.environ.get("FOGLINE_METRICS_PORT"):
-        memo.metrics_server = await serve_metrics(state.metrics, "0.0.0.0", int(port))
+        memo.metrics_server = serve_metrics(metrics, "0.0.0.0", int(port))
 
 
 @kopf.on.cleanup()
-async def stop_metrics(memo: kopf.Memo, **_: Any) -> None:
-    server = getattr(memo, "metrics_server", None)
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    state = getattr(memo, "fogline", None)
+    if state is not None:
+        await state.queue.close()
+    server: WSGIServer | None = getattr(memo, "metrics_server", None)
     if server is not None:
-        server.close()
-        await server.wait_closed()
+        server.shutdown()

@@ -40,14 +40,13 @@ class ModelRef:
 
 
 def daemonset_name(edge_name: str, site: str) -> str:
-    """A DNS-1123 name for a site's DaemonSet. A site label value may hold characters a name
-    cannot (`Berlin_1`): those become '-', and a hash of the original keeps names distinct."""
+    """A DNS-1123 name for a site's DaemonSet, distinct for every (EdgeDeployment, site):
+    `{edge}-{site}` alone is ambiguous (ED `e` on site `s-x` and ED `e-s` on site `x`), and a
+    site label value may hold characters a name cannot (`Berlin_1`, which become '-'), so a
+    hash of the pair always ends the name."""
     clean = re.sub(r"[^a-z0-9-]+", "-", site.lower()).strip("-") or "site"
-    name = f"{edge_name}-{clean}"
-    if clean == site and len(name) <= 63:
-        return name
     suffix = hashlib.sha256(f"{edge_name}/{site}".encode()).hexdigest()[:8]
-    return f"{name[:54].rstrip('-')}-{suffix}"
+    return f"{f'{edge_name}-{clean}'[:54].rstrip('-')}-{suffix}"
 
 
 def edge_labels(edge: EdgeDeployment, site: str) -> dict[str, str]:

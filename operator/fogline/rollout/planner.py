@@ -473,8 +473,9 @@ class _Work:
         ]
         if not pending:
             # A digest that no site has run yet is not proven: with every remaining site
-            # unreachable or held, wait for one instead of calling it stable.
-            if self.completed or not self.sites:
+            # unreachable or held, or no site at all, wait for one instead of calling it
+            # stable (a rollout to no node is no revision and no RolloutComplete).
+            if self.completed:
                 self.complete()
             return False
         if self.next_wave_not_before is not None and self.now < self.next_wave_not_before:
@@ -696,6 +697,16 @@ class _Work:
         )
         if failing:
             problems.append(f"{failing} pod(s) failing")
+        # Running but not Ready (a probe that fails, a model that stopped answering): the
+        # rollout is done, but these nodes do not serve.
+        unready = sum(
+            1
+            for s in unheld
+            for n in s.nodes
+            if n.ready and n.pod is not None and n.pod.failure is None and not n.pod.ready
+        )
+        if unready:
+            problems.append(f"{unready} pod(s) not Ready")
         if problems:
             return "Degraded", "; ".join(problems)
         return "Available", f"{short_digest(self.target)} on every reachable site"

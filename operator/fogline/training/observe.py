@@ -273,3 +273,40 @@ def observe_training(
     kind = "Warning" if phase == "Failed" or verdict.reason == "Unschedulable" else "Normal"
     events = [TrainingEvent(kind, verdict.reason, verdict.message)]
     return TrainingObservation(status=status, events=tuple(events), phase=phase)
+
+
+def regate(
+    training: ModelTraining, desired: Mapping[str, Any], now: datetime
+) -> tuple[dict[str, Any], tuple[TrainingEvent, ...]]:
+    """The gate as a pure function of the spec and the artifact's own metric, whether or
+    not the run's Job still exists: an artifact that no longer passes spec.evaluation (the
+    threshold was raised, the metric changed) is withdrawn from status.artifact, with a
+    Warning. EdgeDeployments that follow the training then hold: they stop any rollout
+    toward it and keep serving the digest they serve (see the README)."""
+    previous = training.status.to_dict()
+    artifact = desired["artifact"] if "artifact" in desired else previous.get("artifact")
+    if not artifact:
+        return dict(desired), ()
+    gate = training.spec.evaluation
+    metric = artifact.get("metric") or {}
+    value = metric.get("value") if metric.get("name") == gate.metric else None
+    if isinstance(value, int | float) and gate.passes(float(value)):
+        return dict(desired), ()
+    measured = (
+        f"{gate.metric} {float(value):.4f}"
+        if isinstance(value, int | float)
+        else f"no {gate.metric}"
+    )
+    digest = str(artifact.get("digest") or "")
+    message = (f"artifact {short_digest(digest) if is_digest(digest) else digest!r} has {measured}, "
+               f"below spec.evaluation.threshold {gate.threshold}; it is withdrawn from "
+               "status.artifact")  # fmt: skip
+    status: dict[str, Any] = {**desired, "artifact": None, "artifactDigestShort": None}
+    phase = desired.get("phase", previous.get("phase"))
+    if phase == "Succeeded":
+        conditions = desired.get("conditions", previous.get("conditions"))
+        conditions = set_condition(conditions, "Succeeded", False, "EvaluationBelowThreshold",
+                                   message, training.generation, now)  # fmt: skip
+        status.update(phase="Failed", conditions=conditions,
+                      observedGeneration=training.generation)  # fmt: skip
+    return status, (TrainingEvent("Warning", "ArtifactWithdrawn", message),)
