@@ -76,6 +76,13 @@ class OperatorProcess:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=10)
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill would end it: no clean-up runs."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
     def restart(self) -> None:
         self.stop()
         self.start()

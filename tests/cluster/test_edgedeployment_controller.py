@@ -42,6 +42,7 @@ class Edges:
         self.custom = client.CustomObjectsApi(cluster.api)
         self.core = client.CoreV1Api(cluster.api)
         self.apps = client.AppsV1Api(cluster.api)
+        self.batch = client.BatchV1Api(cluster.api)
 
     def create(self, body: dict[str, Any]) -> None:
         self.custom.create_namespaced_custom_object(
@@ -117,7 +118,9 @@ def test_fresh_deployment_serves_on_every_selected_site(ed: Edges) -> None:
         ]
         assert pod.spec.containers[0].readiness_probe.http_get.path == "/v2/health/ready"
     daemonsets = ed.apps.list_namespaced_daemon_set(ed.namespace).items
-    assert sorted(d.metadata.name for d in daemonsets) == [f"fresh-{s}" for s in SITES]
+    assert sorted(d.metadata.name for d in daemonsets) == sorted(
+        daemonset_name("fresh", s) for s in SITES
+    )
     assert all(d.spec.update_strategy.type == "OnDelete" for d in daemonsets)
 
 
@@ -293,3 +296,54 @@ def test_from_training_rolls_out_the_artifact_that_passed_the_gate(ed: Edges) ->
     assert status["currentDigest"] == NEWER
     assert status["targetUri"] == "file:///var/lib/fogline/artifacts/digits/r1"
     assert {p.metadata.annotations["fogline.io/model-digest"] for p in ed.pods("follow")} == {NEWER}
+    # The gate is the spec's, even once the Job is gone (as ttlSecondsAfterFinished does):
+    # raising the threshold above the achieved metric withdraws the artifact, and the
+    # follower holds on what it serves.
+    for job in ed.batch.list_namespaced_job(ed.namespace, label_selector="fogline.io/modeltraining=digits").items:  # fmt: skip
+        ed.batch.delete_namespaced_job(job.metadata.name, ed.namespace, propagation_policy="Background")  # fmt: skip
+    wait_for(lambda: not ed.batch.list_namespaced_job(ed.namespace, label_selector="fogline.io/modeltraining=digits").items,
+             what="the training's Job gone")  # fmt: skip
+    ed.custom.patch_namespaced_custom_object(GROUP, VERSION, ed.namespace, "modeltrainings", "digits",
+                                             {"spec": {"evaluation": {"threshold": 0.99}}})  # fmt: skip
+    trained = wait_for(lambda: (t := ed.custom.get_namespaced_custom_object(GROUP, VERSION, ed.namespace, "modeltrainings", "digits")["status"])
+                       .get("phase") == "Failed" and t, what="the artifact withdrawn")  # fmt: skip
+    assert "artifact" not in trained and "artifactDigestShort" not in trained
+    held = ed.wait_phase("follow", "Pending")
+    assert "waiting for ModelTraining 'digits'" in held["message"]
+    assert held["currentDigest"] == NEWER  # what the sites serve stays on record
+    assert {p.metadata.annotations["fogline.io/model-digest"] for p in ed.pods("follow")} == {NEWER}
+
+
+def test_a_removed_site_leaves_the_status_and_the_status_then_stays_still(ed: Edges) -> None:
+    ed.create(edge("shrink"))
+    ed.wait_phase("shrink", "Available")
+    ed.patch_spec("shrink", {"placement": {"sites": SITES[:2]}})
+    wait_for(lambda: len(ed.apps.list_namespaced_daemon_set(ed.namespace).items) == 2,
+             what="the third site's DaemonSet deleted")  # fmt: skip
+    status = wait_for(
+        lambda: (s := ed.status("shrink")).get("sitesReady") == "2/2" and s, what="2/2 sites"
+    )
+    assert sorted(status["rollout"]["siteDigests"]) == SITES[:2]
+    version = ed.custom.get_namespaced_custom_object(GROUP, VERSION, ed.namespace, "edgedeployments", "shrink")["metadata"]["resourceVersion"]  # fmt: skip
+    time.sleep(3)  # an observation window: a settled EdgeDeployment is written no more
+    after = ed.custom.get_namespaced_custom_object(GROUP, VERSION, ed.namespace, "edgedeployments", "shrink")  # fmt: skip
+    assert after["metadata"]["resourceVersion"] == version, after["status"]
+
+
+def test_a_corrupt_rollout_memory_becomes_a_condition_and_the_documented_reset_heals_it(
+    ed: Edges,
+) -> None:
+    ed.create(edge("amnesia"))
+    ed.wait_phase("amnesia", "Available")
+    ed.custom.patch_namespaced_custom_object_status(GROUP, VERSION, ed.namespace, "edgedeployments", "amnesia",
+                                                    {"status": {"rollout": {"phase": "Bogus"}}})  # fmt: skip
+    ed.patch_spec("amnesia", {"rollout": {"pauseSeconds": 1}})  # any trigger
+    status = ed.wait_phase("amnesia", "Failed", timeout=30)
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and degraded["reason"] == "CorruptRolloutMemory"
+    assert "status.rollout" in degraded["message"] and "--subresource=status" in degraded["message"]
+    assert "CorruptRolloutMemory" in [e.reason for e in ed.events("amnesia")]
+    # The reset the message names.
+    ed.cluster.kubectl("patch", "edgedeployment", "amnesia", "-n", ed.namespace, "--subresource=status",
+                       "--type=merge", "-p", '{"status":{"rollout":null}}')  # fmt: skip
+    ed.wait_phase("amnesia", "Available", timeout=60)

@@ -5,6 +5,7 @@ the CR's status follows, gated on the evaluation threshold."""
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -292,6 +293,8 @@ def test_spec_change_after_success_starts_a_new_run(mt: Trainings) -> None:
     )
     assert second["observedGeneration"] == 2
     assert second["artifact"]["digest"] == DIGEST  # the last good artifact stays offered
+    # The last run's times and progress are not the new run's.
+    assert "completionTime" not in second and "progress" not in second, second
     wait_for(
         lambda: [j.metadata.name for j in mt.jobs("rerun")] == [second["jobName"]],
         what="old Job removed",
@@ -313,3 +316,95 @@ def test_spec_only_the_operator_can_judge_becomes_a_condition(mt: Trainings) -> 
     assert not mt.jobs("odd")
     with pytest.raises(ApiException):
         mt.batch.read_namespaced_job("odd", mt.namespace)
+
+
+def _refuse_succeeded_status(cluster: ClusterHandle, namespace: str, name: str) -> None:
+    """A ValidatingAdmissionPolicy, enforced by the real apiserver, that refuses any status
+    update of the trainings in `namespace` that says Succeeded."""
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": name},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {
+                        "apiGroups": [GROUP],
+                        "apiVersions": [VERSION],
+                        "operations": ["UPDATE"],
+                        "resources": ["modeltrainings/status"],
+                    }
+                ]
+            },
+            "validations": [
+                {
+                    "expression": "!has(object.status) || !has(object.status.phase) "
+                    "|| object.status.phase != 'Succeeded'",
+                    "message": "refused by the test",
+                }
+            ],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": name},
+        "spec": {"policyName": name, "validationActions": ["Deny"],
+                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}},
+    }  # fmt: skip
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [policy, binding]}))  # fmt: skip
+
+
+def test_a_refused_status_patch_at_completion_is_retried(
+    mt: Trainings, operator: OperatorProcess
+) -> None:
+    mt.create(training("stubborn"))
+    pod = mt.running_pod("stubborn")
+    mt.wait_phase("stubborn", "Running")
+    name = f"refuse-{mt.namespace}"
+    _refuse_succeeded_status(mt.cluster, mt.namespace, name)
+    try:
+        # The policy is in force once a dry-run of the same write is refused.
+        def refused() -> bool:
+            try:
+                mt.custom.patch_namespaced_custom_object_status(GROUP, VERSION, mt.namespace, PLURAL, "stubborn",
+                                                                {"status": {"phase": "Succeeded"}}, dry_run="All")  # fmt: skip
+            except ApiException:
+                return True
+            return False
+
+        wait_for(refused, what="the admission policy in force")
+        mt.cluster.steer_pod(mt.namespace, pod.metadata.name, "succeed", summary(0.95))
+        wait_for(lambda: any((j.status.succeeded or 0) for j in mt.jobs("stubborn")), what="the Job Complete")  # fmt: skip
+
+        def retries() -> float:
+            for line in operator.metrics().splitlines():
+                if line.startswith('fogline_workqueue_retries_total{kind="ModelTraining"}'):
+                    return float(line.split()[1])
+            return 0.0
+
+        wait_for(lambda: retries() > 0, what="the refused patch to be put back in the queue")
+        assert mt.status("stubborn")["phase"] == "Running"
+    finally:
+        mt.cluster.kubectl(
+            "delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", name
+        )
+    # No event about the training follows; the queue's retry alone brings the truth.
+    mt.wait_phase("stubborn", "Succeeded", timeout=90)
+
+
+def test_a_recreated_namespace_gets_its_trainer_rbac_again(
+    cluster: ClusterHandle, crds: list[str], operator: OperatorProcess
+) -> None:
+    name = f"t-again-{uuid.uuid4().hex[:6]}"
+    core = client.CoreV1Api(cluster.api)
+    for attempt in ("first", "second"):
+        core.create_namespace({"metadata": {"name": name}})
+        try:
+            mt = Trainings(cluster, name)
+            mt.create(training(attempt))
+            mt.running_pod(attempt)  # pods run as the trainer ServiceAccount: it exists
+        finally:
+            core.delete_namespace(name)
+            wait_for(lambda: not core.list_namespace(field_selector=f"metadata.name={name}").items,
+                     timeout=90, what=f"namespace {name} deleted")  # fmt: skip

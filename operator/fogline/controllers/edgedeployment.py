@@ -96,6 +96,7 @@ async def reconcile_edge(state: OperatorState, namespace: str, name: str) -> flo
     return await _reconcile(state, body)
 
 
+CORRUPT_RECHECK_SECONDS = 10.0
 CORRUPT_HELP = (
     "reset it with `kubectl patch edgedeployment {name} -n {namespace} --subresource=status "
     '--type=merge -p \'{{"status":{{"rollout":null}}}}\'` (the rollout then starts over '
@@ -122,8 +123,10 @@ async def _reconcile(state: OperatorState, body: kopf.Body) -> float | None:
     except (ValueError, TypeError, KeyError, AttributeError) as err:
         help_ = CORRUPT_HELP.format(name=edge.name, namespace=edge.namespace)
         await _hold(state, body, "Failed", "CorruptRolloutMemory",
-                    f"status.rollout cannot be read ({err}); {help_}", now)  # fmt: skip
-        return None
+                    f"status.rollout cannot be read ({err}); {help_}", now, ("Degraded", True))  # fmt: skip
+        # Nothing we watch changes when someone repairs our status: look again now and then
+        # (a read of the index; the held status is written once).
+        return CORRUPT_RECHECK_SECONDS
     key = (edge.namespace, edge.name)
     object_key = (KIND, edge.namespace, edge.name)
     # Index bodies are read in place: copying 500 nodes on every reconcile buys nothing.
@@ -243,14 +246,16 @@ async def _replace_pods(
 
 
 async def _hold(
-    state: OperatorState, body: kopf.Body, phase: str, reason: str, message: str, now: datetime
-) -> None:
-    """A status that says why nothing rolls out (an invalid spec, no artifact yet)."""
+    state: OperatorState, body: kopf.Body, phase: str, reason: str, message: str, now: datetime,
+    condition: tuple[str, bool] = ("ModelResolved", False),
+) -> None:  # fmt: skip
+    """A status that says why nothing rolls out (an invalid spec, no artifact yet, a
+    rollout memory that cannot be read); the DaemonSets stay as they are."""
     meta = body["metadata"]
     status = dict(body.get("status") or {})
     if status.get("phase") == phase and status.get("message") == message:
         return
-    conditions = set_condition(status.get("conditions"), "ModelResolved", False,
+    conditions = set_condition(status.get("conditions"), condition[0], condition[1],
                                reason, message, meta.get("generation"), now)  # fmt: skip
     await state.kube.patch_status(KIND, meta["namespace"], meta["name"], {
         "phase": phase, "observedGeneration": meta.get("generation"), "conditions": conditions, "message": message,

@@ -96,7 +96,6 @@ class OperatorState:
         self.queue.forget(key)
         self.announcer.forget(key)
         self.edge.forget(key)
-        self.metrics.tracked.set(self.tracked())
 
     def tracked(self) -> int:
         """How many objects the operator holds memory of (nodes not counted: they are the
@@ -149,6 +148,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     from fogline.controllers.modeltraining import reconcile_training
 
     state.reconcilers = {"ModelTraining": reconcile_training, "EdgeDeployment": reconcile_edge}
+    metrics.tracked.set_function(state.tracked)
     memo.fogline = state
     if port := os.environ.get("FOGLINE_METRICS_PORT"):
         memo.metrics_server = serve_metrics(metrics, "0.0.0.0", int(port))

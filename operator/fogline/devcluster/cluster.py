@@ -255,6 +255,32 @@ class DevCluster:
             },
         }
 
+    # -- faults, for chaos tests ---------------------------------------------------------
+    def signal_component(self, name: str, signum: int) -> None:
+        """Send `signum` (SIGSTOP, SIGCONT) to one component this cluster started."""
+        state = self.read_state()
+        pid = state.pids.get(name) if state else None
+        if pid is None or not _pid_alive(pid):
+            raise DevClusterError(f"{name} is not running in this cluster")
+        os.killpg(pid, signum)
+
+    def restart_component(self, name: str, down_seconds: float = 0.0) -> None:
+        """Kill one component this cluster started (SIGKILL: a crash, not a shutdown),
+        leave it down for `down_seconds`, and start it again with the same command line,
+        so that it listens where it did (etcd's data survives in its folder)."""
+        state = self.read_state()
+        pid = state.pids.get(name) if state else None
+        if state is None or pid is None or not _pid_alive(pid):
+            raise DevClusterError(f"{name} is not running in this cluster")
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+        os.killpg(pid, signal.SIGKILL)
+        end = time.monotonic() + 10
+        while _pid_alive(pid) and time.monotonic() < end:
+            time.sleep(0.05)
+        time.sleep(down_seconds)
+        program, *args = (a.decode() for a in argv)
+        self._start(state, name, args, program=program)
+
     # -- clients -----------------------------------------------------------------------
     def api_client(self) -> Any:
         from kubernetes import client, config
