@@ -241,5 +241,6 @@ def test_per_object_memory_returns_to_its_size_after_many_objects_come_and_go(
     api.custom.delete_collection_namespaced_custom_object(
         GROUP, VERSION, api.namespace, "edgedeployments"
     )
-    wait_for(lambda: _tracked(rig) == before, timeout=60,
+    # Back to what it was (objects of the earlier tests may only have settled further).
+    wait_for(lambda: _tracked(rig) <= before, timeout=60,
              what=f"per-object memory back to {before}")  # fmt: skip

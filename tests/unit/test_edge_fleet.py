@@ -11,13 +11,14 @@ import pytest
 
 from fogline.api.conditions import rfc3339
 from fogline.api.edgedeployment import EdgeDeployment
-from fogline.edge.daemonsets import DIGEST_ANNOTATION
+from fogline.edge.daemonsets import DIGEST_ANNOTATION, ModelRef
 from fogline.edge.fleet import (
     MAINTENANCE_LABEL,
     UPDATE_LOCK_ANNOTATION,
     next_history,
     observe_sites,
     pod_failure,
+    resolve_model,
 )
 from fogline.rollout import NodeObservation, PodObservation, SiteObservation
 
@@ -354,3 +355,35 @@ def test_history_input_is_not_changed() -> None:
     history = [entry(1, A)]
     next_history(history, B, "pvc://models/m", 10, NOW)[1]["digest"] = C
     assert history == [entry(1, A)]
+
+
+# --- the model an EdgeDeployment follows --------------------------------------------------
+
+
+def follower(rollout: dict[str, Any] | None = None) -> EdgeDeployment:
+    return EdgeDeployment.from_body({
+        "metadata": {"name": "shop", "namespace": "edge"},
+        "spec": {"model": {"fromTraining": "digits"}},
+        "status": {"rollout": rollout} if rollout else {},
+    })  # fmt: skip
+
+
+def test_a_training_deleted_mid_rollout_says_why_the_fleet_holds() -> None:
+    mid = follower({"targetDigest": B, "stableDigest": A})
+    reason, message = resolve_model(mid, None)  # type: ignore[misc]
+    assert reason == "TrainingNotFound"
+    assert "ModelTraining 'digits' does not exist" in message
+    assert f"rollout toward {B[7:19]} is held" in message and "spec.model.uri" in message
+
+
+def test_a_withdrawn_artifact_holds_the_fleet_on_what_it_serves() -> None:
+    settled = follower({"targetDigest": A, "stableDigest": A})
+    reason, message = resolve_model(settled, {"status": {}})  # type: ignore[misc]
+    assert reason == "ArtifactNotReady"
+    assert message.startswith("waiting for ModelTraining 'digits'")
+    assert f"keep serving {A[7:19]}" in message
+
+
+def test_a_published_artifact_is_the_model() -> None:
+    training = {"status": {"artifact": {"uri": "pvc://models/r1", "digest": B}}}
+    assert resolve_model(follower(), training) == ModelRef(uri="pvc://models/r1", digest=B)

@@ -35,6 +35,7 @@ from fogline.edge.fleet import (
     next_history,
     node_ready,
     observe_sites,
+    resolve_model,
 )
 from fogline.kube import GROUP, VERSION
 from fogline.rollout import RolloutMemory, RolloutPolicy, plan_rollout
@@ -115,8 +116,8 @@ async def _reconcile(state: OperatorState, body: kopf.Body) -> float | None:
         await _hold(state, body, "Failed", "InvalidSpec", "; ".join(str(e) for e in errors), now)
         return None
     model = _resolve_model(state, edge)
-    if isinstance(model, str):
-        await _hold(state, body, "Pending", "ArtifactNotReady", model, now)
+    if isinstance(model, tuple):
+        await _hold(state, body, "Pending", *model, now)
         return None
     try:
         memory = RolloutMemory.from_dict(dict(edge.status.rollout) if edge.status.rollout else None)
@@ -176,23 +177,11 @@ async def _reconcile(state: OperatorState, body: kopf.Body) -> float | None:
     return None
 
 
-def _resolve_model(state: OperatorState, edge: EdgeDeployment) -> ModelRef | str:
-    """The artifact the spec asks for, or why there is none yet."""
-    source = edge.spec.model
-    if source.uri and source.digest:
-        return ModelRef(uri=source.uri, digest=source.digest)
+def _resolve_model(state: OperatorState, edge: EdgeDeployment) -> ModelRef | tuple[str, str]:
     trainings = list(
-        state.indexes["trainings_by_name"].get((edge.namespace, source.from_training), [])
+        state.indexes["trainings_by_name"].get((edge.namespace, edge.spec.model.from_training), [])
     )
-    if not trainings:
-        return (
-            f"ModelTraining {source.from_training!r} does not exist in namespace {edge.namespace!r}"
-        )
-    artifact = (trainings[0].get("status") or {}).get("artifact") or {}
-    if not artifact.get("digest") or not artifact.get("uri"):
-        return (f"waiting for ModelTraining {source.from_training!r} to publish an artifact that passes "
-                "its evaluation gate")  # fmt: skip
-    return ModelRef(uri=str(artifact["uri"]), digest=str(artifact["digest"]))
+    return resolve_model(edge, trainings[0] if trainings else None)
 
 
 async def _apply_daemonsets(

@@ -10,9 +10,9 @@ from datetime import datetime
 from typing import Any
 
 from fogline.api.conditions import rfc3339, set_condition
-from fogline.api.digests import short_digest
+from fogline.api.digests import is_digest, short_digest
 from fogline.api.edgedeployment import EdgeDeployment, sites_ready_text
-from fogline.edge.daemonsets import DIGEST_ANNOTATION
+from fogline.edge.daemonsets import DIGEST_ANNOTATION, ModelRef
 from fogline.rollout import NodeObservation, PodObservation, RolloutPlan, SiteObservation
 
 UPDATE_LOCK_ANNOTATION = "fogline.io/update-lock"
@@ -203,3 +203,33 @@ def next_history(
     revision = max((int(h.get("revision") or 0) for h in entries), default=0) + 1
     entry = {"revision": revision, "digest": stable_digest, "uri": uri, "deployedAt": rfc3339(now)}
     return [entry, *entries][:limit]
+
+
+def resolve_model(
+    edge: EdgeDeployment, training: Mapping[str, Any] | None
+) -> ModelRef | tuple[str, str]:
+    """The artifact the spec asks for, or (reason, message) saying why there is none and
+    what the fleet does meanwhile: it holds (no rollout moves, each site keeps the digest
+    it runs). `training` is the followed ModelTraining's body, None when it is gone."""
+    source = edge.spec.model
+    if source.uri and source.digest:
+        return ModelRef(uri=source.uri, digest=source.digest)
+    rollout = edge.status.rollout or {}
+    target, stable = rollout.get("targetDigest"), rollout.get("stableDigest")
+    held = ""
+    if isinstance(target, str) and is_digest(target) and target != stable:
+        held = (f"; the rollout toward {short_digest(target)} is held where it is and each site "
+                "keeps the digest it runs")  # fmt: skip
+    elif isinstance(stable, str) and is_digest(stable):
+        held = f"; the sites keep serving {short_digest(stable)}"
+    if training is None:
+        return ("TrainingNotFound",
+                f"ModelTraining {source.from_training!r} does not exist in namespace "
+                f"{edge.namespace!r}{held}; recreate it, or set spec.model.uri and "
+                "spec.model.digest")  # fmt: skip
+    artifact = (training.get("status") or {}).get("artifact") or {}
+    if not artifact.get("digest") or not artifact.get("uri"):
+        return ("ArtifactNotReady",
+                f"waiting for ModelTraining {source.from_training!r} to publish an artifact "
+                f"that passes its evaluation gate{held}")  # fmt: skip
+    return ModelRef(uri=str(artifact["uri"]), digest=str(artifact["digest"]))
