@@ -97,7 +97,7 @@ async def reconcile_edge(state: OperatorState, namespace: str, name: str) -> flo
     return await _reconcile(state, body)
 
 
-CORRUPT_RECHECK_SECONDS = 10.0
+CORRUPT_RECHECK_SECONDS = 5.0
 CORRUPT_HELP = (
     "reset it with `kubectl patch edgedeployment {name} -n {namespace} --subresource=status "
     '--type=merge -p \'{{"status":{{"rollout":null}}}}\'` (the rollout then starts over '
