@@ -89,7 +89,7 @@ class Api:
         items = self.apps.list_namespaced_daemon_set(
             self.namespace, label_selector=f"fogline.io/edgedeployment={edge}"
         ).items
-        return {d.metadata.labels["topology.fogline.io/site"]: d.metadata.generation for d in items}
+        return {d.metadata.labels["fogline.io/site"]: d.metadata.generation for d in items}
 
     def reasons(self, name: str) -> list[str]:
         items = self.core.list_namespaced_event(
