@@ -49,14 +49,14 @@ READ_TIMEOUT = 30.0
 KEEPALIVE = {"idle": 15, "interval": 5, "count": 3}
 
 
-def load_api_client() -> client.ApiClient:
-    """In-cluster credentials when running in a pod, else the usual kubeconfig; sockets
-    with TCP keepalive."""
+def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """In-cluster credentials when running in a pod, else the usual kubeconfig (or the
+    one named); sockets with TCP keepalive."""
     configuration = client.Configuration()
     try:
         config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
-        config.load_kube_config(client_configuration=configuration)
+        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
     configuration.socket_options = tcp_keepalive_socket_options(**KEEPALIVE)
     return client.ApiClient(configuration)
 

@@ -1,7 +1,8 @@
 """EdgeDeployment handlers: every trigger (the CR, its pods and DaemonSets, edge Nodes, the
-ModelTraining it follows, the planner's own requeue) kicks one debounced, level-triggered
-reconcile that reads kopf's indexes (no lists), asks the pure rollout planner what to do,
-applies per-site DaemonSets, replaces the pods the plan names and patches status."""
+ModelTraining it follows, the planner's own requeue) puts the EdgeDeployment's key in the
+work queue, which runs one level-triggered reconcile at a time per key: it reads kopf's
+indexes (no lists), asks the pure rollout planner what to do, applies per-site DaemonSets,
+replaces the pods the plan names and patches what changed in status."""
 
 from __future__ import annotations
 
@@ -43,8 +44,6 @@ from fogline.rollout import RolloutMemory, RolloutPolicy, plan_rollout
 logger = logging.getLogger(__name__)
 EDGE_SELECTOR = {**MANAGED_BY, COMPONENT_LABEL: "edge-server"}
 KIND = "EdgeDeployment"
-INDEX_NAMES = ("edges_by_name", "edges_by_training", "edge_nodes", "edge_pods", "edge_daemonsets",
-               "trainings_by_name")  # fmt: skip
 
 
 @kopf.index(GROUP, VERSION, "edgedeployments")
