@@ -132,18 +132,23 @@ class KubeClient:
         meta = body["metadata"]
         path = _path(body["apiVersion"], body["kind"], meta.get("namespace"), meta["name"])
         result: dict[str, Any] = await self._call(
-            "PATCH", path, dict(body), [("fieldManager", FIELD_MANAGER), ("force", "true")],
+            "PATCH",
+            path,
+            dict(body),
+            [("fieldManager", FIELD_MANAGER), ("force", "true")],
             content_type="application/apply-patch+yaml",
-        )  # fmt: skip
+        )
         return result
 
     async def patch(self, api_version: str, kind: str, namespace: str | None, name: str,
                     patch: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
         """A JSON merge patch: for single fields whose owner is not us alone (a Job's suspend)."""
         result: dict[str, Any] = await self._call(
-            "PATCH", _path(api_version, kind, namespace, name), dict(patch),
+            "PATCH",
+            _path(api_version, kind, namespace, name),
+            dict(patch),
             content_type="application/merge-patch+json",
-        )  # fmt: skip
+        )
         return result
 
     async def get(
@@ -197,14 +202,20 @@ def missing_peerings(api: client.ApiClient, name: str, namespaces: list[str]) ->
     if not namespaces:
         where = [(f"{base}/clusterkopfpeerings", f"ClusterKopfPeering {name!r}")]
     else:
-        where = [(f"{base}/namespaces/{ns}/kopfpeerings", f"KopfPeering {name!r} in namespace {ns!r}")
-                 for ns in namespaces if not any(c in ns for c in "*?[!")]  # fmt: skip
+        where = [
+            (f"{base}/namespaces/{ns}/kopfpeerings", f"KopfPeering {name!r} in namespace {ns!r}")
+            for ns in namespaces
+            if not any(c in ns for c in "*?[!")
+        ]
     missing = []
     for path, what in where:
         serialized = api.param_serialize(
-            "GET", path, query_params=[("fieldSelector", f"metadata.name={name}")],
-            header_params={"Accept": "application/json"}, auth_settings=["BearerToken"],
-        )  # fmt: skip
+            "GET",
+            path,
+            query_params=[("fieldSelector", f"metadata.name={name}")],
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
         response = api.call_api(*serialized, _request_timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
         data = response.read()
         if response.status == 404:

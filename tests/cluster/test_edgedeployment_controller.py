@@ -299,14 +299,40 @@ def test_from_training_rolls_out_the_artifact_that_passed_the_gate(ed: Edges) ->
     # The gate is the spec's, even once the Job is gone (as ttlSecondsAfterFinished does):
     # raising the threshold above the achieved metric withdraws the artifact, and the
     # follower holds on what it serves.
-    for job in ed.batch.list_namespaced_job(ed.namespace, label_selector="fogline.io/modeltraining=digits").items:  # fmt: skip
-        ed.batch.delete_namespaced_job(job.metadata.name, ed.namespace, propagation_policy="Background")  # fmt: skip
-    wait_for(lambda: not ed.batch.list_namespaced_job(ed.namespace, label_selector="fogline.io/modeltraining=digits").items,
-             what="the training's Job gone")  # fmt: skip
-    ed.custom.patch_namespaced_custom_object(GROUP, VERSION, ed.namespace, "modeltrainings", "digits",
-                                             {"spec": {"evaluation": {"threshold": 0.99}}})  # fmt: skip
-    trained = wait_for(lambda: (t := ed.custom.get_namespaced_custom_object(GROUP, VERSION, ed.namespace, "modeltrainings", "digits")["status"])
-                       .get("phase") == "Failed" and t, what="the artifact withdrawn")  # fmt: skip
+    for job in ed.batch.list_namespaced_job(
+        ed.namespace, label_selector="fogline.io/modeltraining=digits"
+    ).items:
+        ed.batch.delete_namespaced_job(
+            job.metadata.name, ed.namespace, propagation_policy="Background"
+        )
+    wait_for(
+        lambda: (
+            not ed.batch.list_namespaced_job(
+                ed.namespace, label_selector="fogline.io/modeltraining=digits"
+            ).items
+        ),
+        what="the training's Job gone",
+    )
+    ed.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        ed.namespace,
+        "modeltrainings",
+        "digits",
+        {"spec": {"evaluation": {"threshold": 0.99}}},
+    )
+    trained = wait_for(
+        lambda: (
+            (
+                t := ed.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, ed.namespace, "modeltrainings", "digits"
+                )["status"]
+            ).get("phase")
+            == "Failed"
+            and t
+        ),
+        what="the artifact withdrawn",
+    )
     assert "artifact" not in trained and "artifactDigestShort" not in trained
     held = ed.wait_phase("follow", "Pending")
     assert "waiting for ModelTraining 'digits'" in held["message"]
@@ -318,15 +344,21 @@ def test_a_removed_site_leaves_the_status_and_the_status_then_stays_still(ed: Ed
     ed.create(edge("shrink"))
     ed.wait_phase("shrink", "Available")
     ed.patch_spec("shrink", {"placement": {"sites": SITES[:2]}})
-    wait_for(lambda: len(ed.apps.list_namespaced_daemon_set(ed.namespace).items) == 2,
-             what="the third site's DaemonSet deleted")  # fmt: skip
+    wait_for(
+        lambda: len(ed.apps.list_namespaced_daemon_set(ed.namespace).items) == 2,
+        what="the third site's DaemonSet deleted",
+    )
     status = wait_for(
         lambda: (s := ed.status("shrink")).get("sitesReady") == "2/2" and s, what="2/2 sites"
     )
     assert sorted(status["rollout"]["siteDigests"]) == SITES[:2]
-    version = ed.custom.get_namespaced_custom_object(GROUP, VERSION, ed.namespace, "edgedeployments", "shrink")["metadata"]["resourceVersion"]  # fmt: skip
+    version = ed.custom.get_namespaced_custom_object(
+        GROUP, VERSION, ed.namespace, "edgedeployments", "shrink"
+    )["metadata"]["resourceVersion"]
     time.sleep(3)  # an observation window: a settled EdgeDeployment is written no more
-    after = ed.custom.get_namespaced_custom_object(GROUP, VERSION, ed.namespace, "edgedeployments", "shrink")  # fmt: skip
+    after = ed.custom.get_namespaced_custom_object(
+        GROUP, VERSION, ed.namespace, "edgedeployments", "shrink"
+    )
     assert after["metadata"]["resourceVersion"] == version, after["status"]
 
 
@@ -335,8 +367,14 @@ def test_a_corrupt_rollout_memory_becomes_a_condition_and_the_documented_reset_h
 ) -> None:
     ed.create(edge("amnesia"))
     ed.wait_phase("amnesia", "Available")
-    ed.custom.patch_namespaced_custom_object_status(GROUP, VERSION, ed.namespace, "edgedeployments", "amnesia",
-                                                    {"status": {"rollout": {"phase": "Bogus"}}})  # fmt: skip
+    ed.custom.patch_namespaced_custom_object_status(
+        GROUP,
+        VERSION,
+        ed.namespace,
+        "edgedeployments",
+        "amnesia",
+        {"status": {"rollout": {"phase": "Bogus"}}},
+    )
     ed.patch_spec("amnesia", {"rollout": {"pauseSeconds": 1}})  # any trigger
     status = ed.wait_phase("amnesia", "Failed", timeout=30)
     degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
@@ -344,6 +382,15 @@ def test_a_corrupt_rollout_memory_becomes_a_condition_and_the_documented_reset_h
     assert "status.rollout" in degraded["message"] and "--subresource=status" in degraded["message"]
     assert "CorruptRolloutMemory" in [e.reason for e in ed.events("amnesia")]
     # The reset the message names.
-    ed.cluster.kubectl("patch", "edgedeployment", "amnesia", "-n", ed.namespace, "--subresource=status",
-                       "--type=merge", "-p", '{"status":{"rollout":null}}')  # fmt: skip
+    ed.cluster.kubectl(
+        "patch",
+        "edgedeployment",
+        "amnesia",
+        "-n",
+        ed.namespace,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        '{"status":{"rollout":null}}',
+    )
     ed.wait_phase("amnesia", "Available", timeout=60)

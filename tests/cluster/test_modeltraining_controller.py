@@ -47,9 +47,14 @@ def summary(accuracy: float) -> dict[str, Any]:
         "epochs": 4,
         "metrics": {"accuracy": accuracy + 0.005, "loss": 0.08, "accuracy_int8": accuracy},
         "evaluation": {"metric": "accuracy", "value": accuracy},
-        "artifact": {"uri": "pvc://artifacts/digits/x", "digest": DIGEST, "format": "onnx",
-                     "sizeBytes": 12345, "quantized": True},
-    }  # fmt: skip
+        "artifact": {
+            "uri": "pvc://artifacts/digits/x",
+            "digest": DIGEST,
+            "format": "onnx",
+            "sizeBytes": 12345,
+            "quantized": True,
+        },
+    }
 
 
 class Trainings:
@@ -347,12 +352,23 @@ def _refuse_succeeded_status(cluster: ClusterHandle, namespace: str, name: str) 
         },
     }
     binding = {
-        "apiVersion": "admissionregistration.k8s.io/v1", "kind": "ValidatingAdmissionPolicyBinding",
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
         "metadata": {"name": name},
-        "spec": {"policyName": name, "validationActions": ["Deny"],
-                 "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}},
-    }  # fmt: skip
-    cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [policy, binding]}))  # fmt: skip
+        "spec": {
+            "policyName": name,
+            "validationActions": ["Deny"],
+            "matchResources": {
+                "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}
+            },
+        },
+    }
+    cluster.kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [policy, binding]}),
+    )
 
 
 def test_a_refused_status_patch_at_completion_is_retried(
@@ -367,8 +383,15 @@ def test_a_refused_status_patch_at_completion_is_retried(
         # The policy is in force once a dry-run of the same write is refused.
         def refused() -> bool:
             try:
-                mt.custom.patch_namespaced_custom_object_status(GROUP, VERSION, mt.namespace, PLURAL, "stubborn",
-                                                                {"status": {"phase": "Succeeded"}}, dry_run="All")  # fmt: skip
+                mt.custom.patch_namespaced_custom_object_status(
+                    GROUP,
+                    VERSION,
+                    mt.namespace,
+                    PLURAL,
+                    "stubborn",
+                    {"status": {"phase": "Succeeded"}},
+                    dry_run="All",
+                )
             except ApiException:
                 return True
             return False
@@ -383,7 +406,10 @@ def test_a_refused_status_patch_at_completion_is_retried(
 
         before = retries()
         mt.cluster.steer_pod(mt.namespace, pod.metadata.name, "succeed", summary(0.95))
-        wait_for(lambda: any((j.status.succeeded or 0) for j in mt.jobs("stubborn")), what="the Job Complete")  # fmt: skip
+        wait_for(
+            lambda: any((j.status.succeeded or 0) for j in mt.jobs("stubborn")),
+            what="the Job Complete",
+        )
         wait_for(lambda: retries() > before, what="the refused patch to be put back in the queue")
         assert mt.status("stubborn")["phase"] != "Succeeded"
     finally:
@@ -407,5 +433,8 @@ def test_a_recreated_namespace_gets_its_trainer_rbac_again(
             mt.running_pod(attempt)  # pods run as the trainer ServiceAccount: it exists
         finally:
             core.delete_namespace(name)
-            wait_for(lambda: not core.list_namespace(field_selector=f"metadata.name={name}").items,
-                     timeout=90, what=f"namespace {name} deleted")  # fmt: skip
+            wait_for(
+                lambda: not core.list_namespace(field_selector=f"metadata.name={name}").items,
+                timeout=90,
+                what=f"namespace {name} deleted",
+            )

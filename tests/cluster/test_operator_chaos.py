@@ -79,11 +79,24 @@ class Api:
 
     def succeed(self, pod: Any) -> None:
         """kwok ends the pod as a trainer that passed its gate would (devcluster/stages.yaml)."""
-        message = {"phase": "Succeeded", "metrics": {"accuracy": 0.97},
-                   "evaluation": {"metric": "accuracy", "value": 0.97},
-                   "artifact": {"uri": "pvc://artifacts/x", "digest": DIGEST, "format": "onnx"}}  # fmt: skip
-        self.core.patch_namespaced_pod(pod.metadata.name, self.namespace, {"metadata": {"annotations": {
-            "sim.fogline.io/outcome": "succeed", "sim.fogline.io/termination-message": json.dumps(message)}}})  # fmt: skip
+        message = {
+            "phase": "Succeeded",
+            "metrics": {"accuracy": 0.97},
+            "evaluation": {"metric": "accuracy", "value": 0.97},
+            "artifact": {"uri": "pvc://artifacts/x", "digest": DIGEST, "format": "onnx"},
+        }
+        self.core.patch_namespaced_pod(
+            pod.metadata.name,
+            self.namespace,
+            {
+                "metadata": {
+                    "annotations": {
+                        "sim.fogline.io/outcome": "succeed",
+                        "sim.fogline.io/termination-message": json.dumps(message),
+                    }
+                }
+            },
+        )
 
     def daemonset_generations(self, edge: str) -> dict[str, int]:
         items = self.apps.list_namespaced_daemon_set(
@@ -100,20 +113,34 @@ class Api:
 
 def training(name: str) -> dict[str, Any]:
     return {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelTraining", "metadata": {"name": name},
-        "spec": {"model": {"architecture": "mlp"}, "dataset": {"uri": "builtin:digits"},
-                 "evaluation": {"threshold": 0.9}, "output": {"uri": "file:///var/lib/fogline/artifacts"}},
-    }  # fmt: skip
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelTraining",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"architecture": "mlp"},
+            "dataset": {"uri": "builtin:digits"},
+            "evaluation": {"threshold": 0.9},
+            "output": {"uri": "file:///var/lib/fogline/artifacts"},
+        },
+    }
 
 
 def edge(name: str, digest: str = OLD, **rollout: Any) -> dict[str, Any]:
     return {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "EdgeDeployment", "metadata": {"name": name},
-        "spec": {"model": {"uri": "https://models.example/digits", "digest": digest},
-                 "placement": {"sites": SITES},
-                 "rollout": {"canarySites": 1, "maxUnavailable": 1, "progressDeadlineSeconds": 60,
-                             **rollout}},
-    }  # fmt: skip
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "EdgeDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"uri": "https://models.example/digits", "digest": digest},
+            "placement": {"sites": SITES},
+            "rollout": {
+                "canarySites": 1,
+                "maxUnavailable": 1,
+                "progressDeadlineSeconds": 60,
+                **rollout,
+            },
+        },
+    }
 
 
 def available_on(api: Api, name: str, digest: str) -> Any:
@@ -125,13 +152,18 @@ def test_operator_killed_mid_training_creates_no_second_job(rig: MeasuredCluster
     api = Api(rig, "chaos-train")
     api.create("modeltrainings", training("survivor"))
     pod = api.running_pod("survivor")
-    wait_for(lambda: api.status("modeltrainings", "survivor").get("phase") == "Running",
-             what="survivor Running")  # fmt: skip
+    wait_for(
+        lambda: api.status("modeltrainings", "survivor").get("phase") == "Running",
+        what="survivor Running",
+    )
     rig.operator.kill()
     rig.operator.start()
     api.succeed(pod)
-    wait_for(lambda: api.status("modeltrainings", "survivor").get("phase") == "Succeeded",
-             timeout=60, what="survivor Succeeded after the restart")  # fmt: skip
+    wait_for(
+        lambda: api.status("modeltrainings", "survivor").get("phase") == "Succeeded",
+        timeout=60,
+        what="survivor Succeeded after the restart",
+    )
     assert len(api.jobs("survivor")) == 1
 
 
@@ -140,8 +172,14 @@ def test_operator_killed_mid_rollout_continues_from_its_wave(rig: MeasuredCluste
     api.create("edgedeployments", edge("fleet", pauseSeconds=4))
     wait_for(lambda: available_on(api, "fleet", OLD), timeout=90, what="fleet Available")
     assert set(api.daemonset_generations("fleet").values()) == {1}
-    api.custom.patch_namespaced_custom_object(GROUP, VERSION, api.namespace, "edgedeployments",
-                                              "fleet", {"spec": {"model": {"digest": NEW}}})  # fmt: skip
+    api.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        api.namespace,
+        "edgedeployments",
+        "fleet",
+        {"spec": {"model": {"digest": NEW}}},
+    )
 
     def canary_done() -> bool:
         rollout = api.status("edgedeployments", "fleet").get("rollout") or {}
@@ -172,8 +210,14 @@ def test_frozen_apiserver_and_restarted_etcd_are_survived_and_the_operator_goes_
     api = Api(rig, "chaos-outage")
     api.create("edgedeployments", edge("steady", pauseSeconds=3))
     wait_for(lambda: available_on(api, "steady", OLD), timeout=90, what="steady Available")
-    api.custom.patch_namespaced_custom_object(GROUP, VERSION, api.namespace, "edgedeployments",
-                                              "steady", {"spec": {"model": {"digest": NEW}}})  # fmt: skip
+    api.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        api.namespace,
+        "edgedeployments",
+        "steady",
+        {"spec": {"model": {"digest": NEW}}},
+    )
     # The outage falls into the rollout: a wave must not be judged by time it spent frozen.
     devcluster = rig.devcluster
     devcluster.signal_component("kube-apiserver", signal.SIGSTOP)
@@ -187,16 +231,18 @@ def test_frozen_apiserver_and_restarted_etcd_are_survived_and_the_operator_goes_
     # A CR created after the outage gets its Job within seconds.
     api.create("modeltrainings", training("after"))
     wait_for(lambda: api.jobs("after"), timeout=30, what="a Job for a training created after")
-    status = wait_for(lambda: available_on(api, "steady", NEW), timeout=120,
-                      what="steady Available on NEW")  # fmt: skip
+    status = wait_for(
+        lambda: available_on(api, "steady", NEW), timeout=120, what="steady Available on NEW"
+    )
     assert status["currentDigest"] == NEW
     assert "RolledBack" not in api.reasons("steady")
     assert set(api.daemonset_generations("steady").values()) == {2}
 
     # Back to idle: the training goes, then nothing the operator watches changes, and the
     # operator writes nothing and reads nothing (its watches carry on).
-    api.custom.delete_namespaced_custom_object(GROUP, VERSION, api.namespace, "modeltrainings",
-                                               "after")  # fmt: skip
+    api.custom.delete_namespaced_custom_object(
+        GROUP, VERSION, api.namespace, "modeltrainings", "after"
+    )
     wait_for(lambda: not api.jobs("after"), timeout=60, what="the training's Job to go")
     time.sleep(3)  # let the deletion's last events settle before the soak starts
     since = audit_now()
@@ -242,5 +288,6 @@ def test_per_object_memory_returns_to_its_size_after_many_objects_come_and_go(
         GROUP, VERSION, api.namespace, "edgedeployments"
     )
     # Back to what it was (objects of the earlier tests may only have settled further).
-    wait_for(lambda: _tracked(rig) <= before, timeout=60,
-             what=f"per-object memory back to {before}")  # fmt: skip
+    wait_for(
+        lambda: _tracked(rig) <= before, timeout=60, what=f"per-object memory back to {before}"
+    )

@@ -100,14 +100,28 @@ def test_one_replica_acts_and_the_other_takes_over(
 def test_a_missing_peering_object_fails_at_start_naming_the_fix(
     cluster: ClusterHandle, crds: list[str], scope: tuple[str, ...]
 ) -> None:
-    env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig),
-           "FOGLINE_TRAINER_IMAGE": "registry.example/fogline-trainer:test",
-           "FOGLINE_SERVER_IMAGE": "registry.example/fogline-server:test"}  # fmt: skip
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cluster.kubeconfig),
+        "FOGLINE_TRAINER_IMAGE": "registry.example/fogline-trainer:test",
+        "FOGLINE_SERVER_IMAGE": "registry.example/fogline-server:test",
+    }
     # Without the check the operator waits for the object for ever: the timeout fails it.
     result = subprocess.run(
-        [sys.executable, "-m", "fogline.cli", "run", *scope, f"--peering=absent-{uuid.uuid4().hex[:6]}"],
-        env=env, capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "fogline.cli",
+            "run",
+            *scope,
+            f"--peering=absent-{uuid.uuid4().hex[:6]}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 2, result.stderr[-2000:]
     assert "does not exist" in result.stderr
     assert "manifests/install.yaml" in result.stderr and "--standalone" in result.stderr

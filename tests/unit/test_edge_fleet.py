@@ -361,11 +361,13 @@ def test_history_input_is_not_changed() -> None:
 
 
 def follower(rollout: dict[str, Any] | None = None) -> EdgeDeployment:
-    return EdgeDeployment.from_body({
-        "metadata": {"name": "shop", "namespace": "edge"},
-        "spec": {"model": {"fromTraining": "digits"}},
-        "status": {"rollout": rollout} if rollout else {},
-    })  # fmt: skip
+    return EdgeDeployment.from_body(
+        {
+            "metadata": {"name": "shop", "namespace": "edge"},
+            "spec": {"model": {"fromTraining": "digits"}},
+            "status": {"rollout": rollout} if rollout else {},
+        }
+    )
 
 
 def test_a_training_deleted_mid_rollout_says_why_the_fleet_holds() -> None:

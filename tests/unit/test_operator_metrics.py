@@ -37,7 +37,15 @@ def test_reconciles_are_counted_by_outcome_and_timed_in_a_histogram() -> None:
     assert got[("fogline_reconciles_total", (kind, ("result", "ok")))] == 1
     assert got[("fogline_reconciles_total", (kind, ("result", "error")))] == 1
     assert got[("fogline_reconcile_duration_seconds_count", (kind,))] == 2
-    assert got[("fogline_reconcile_duration_seconds_bucket", (("kind", "EdgeDeployment"), ("le", "+Inf")))] == 2  # fmt: skip
+    assert (
+        got[
+            (
+                "fogline_reconcile_duration_seconds_bucket",
+                (("kind", "EdgeDeployment"), ("le", "+Inf")),
+            )
+        ]
+        == 2
+    )
     assert got[("fogline_events_total", (("reason", "WaveFailed"), ("type", "Warning")))] == 1
     assert got[("fogline_api_requests_total", ())] == 7
 

@@ -78,11 +78,13 @@ def _peering_problem(name: str, namespaces: list[str]) -> str | None:
         return f"cannot check the kopf peering object {name!r}: {err}"
     if not missing:
         return None
-    return (f"the kopf peering object {', '.join(missing)} does not exist, and without it the "
-            "operator would wait for ever; install the chart (helm install fogline "
-            "charts/fogline) or `kubectl apply -f manifests/install.yaml`, which create it, "
-            f"or create it yourself with --peering={name}, or run a single replica with "
-            "--standalone")  # fmt: skip
+    return (
+        f"the kopf peering object {', '.join(missing)} does not exist, and without it the "
+        "operator would wait for ever; install the chart (helm install fogline "
+        "charts/fogline) or `kubectl apply -f manifests/install.yaml`, which create it, "
+        f"or create it yourself with --peering={name}, or run a single replica with "
+        "--standalone"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -122,8 +122,15 @@ async def _reconcile(state: OperatorState, body: kopf.Body) -> float | None:
         memory = RolloutMemory.from_dict(dict(edge.status.rollout) if edge.status.rollout else None)
     except (ValueError, TypeError, KeyError, AttributeError) as err:
         help_ = CORRUPT_HELP.format(name=edge.name, namespace=edge.namespace)
-        await _hold(state, body, "Failed", "CorruptRolloutMemory",
-                    f"status.rollout cannot be read ({err}); {help_}", now, ("Degraded", True))  # fmt: skip
+        await _hold(
+            state,
+            body,
+            "Failed",
+            "CorruptRolloutMemory",
+            f"status.rollout cannot be read ({err}); {help_}",
+            now,
+            ("Degraded", True),
+        )
         # Nothing we watch changes when someone repairs our status: look again now and then
         # (a read of the index; the held status is written once).
         return CORRUPT_RECHECK_SECONDS
@@ -184,9 +191,12 @@ def _resolve_model(state: OperatorState, edge: EdgeDeployment) -> ModelRef | tup
 
 
 async def _apply_daemonsets(
-    state: OperatorState, body: kopf.Body, edge: EdgeDeployment, site_digests: Mapping[str, str],
+    state: OperatorState,
+    body: kopf.Body,
+    edge: EdgeDeployment,
+    site_digests: Mapping[str, str],
     uris: Mapping[str | None, str | None],
-) -> None:  # fmt: skip
+) -> None:
     existing = {
         d["metadata"]["name"]: d
         for d in state.indexes["edge_daemonsets"].get((edge.namespace, edge.name), [])
@@ -234,9 +244,14 @@ async def _replace_pods(
 
 
 async def _hold(
-    state: OperatorState, body: kopf.Body, phase: str, reason: str, message: str, now: datetime,
+    state: OperatorState,
+    body: kopf.Body,
+    phase: str,
+    reason: str,
+    message: str,
+    now: datetime,
     condition: tuple[str, bool] = ("ModelResolved", False),
-) -> None:  # fmt: skip
+) -> None:
     """A status that says why nothing rolls out (an invalid spec, no artifact yet, a
     rollout memory that cannot be read); the DaemonSets stay as they are."""
     meta = body["metadata"]
@@ -248,8 +263,13 @@ async def _hold(
     await state.kube.patch_status(KIND, meta["namespace"], meta["name"], {
         "phase": phase, "observedGeneration": meta.get("generation"), "conditions": conditions, "message": message,
     })  # fmt: skip
-    state.announce((KIND, meta["namespace"], meta["name"]), body,
-                   "Warning" if phase == "Failed" else "Normal", reason, message)  # fmt: skip
+    state.announce(
+        (KIND, meta["namespace"], meta["name"]),
+        body,
+        "Warning" if phase == "Failed" else "Normal",
+        reason,
+        message,
+    )
 
 
 # -- triggers --------------------------------------------------------------------------------

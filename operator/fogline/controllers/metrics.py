@@ -31,32 +31,58 @@ class OperatorMetrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         r = self.registry
-        self.reconciles = Counter("fogline_reconciles", "Reconciles run, by kind and outcome.",
-                                  ["kind", "result"], registry=r)  # fmt: skip
+        self.reconciles = Counter(
+            "fogline_reconciles",
+            "Reconciles run, by kind and outcome.",
+            ["kind", "result"],
+            registry=r,
+        )
         self.reconcile_duration = Histogram(
-            "fogline_reconcile_duration_seconds", "Time one reconcile took, by kind.", ["kind"],
-            buckets=RECONCILE_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.events = Counter("fogline_events", "Kubernetes Events posted, by type and reason.",
-                              ["type", "reason"], registry=r)  # fmt: skip
+            "fogline_reconcile_duration_seconds",
+            "Time one reconcile took, by kind.",
+            ["kind"],
+            buckets=RECONCILE_BUCKETS,
+            registry=r,
+        )
+        self.events = Counter(
+            "fogline_events",
+            "Kubernetes Events posted, by type and reason.",
+            ["type", "reason"],
+            registry=r,
+        )
         self.api_requests = Counter(
             "fogline_api_requests", "Requests the controllers sent to the API server.", registry=r
         )
-        self.api_errors = Counter("fogline_api_errors",
-                                  "API requests that failed, by HTTP status (0: no answer).",
-                                  ["status"], registry=r)  # fmt: skip
-        self.depth = Gauge("fogline_workqueue_depth", "Keys waiting in the work queue, by kind.",
-                           ["kind"], registry=r)  # fmt: skip
-        self.retries = Counter("fogline_workqueue_retries",
-                               "Failed reconciles put back with back-off, by kind.", ["kind"],
-                               registry=r)  # fmt: skip
+        self.api_errors = Counter(
+            "fogline_api_errors",
+            "API requests that failed, by HTTP status (0: no answer).",
+            ["status"],
+            registry=r,
+        )
+        self.depth = Gauge(
+            "fogline_workqueue_depth",
+            "Keys waiting in the work queue, by kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.retries = Counter(
+            "fogline_workqueue_retries",
+            "Failed reconciles put back with back-off, by kind.",
+            ["kind"],
+            registry=r,
+        )
         self.queue_wait = Histogram(
             "fogline_workqueue_queue_duration_seconds",
             "Time a key waited in the work queue before its reconcile started, by kind.",
-            ["kind"], buckets=RECONCILE_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.tracked = Gauge("fogline_tracked_objects",
-                             "Objects the operator keeps per-object memory of.", registry=r)  # fmt: skip
+            ["kind"],
+            buckets=RECONCILE_BUCKETS,
+            registry=r,
+        )
+        self.tracked = Gauge(
+            "fogline_tracked_objects",
+            "Objects the operator keeps per-object memory of.",
+            registry=r,
+        )
 
     @contextlib.contextmanager
     def reconciling(self, kind: str) -> Iterator[None]:

@@ -98,8 +98,9 @@ async def _reconcile(
     for old, old_job in own_jobs.items():
         if old != run.job_name and not old_job["metadata"].get("deletionTimestamp"):
             await state.kube.delete("batch/v1", "Job", training.namespace, old)
-            state.announce(object_key, body, "Normal", "RunSuperseded",
-                           f"spec changed; Job {old} deleted")  # fmt: skip
+            state.announce(
+                object_key, body, "Normal", "RunSuperseded", f"spec changed; Job {old} deleted"
+            )
 
     finished = training.status.job_name == run.job_name and training.status.phase in TERMINAL_PHASES
     if job is None and not finished:
@@ -151,13 +152,22 @@ async def _create_run(body: kopf.Body, training: ModelTraining, state: OperatorS
         else ("Suspended" if training.spec.run_policy.suspend else "Pending")
     )
     # A new run: the last run's times and progress no longer apply.
-    status = {"phase": phase, "observedGeneration": training.generation, "jobName": run.job_name,
-              **dict.fromkeys(RUN_KEYS)}  # fmt: skip
+    status = {
+        "phase": phase,
+        "observedGeneration": training.generation,
+        "jobName": run.job_name,
+        **dict.fromkeys(RUN_KEYS),
+    }
     patch = status_patch(dict(body.get("status") or {}), status)
     await state.kube.patch_status(KIND, training.namespace, training.name, patch)
     where = f" in queue {training.spec.queue_name!r}" if training.spec.queue_name else ""
-    state.announce((KIND, training.namespace, training.name), body, "Normal", "JobCreated",
-                   f"created Job {run.job_name}{where}")  # fmt: skip
+    state.announce(
+        (KIND, training.namespace, training.name),
+        body,
+        "Normal",
+        "JobCreated",
+        f"created Job {run.job_name}{where}",
+    )
 
 
 async def _sync_suspend(

@@ -141,9 +141,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     metrics = OperatorMetrics()
     kube = KubeClient(metrics=metrics)
     state = OperatorState(
-        settings=OperatorSettings.from_env(), kube=kube, metrics=metrics,
+        settings=OperatorSettings.from_env(),
+        kube=kube,
+        metrics=metrics,
         announcer=Announcer(metrics),
-    )  # fmt: skip
+    )
     from fogline.controllers.edgedeployment import reconcile_edge
     from fogline.controllers.modeltraining import reconcile_training
 

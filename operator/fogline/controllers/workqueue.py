@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -70,6 +71,7 @@ class WorkQueue:
         self._active: set[Key] = set()  # in a reconcile now
         self._dirty: set[Key] = set()  # named again during its reconcile
         self._failures: dict[Key, int] = {}
+        self._depth: Counter[str] = Counter()  # keys in _timers or _waiting, by kind
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -93,6 +95,8 @@ class WorkQueue:
             if existing.when() <= due:
                 return
             existing.cancel()
+        else:
+            self._depth[key[0]] += 1
         self._queued_at.setdefault(key, loop.time())
         self._timers[key] = loop.call_at(due, self._due, key)
         self._report_depth(key[0])
@@ -102,6 +106,7 @@ class WorkQueue:
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
+            self._depth[key[0]] -= 1
         self._failures.pop(key, None)
         self._dirty.discard(key)
         self._queued_at.pop(key, None)
@@ -112,15 +117,12 @@ class WorkQueue:
 
     def depth(self, kind: str | None = None) -> int:
         """Keys waiting (for their time or for a worker), not counting those running."""
-        keys = set(self._timers) | self._waiting
-        return sum(1 for k in keys if kind is None or k[0] == kind)
+        return self._depth[kind] if kind is not None else sum(self._depth.values())
 
     def tracked(self) -> int:
         """Keys the queue holds any memory of: zero once every object is deleted."""
-        return len(
-            set(self._timers) | self._waiting | self._active | self._dirty | set(self._failures)
-            | set(self._queued_at)
-        )  # fmt: skip
+        keys = set(self._timers) | self._waiting | self._active | self._dirty
+        return len(keys | self._failures.keys() | self._queued_at.keys())
 
     async def idle(self) -> None:
         """Until nothing is due now or running (timers further away do not count)."""
@@ -134,6 +136,7 @@ class WorkQueue:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+        self._depth.clear()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -152,6 +155,7 @@ class WorkQueue:
         kind = key[0]
         async with self._slots:
             self._waiting.discard(key)
+            self._depth[kind] -= 1
             self._active.add(key)
             loop = asyncio.get_running_loop()
             queued = self._queued_at.pop(key, None)
@@ -171,8 +175,12 @@ class WorkQueue:
                     self._metrics.queue_retry(kind)
                 logger.exception(
                     "reconcile of %s %s/%s failed (%d in a row); retrying in %.1f s",
-                    kind, key[1], key[2], failures, retry,
-                )  # fmt: skip
+                    kind,
+                    key[1],
+                    key[2],
+                    failures,
+                    retry,
+                )
             else:
                 self._failures.pop(key, None)
             finally:

@@ -218,18 +218,24 @@ def resolve_model(
     target, stable = rollout.get("targetDigest"), rollout.get("stableDigest")
     held = ""
     if isinstance(target, str) and is_digest(target) and target != stable:
-        held = (f"; the rollout toward {short_digest(target)} is held where it is and each site "
-                "keeps the digest it runs")  # fmt: skip
+        held = (
+            f"; the rollout toward {short_digest(target)} is held where it is and each site "
+            "keeps the digest it runs"
+        )
     elif isinstance(stable, str) and is_digest(stable):
         held = f"; the sites keep serving {short_digest(stable)}"
     if training is None:
-        return ("TrainingNotFound",
-                f"ModelTraining {source.from_training!r} does not exist in namespace "
-                f"{edge.namespace!r}{held}; recreate it, or set spec.model.uri and "
-                "spec.model.digest")  # fmt: skip
+        return (
+            "TrainingNotFound",
+            f"ModelTraining {source.from_training!r} does not exist in namespace "
+            f"{edge.namespace!r}{held}; recreate it, or set spec.model.uri and "
+            "spec.model.digest",
+        )
     artifact = (training.get("status") or {}).get("artifact") or {}
     if not artifact.get("digest") or not artifact.get("uri"):
-        return ("ArtifactNotReady",
-                f"waiting for ModelTraining {source.from_training!r} to publish an artifact "
-                f"that passes its evaluation gate{held}")  # fmt: skip
+        return (
+            "ArtifactNotReady",
+            f"waiting for ModelTraining {source.from_training!r} to publish an artifact "
+            f"that passes its evaluation gate{held}",
+        )
     return ModelRef(uri=str(artifact["uri"]), digest=str(artifact["digest"]))

@@ -298,15 +298,23 @@ def regate(
         else f"no {gate.metric}"
     )
     digest = str(artifact.get("digest") or "")
-    message = (f"artifact {short_digest(digest) if is_digest(digest) else digest!r} has {measured}, "
-               f"below spec.evaluation.threshold {gate.threshold}; it is withdrawn from "
-               "status.artifact")  # fmt: skip
+    message = (
+        f"artifact {short_digest(digest) if is_digest(digest) else digest!r} has {measured}, "
+        f"below spec.evaluation.threshold {gate.threshold}; it is withdrawn from "
+        "status.artifact"
+    )
     status: dict[str, Any] = {**desired, "artifact": None, "artifactDigestShort": None}
     phase = desired.get("phase", previous.get("phase"))
     if phase == "Succeeded":
         conditions = desired.get("conditions", previous.get("conditions"))
-        conditions = set_condition(conditions, "Succeeded", False, "EvaluationBelowThreshold",
-                                   message, training.generation, now)  # fmt: skip
-        status.update(phase="Failed", conditions=conditions,
-                      observedGeneration=training.generation)  # fmt: skip
+        conditions = set_condition(
+            conditions,
+            "Succeeded",
+            False,
+            "EvaluationBelowThreshold",
+            message,
+            training.generation,
+            now,
+        )
+        status.update(phase="Failed", conditions=conditions, observedGeneration=training.generation)
     return status, (TrainingEvent("Warning", "ArtifactWithdrawn", message),)
