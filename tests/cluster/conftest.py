@@ -60,6 +60,9 @@ def operator(
     images = {
         "FOGLINE_TRAINER_IMAGE": "registry.example/fogline-trainer:test",
         "FOGLINE_SERVER_IMAGE": "registry.example/fogline-server:test",
+        # The node folder the controller tests' trainings publish to, as an administrator
+        # would allow it; every other file:// artifact stays refused.
+        "FOGLINE_ALLOWED_FILE_ROOTS": '["/var/lib/fogline/artifacts"]',
     }
     process = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator"), images)
     process.start()

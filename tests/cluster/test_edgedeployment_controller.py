@@ -262,6 +262,42 @@ def test_drift_on_a_daemonset_is_corrected(ed: Edges) -> None:
              == "registry.example/fogline-server:test", what="the operator to restore the template")  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("spec", "field", "setting"),
+    [
+        ({"model": {"uri": "file:///etc", "digest": GOOD}}, "spec.model.uri", "allowedFileRoots"),
+        (
+            {"model": {"uri": "file:///var/lib/fogline/artifacts/../../../etc", "digest": GOOD}},
+            "spec.model.uri",
+            "allowedFileRoots",
+        ),
+        (
+            {"runtime": {"image": "evil.example/reader:1"}},
+            "spec.runtime.image",
+            "allowedImagePrefixes",
+        ),
+    ],
+    ids=["file-etc", "file-escape", "foreign-image"],
+)
+def test_what_the_settings_do_not_allow_is_refused_and_nothing_is_scheduled(
+    ed: Edges, spec: dict[str, Any], field: str, setting: str
+) -> None:
+    body = edge("refused")
+    body["spec"].update(spec)
+    ed.create(body)
+    status = ed.wait_phase("refused", "Failed")
+    condition = next(c for c in status["conditions"] if c["type"] == "ModelResolved")
+    assert condition["reason"] == "NotAllowed"
+    assert field in condition["message"] and setting in condition["message"]
+    warning = wait_for(
+        lambda: next((e for e in ed.events("refused") if e.reason == "NotAllowed"), None),
+        what="a NotAllowed Event",
+    )
+    assert warning.type == "Warning"
+    assert ed.apps.list_namespaced_daemon_set(ed.namespace).items == []
+    assert ed.pods("refused") == []
+
+
 def test_from_training_rolls_out_the_artifact_that_passed_the_gate(ed: Edges) -> None:
     training = {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelTraining", "metadata": {"name": "digits"},

@@ -20,6 +20,7 @@ from fogline.api.edgedeployment import EdgeDeployment, validate_edgedeployment
 from fogline.api.errors import SpecError
 from fogline.api.status import status_patch
 from fogline.controllers.runtime import OperatorState, state_of, utcnow
+from fogline.edge.admission import admission_problems
 from fogline.edge.daemonsets import (
     COMPONENT_LABEL,
     EDGE_LABEL,
@@ -117,6 +118,11 @@ async def _reconcile(state: OperatorState, body: kopf.Body) -> float | None:
     model = _resolve_model(state, edge)
     if isinstance(model, tuple):
         await _hold(state, body, "Pending", *model, now)
+        return None
+    refusals = admission_problems(edge.spec, model.uri, state.settings)
+    if refusals:
+        message = "; ".join(str(e) for e in refusals)
+        await _hold(state, body, "Failed", "NotAllowed", message, now)
         return None
     try:
         memory = RolloutMemory.from_dict(dict(edge.status.rollout) if edge.status.rollout else None)
