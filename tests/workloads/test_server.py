@@ -72,7 +72,8 @@ def start_server(model_dir: Path, log: Path, *extra: str) -> ServerProcess:
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "fogline.workloads.server", "--model-dir", str(model_dir),
-             "--name", MODEL, "--host", "127.0.0.1", "--port", "0", *extra],
+             "--name", MODEL, "--host", "127.0.0.1", "--port", "0", "--drain-seconds", "0",
+             *extra],
             stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=REPO,
         )  # fmt: skip
     deadline = time.monotonic() + 30
@@ -261,8 +262,12 @@ def test_metrics_count_requests_and_label_the_digest(server: ServerProcess, arti
     assert 'fogline_http_request_duration_seconds_bucket{endpoint="/v2/models/{name}/infer"' in text
     assert re.search(r'fogline_inference_duration_seconds_count\{model="digits"\} [1-9]', text)
     assert re.search(r'fogline_model_load_duration_seconds\{model="digits"\} \d', text)
-    assert f'fogline_model_info{{model="digits",version="1",digest="{digest}"' in text
+    (info,) = [line for line in text.splitlines() if line.startswith("fogline_model_info{")]
+    for label in ('model="digits"', 'version="1"', f'digest="{digest}"'):
+        assert label in info
     assert 'fogline_model_ready{model="digits"} 1' in text
+    for process_metric in ("process_resident_memory_bytes", "process_open_fds"):
+        assert re.search(rf"^{process_metric} \d", text, re.MULTILINE)
 
 
 def test_tampered_artifact_never_becomes_ready(tmp_path: Path) -> None:

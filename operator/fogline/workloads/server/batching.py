@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from fogline.workloads.server.errors import InferenceError, InferenceFailedError
+from fogline.workloads.server.errors import InferenceError, InferenceFailedError, OverloadedError
 from fogline.workloads.server.model import OnnxModel
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,7 @@ Outputs = list[np.ndarray[Any, Any]]
 BatchObserver = Callable[[float, int], None]
 
 
-@dataclass
+@dataclass(eq=False)  # identity: the queue removes a cancelled job by itself
 class _Job:
     feeds: dict[str, np.ndarray[Any, Any]]
     rows: int
@@ -41,11 +41,17 @@ class InferenceRunner:
         loop: asyncio.AbstractEventLoop,
         max_batch_size: int = 32,
         observe_batch: BatchObserver | None = None,
+        max_queue: int = 256,
+        on_rejected: Callable[[], None] | None = None,
+        on_cancelled: Callable[[], None] | None = None,
     ) -> None:
         self._model = model
         self._loop = loop
         self._max_rows = max(1, max_batch_size)
         self._observe = observe_batch
+        self._max_queue = max(1, max_queue)
+        self._on_rejected = on_rejected or (lambda: None)
+        self._on_cancelled = on_cancelled or (lambda: None)
         self._queue: deque[_Job] = deque()
         self._wake = threading.Condition()
         self._stopping = False
@@ -62,7 +68,14 @@ class InferenceRunner:
         if self._thread.is_alive():
             self._thread.join(timeout)
 
+    @property
+    def depth(self) -> int:
+        """Requests waiting for the worker (not counting the run under way)."""
+        return len(self._queue)
+
     def submit(self, feeds: dict[str, np.ndarray[Any, Any]]) -> asyncio.Future[Outputs]:
+        """Queue a request; OverloadedError when the queue is full. Cancelling the returned
+        future (its client went away) takes the request out of the queue if it still waits."""
         future: asyncio.Future[Outputs] = self._loop.create_future()
         batchable = self._model.batchable and self._max_rows > 1
         rows = next(iter(feeds.values())).shape[0] if batchable and feeds else 0
@@ -75,9 +88,25 @@ class InferenceRunner:
             if self._stopping:
                 future.set_exception(InferenceFailedError("the server is shutting down"))
                 return future
-            self._queue.append(_Job(feeds, rows, key, future))
+            if len(self._queue) >= self._max_queue:
+                self._on_rejected()
+                raise OverloadedError(
+                    f"{len(self._queue)} requests are waiting for the model (--max-queue); "
+                    "retry later"
+                )
+            job = _Job(feeds, rows, key, future)
+            self._queue.append(job)
             self._wake.notify()
+        future.add_done_callback(lambda done: self._forget(job) if done.cancelled() else None)
         return future
+
+    def _forget(self, job: _Job) -> None:
+        with self._wake:
+            try:
+                self._queue.remove(job)
+            except ValueError:
+                return  # the worker has it already; _settle skips its answer
+        self._on_cancelled()
 
     def _take(self) -> list[_Job] | None:
         """Block until work arrives; then the first job and every compatible one behind it."""

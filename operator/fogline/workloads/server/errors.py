@@ -27,6 +27,14 @@ class PayloadTooLargeError(InferenceError):
     """The request body exceeds --max-body-bytes."""
 
 
+class OverloadedError(InferenceError):
+    """The inference queue is full: the client should retry later (or elsewhere)."""
+
+
+class UnauthorizedError(InferenceError):
+    """The endpoint needs a bearer token and the request has none or another."""
+
+
 class UnsupportedMediaTypeError(InferenceError):
     """The request uses an encoding this server does not speak."""
 

@@ -1,13 +1,24 @@
-"""Prometheus metrics of the inference server, written in the text exposition format (0.0.4).
-Counters, gauges and histograms with fixed label sets; no HTTP here, `render()` returns text."""
+"""Prometheus metrics of the inference server through prometheus_client: one registry per server
+with the process metrics (RSS, CPU, open descriptors) beside the server's own. Every label takes
+its values from a closed set (route templates, known methods, the statuses this server sends),
+so no client can grow the exposition. No HTTP here; `render()` returns the text."""
 
 from __future__ import annotations
 
-import bisect
-import threading
-from collections.abc import Iterable
+from collections.abc import Callable
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+import prometheus_client
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (
     0.0001,
     0.00025,
@@ -25,154 +36,111 @@ LATENCY_BUCKETS = (
     2.5,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
+OTHER = "other"
 
-Labels = tuple[str, ...]
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _label_text(names: Labels, values: Labels, extra: str = "") -> str:
-    parts = [f'{name}="{_escape(value)}"' for name, value in zip(names, values, strict=True)]
-    if extra:
-        parts.append(extra)
-    return "{" + ",".join(parts) + "}" if parts else ""
+# `_created` series double the exposition and nobody here reads them.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped upstream
 
 
-def _number(value: float) -> str:
-    if value == float("inf"):
-        return "+Inf"
-    return repr(float(value)) if not float(value).is_integer() else str(int(value))
-
-
-class Counter:
-    def __init__(self, name: str, help_text: str, labels: Labels = ()) -> None:
-        self.name, self.help, self.labels = name, help_text, labels
-        self._values: dict[Labels, float] = {}
-        self._lock = threading.Lock()
-
-    def inc(self, values: Labels = (), amount: float = 1.0) -> None:
-        with self._lock:
-            self._values[values] = self._values.get(values, 0.0) + amount
-
-    def value(self, values: Labels = ()) -> float:
-        return self._values.get(values, 0.0)
-
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} counter"
-        for values, total in sorted(self._values.items()):
-            yield f"{self.name}{_label_text(self.labels, values)} {_number(total)}"
-
-
-class Gauge(Counter):
-    def set(self, values: Labels, value: float) -> None:
-        with self._lock:
-            self._values[values] = value
-
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} gauge"
-        for values, current in sorted(self._values.items()):
-            yield f"{self.name}{_label_text(self.labels, values)} {_number(current)}"
-
-
-class Histogram:
-    def __init__(
-        self,
-        name: str,
-        help_text: str,
-        labels: Labels = (),
-        buckets: tuple[float, ...] = LATENCY_BUCKETS,
-    ) -> None:
-        self.name, self.help, self.labels, self.buckets = name, help_text, labels, buckets
-        # Per label set: a count per bucket (not cumulative; summed when rendered), sum, count.
-        self._series: dict[Labels, tuple[list[int], list[float]]] = {}
-        self._lock = threading.Lock()
-
-    def observe(self, values: Labels, amount: float) -> None:
-        index = bisect.bisect_left(self.buckets, amount)
-        with self._lock:
-            series = self._series.get(values)
-            if series is None:
-                series = ([0] * (len(self.buckets) + 1), [0.0])
-                self._series[values] = series
-            series[0][index] += 1
-            series[1][0] += amount
-
-    def count(self, values: Labels = ()) -> int:
-        series = self._series.get(values)
-        return sum(series[0]) if series else 0
-
-    def render(self) -> Iterable[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} histogram"
-        with self._lock:
-            snapshot = {k: (list(v[0]), v[1][0]) for k, v in self._series.items()}
-        for values, (counts, total) in sorted(snapshot.items()):
-            running = 0
-            for bound, count in zip((*self.buckets, float("inf")), counts, strict=True):
-                running += count
-                label = _label_text(self.labels, values, f'le="{_number(bound)}"')
-                yield f"{self.name}_bucket{label} {running}"
-            plain = _label_text(self.labels, values)
-            yield f"{self.name}_sum{plain} {_number(total)}"
-            yield f"{self.name}_count{plain} {running}"
+def method_label(method: str) -> str:
+    """The method as a label value: a known one, or `other` (a client picks method names)."""
+    return method if method in METHODS else OTHER
 
 
 class ServerMetrics:
-    """Every metric the server exports, created once per process."""
+    """The server's metric families, registered on a registry of their own."""
 
     def __init__(self) -> None:
+        self.registry = registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
         self.requests = Counter(
-            "fogline_http_requests_total",
+            "fogline_http_requests",
             "HTTP requests answered, by endpoint, method and status code.",
             ("endpoint", "method", "status"),
+            registry=registry,
         )
         self.request_seconds = Histogram(
             "fogline_http_request_duration_seconds",
             "Time from a complete request to its response being written, by endpoint.",
             ("endpoint",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.refused = Counter(
+            "fogline_http_refused",
+            "Requests the HTTP layer refused before routing them, by status "
+            "(400 malformed, 408 head too slow, 413 body too large, 414/431 too large a head).",
+            ("status",),
+            registry=registry,
+        )
+        self.connections = Gauge(
+            "fogline_http_connections", "Open client connections.", registry=registry
+        )
+        self.connections_refused = Counter(
+            "fogline_http_connections_refused",
+            "Connections refused or cut, by reason: limit (over --max-connections), "
+            "fd_limit (accept failed at the descriptor limit), head_timeout, write_timeout "
+            "(the client stopped reading).",
+            ("reason",),
+            registry=registry,
         )
         self.inference_seconds = Histogram(
             "fogline_inference_duration_seconds",
             "Time spent in onnxruntime per run (one run may serve a merged batch).",
             ("model",),
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
         )
         self.batch_rows = Histogram(
             "fogline_inference_batch_rows",
             "Rows per onnxruntime run after merging concurrent requests.",
             ("model",),
-            BATCH_BUCKETS,
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "fogline_inference_queue_depth",
+            "Requests waiting for the model (bounded by --max-queue).",
+            registry=registry,
+        )
+        self.queue_rejected = Counter(
+            "fogline_inference_queue_rejected",
+            "Requests answered 503 because the inference queue was full.",
+            registry=registry,
+        )
+        self.queue_cancelled = Counter(
+            "fogline_inference_queue_cancelled",
+            "Queued requests dropped before running because their client went away.",
+            registry=registry,
         )
         self.load_seconds = Gauge(
             "fogline_model_load_duration_seconds",
             "Time to verify the artifact and load it into onnxruntime.",
             ("model",),
+            registry=registry,
         )
         self.model_ready = Gauge(
-            "fogline_model_ready", "1 when the model serves requests, else 0.", ("model",)
+            "fogline_model_ready",
+            "1 when the model serves requests, else 0.",
+            ("model",),
+            registry=registry,
         )
         self.model_info = Gauge(
             "fogline_model_info",
             "The served artifact; the value is always 1.",
             ("model", "version", "digest", "file", "quantized"),
+            registry=registry,
         )
         self.in_flight = Gauge(
-            "fogline_http_requests_in_flight", "Requests received and not yet answered."
+            "fogline_http_requests_in_flight",
+            "Requests received and not yet answered.",
+            registry=registry,
         )
 
-    def render(self) -> str:
-        families = (
-            self.requests,
-            self.request_seconds,
-            self.inference_seconds,
-            self.batch_rows,
-            self.load_seconds,
-            self.model_ready,
-            self.model_info,
-            self.in_flight,
-        )
-        lines = [line for family in families for line in family.render()]
-        return "\n".join(lines) + "\n"
+    def watch_queue(self, depth: Callable[[], int]) -> None:
+        self.queue_depth.set_function(lambda: float(depth()))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

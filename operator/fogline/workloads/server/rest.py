@@ -4,12 +4,14 @@ logic and no socket handling."""
 
 from __future__ import annotations
 
-import json
+import hmac
 import time
 import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote
+
+import orjson
 
 from fogline.workloads.server.dataplane import DataPlane
 from fogline.workloads.server.errors import (
@@ -18,20 +20,27 @@ from fogline.workloads.server.errors import (
     InvalidInputError,
     ModelNotFoundError,
     ModelNotReadyError,
+    OverloadedError,
     PayloadTooLargeError,
+    UnauthorizedError,
     UnsupportedMediaTypeError,
 )
-from fogline.workloads.server.metrics import CONTENT_TYPE, ServerMetrics
+from fogline.workloads.server.metrics import CONTENT_TYPE, ServerMetrics, method_label
 from fogline.workloads.server.wire import Request, Response
 
 STATUS_BY_ERROR: dict[type[InferenceError], int] = {
     InvalidInputError: 400,
+    UnauthorizedError: 401,
     ModelNotFoundError: 404,
     PayloadTooLargeError: 413,
     UnsupportedMediaTypeError: 415,
     InferenceFailedError: 500,
     ModelNotReadyError: 503,
+    OverloadedError: 503,
 }
+# Endpoints a probe or a scraper reads: open even when a bearer token guards the rest.
+OPEN_ENDPOINTS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+RETRY_AFTER = (("Retry-After", "1"),)
 INFER_HEADER = "inference-header-content-length"
 # zlib window bits: gzip framing, and the zlib framing HTTP calls "deflate".
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
@@ -40,11 +49,15 @@ Endpoint = Callable[[Request, list[str]], Awaitable[Response]]
 
 
 def json_response(status: int, document: Any) -> Response:
-    return Response(status, json.dumps(document, separators=(",", ":")).encode())
+    return Response(status, orjson.dumps(document))
 
 
 def error_response(status: int, message: str) -> Response:
-    return json_response(status, {"error": message})
+    """The JSON error every refusal carries; a 503 also says when to come back."""
+    response = json_response(status, {"error": message})
+    if status == 503:
+        return Response(503, response.body, headers=RETRY_AFTER)
+    return response
 
 
 def status_for(error: InferenceError) -> int:
@@ -55,10 +68,17 @@ def status_for(error: InferenceError) -> int:
 
 
 class RestApi:
-    def __init__(self, dataplane: DataPlane, metrics: ServerMetrics, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        dataplane: DataPlane,
+        metrics: ServerMetrics,
+        max_body_bytes: int,
+        token: str | None = None,
+    ) -> None:
         self.dataplane = dataplane
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self._token = token.encode() if token else None
 
     async def handle(self, request: Request) -> Response:
         started = time.perf_counter()
@@ -74,12 +94,26 @@ class RestApi:
             response = Response(405, response.body, headers=(("Allow", allowed),))
         else:
             try:
+                if self._token is not None and template not in OPEN_ENDPOINTS:
+                    self._authorize(request)
                 response = await endpoint(request, parts)
+            except UnauthorizedError as err:
+                response = error_response(401, str(err))
+                response = Response(401, response.body, headers=(("WWW-Authenticate", "Bearer"),))
             except InferenceError as err:
                 response = error_response(status_for(err), str(err))
-        self.metrics.requests.inc((template, request.method, str(response.status)))
-        self.metrics.request_seconds.observe((template,), time.perf_counter() - started)
+        metrics = self.metrics
+        metrics.requests.labels(template, method_label(request.method), str(response.status)).inc()
+        metrics.request_seconds.labels(template).observe(time.perf_counter() - started)
         return response
+
+    def _authorize(self, request: Request) -> None:
+        assert self._token is not None
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not credentials:
+            raise UnauthorizedError("this endpoint needs an `Authorization: Bearer` token")
+        if not hmac.compare_digest(credentials.strip().encode(), self._token):
+            raise UnauthorizedError("the bearer token is not the server's")
 
     def _route(self, parts: list[str]) -> tuple[str, Endpoint | None, tuple[str, ...]]:
         """The endpoint template (a bounded metrics label), its function and allowed methods."""
@@ -112,7 +146,7 @@ class RestApi:
         return unquote(parts[2]), version
 
     async def _metrics(self, request: Request, parts: list[str]) -> Response:
-        return Response(200, self.metrics.render().encode(), content_type=CONTENT_TYPE)
+        return Response(200, self.metrics.render(), content_type=CONTENT_TYPE)
 
     async def _server_metadata(self, request: Request, parts: list[str]) -> Response:
         return json_response(200, self.dataplane.server_metadata())
@@ -134,15 +168,21 @@ class RestApi:
 
     async def _infer(self, request: Request, parts: list[str]) -> Response:
         name, version = self._model_address(parts)
-        body = self._decoded_body(request)
         header_length: int | None = None
         raw_length = request.headers.get(INFER_HEADER)
         if raw_length is not None:
-            if not raw_length.isdigit():
+            # ASCII digits only: str.isdigit() takes "²" and int() takes "١٢", " 12" and "1_2".
+            if not (raw_length.isascii() and raw_length.isdigit()) or len(raw_length) > 18:
                 raise InvalidInputError(
-                    f"Inference-Header-Content-Length {raw_length!r} is not a number"
+                    f"Inference-Header-Content-Length {raw_length[:40]!r} is not a byte count"
                 )
             header_length = int(raw_length)
+        body = request.body
+        if request.headers.get("content-encoding", "identity").lower() != "identity":
+            # A small compressed body may inflate to the limit: always off the loop.
+            body = await self.dataplane.offload(
+                self.max_body_bytes, lambda: self._decoded_body(request)
+            )
         result = await self.dataplane.infer(name, version, body, header_length)
         if result.header_length is None:
             return Response(200, result.body)

@@ -3,6 +3,7 @@ extension. Pure conversions; checking a tensor against the model's signature liv
 
 from __future__ import annotations
 
+import math
 import struct
 from typing import Any
 
@@ -27,6 +28,12 @@ NUMPY_DTYPES: dict[str, np.dtype[Any]] = {
     "BYTES": np.dtype(np.object_),
 }
 _LENGTH_PREFIX = struct.Struct("<I")
+# Which inferred numpy kinds each target kind takes from JSON data: numbers for numbers,
+# true/false for BOOL; bool for numbers is refused too (numpy would read true as 1).
+_ACCEPTED_KINDS = {"b": "b", "i": "iu", "u": "iu", "f": "iuf", "O": ""}
+# JSON has no NaN or Infinity: such output values are written as these strings, the proto3 JSON
+# mapping's spelling, which numpy (and so tritonclient's as_numpy) reads back as floats.
+NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
 
 
 def check_shape(spec: TensorSpec, shape: Any) -> tuple[int, ...]:
@@ -79,18 +86,30 @@ def decode_json_data(spec: TensorSpec, shape: tuple[int, ...], data: Any) -> np.
                 f"input {spec.name!r}: BYTES data must hold {count} strings for shape {list(shape)}"
             )
         return np.array([item.encode() for item in flat], dtype=np.object_).reshape(shape)
-    first: Any = data
-    while isinstance(first, list) and first:
-        first = first[0]
-    if isinstance(first, str | dict | None):
-        # np.array would turn "1.5" into 1.5; the protocol wants JSON numbers.
-        raise InvalidInputError(f"input {spec.name!r}: {spec.datatype} data must hold JSON numbers")
     try:
-        array = np.array(data, dtype=NUMPY_DTYPES[spec.datatype])
-    except (ValueError, TypeError, OverflowError) as err:
+        # Let numpy read the values as they are first: a number becomes a bool, int or float
+        # array; null, a string or an integer past 64 bits makes an object or text array,
+        # which the protocol refuses (a cast would turn null into NaN and "1.5" into 1.5).
+        inferred = np.asarray(data)
+    except (ValueError, TypeError) as err:
         raise InvalidInputError(
-            f"input {spec.name!r}: data is not a rectangular array of {spec.datatype} values: {err}"
+            f"input {spec.name!r}: data is not a rectangular array of {spec.datatype} values: "
+            f"{str(err)[:200]}"
         ) from None
+    dtype = NUMPY_DTYPES[spec.datatype]
+    if inferred.size and inferred.dtype.kind not in _ACCEPTED_KINDS[dtype.kind]:
+        what = "true/false" if dtype.kind == "b" else "JSON numbers"
+        raise InvalidInputError(
+            f"input {spec.name!r}: {spec.datatype} data must hold {what} only "
+            "(null, strings and integers beyond 64 bits are refused)"
+        )
+    if dtype.kind in "iu" and inferred.size:
+        info = np.iinfo(dtype)
+        if inferred.min() < info.min or inferred.max() > info.max:
+            raise InvalidInputError(
+                f"input {spec.name!r}: {spec.datatype} data must lie within {info.min}..{info.max}"
+            )
+    array = inferred.astype(dtype, copy=False)
     if array.size != count:
         raise InvalidInputError(
             f"input {spec.name!r}: data has {array.size} elements but shape {list(shape)} "
@@ -132,11 +151,21 @@ def decode_binary_data(
 
 
 def encode_json(name: str, datatype: str, array: np.ndarray[Any, Any]) -> dict[str, Any]:
-    data = array.ravel().tolist()
+    """The output as a JSON tensor. Numbers stay a flat numpy array, which the data plane's
+    orjson writes without a Python object per element; NaN and infinities become strings."""
+    data: Any
     if datatype == "BYTES":
         data = [
-            item.decode("utf-8", "replace") if isinstance(item, bytes) else item for item in data
+            item.decode("utf-8", "replace") if isinstance(item, bytes) else item
+            for item in array.ravel().tolist()
         ]
+    elif array.dtype.kind == "f" and not np.isfinite(array).all():
+        data = [
+            value if math.isfinite(value) else NON_FINITE[str(value)]
+            for value in array.ravel().tolist()
+        ]
+    else:
+        data = np.ascontiguousarray(array.ravel())
     return {"name": name, "datatype": datatype, "shape": list(array.shape), "data": data}
 
 

@@ -1,20 +1,39 @@
-"""A lean HTTP/1.1 server on asyncio: keep-alive, pipelining, Content-Length bodies with a size
-limit, `Expect: 100-continue`, and a draining shutdown. It parses bytes into Request objects and
-writes Responses; what a path means is the REST layer's business."""
+"""HTTP/1.1 for the inference server, on aiohttp's low-level server and its llhttp parser. It
+turns requests into Request objects and Responses into bytes; what a path means is the REST
+layer's business.
+
+aiohttp rather than uvicorn with httptools: the two answer a small JSON POST equally fast here
+(bench/bench_http_stacks.py, side by side), and aiohttp already enforces most of what a server
+that strangers can reach needs: a strict request parser (conflicting or duplicate
+Content-Length, Content-Length with Transfer-Encoding, obs-fold, bare LF and NUL in a header
+are 400s), limits on the request line, on each header field and on the header count, a bounded
+queue of pipelined requests (it stops reading past it), and back-pressure on every response it
+writes. It is also already installed with the operator. What it lacks is added here on its
+protocol's hooks, and only that: a deadline for the request head (408), a total header size
+(431), a cap on open connections (503), a deadline for a client that stops reading responses,
+JSON error bodies without a traceback per bad request in the log, `Connection: close` while
+draining, and an accept loop that stays quiet at the file-descriptor limit."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError
 
 log = logging.getLogger(__name__)
 
-MAX_HEAD_BYTES = 64 * 1024
-# Beyond this a refused body is not worth reading just to keep the connection alive.
-MAX_DISCARD_BYTES = 1 << 30
+# A body this many times over the limit is not worth reading just to keep the connection.
+DISCARD_FACTOR = 4
+FD_WARNING_INTERVAL = 60.0
 
 
 @dataclass(frozen=True)
@@ -22,7 +41,7 @@ class Request:
     method: str
     path: str
     query: str
-    headers: dict[str, str]  # names in lower case
+    headers: Mapping[str, str]  # case-insensitive names; singletons were checked
     body: bytes
 
 
@@ -37,7 +56,18 @@ class Response:
 @dataclass(frozen=True)
 class WireLimits:
     max_body_bytes: int = 64 * 1024 * 1024
-    idle_timeout: float = 75.0  # keep-alive idle time, and the time a client has to send a request
+    max_line_bytes: int = 8190  # the request line, and each header field (name and value)
+    max_header_bytes: int = 64 * 1024  # all header fields together
+    max_headers: int = 100
+    head_timeout: float = 10.0  # from the first byte of a request (or the connection) to its head
+    idle_timeout: float = 75.0  # keep-alive idle time; also how long a client may stop reading
+    max_connections: int = 1024
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert_file: str
+    key_file: str
 
 
 @dataclass
@@ -45,249 +75,347 @@ class WireHooks:
     """What the wire needs from the layer above it."""
 
     handle: Callable[[Request], Awaitable[Response]]
-    # A response for a request the wire itself refuses (oversize, malformed, unsupported).
+    # A response for a request the wire itself refuses (oversize, malformed, too slow).
     refuse: Callable[[int, str], Response]
     in_flight: Callable[[int], None] = field(default=lambda delta: None)
+    # (reason) for a connection refused or cut: "limit", "head_timeout", "write_timeout".
+    connection_refused: Callable[[str], None] = field(default=lambda reason: None)
+    # A request refused before the REST layer saw it, by status.
+    refused_request: Callable[[int], None] = field(default=lambda status: None)
 
 
-_REASONS = {status.value: status.phrase for status in HTTPStatus}
+# Header names whose value the layers above read once: a second copy is a client error rather
+# than something to guess about (aiohttp's parser already refuses duplicate Content-Length).
+SINGLETONS = ("content-encoding", "inference-header-content-length", "authorization", "expect")
 
 
-def _encode(response: Response, close: bool, http10: bool) -> bytes:
+def raw_response(refusal: Response) -> bytes:
+    """A whole response with `Connection: close`, for the moments there is no request object
+    to answer through aiohttp (a refused connection, a request head that never came)."""
+    reason = HTTPStatus(refusal.status).phrase
     lines = [
-        f"HTTP/1.1 {response.status} {_REASONS.get(response.status, 'Unknown')}",
-        f"Content-Type: {response.content_type}",
-        f"Content-Length: {len(response.body)}",
+        f"HTTP/1.1 {refusal.status} {reason}",
+        f"Content-Type: {refusal.content_type}",
+        f"Content-Length: {len(refusal.body)}",
+        *(f"{name}: {value}" for name, value in refusal.headers),
+        "Connection: close",
     ]
-    lines += [f"{name}: {value}" for name, value in response.headers]
-    if close:
-        lines.append("Connection: close")
-    elif http10:
-        lines.append("Connection: keep-alive")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + response.body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + refusal.body
 
 
-class _Connection(asyncio.Protocol):
-    def __init__(self, server: HttpServer) -> None:
-        self._server = server
-        self._hooks = server.hooks
-        self._limits = server.limits
-        self._loop = server.loop
-        self._transport: asyncio.Transport | None = None
-        self._buffer = bytearray()
-        self._busy = False  # a request is being handled; later ones wait in the buffer
-        self._closing = False  # answer what is under way, then close
-        self._discard = 0  # bytes of a refused body still to skip
-        self._head: tuple[str, str, str, bool, dict[str, str], int] | None = None
-        self._continue_sent = False
-        self._idle_timer: asyncio.TimerHandle | None = None
+class _Connection(RequestHandler):
+    """aiohttp's protocol plus the connection cap, the head deadline and the write deadline."""
 
-    # asyncio callbacks
+    def __init__(self, server: HttpServer, manager: web.Server, **kwargs: Any) -> None:
+        super().__init__(manager, loop=server.loop, **kwargs)
+        self._wire = server
+        self._refused = False
+        self._counted = False
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._head_count = 0  # requests parsed when the head timer was armed
+        self._receiving = False  # bytes of a request head came, the head is not complete
+        self._write_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        self._server.connections.add(self)
-        self._arm_idle_timer()
+        wire = self._wire
+        wire.accepted()
+        if wire.open_connections >= wire.limits.max_connections:
+            self._refused = True
+            wire.hooks.connection_refused("limit")
+            assert isinstance(transport, asyncio.Transport)
+            transport.write(wire.busy_response)
+            transport.close()
+            return
+        wire.open_connections += 1
+        self._counted = True
+        super().connection_made(transport)
+        self._arm_head_timer()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._server.connections.discard(self)
-        self._cancel_idle_timer()
-        self._transport = None
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._refused:
+            return
+        if self._counted:
+            self._counted = False
+            self._wire.open_connections -= 1
+        self._cancel_timers()
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._discard:
-            skipped = min(self._discard, len(data))
-            self._discard -= skipped
-            data = data[skipped:]
-        self._buffer += data
-        if not self._busy:
-            self._process()
-
-    # request framing
+        if self._refused:
+            return
+        # Waiting for a request: its first bytes start the clock on the rest of its head.
+        count = self._request_count
+        waiting = self._waiter is not None and not self._waiter.done()
+        if waiting and self._head_timer is None:
+            self._arm_head_timer()
+        super().data_received(data)
+        if self._request_count != count:
+            self._receiving = False
+        elif waiting and data:
+            self._receiving = True
+        if self._head_timer is not None and self._request_count != self._head_count:
+            self._head_timer.cancel()
+            self._head_timer = None
 
     @property
     def idle(self) -> bool:
-        return not self._busy and not self._buffer and self._head is None and not self._discard
+        """Waiting for a request with none of it received: safe to close at shutdown."""
+        waiting = self._waiter is not None and not self._waiter.done()
+        return waiting and not self._receiving and not self._messages
 
-    def begin_close(self) -> None:
-        """Stop after the request under way (if any); close now when idle."""
-        self._closing = True
-        if self.idle and self._transport is not None:
-            self._transport.close()
+    def _arm_head_timer(self) -> None:
+        self._head_count = self._request_count
+        self._head_timer = self._loop.call_later(self._wire.limits.head_timeout, self._head_late)
 
-    def _process(self) -> None:
-        while not self._busy and self._transport is not None and not self._discard:
-            if self._head is None:
-                outcome = self._parse_head()
-                if outcome == "refused":
-                    continue  # the connection may live on, with the next request buffered
-                if outcome == "wait":
-                    return
-            assert self._head is not None
-            method, path, query, http10, headers, length = self._head
-            if len(self._buffer) < length:
-                if headers.get("expect", "").lower() == "100-continue" and not self._continue_sent:
-                    self._continue_sent = True
-                    self._transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                return
-            body = bytes(self._buffer[:length])
-            del self._buffer[:length]
-            self._head = None
-            self._continue_sent = False
-            close = (
-                self._closing
-                or headers.get("connection", "").lower() == "close"
-                or (http10 and headers.get("connection", "").lower() != "keep-alive")
-            )
-            self._busy = True
-            self._cancel_idle_timer()
-            request = Request(method, path, query, headers, body)
-            self._loop.create_task(self._respond(request, close, http10))
-
-    def _parse_head(self) -> str:
-        """Parse a request head from the buffer: "parsed", "wait" (need bytes) or "refused"."""
-        end = self._buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._buffer) > MAX_HEAD_BYTES:
-                self._refuse(431, "request head exceeds 65536 bytes", close=True)
-                return "refused"
-            return "wait"
-        text = self._buffer[:end].decode("latin-1")
-        del self._buffer[: end + 4]
-        lines = text.split("\r\n")
-        parts = lines[0].split(" ")
-        if len(parts) != 3 or not parts[1].startswith("/"):
-            self._refuse(400, f"malformed request line {lines[0][:100]!r}", close=True)
-            return "refused"
-        method, target, version = parts
-        if version not in ("HTTP/1.1", "HTTP/1.0"):
-            self._refuse(505, f"{version[:20]!r} is not supported; use HTTP/1.1", close=True)
-            return "refused"
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if not sep or not name or name != name.strip():
-                self._refuse(400, f"malformed header line {line[:100]!r}", close=True)
-                return "refused"
-            headers[name.lower()] = value.strip()
-        if "transfer-encoding" in headers:
-            self._refuse(
-                501, "Transfer-Encoding is not supported; send a Content-Length", close=True
-            )
-            return "refused"
-        raw_length = headers.get("content-length", "0")
-        if not raw_length.isdigit():
-            self._refuse(400, f"Content-Length {raw_length[:30]!r} is not a number", close=True)
-            return "refused"
-        length = int(raw_length)
-        if length > self._limits.max_body_bytes:
-            message = (
-                f"request body of {length} bytes exceeds the limit of "
-                f"{self._limits.max_body_bytes} bytes (--max-body-bytes)"
-            )
-            # Skip the body and keep the connection unless the client waits for 100-continue
-            # (it will not send the body) or the body is too big to be worth reading.
-            expecting = headers.get("expect", "").lower() == "100-continue"
-            keep = not expecting and length <= MAX_DISCARD_BYTES
-            taken = min(length, len(self._buffer)) if keep else 0
-            del self._buffer[:taken]
-            self._discard = length - taken if keep else 0
-            self._refuse(413, message, close=not keep)
-            return "refused"
-        path, _, query = target.partition("?")
-        self._head = (method, path, query, version == "HTTP/1.0", headers, length)
-        return "parsed"
-
-    def _refuse(self, status: int, message: str, close: bool) -> None:
-        if self._transport is None:
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self._request_count != self._head_count or self.transport is None:
             return
-        self._transport.write(_encode(self._hooks.refuse(status, message), close, False))
-        if close:
-            self._buffer.clear()
-            self._transport.close()
-            self._transport = None
+        self._wire.hooks.connection_refused("head_timeout")
+        self._wire.hooks.refused_request(408)
+        message = (
+            f"the request head did not arrive within {self._wire.limits.head_timeout:g} s "
+            "(--request-head-timeout)"
+        )
+        self.transport.write(raw_response(self._wire.hooks.refuse(408, message)))
+        self.force_close()
 
-    # responding
+    # A client that stops reading: the transport pauses us past its high-water mark, and a
+    # response that cannot be written within the idle timeout ends the connection.
 
-    async def _respond(self, request: Request, close: bool, http10: bool) -> None:
-        self._hooks.in_flight(1)
-        try:
-            response = await self._hooks.handle(request)
-        except Exception:  # a bug above the wire must not wedge the connection
-            log.exception("unhandled error answering %s %s", request.method, request.path)
-            response = self._hooks.refuse(500, "internal server error")
-            close = True
-        finally:
-            self._hooks.in_flight(-1)
-        close = close or self._closing
-        if self._transport is not None:
-            self._transport.write(_encode(response, close, http10))
-            if close:
-                self._transport.close()
-                self._transport = None
-        self._busy = False
-        if self._transport is not None:
-            self._arm_idle_timer()
-            if self._buffer or self._discard:
-                self._process()
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._write_timer is None:
+            self._write_timer = self._loop.call_later(
+                self._wire.limits.idle_timeout, self._write_stalled
+            )
 
-    def _arm_idle_timer(self) -> None:
-        self._cancel_idle_timer()
-        self._idle_timer = self._loop.call_later(self._limits.idle_timeout, self._idle_expired)
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._write_timer is not None:
+            self._write_timer.cancel()
+            self._write_timer = None
 
-    def _cancel_idle_timer(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+    def _write_stalled(self) -> None:
+        self._write_timer = None
+        if self.transport is not None and self.writing_paused:
+            self._wire.hooks.connection_refused("write_timeout")
+            self.transport.abort()
 
-    def abort(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
-            self._transport = None
+    def _cancel_timers(self) -> None:
+        for timer in (self._head_timer, self._write_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._write_timer = None
 
-    def _idle_expired(self) -> None:
-        self._idle_timer = None
-        if self._transport is not None and not self._busy:
-            self._transport.close()
-            self._transport = None
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """A request the parser refused, or a bug above the wire: a JSON error, and one debug
+        line rather than a traceback per request (the log is not a client's to fill)."""
+        if status == 500:
+            log.error("unhandled error answering a request", exc_info=exc)
+            text = "internal server error"
+        else:
+            log.debug("refused a malformed request: %s", exc)
+            detail = exc.message if isinstance(exc, HttpProcessingError) else message
+            text = f"malformed HTTP request: {detail}"
+            status = _parser_status(exc, status)
+        self._wire.hooks.refused_request(status)
+        response = _to_aiohttp(self._wire.hooks.refuse(status, text[:300]))
+        response.force_close()
+        return response
+
+
+def _parser_status(exc: BaseException | None, status: int) -> int:
+    """414 for a request target over the line limit, 431 for a header field over it or too
+    many headers; the parser reports all of them as 400."""
+    if isinstance(exc, LineTooLong):
+        line = exc.args[0] if exc.args else b""
+        target = isinstance(line, bytes | str) and line[:1] in (b"/", "/", b"h", "h")
+        return 414 if target else 431
+    if isinstance(exc, HttpProcessingError) and "Too many headers" in exc.message:
+        return 431
+    return status
+
+
+def _to_aiohttp(response: Response) -> web.Response:
+    headers = {"Content-Type": response.content_type, "Server": "fogline"}
+    headers.update(response.headers)
+    return web.Response(status=response.status, body=response.body, headers=headers)
 
 
 class HttpServer:
-    def __init__(self, hooks: WireHooks, limits: WireLimits) -> None:
+    def __init__(self, hooks: WireHooks, limits: WireLimits, tls: TlsFiles | None = None) -> None:
         self.hooks = hooks
         self.limits = limits
+        self.tls = tls
         self.loop = asyncio.get_running_loop()
-        self.connections: set[_Connection] = set()
-        self._server: asyncio.Server | None = None
+        self.open_connections = 0
+        self.in_flight = 0
+        self.draining = False  # answer with `Connection: close` so clients move elsewhere
+        busy = hooks.refuse(503, f"the server holds {limits.max_connections} connections")
+        self.busy_response = raw_response(
+            Response(busy.status, busy.body, busy.content_type, (("Retry-After", "1"),))
+        )
+        self._fd_exhausted_since: float | None = None
+        self._fd_refusals = 0
+        self._listener: asyncio.Server | None = None
+        self._http = web.Server(
+            self._handle,
+            handler_cancellation=True,  # a client that goes away cancels its request
+            loop=self.loop,
+        )
+
+    def _protocol(self) -> _Connection:
+        return _Connection(
+            self,
+            self._http,
+            keepalive_timeout=self.limits.idle_timeout,
+            max_line_size=self.limits.max_line_bytes,
+            max_field_size=self.limits.max_line_bytes,
+            max_headers=self.limits.max_headers,
+            lingering_time=min(5.0, self.limits.idle_timeout),
+            access_log=None,
+            auto_decompress=False,  # Content-Encoding is the REST layer's, within its limit
+        )
 
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the bound port (useful with port 0)."""
-        self._server = await self.loop.create_server(
-            lambda: _Connection(self), host, port, reuse_address=True, backlog=1024
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            context.load_cert_chain(self.tls.cert_file, self.tls.key_file)
+        self.loop.set_exception_handler(self._loop_exception)
+        self._listener = await self.loop.create_server(
+            self._protocol, host, port, reuse_address=True, backlog=1024, ssl=context
         )
-        sockets = self._server.sockets
+        sockets = self._listener.sockets
         return int(sockets[0].getsockname()[1]) if sockets else port
+
+    def accepted(self) -> None:
+        self._fd_exhausted_since = None
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """asyncio reports each failed accept (EMFILE at the descriptor limit) with a traceback
+        and retries a second later; one warning a minute says the same without the flood."""
+        if not str(context.get("message", "")).startswith("socket.accept() out of system"):
+            loop.default_exception_handler(context)
+            return
+        self._fd_refusals += 1
+        self.hooks.connection_refused("fd_limit")
+        now = time.monotonic()
+        if self._fd_exhausted_since is None or now - self._fd_exhausted_since > FD_WARNING_INTERVAL:
+            self._fd_exhausted_since = now
+            log.warning(
+                "out of file descriptors with %d connections open (%s): new connections "
+                "wait in the backlog until some close; %d refused accepts so far",
+                self.open_connections,
+                context.get("exception"),
+                self._fd_refusals,
+            )
+
+    async def _handle(self, raw: web.BaseRequest) -> web.StreamResponse:
+        self.in_flight += 1
+        self.hooks.in_flight(1)
+        try:
+            response, close = await self._answer(raw)
+        finally:
+            self.in_flight -= 1
+            self.hooks.in_flight(-1)
+        answer = _to_aiohttp(response)
+        if close or self.draining:
+            answer.force_close()
+        return answer
+
+    async def _answer(self, raw: web.BaseRequest) -> tuple[Response, bool]:
+        limits = self.limits
+        refuse = self.hooks.refuse
+        header_bytes = sum(len(name) + len(value) + 4 for name, value in raw.raw_headers)
+        if header_bytes > limits.max_header_bytes:
+            self.hooks.refused_request(431)
+            message = (
+                f"request headers of {header_bytes} bytes exceed the limit of "
+                f"{limits.max_header_bytes} bytes (--max-header-bytes)"
+            )
+            return refuse(431, message), True
+        headers = raw.headers
+        for name in SINGLETONS:
+            if len(headers.getall(name, ())) > 1:
+                self.hooks.refused_request(400)
+                return refuse(400, f"header {name!r} appears more than once"), True
+        length = raw.content_length
+        expecting = headers.get("expect", "").lower() == "100-continue"
+        if length is not None and length > limits.max_body_bytes:
+            self.hooks.refused_request(413)
+            message = (
+                f"request body of {length} bytes exceeds the limit of "
+                f"{limits.max_body_bytes} bytes (--max-body-bytes)"
+            )
+            # aiohttp skips what is left of the body so the connection lives on, unless the
+            # client waits for 100-continue or the body is too big to be worth reading.
+            close = expecting or length > DISCARD_FACTOR * limits.max_body_bytes
+            return refuse(413, message), close
+        if expecting:
+            await raw.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        try:
+            body = await self._read_body(raw)
+        except RequestPayloadError as err:
+            self.hooks.refused_request(400)
+            return refuse(400, f"malformed request body: {err}"), True
+        if body is None:
+            self.hooks.refused_request(413)
+            message = (
+                f"request body exceeds the limit of {limits.max_body_bytes} bytes "
+                "(--max-body-bytes)"
+            )
+            return refuse(413, message), True
+        target = raw.raw_path
+        path, _, query = target.partition("?")
+        request = Request(raw.method, path, query, headers, body)
+        return await self.hooks.handle(request), False
+
+    async def _read_body(self, raw: web.BaseRequest) -> bytes | None:
+        """The body, or None past the limit (chunked bodies have no length up front)."""
+        if not raw.body_exists:
+            return b""
+        chunks: list[bytes] = []
+        total = 0
+        limit = self.limits.max_body_bytes
+        while chunk := await raw.content.readany():
+            total += len(chunk)
+            if total > limit:
+                return None
+            chunks.append(chunk)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     async def shutdown(self, timeout: float) -> bool:
         """Stop accepting, let requests under way finish, close connections.
 
         Returns False when some requests were still running at the deadline (then cut off).
         """
-        if self._server is not None:
-            self._server.close()
+        if self._listener is not None:
+            self._listener.close()
+        # Busy connections close after their answer (draining sets `Connection: close`); a
+        # connection is closed only while it waits with nothing received, so no request that
+        # has begun to arrive is lost.
+        self.draining = True
         deadline = self.loop.time() + timeout
-        for connection in list(self.connections):
-            connection.begin_close()
-        while self.connections:
-            for connection in list(self.connections):
-                if connection.idle:
-                    connection.begin_close()
-            remaining = deadline - self.loop.time()
-            if remaining <= 0:
+        while True:
+            busy = 0
+            for connection in self._http.connections:
+                if isinstance(connection, _Connection) and connection.idle:
+                    connection.force_close()
+                else:
+                    busy += 1
+            if (not busy and not self.in_flight) or self.loop.time() >= deadline:
                 break
-            await asyncio.sleep(min(remaining, 0.02))
-        drained = not self.connections
-        for connection in list(self.connections):
-            connection.abort()
+            await asyncio.sleep(0.02)
+        drained = self.in_flight == 0
+        await self._http.shutdown(0.5)
         return drained
