@@ -23,7 +23,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_server import Figures, free_port, request_body, row  # noqa: E402
+from bench_server import Figures, free_port, request_body, row
 
 ANSWER = json.dumps({"model_name": "digits", "outputs": [{"data": [0.0] * 10}]}).encode()
 

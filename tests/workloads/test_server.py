@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +66,9 @@ class ServerProcess:
         return self.process.wait(timeout=30)
 
 
-def start_server(model_dir: Path, log: Path, *extra: str) -> ServerProcess:
+def start_server(
+    model_dir: Path, log: Path, *extra: str, preexec: Callable[[], None] | None = None
+) -> ServerProcess:
     """Start the server on a free port (port 0) and read the port from its log."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "operator")}
     with log.open("wb") as sink:
@@ -74,11 +76,11 @@ def start_server(model_dir: Path, log: Path, *extra: str) -> ServerProcess:
             [sys.executable, "-m", "fogline.workloads.server", "--model-dir", str(model_dir),
              "--name", MODEL, "--host", "127.0.0.1", "--port", "0", "--drain-seconds", "0",
              *extra],
-            stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=REPO,
+            stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=REPO, preexec_fn=preexec,
         )  # fmt: skip
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        match = re.search(r"listening on http://[\d.]+:(\d+)", log.read_text())
+        match = re.search(r"listening on https?://[\d.]+:(\d+)", log.read_text())
         if match:
             return ServerProcess(process, int(match.group(1)), log)
         if process.poll() is not None:

@@ -223,24 +223,25 @@ class _Connection(RequestHandler):
         else:
             log.debug("refused a malformed request: %s", exc)
             detail = exc.message if isinstance(exc, HttpProcessingError) else message
-            text = f"malformed HTTP request: {detail}"
-            status = _parser_status(exc, status)
+            status, text = _parser_refusal(exc, status, f"malformed HTTP request: {detail}")
         self._wire.hooks.refused_request(status)
         response = _to_aiohttp(self._wire.hooks.refuse(status, text[:300]))
         response.force_close()
         return response
 
 
-def _parser_status(exc: BaseException | None, status: int) -> int:
+def _parser_refusal(exc: BaseException | None, status: int, text: str) -> tuple[int, str]:
     """414 for a request target over the line limit, 431 for a header field over it or too
-    many headers; the parser reports all of them as 400."""
+    many headers (the parser reports all of them as 400), with a message naming the flag."""
     if isinstance(exc, LineTooLong):
         line = exc.args[0] if exc.args else b""
-        target = isinstance(line, bytes | str) and line[:1] in (b"/", "/", b"h", "h")
-        return 414 if target else 431
+        limit = exc.args[1] if len(exc.args) > 1 else "?"
+        if isinstance(line, bytes | bytearray | str) and line[:1] in (b"/", "/", b"h", "h"):
+            return 414, f"request target over {limit} bytes (--max-header-line-bytes)"
+        return 431, f"a header field over {limit} bytes (--max-header-line-bytes)"
     if isinstance(exc, HttpProcessingError) and "Too many headers" in exc.message:
-        return 431
-    return status
+        return 431, "Too many headers (--max-headers)"
+    return status, text
 
 
 def _to_aiohttp(response: Response) -> web.Response:
