@@ -12,7 +12,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,16 +67,16 @@ class ServerProcess:
 
 
 def start_server(
-    model_dir: Path, log: Path, *extra: str, preexec: Callable[[], None] | None = None
+    model_dir: Path, log: Path, *extra: str, wrapper: tuple[str, ...] = ()
 ) -> ServerProcess:
     """Start the server on a free port (port 0) and read the port from its log."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "operator")}
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [sys.executable, "-m", "fogline.workloads.server", "--model-dir", str(model_dir),
+            [*wrapper, sys.executable, "-m", "fogline.workloads.server", "--model-dir", str(model_dir),
              "--name", MODEL, "--host", "127.0.0.1", "--port", "0", "--drain-seconds", "0",
              *extra],
-            stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=REPO, preexec_fn=preexec,
+            stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=REPO,
         )  # fmt: skip
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:

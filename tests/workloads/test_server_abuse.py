@@ -483,13 +483,10 @@ def test_tls_and_bearer_token_guard_inference_but_not_health(
 
 
 def test_descriptor_limit_refuses_quietly(artifact: Path, tmp_path: Path) -> None:
-    import resource
-
-    def low_limit() -> None:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
-
     log = tmp_path / "server.log"
-    server = start_server(artifact, log, "--max-connections", "5000", preexec=low_limit)
+    server = start_server(
+        artifact, log, "--max-connections", "5000", wrapper=("prlimit", "--nofile=128:128")
+    )
     sockets: list[socket.socket] = []
     try:
         wait_ready(server)
