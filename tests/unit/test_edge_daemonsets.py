@@ -286,3 +286,52 @@ def test_read_only_secret_reaches_the_fetch_step_only() -> None:
     assert {"name": "AWS_ENDPOINT_URL", "value": "https://s3.example"} in fetch["env"]
     assert "envFrom" not in server
     assert "--cache-keep=3" in fetch["args"]
+
+
+# --- server options: limits, drain, TLS, token ------------------------------------------------
+
+
+def test_a_spec_without_server_options_keeps_the_template_it_had() -> None:
+    ds = daemonset()
+    server = container(ds, "server")
+    assert not [arg for arg in server["args"] if arg.startswith(("--max-", "--drain", "--tls"))]
+    assert pod_spec(ds)["terminationGracePeriodSeconds"] == 30
+
+
+def test_limits_and_drain_become_server_flags_and_the_grace_period_covers_the_drain() -> None:
+    e = edge(
+        runtime={
+            "limits": {"maxBodyBytes": 1048576, "maxQueue": 32, "requestHeadTimeoutSeconds": 5},
+            "drainSeconds": 15,
+        }
+    )
+    ds = daemonset(e)
+    args = container(ds, "server")["args"]
+    for flag in (
+        "--max-body-bytes=1048576",
+        "--max-queue=32",
+        "--request-head-timeout=5",
+        "--drain-seconds=15",
+    ):
+        assert flag in args
+    assert not [arg for arg in args if arg.startswith("--max-connections")]
+    assert pod_spec(ds)["terminationGracePeriodSeconds"] == 15 + 20 + 5
+
+
+def test_tls_and_token_come_from_secrets_and_probes_speak_https() -> None:
+    e = edge(runtime={"tls": {"secretName": "shop-tls"}, "auth": {"tokenSecretName": "shop-token"}})
+    ds = daemonset(e)
+    server = container(ds, "server")
+    assert "--tls-cert-file=/etc/fogline/tls/tls.crt" in server["args"]
+    assert "--tls-key-file=/etc/fogline/tls/tls.key" in server["args"]
+    assert "--auth-token-file=/etc/fogline/auth/token" in server["args"]
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert server[probe]["httpGet"]["scheme"] == "HTTPS"
+    volumes = {v["name"]: v for v in pod_spec(ds)["volumes"]}
+    assert volumes["tls"]["secret"] == {"secretName": "shop-tls"}
+    assert volumes["auth"]["secret"] == {
+        "secretName": "shop-token",
+        "items": [{"key": "token", "path": "token"}],
+    }
+    mounts = {m["name"]: m for m in server["volumeMounts"]}
+    assert mounts["tls"]["readOnly"] and mounts["auth"]["readOnly"]

@@ -53,6 +53,32 @@ class ServerResources:
 
 
 @dataclass(frozen=True)
+class ServerLimits:
+    """spec.runtime.limits: what one server accepts; unset means the server's default."""
+
+    max_body_bytes: int | None = None
+    max_connections: int | None = None
+    max_queue: int | None = None
+    request_head_timeout_seconds: int | None = None
+    idle_timeout_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """spec.runtime.tls: serve HTTPS with the certificate of a kubernetes.io/tls Secret."""
+
+    secret_name: str
+
+
+@dataclass(frozen=True)
+class ServerAuth:
+    """spec.runtime.auth: a bearer token, from a Secret, for the inference endpoints."""
+
+    token_secret_name: str
+    token_key: str = "token"
+
+
+@dataclass(frozen=True)
 class RuntimeSpec:
     """spec.runtime: the inference server on each edge node."""
 
@@ -60,6 +86,10 @@ class RuntimeSpec:
     port: int = 8080
     threads: int = 1
     resources: ServerResources | None = None
+    limits: ServerLimits | None = None
+    drain_seconds: int | None = None
+    tls: ServerTls | None = None
+    auth: ServerAuth | None = None
 
 
 def _edge_selector() -> dict[str, str]:

@@ -29,6 +29,13 @@ TEMPLATE_HASH_ANNOTATION = "fogline.io/template-hash"
 MODEL_DIR = "/models/current"
 CACHE_MOUNT = "/var/lib/fogline/cache"
 PVC_ROOT = "/mnt/pvc"
+TLS_MOUNT = "/etc/fogline/tls"
+AUTH_MOUNT = "/etc/fogline/auth"
+# The server's defaults for what follows SIGTERM: a drain period during which it still serves
+# while readiness says 503 (endpoints move away), then a deadline for requests under way.
+DEFAULT_DRAIN_SECONDS = 5
+SERVER_SHUTDOWN_SECONDS = 20
+GRACE_MARGIN_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -92,6 +99,53 @@ def image_volume_reference(model: ModelRef) -> str | None:
     return f"{model.uri.removeprefix('oci://').rstrip('/')}:{oci_tag(model.digest)}"
 
 
+def _drain_seconds(edge: EdgeDeployment) -> int:
+    drain = edge.spec.runtime.drain_seconds
+    return DEFAULT_DRAIN_SECONDS if drain is None else drain
+
+
+def _server_options(
+    edge: EdgeDeployment,
+) -> tuple[list[str], list[dict[str, Any]], list[dict[str, Any]]]:
+    """The server's flags for spec.runtime's limits, drain, TLS and token, with the Secret
+    volumes they read. Only what the spec sets becomes a flag, so a DaemonSet whose spec sets
+    none keeps the template (and hash) it had."""
+    runtime = edge.spec.runtime
+    args: list[str] = []
+    limits = runtime.limits
+    if limits is not None:
+        for flag, value in (
+            ("--max-body-bytes", limits.max_body_bytes),
+            ("--max-connections", limits.max_connections),
+            ("--max-queue", limits.max_queue),
+            ("--request-head-timeout", limits.request_head_timeout_seconds),
+            ("--idle-timeout", limits.idle_timeout_seconds),
+        ):
+            if value is not None:
+                args.append(f"{flag}={value}")
+    if runtime.drain_seconds is not None:
+        args.append(f"--drain-seconds={runtime.drain_seconds}")
+    mounts: list[dict[str, Any]] = []
+    volumes: list[dict[str, Any]] = []
+    if runtime.tls is not None:
+        args += [f"--tls-cert-file={TLS_MOUNT}/tls.crt", f"--tls-key-file={TLS_MOUNT}/tls.key"]
+        volumes.append({"name": "tls", "secret": {"secretName": runtime.tls.secret_name}})
+        mounts.append({"name": "tls", "mountPath": TLS_MOUNT, "readOnly": True})
+    if runtime.auth is not None:
+        args.append(f"--auth-token-file={AUTH_MOUNT}/token")
+        volumes.append(
+            {
+                "name": "auth",
+                "secret": {
+                    "secretName": runtime.auth.token_secret_name,
+                    "items": [{"key": runtime.auth.token_key, "path": "token"}],
+                },
+            }
+        )
+        mounts.append({"name": "auth", "mountPath": AUTH_MOUNT, "readOnly": True})
+    return args, mounts, volumes
+
+
 def build_site_daemonset(
     edge: EdgeDeployment, site: str, model: ModelRef, settings: OperatorSettings
 ) -> dict[str, Any]:
@@ -135,11 +189,14 @@ def build_site_daemonset(
         # but with every capability dropped, so it can write only what root owns.
         "securityContext": {**security, "runAsNonRoot": False, "runAsUser": 0},
     }
+    runtime = spec.runtime
+    scheme = {"scheme": "HTTPS"} if runtime.tls is not None else {}
     probe = {
-        "httpGet": {"path": "/v2/health/ready", "port": "http"},
+        "httpGet": {"path": "/v2/health/ready", "port": "http", **scheme},
         "periodSeconds": 5,
         "failureThreshold": 3,
     }
+    server_args, server_mounts, server_volumes = _server_options(edge)
     server: dict[str, Any] = {
         "name": "server",
         "image": spec.runtime.image or settings.server_image,
@@ -151,22 +208,24 @@ def build_site_daemonset(
             f"--port={port}",
             f"--threads={spec.runtime.threads}",
             f"--expected-digest={model.digest}",
+            *server_args,
         ],
         "ports": [{"name": "http", "containerPort": port}],
         "readinessProbe": probe,
         "livenessProbe": {
-            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "httpGet": {"path": "/v2/health/live", "port": "http", **scheme},
             "periodSeconds": 10,
             "failureThreshold": 3,
         },
         "startupProbe": {
-            "httpGet": {"path": "/v2/health/live", "port": "http"},
+            "httpGet": {"path": "/v2/health/live", "port": "http", **scheme},
             "periodSeconds": 2,
             "failureThreshold": 30,
         },
         "volumeMounts": [
             {"name": "model", "mountPath": "/models", "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
+            *server_mounts,
         ],
         "securityContext": security,
     }
@@ -188,7 +247,11 @@ def build_site_daemonset(
         "initContainers": [fetch],
         "containers": [server],
         "automountServiceAccountToken": False,
-        "terminationGracePeriodSeconds": 30,
+        # SIGTERM comes with the pod's removal from its endpoints; the server drains, then
+        # finishes what is under way; the kubelet's SIGKILL must come after both.
+        "terminationGracePeriodSeconds": _drain_seconds(edge)
+        + SERVER_SHUTDOWN_SECONDS
+        + GRACE_MARGIN_SECONDS,
         "volumes": [
             # The node-local cache keyed by digest: a node that loses its link to the cloud
             # still restarts its server from what it fetched before (edge autonomy).
@@ -200,6 +263,7 @@ def build_site_daemonset(
             {"name": "tmp", "emptyDir": {}},
             *source_volumes,
             *access.volumes,
+            *server_volumes,
         ],
     }
     if access.env_from:
