@@ -1,6 +1,8 @@
 """Benchmark of the edge inference server, every figure measured in one run: onnxruntime called
 in-process, torch eager on CPU, `fogline serve`, and KServe's Python model server serving the same
-ONNX file over the same protocol. HTTP load comes from a separate client process on loopback.
+ONNX file over the same protocol; then the trainer's CNN at batch 8 under concurrent load with
+micro-batching on and off, and the data plane's JSON work with the standard library and orjson.
+HTTP load comes from a separate client process on loopback.
 
     .venv/bin/python bench/bench_server.py            # after bench/setup_kserve.sh
     .venv/bin/python bench/bench_server.py --skip-kserve --duration 2
@@ -94,7 +96,60 @@ def build_artifact(folder: Path) -> Any:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    data = model.SerializeToString()
+    write_folder(folder, model.SerializeToString(), FEATURES)
+    return module
+
+
+CNN_SIDE, CNN_HIDDEN, CNN_BATCH = 28, 128, 8
+
+
+def build_cnn_artifact(folder: Path) -> None:
+    """The trainer's `cnn` architecture (two 3x3 convolutions, max-pool, two linear layers) on
+    28x28 single-channel images given as flat rows, as ONNX with seeded weights."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    pooled = CNN_SIDE // 2
+
+    def weight(name: str, *shape: int) -> Any:
+        fan_in = int(np.prod(shape[1:])) if len(shape) > 1 else shape[0]
+        values = rng.standard_normal(shape) / np.sqrt(fan_in)
+        return numpy_helper.from_array(values.astype(np.float32), name)
+
+    features = CNN_SIDE * CNN_SIDE
+    initializers = [
+        numpy_helper.from_array(np.array([-1, 1, CNN_SIDE, CNN_SIDE], dtype=np.int64), "image"),
+        weight("c1w", 16, 1, 3, 3), weight("c1b", 16),
+        weight("c2w", 32, 16, 3, 3), weight("c2b", 32),
+        weight("l1w", CNN_HIDDEN, 32 * pooled * pooled), weight("l1b", CNN_HIDDEN),
+        weight("l2w", CLASSES, CNN_HIDDEN), weight("l2b", CLASSES),
+    ]  # fmt: skip
+    nodes = [
+        helper.make_node("Reshape", ["input", "image"], ["x0"]),
+        helper.make_node("Conv", ["x0", "c1w", "c1b"], ["x1"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["x1"], ["x2"]),
+        helper.make_node("Conv", ["x2", "c2w", "c2b"], ["x3"], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["x3"], ["x4"]),
+        helper.make_node("MaxPool", ["x4"], ["x5"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["x5"], ["x6"], axis=1),
+        helper.make_node("Gemm", ["x6", "l1w", "l1b"], ["x7"], transB=1),
+        helper.make_node("Relu", ["x7"], ["x8"]),
+        helper.make_node("Gemm", ["x8", "l2w", "l2b"], ["logits"], transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", features])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", CLASSES])],
+        initializers,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    write_folder(folder, model.SerializeToString(), features)
+
+
+def write_folder(folder: Path, data: bytes, features: int) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "model.onnx").write_bytes(data)
     manifest = {
@@ -106,13 +161,47 @@ def build_artifact(folder: Path) -> Any:
         },
         "serving": {
             "file": "model.onnx",
-            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, FEATURES]}],
+            "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, features]}],
             "outputs": [{"name": "logits", "datatype": "FP32", "shape": [-1, CLASSES]}],
         },
         "quantized": False,
     }
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    return module
+
+
+def cnn_request() -> tuple[bytes, Any]:
+    import numpy as np
+
+    batch = np.random.default_rng(5).random((CNN_BATCH, CNN_SIDE * CNN_SIDE), dtype=np.float32)
+    tensor = {
+        "name": "input",
+        "datatype": "FP32",
+        "shape": list(batch.shape),
+        "data": [round(float(value), 4) for value in batch.ravel()],
+    }
+    body = json.dumps({"id": "bench", "inputs": [tensor]}).encode()
+    return body, np.array(tensor["data"], dtype=np.float32).reshape(batch.shape)
+
+
+def bench_json_codecs(body: bytes, duration: float) -> tuple[Figures, Figures]:
+    """The data plane's JSON work on one request (parse the body, write a 10-logit answer),
+    with the standard library and with orjson."""
+    import numpy as np
+    import orjson
+
+    logits = np.linspace(-1, 1, CLASSES, dtype=np.float32)
+
+    def stdlib() -> bytes:
+        json.loads(body)
+        document = {"model_name": MODEL, "outputs": [{"data": logits.tolist()}]}
+        return json.dumps(document, separators=(",", ":")).encode()
+
+    def fast() -> bytes:
+        orjson.loads(body)
+        document = {"model_name": MODEL, "outputs": [{"data": logits}]}
+        return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+
+    return time_calls(stdlib, duration / 2), time_calls(fast, duration / 2)
 
 
 def sample_input() -> list[float]:
@@ -139,7 +228,9 @@ def time_calls(call: Callable[[], Any], duration: float) -> Figures:
     return Figures.of(latencies, time.perf_counter() - start)
 
 
-def bench_onnxruntime(folder: Path, duration: float, threads: int) -> tuple[Figures, Any]:
+def bench_onnxruntime(
+    folder: Path, duration: float, threads: int, batch: Any = None
+) -> tuple[Figures, Any]:
     import numpy as np
     import onnxruntime as ort
 
@@ -147,7 +238,8 @@ def bench_onnxruntime(folder: Path, duration: float, threads: int) -> tuple[Figu
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     session = ort.InferenceSession(str(folder / "model.onnx"), options)
-    batch = np.array([sample_input()], dtype=np.float32)
+    if batch is None:
+        batch = np.array([sample_input()], dtype=np.float32)
     (expected,) = session.run(["logits"], {"input": batch})
     return time_calls(lambda: session.run(["logits"], {"input": batch}), duration), expected
 
@@ -309,7 +401,7 @@ def check_answer(port: int, body: bytes, expected: Any) -> None:
     with urllib.request.urlopen(request, timeout=10) as response:
         output = json.loads(response.read())["outputs"][0]
     got = np.array(output["data"], dtype=np.float32).reshape(output["shape"])
-    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
 def bench_server(
@@ -320,6 +412,7 @@ def bench_server(
     body_file: Path,
     expected: Any,
     args: argparse.Namespace,
+    client_counts: tuple[int, ...] | None = None,
 ) -> dict[int, Figures]:
     log = Path(tempfile.gettempdir()) / f"bench-{name}-{port}.log"
     with log.open("wb") as sink:
@@ -330,7 +423,7 @@ def bench_server(
         check_answer(port, body_file.read_bytes(), expected)
         return {
             clients: load_from_client_process(port, body_file, args.duration, clients)
-            for clients in (1, args.concurrency)
+            for clients in client_counts or (1, args.concurrency)
         }
     finally:
         process.send_signal(signal.SIGTERM)
@@ -358,6 +451,7 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime/torch threads")
     parser.add_argument("--kserve-python", default=str(ROOT / ".venv-kserve" / "bin" / "python"))
     parser.add_argument("--skip-kserve", action="store_true")
+    parser.add_argument("--skip-cnn", action="store_true")
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
@@ -404,6 +498,30 @@ def main() -> int:
                 port=ks_port, body_file=body_file, expected=expected, args=args,
             )  # fmt: skip
 
+    codec_std, codec_fast = bench_json_codecs(request_body(), args.duration)
+    cnn: dict[str, dict[int, Figures]] = {}
+    cnn_direct: Figures | None = None
+    if not args.skip_cnn:
+        cnn_folder = work / "cnn"
+        build_cnn_artifact(cnn_folder)
+        cnn_body, cnn_batch = cnn_request()
+        cnn_file = work / "cnn-request.json"
+        cnn_file.write_bytes(cnn_body)
+        cnn_direct, cnn_expected = bench_onnxruntime(
+            cnn_folder, args.duration, args.threads, cnn_batch
+        )
+        for label, max_batch in (("on", "64"), ("off", "1")):
+            port = free_port()
+            cnn[label] = bench_server(
+                f"cnn-{label}",
+                command=[sys.executable, "-m", "fogline.workloads.server", "--model-dir",
+                         str(cnn_folder), "--name", MODEL, "--host", "127.0.0.1", "--port",
+                         str(port), "--threads", str(args.threads), "--max-batch-size",
+                         max_batch, "--log-level", "WARNING"],
+                port=port, body_file=cnn_file, expected=cnn_expected, args=args,
+                client_counts=(args.concurrency,),
+            )  # fmt: skip
+
     c = args.concurrency
     print("\nfigures")
     print(row("onnxruntime in-process", in_process))
@@ -414,13 +532,31 @@ def main() -> int:
         print(row("KServe model server, 1 client", kserve[1]))
         print(row(f"KServe model server, {c} clients", kserve[c]))
 
+    print(row("data plane JSON, json module", codec_std))
+    print(row("data plane JSON, orjson", codec_fast))
+    if cnn and cnn_direct is not None:
+        print(f"\nCNN {CNN_SIDE}x{CNN_SIDE}, batch {CNN_BATCH}, JSON tensors")
+        print(row(f"onnxruntime in-process, batch {CNN_BATCH}", cnn_direct))
+        print(row(f"fogline, {c} clients, batching on", cnn["on"][c]))
+        print(row(f"fogline, {c} clients, batching off", cnn["off"][c]))
+
     print("\nratios")
     overhead = fogline[1].p50_ms - in_process.p50_ms
-    verdict = "meets" if overhead <= 0.5 else "misses"
+    verdict = "meets" if overhead <= 0.3 else "misses"
     print(
         f"  fogline p50 - onnxruntime in-process p50: {overhead:+.3f} ms "
-        f"({verdict} the 0.5 ms target)"
+        f"({verdict} the 0.3 ms target)"
     )
+    print(
+        f"  data plane JSON per request, json / orjson: "
+        f"{codec_std.p50_ms / codec_fast.p50_ms:.2f}x "
+        f"({(codec_std.p50_ms - codec_fast.p50_ms) * 1e3:+.1f} us)"
+    )
+    if cnn:
+        print(
+            f"  CNN batch {CNN_BATCH}, {c} clients, batching on / off throughput: "
+            f"{cnn['on'][c].throughput / cnn['off'][c].throughput:.2f}x"
+        )
     print(
         f"  fogline p50 / onnxruntime in-process p50: {fogline[1].p50_ms / in_process.p50_ms:.2f}x"
     )
@@ -432,10 +568,8 @@ def main() -> int:
     )
     if kserve:
         ratio = fogline[c].throughput / kserve[c].throughput
-        verdict = "meets" if ratio >= 1.5 else "misses"
-        print(
-            f"  fogline / KServe throughput, {c} clients: {ratio:.2f}x ({verdict} the 1.5x target)"
-        )
+        verdict = "meets" if ratio >= 3 else "misses"
+        print(f"  fogline / KServe throughput, {c} clients: {ratio:.2f}x ({verdict} the 3x target)")
         print(
             f"  fogline / KServe throughput, 1 client: "
             f"{fogline[1].throughput / kserve[1].throughput:.2f}x"
