@@ -138,3 +138,39 @@ def test_any_change_to_the_manifest_changes_the_artifact_digest(change: dict[str
 def test_manifest_errors_name_the_field(changes: dict[str, Any], field: str) -> None:
     with pytest.raises(ArtifactError, match=field):
         parse_manifest(manifest(**changes))
+
+
+@pytest.mark.parametrize(
+    ("spec", "data", "message"),
+    [
+        (SPEC, [1.0, None, 3.0, 4.0, 5.0, 6.0], "JSON numbers only"),
+        (SPEC, [1.0, "2", 3.0, 4.0, 5.0, 6.0], "JSON numbers only"),
+        (SPEC, [1, 2, 3, 4, 5, 2**70], "JSON numbers only"),
+        (TensorSpec("ids", "INT8", (-1, 3)), [1, 2, 3, 4, 5, 300], "within -128..127"),
+        (TensorSpec("ids", "INT64", (-1, 3)), [1.5, 2, 3, 4, 5, 6], "JSON numbers only"),
+        (TensorSpec("mask", "BOOL", (-1, 3)), [1, 0, 1, 0, 1, 0], "true/false only"),
+    ],
+    ids=["null", "string-late", "int-past-64-bits", "int8-range", "float-for-int", "int-for-bool"],
+)
+def test_json_data_that_is_not_of_the_datatype_is_refused_wherever_it_sits(
+    spec: TensorSpec, data: list[Any], message: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        decode_json_data(spec, (2, 3), data)
+
+
+def test_non_finite_outputs_are_written_as_strings_numpy_reads_back() -> None:
+    array = np.array([[1.5, np.nan], [np.inf, -np.inf]], dtype=np.float32)
+    data = encode_json("logits", "FP32", array)["data"]
+    assert data == [1.5, "NaN", "Infinity", "-Infinity"]
+    back = np.array(data, dtype=np.float32).reshape(2, 2)
+    np.testing.assert_array_equal(back, array)
+
+
+def test_finite_outputs_stay_a_numpy_array_for_orjson() -> None:
+    import orjson
+
+    array = np.array([[0.1, 2.0]], dtype=np.float32)
+    document = encode_json("logits", "FP32", array)
+    text = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    assert b'"data":[0.1,2.0]' in text

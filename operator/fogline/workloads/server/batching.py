@@ -1,6 +1,8 @@
 """Runs the model off the event loop: one worker thread takes every request waiting in the queue
 and, when shapes allow, merges them along the batch axis into one onnxruntime call. A lone
-request runs at once (no waiting window), so merging adds no latency. Never parses HTTP."""
+request runs at once (no waiting window), so merging adds no latency. A lone request on a model
+that answers within INLINE_SECONDS runs right on the event loop instead: the two thread
+hand-offs would cost more than the run. Never parses HTTP."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ from fogline.workloads.server.errors import InferenceError, InferenceFailedError
 from fogline.workloads.server.model import OnnxModel
 
 log = logging.getLogger(__name__)
+# A run this short blocks the event loop for less than a health probe's own handling takes.
+INLINE_SECONDS = 0.0002
 Outputs = list[np.ndarray[Any, Any]]
 BatchObserver = Callable[[float, int], None]
 
@@ -55,6 +59,10 @@ class InferenceRunner:
         self._queue: deque[_Job] = deque()
         self._wake = threading.Condition()
         self._stopping = False
+        self._busy = False  # the worker is running a batch
+        # Seconds of the latest single-request run; unknown (inf) sends the first to the worker.
+        self._last_run = float("inf")
+        self._last_rows = 0  # rows of that run: a larger request is not assumed to be as quick
         self._thread = threading.Thread(target=self._work, name="inference", daemon=True)
 
     def start(self) -> None:
@@ -88,6 +96,13 @@ class InferenceRunner:
             if self._stopping:
                 future.set_exception(InferenceFailedError("the server is shutting down"))
                 return future
+            size = next(iter(feeds.values())).shape[0] if feeds and feeds_have_rows(feeds) else 1
+            inline = (
+                not self._queue
+                and not self._busy
+                and self._last_run < INLINE_SECONDS
+                and size <= self._last_rows
+            )
             if len(self._queue) >= self._max_queue:
                 self._on_rejected()
                 raise OverloadedError(
@@ -95,8 +110,16 @@ class InferenceRunner:
                     "retry later"
                 )
             job = _Job(feeds, rows, key, future)
-            self._queue.append(job)
-            self._wake.notify()
+            if not inline:
+                self._queue.append(job)
+                self._wake.notify()
+        if inline:
+            result = self._run_one(job)
+            if isinstance(result, InferenceError):
+                future.set_exception(result)
+            else:
+                future.set_result(result)
+            return future
         future.add_done_callback(lambda done: self._forget(job) if done.cancelled() else None)
         return future
 
@@ -116,6 +139,7 @@ class InferenceRunner:
                     return None
                 self._wake.wait()
             first = self._queue.popleft()
+            self._busy = True
             jobs = [first]
             if not first.key or first.rows >= self._max_rows:
                 return jobs
@@ -139,6 +163,8 @@ class InferenceRunner:
             except Exception as err:  # keep the worker alive: each waiting request gets the error
                 log.exception("inference worker failed on a batch of %d requests", len(jobs))
                 results = [InferenceFailedError(f"inference failed: {err}")] * len(jobs)
+            with self._wake:
+                self._busy = False
             self._loop.call_soon_threadsafe(_settle, list(zip(jobs, results, strict=True)))
 
     def _timed_predict(self, feeds: dict[str, np.ndarray[Any, Any]], rows: int) -> Outputs:
@@ -149,11 +175,18 @@ class InferenceRunner:
         return outputs
 
     def _run_one(self, job: _Job) -> Outputs | InferenceError:
-        rows = next(iter(job.feeds.values())).shape[0] if job.feeds else 1
+        rows = (
+            next(iter(job.feeds.values())).shape[0]
+            if job.feeds and feeds_have_rows(job.feeds)
+            else 1
+        )
+        started = time.perf_counter()
         try:
             return self._timed_predict(job.feeds, rows)
         except InferenceError as err:
             return err
+        finally:
+            self._last_run, self._last_rows = time.perf_counter() - started, rows
 
     def _run_merged(self, jobs: list[_Job]) -> list[Outputs | InferenceError]:
         names = list(jobs[0].feeds)
@@ -171,6 +204,10 @@ class InferenceRunner:
             results.append([output[start:end] for output in outputs])
             start = end
         return results
+
+
+def feeds_have_rows(feeds: dict[str, np.ndarray[Any, Any]]) -> bool:
+    return all(array.ndim > 0 for array in feeds.values())
 
 
 def _settle(done: list[tuple[_Job, Outputs | InferenceError]]) -> None:
