@@ -169,7 +169,9 @@ def write_folder(folder: Path, data: bytes, features: int) -> None:
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
-def cnn_request() -> tuple[bytes, Any]:
+def cnn_request() -> tuple[bytes, int, Any]:
+    """A batch-8 request as binary tensors (the JSON answer is small): the body, the length of
+    its JSON header, and the batch."""
     import numpy as np
 
     batch = np.random.default_rng(5).random((CNN_BATCH, CNN_SIDE * CNN_SIDE), dtype=np.float32)
@@ -177,10 +179,10 @@ def cnn_request() -> tuple[bytes, Any]:
         "name": "input",
         "datatype": "FP32",
         "shape": list(batch.shape),
-        "data": [round(float(value), 4) for value in batch.ravel()],
+        "parameters": {"binary_data_size": batch.nbytes},
     }
-    body = json.dumps({"id": "bench", "inputs": [tensor]}).encode()
-    return body, np.array(tensor["data"], dtype=np.float32).reshape(batch.shape)
+    header = json.dumps({"id": "bench", "inputs": [tensor]}).encode()
+    return header + batch.tobytes(), len(header), batch
 
 
 def bench_json_codecs(body: bytes, duration: float) -> tuple[Figures, Figures]:
@@ -260,10 +262,11 @@ def bench_torch(module: Any, duration: float, threads: int) -> Figures:
 # ---------------------------------------------------------------- load client (own process)
 
 
-def _http_request(port: int, path: str, body: bytes) -> bytes:
+def _http_request(port: int, path: str, body: bytes, header_length: int | None = None) -> bytes:
+    binary = f"Inference-Header-Content-Length: {header_length}\r\n" if header_length else ""
     return (
         f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        f"{binary}Content-Length: {len(body)}\r\n\r\n"
     ).encode() + body
 
 
@@ -273,9 +276,11 @@ def _status_and_length(head: bytes) -> tuple[int, int]:
     return status, int(match.group(1)) if match else 0
 
 
-def run_blocking_client(port: int, path: str, body: bytes, duration: float) -> dict[str, Any]:
+def run_blocking_client(
+    port: int, path: str, body: bytes, duration: float, header_length: int | None = None
+) -> dict[str, Any]:
     """One connection, one request at a time: the latency of a lone caller."""
-    raw = _http_request(port, path, body)
+    raw = _http_request(port, path, body, header_length)
     sock = socket.create_connection(("127.0.0.1", port))
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     reader = sock.makefile("rb")
@@ -308,10 +313,15 @@ def run_blocking_client(port: int, path: str, body: bytes, duration: float) -> d
 
 
 async def run_concurrent_client(
-    port: int, path: str, body: bytes, duration: float, concurrency: int
+    port: int,
+    path: str,
+    body: bytes,
+    duration: float,
+    concurrency: int,
+    header_length: int | None = None,
 ) -> dict[str, Any]:
     """`concurrency` keep-alive connections, each sending its next request on each answer."""
-    raw = _http_request(port, path, body)
+    raw = _http_request(port, path, body, header_length)
     latencies: list[float] = []
     errors = 0
     measuring = asyncio.Event()
@@ -343,23 +353,27 @@ async def run_concurrent_client(
 
 def client_main(args: argparse.Namespace) -> int:
     body = Path(args.body_file).read_bytes()
+    length = args.header_length
     if args.concurrency == 1:
-        result = run_blocking_client(args.port, args.path, body, args.duration)
+        result = run_blocking_client(args.port, args.path, body, args.duration, length)
     else:
         result = asyncio.run(
-            run_concurrent_client(args.port, args.path, body, args.duration, args.concurrency)
+            run_concurrent_client(
+                args.port, args.path, body, args.duration, args.concurrency, length
+            )
         )
     json.dump(result, sys.stdout)
     return 0
 
 
 def load_from_client_process(
-    port: int, body_file: Path, duration: float, concurrency: int
+    port: int, body_file: Path, duration: float, concurrency: int, header_length: int = 0
 ) -> Figures:
     done = subprocess.run(
         [sys.executable, __file__, "--client", "--port", str(port), "--path",
          f"/v2/models/{MODEL}/infer", "--body-file", str(body_file), "--duration",
-         str(duration), "--concurrency", str(concurrency)],
+         str(duration), "--concurrency", str(concurrency), "--header-length",
+         str(header_length)],
         capture_output=True, text=True, timeout=duration + 60, check=True,
     )  # fmt: skip
     result = json.loads(done.stdout)
@@ -390,13 +404,14 @@ def wait_ready(port: int, process: subprocess.Popen[bytes], timeout: float = 90)
     raise RuntimeError(f"server on port {port} not ready within {timeout} s")
 
 
-def check_answer(port: int, body: bytes, expected: Any) -> None:
+def check_answer(port: int, body: bytes, expected: Any, header_length: int = 0) -> None:
     import numpy as np
 
+    headers = {"Content-Type": "application/json"}
+    if header_length:
+        headers["Inference-Header-Content-Length"] = str(header_length)
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer",
-        data=body,
-        headers={"Content-Type": "application/json"},
+        f"http://127.0.0.1:{port}/v2/models/{MODEL}/infer", data=body, headers=headers
     )
     with urllib.request.urlopen(request, timeout=10) as response:
         output = json.loads(response.read())["outputs"][0]
@@ -413,6 +428,7 @@ def bench_server(
     expected: Any,
     args: argparse.Namespace,
     client_counts: tuple[int, ...] | None = None,
+    header_length: int = 0,
 ) -> dict[int, Figures]:
     log = Path(tempfile.gettempdir()) / f"bench-{name}-{port}.log"
     with log.open("wb") as sink:
@@ -420,9 +436,11 @@ def bench_server(
         process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
     try:
         wait_ready(port, process)
-        check_answer(port, body_file.read_bytes(), expected)
+        check_answer(port, body_file.read_bytes(), expected, header_length)
         return {
-            clients: load_from_client_process(port, body_file, args.duration, clients)
+            clients: load_from_client_process(
+                port, body_file, args.duration, clients, header_length
+            )
             for clients in client_counts or (1, args.concurrency)
         }
     finally:
@@ -456,6 +474,7 @@ def main() -> int:
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
     parser.add_argument("--body-file", help=argparse.SUPPRESS)
+    parser.add_argument("--header-length", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.client:
         return client_main(args)
@@ -504,7 +523,7 @@ def main() -> int:
     if not args.skip_cnn:
         cnn_folder = work / "cnn"
         build_cnn_artifact(cnn_folder)
-        cnn_body, cnn_batch = cnn_request()
+        cnn_body, cnn_header_length, cnn_batch = cnn_request()
         cnn_file = work / "cnn-request.json"
         cnn_file.write_bytes(cnn_body)
         cnn_direct, cnn_expected = bench_onnxruntime(
@@ -519,7 +538,7 @@ def main() -> int:
                          str(port), "--threads", str(args.threads), "--max-batch-size",
                          max_batch, "--log-level", "WARNING"],
                 port=port, body_file=cnn_file, expected=cnn_expected, args=args,
-                client_counts=(args.concurrency,),
+                client_counts=(args.concurrency,), header_length=cnn_header_length,
             )  # fmt: skip
 
     c = args.concurrency
@@ -535,7 +554,7 @@ def main() -> int:
     print(row("data plane JSON, json module", codec_std))
     print(row("data plane JSON, orjson", codec_fast))
     if cnn and cnn_direct is not None:
-        print(f"\nCNN {CNN_SIDE}x{CNN_SIDE}, batch {CNN_BATCH}, JSON tensors")
+        print(f"\nCNN {CNN_SIDE}x{CNN_SIDE}, batch {CNN_BATCH}, binary tensors in, JSON out")
         print(row(f"onnxruntime in-process, batch {CNN_BATCH}", cnn_direct))
         print(row(f"fogline, {c} clients, batching on", cnn["on"][c]))
         print(row(f"fogline, {c} clients, batching off", cnn["off"][c]))

@@ -48,6 +48,7 @@ class InferenceRunner:
         max_queue: int = 256,
         on_rejected: Callable[[], None] | None = None,
         on_cancelled: Callable[[], None] | None = None,
+        requests_in_flight: Callable[[], int] | None = None,
     ) -> None:
         self._model = model
         self._loop = loop
@@ -56,6 +57,9 @@ class InferenceRunner:
         self._max_queue = max(1, max_queue)
         self._on_rejected = on_rejected or (lambda: None)
         self._on_cancelled = on_cancelled or (lambda: None)
+        # Requests the server holds in all: a run on the loop is worth it only for a lone one
+        # (under load the loop has decoding to do while the worker computes).
+        self._in_flight = requests_in_flight or (lambda: 1)
         self._queue: deque[_Job] = deque()
         self._wake = threading.Condition()
         self._stopping = False
@@ -98,7 +102,8 @@ class InferenceRunner:
                 return future
             size = next(iter(feeds.values())).shape[0] if feeds and feeds_have_rows(feeds) else 1
             inline = (
-                not self._queue
+                self._in_flight() <= 1
+                and not self._queue
                 and not self._busy
                 and self._last_run < INLINE_SECONDS
                 and size <= self._last_rows

@@ -348,6 +348,7 @@ async def serve(config: ServeConfig) -> int:
         max_queue=config.max_queue,
         on_rejected=metrics.queue_rejected.inc,
         on_cancelled=metrics.queue_cancelled.inc,
+        requests_in_flight=lambda: server.in_flight,
     )
     runner.start()
     dataplane.runner = runner
