@@ -343,6 +343,24 @@ BAD_CREATES = [
         ("spec.runtime.threads", "must be of type integer"),
     ),
     Bad(
+        "ed-drain-too-long",
+        ED,
+        spec(runtime={"drainSeconds": 3600}),
+        ("spec.runtime.drainSeconds", "less than or equal to 300"),
+    ),
+    Bad(
+        "ed-tls-without-secret",
+        ED,
+        spec(runtime={"tls": {}}),
+        ("spec.runtime.tls.secretName", "Required value"),
+    ),
+    Bad(
+        "ed-body-limit-too-small",
+        ED,
+        spec(runtime={"limits": {"maxBodyBytes": 10}}),
+        ("spec.runtime.limits.maxBodyBytes", "greater than or equal to 1024"),
+    ),
+    Bad(
         "ed-disconnected-sites-enum",
         ED,
         spec(rollout={"disconnectedSites": "Ignore"}),
