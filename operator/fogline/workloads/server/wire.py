@@ -118,7 +118,6 @@ class _Connection(RequestHandler):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         wire = self._wire
-        wire.accepted()
         if wire.open_connections >= wire.limits.max_connections:
             self._refused = True
             wire.hooks.connection_refused("limit")
@@ -263,7 +262,7 @@ class HttpServer:
         self.busy_response = raw_response(
             Response(busy.status, busy.body, busy.content_type, (("Retry-After", "1"),))
         )
-        self._fd_exhausted_since: float | None = None
+        self._fd_warned_at: float | None = None
         self._fd_refusals = 0
         self._listener: asyncio.Server | None = None
         self._http = web.Server(
@@ -299,9 +298,6 @@ class HttpServer:
         sockets = self._listener.sockets
         return int(sockets[0].getsockname()[1]) if sockets else port
 
-    def accepted(self) -> None:
-        self._fd_exhausted_since = None
-
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """asyncio reports each failed accept (EMFILE at the descriptor limit) with a traceback
         and retries a second later; one warning a minute says the same without the flood."""
@@ -311,8 +307,8 @@ class HttpServer:
         self._fd_refusals += 1
         self.hooks.connection_refused("fd_limit")
         now = time.monotonic()
-        if self._fd_exhausted_since is None or now - self._fd_exhausted_since > FD_WARNING_INTERVAL:
-            self._fd_exhausted_since = now
+        if self._fd_warned_at is None or now - self._fd_warned_at > FD_WARNING_INTERVAL:
+            self._fd_warned_at = now
             log.warning(
                 "out of file descriptors with %d connections open (%s): new connections "
                 "wait in the backlog until some close; %d refused accepts so far",
