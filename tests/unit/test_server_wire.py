@@ -63,3 +63,23 @@ def test_a_refusal_without_a_request_is_a_whole_response_that_closes() -> None:
     assert b"Retry-After: 1" in lines
     assert f"Content-Length: {len(body)}".encode() in lines
     assert body == b'{"error":"busy"}'
+
+
+def test_an_accept_retry_that_meets_the_closed_listener_is_not_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def run() -> None:
+        server = HttpServer(WireHooks(handle=_unused, refuse=error_response), WireLimits())
+        await server.start("127.0.0.1", 0)
+        await server.shutdown(0)
+        server._loop_exception(
+            asyncio.get_running_loop(),
+            {
+                "message": "Exception in callback",
+                "exception": ValueError("Invalid file descriptor: -1"),
+            },
+        )
+
+    with caplog.at_level(logging.WARNING):
+        asyncio.run(run())
+    assert not [record for record in caplog.records if record.levelno >= logging.WARNING]

@@ -301,6 +301,12 @@ class HttpServer:
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """asyncio reports each failed accept (EMFILE at the descriptor limit) with a traceback
         and retries a second later; one warning a minute says the same without the flood."""
+        # asyncio retries a failed accept a second later; when the listener has closed meanwhile
+        # (shutdown), that retry fails on the closed socket's descriptor (-1): not an error.
+        closed = self._listener is not None and not self._listener.is_serving()
+        if closed and isinstance(context.get("exception"), ValueError):
+            log.debug("accept retry after the listener closed: %s", context.get("exception"))
+            return
         if not str(context.get("message", "")).startswith("socket.accept() out of system"):
             loop.default_exception_handler(context)
             return
