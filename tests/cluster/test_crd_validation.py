@@ -303,8 +303,14 @@ BAD_CREATES = [
     Bad(
         "ed-uri-scheme",
         ED_URI,
-        spec(model={"uri": "s3://models/digits"}),
+        spec(model={"uri": "gs://models/digits"}),
         ("spec.model.uri", "must be an absolute /path"),
+    ),
+    Bad(
+        "ed-oci-by-tag",
+        ED_URI,
+        spec(model={"uri": "oci://registry.example/models/digits:latest"}),
+        ("spec.model.uri", "(no tag)"),
     ),
     Bad(
         "ed-canary-exceeds-wave",
