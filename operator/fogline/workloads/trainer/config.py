@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from fogline.workloads.trainer.compression.selection import STRUCTURED_PRUNING
+from fogline.workloads.trainer.compression.settings import CompressionSettings, problems
 from fogline.workloads.trainer.errors import TrainerError, invalid_argument
 
 BUILTIN_ARCHITECTURES = ("mlp", "cnn")
@@ -45,6 +47,7 @@ class TrainingConfig:
     mixed_precision: bool = True
     threads: int | None = None
     pvc_root: Path = field(default=Path("/mnt/pvc"))
+    compression: CompressionSettings = field(default_factory=CompressionSettings)
 
     @property
     def is_entrypoint(self) -> bool:
@@ -73,6 +76,8 @@ class TrainingConfig:
         }
         if not self.is_entrypoint:
             values["hiddenUnits"] = self.hidden_units
+        if self.compression.enabled:
+            values["compression"] = self.compression.describe()
         return values
 
     def checkpoint_fingerprint(self) -> dict[str, Any]:
@@ -147,8 +152,27 @@ def validate(config: TrainingConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise invalid_argument(message)
+    _validate_compression(config)
     for fmt in config.export_formats:
         if fmt not in EXPORT_FORMATS:
             raise invalid_argument(
                 f"--export: unknown format {fmt!r}; use onnx, torchscript or onnx,torchscript"
             )
+
+
+def _validate_compression(config: TrainingConfig) -> None:
+    found = problems(config.compression)
+    if config.compression.enabled and config.quantize != "none":
+        found.append(
+            "--quantize int8 serves the dynamic INT8 model whatever it measures; with "
+            "--compress name int8-dynamic among the methods instead"
+        )
+    if config.compression.enabled and "onnx" not in config.export_formats:
+        found.append("--compress builds and measures ONNX files; add onnx to --export")
+    if config.is_entrypoint and STRUCTURED_PRUNING in config.compression.methods:
+        found.append(
+            "--compress structured-pruning removes neurons and channels of the built-in mlp "
+            "and cnn only; drop it for an entrypoint model"
+        )
+    if found:
+        raise invalid_argument(found[0])

@@ -16,6 +16,9 @@ import torch
 
 from fogline.workloads.trainer import artifacts, export, termination
 from fogline.workloads.trainer.architectures import build_model
+from fogline.workloads.trainer.compression import candidates as compression
+from fogline.workloads.trainer.compression.selection import FLOAT32, INT8_DYNAMIC, INT8_STATIC
+from fogline.workloads.trainer.compression.settings import CompressionSettings
 from fogline.workloads.trainer.config import TrainingConfig
 from fogline.workloads.trainer.datasets import Dataset, Split, split_dataset
 from fogline.workloads.trainer.distributed import ProcessContext, join_run, leave_run
@@ -89,6 +92,7 @@ def _package(
         artifacts.ONNX_FILE,
         artifacts.INT8_FILE,
         artifacts.TORCHSCRIPT_FILE,
+        *compression.FILES.values(),
     ):
         (output / stale).unlink(missing_ok=True)  # the manifest goes last: no half artifacts
 
@@ -121,21 +125,23 @@ def _package(
     if "torchscript" in config.export_formats:
         export.export_torchscript(model, example, output / artifacts.TORCHSCRIPT_FILE)
         files.append(artifacts.TORCHSCRIPT_FILE)
-    if quantized:
-        export.quantize_int8(output / artifacts.ONNX_FILE, output / artifacts.INT8_FILE)
-        files.append(artifacts.INT8_FILE)
-        score = evaluate_onnx(
-            output / artifacts.INT8_FILE, split.validation_features, split.validation_labels
-        )
-        metrics["accuracy_int8"] = round(score.accuracy, 6)
-        metrics["loss_int8"] = round(score.loss, 6)
-
-    if quantized:
-        serving, artifact_format = artifacts.INT8_FILE, "onnx"
-    elif "onnx" in config.export_formats:
-        serving, artifact_format = artifacts.ONNX_FILE, "onnx"
+    outcome = _compress(config, model, split)
+    if outcome is None:
+        serving = artifacts.ONNX_FILE if "onnx" in config.export_formats else artifacts.TORCHSCRIPT_FILE
+        artifact_format = "onnx" if "onnx" in config.export_formats else "torchscript"
+        served_accuracy = metrics["accuracy"]
     else:
-        serving, artifact_format = artifacts.TORCHSCRIPT_FILE, "torchscript"
+        files += outcome.files
+        metrics.update(outcome.metrics)
+        serving, artifact_format = outcome.serving_file, "onnx"
+        chosen = outcome.selection.chosen
+        assert chosen is not None  # compress() raises when nothing was chosen
+        quantized = chosen.method in (INT8_DYNAMIC, INT8_STATIC)
+        served_accuracy = (
+            metrics["accuracy"]
+            if chosen.method == FLOAT32
+            else metrics[f"accuracy_{chosen.method.replace('-', '_')}"]
+        )
     if serving.endswith(".onnx"):
         inputs, outputs = onnx_signature(output / serving)
     else:
@@ -146,10 +152,7 @@ def _package(
             {"name": export.OUTPUT_NAME, "datatype": "FP32", "shape": [-1, dataset.num_classes]}
         ]
 
-    evaluation = {
-        "metric": "accuracy",
-        "value": metrics["accuracy_int8"] if quantized else metrics["accuracy"],
-    }
+    evaluation = {"metric": "accuracy", "value": served_accuracy}
     records = artifacts.describe_files(output, files)
     dataset_record = dataset.describe() | {
         "validationSplit": config.validation_split,
@@ -171,6 +174,14 @@ def _package(
         versions=framework_versions(),
         epochs=result.epochs_done,
     )
+    table = outcome.selection.to_dict() if outcome is not None else None
+    if outcome is not None and table is not None:
+        manifest["compression"] = table | {
+            "candidates": [
+                row | {"details": outcome.details.get(row["method"], {})}
+                for row in table["candidates"]
+            ]
+        }
     manifest["training"] = {
         "device": context.device,
         "processes": context.launch.world_size,
@@ -184,7 +195,7 @@ def _package(
     log.info(
         "accuracy %.4f%s; serving %s; artifact %s",
         metrics["accuracy"],
-        f", int8 {metrics['accuracy_int8']:.4f}" if quantized else "",
+        f", served {served_accuracy:.4f}" if serving != artifacts.ONNX_FILE else "",
         serving,
         digest,
     )
@@ -197,8 +208,25 @@ def _package(
         artifact_format=artifact_format,
         size_bytes=sum(record.size_bytes for record in records.values()),
         quantized=quantized,
+        compression=table,
     )
     return RunOutcome(manifest=manifest, message=message)
+
+
+def _compress(
+    config: TrainingConfig, model: torch.nn.Module, split: Split
+) -> compression.CompressionOutcome | None:
+    """The candidates of --compress, measured and chosen among; --quantize int8 alone is
+    the dynamic INT8 candidate, served whatever it measures, as the flag always meant."""
+    settings, prefer = config.compression, None
+    if not settings.enabled:
+        if config.quantize != "int8":
+            return None
+        settings, prefer = CompressionSettings(methods=(INT8_DYNAMIC,)), INT8_DYNAMIC
+    tuning = compression.FineTuning(config.batch_size, config.learning_rate, config.seed)
+    return compression.compress(
+        model, split, settings, output=config.output, opset=config.opset, tuning=tuning, prefer=prefer
+    )
 
 
 def framework_versions() -> dict[str, str]:

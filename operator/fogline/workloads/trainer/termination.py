@@ -27,8 +27,9 @@ def success_message(
     artifact_format: str,
     size_bytes: int,
     quantized: bool,
+    compression: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    return {
+    message = {
         "phase": "Succeeded",
         "epochs": epochs,
         "metrics": dict(metrics),
@@ -41,6 +42,9 @@ def success_message(
             "quantized": quantized,
         },
     }
+    if compression is not None:
+        message["compression"] = dict(compression)
+    return message
 
 
 def failure_message(reason: str, message: str) -> dict[str, Any]:
@@ -57,6 +61,13 @@ def encode(message: Mapping[str, Any]) -> bytes:
     if isinstance(shortened.get("metrics"), Mapping):
         headline = ("accuracy", "loss", "accuracy_int8", "loss_int8")
         shortened["metrics"] = {k: v for k, v in shortened["metrics"].items() if k in headline}
+    if isinstance(shortened.get("compression"), Mapping):
+        # The candidates' measurements stay; their reasons are in the manifest too.
+        table = dict(shortened["compression"])
+        table["candidates"] = [
+            {k: v for k, v in row.items() if k != "reason"} for row in table.get("candidates", [])
+        ]
+        shortened["compression"] = table
     if isinstance(shortened.get("message"), str):
         overflow = len(json.dumps(shortened, separators=(",", ":")).encode()) - MAX_BYTES
         text = shortened["message"].encode()
