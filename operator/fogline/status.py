@@ -98,6 +98,7 @@ def training_summary(obj: Mapping[str, Any], now: datetime) -> dict[str, Any]:
         "digest": artifact.get("digest"),
         "ageSeconds": _seconds_since(meta.get("creationTimestamp"), now),
         "message": failing_message(status.get("conditions")),
+        "compression": status.get("compression"),
     }  # fmt: skip
 
 
@@ -175,6 +176,35 @@ def trainings_table(rows: Sequence[Mapping[str, Any]], all_namespaces: bool) -> 
     return table
 
 
+def compression_table(row: Mapping[str, Any]) -> Table:
+    """The candidates of one training's compression: measured, and chosen or why not."""
+    compression = row["compression"]
+    budget = compression.get("budget") or {}
+    limits = [f"batch {budget.get('batchSize', 1)}, {budget.get('threads', 1)} thread(s)"]
+    if budget.get("maxSizeBytes") is not None:
+        limits.append(f"size <= {budget['maxSizeBytes']:,} B")
+    if budget.get("maxLatencyMs") is not None:
+        limits.append(f"latency <= {budget['maxLatencyMs']:g} ms")
+    if budget.get("minAccuracy"):
+        limits.append(f"accuracy >= {budget['minAccuracy']:g}")
+    title = f"Compression of {row['namespace']}/{row['name']} ({'; '.join(limits)})"
+    columns = ("METHOD", "SIZE", "ACCURACY", "LATENCY P50", "CHOSEN", "MESSAGE")
+    table = _table(title, columns, False)
+    for candidate in compression.get("candidates") or []:
+        chosen = bool(candidate.get("chosen"))
+        size, accuracy = candidate.get("sizeBytes"), candidate.get("accuracy")
+        latency = candidate.get("latencyMs")
+        table.add_row(
+            str(candidate.get("method") or "-"),
+            "-" if size is None else f"{size:,} B",
+            "-" if accuracy is None else f"{accuracy:.4f}",
+            "-" if latency is None else f"{latency:.3f} ms",
+            Text("yes", style="green") if chosen else Text("no", style="dim"),
+            Text(str(candidate.get("reason") or ""), style="" if chosen else "dim"),
+        )
+    return table
+
+
 def deployments_table(rows: Sequence[Mapping[str, Any]], all_namespaces: bool) -> Table:
     columns = ("NAME", "PHASE", "MODEL", "SITES READY", "AGE", "MESSAGE")
     table = _table("EdgeDeployments", columns, all_namespaces)
@@ -213,6 +243,7 @@ def render(trainings: Sequence[Mapping[str, Any]], deployments: Sequence[Mapping
     deployment_rows = [deployment_summary(d, now) for d in deployments]
     if training_rows:
         parts.append(trainings_table(training_rows, all_namespaces))
+        parts += [compression_table(row) for row in training_rows if row.get("compression")]
     else:
         parts.append(Text(f"No ModelTrainings {scope}.", style="dim"))
     if deployment_rows:

@@ -28,6 +28,9 @@ Optimizer = Literal["adam", "adamw", "sgd"]
 Backend = Literal["gloo", "nccl"]
 ExportFormat = Literal["onnx", "torchscript"]
 Quantization = Literal["none", "int8"]
+CompressionMethod = Literal[
+    "float32", "int8-dynamic", "int8-static", "float16", "weight-sharing", "structured-pruning"
+]
 EvaluationMetric = Literal["accuracy"]
 TrainingPhase = Literal["Pending", "Queued", "Running", "Succeeded", "Failed", "Suspended"]
 DatasetScheme = Literal["builtin", "path", "pvc", "http", "s3"]
@@ -129,13 +132,42 @@ class PruningSpec:
 
 
 @dataclass(frozen=True)
+class CompressionSpec:
+    """spec.export.compression: the candidates built besides float32, and their settings."""
+
+    methods: tuple[CompressionMethod, ...] = ()
+    per_channel: bool = False
+    calibration_samples: int = 256
+    float16_inputs_outputs: bool = False
+    sharing_bits: int = 4
+    structured_amount: float = 0.5
+    fine_tune_epochs: int = 2
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.methods)
+
+
+@dataclass(frozen=True)
+class BudgetSpec:
+    """spec.export.budget: the edge device's size and latency limits."""
+
+    max_size_bytes: int | None = None
+    max_latency_ms: float | None = None
+    batch_size: int | None = None
+    threads: int = 1
+
+
+@dataclass(frozen=True)
 class ExportSpec:
-    """spec.export: formats, opset, quantization and pruning."""
+    """spec.export: formats, opset, quantization, pruning, compression and the budget."""
 
     formats: tuple[ExportFormat, ...] = ("onnx",)
     opset: int = 17
     quantization: Quantization = "none"
     pruning: PruningSpec = field(default_factory=PruningSpec)
+    compression: CompressionSpec = field(default_factory=CompressionSpec)
+    budget: BudgetSpec | None = None
 
     @property
     def quantized(self) -> bool:
@@ -249,6 +281,39 @@ class ArtifactStatus:
 
 
 @dataclass(frozen=True)
+class CompressionBudgetStatus:
+    """status.compression.budget: the limits the candidates were judged against."""
+
+    max_size_bytes: int | None = None
+    max_latency_ms: float | None = None
+    batch_size: int | None = None
+    threads: int | None = None
+    min_accuracy: float | None = None
+
+
+@dataclass(frozen=True)
+class CompressionCandidateStatus:
+    """One row of status.compression.candidates."""
+
+    method: str | None = None
+    file: str | None = None
+    size_bytes: int | None = None
+    accuracy: float | None = None
+    latency_ms: float | None = None
+    chosen: bool | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class CompressionStatus:
+    """status.compression: the candidates of the last successful compressed run."""
+
+    chosen: str | None = None
+    budget: CompressionBudgetStatus | None = None
+    candidates: tuple[CompressionCandidateStatus, ...] | None = None
+
+
+@dataclass(frozen=True)
 class ModelTrainingStatus:
     """status of a ModelTraining. None fields are left out of to_dict(), so a merge patch
     built from it changes only what was set."""
@@ -264,6 +329,7 @@ class ModelTrainingStatus:
     metrics: Mapping[str, float] | None = None
     artifact: ArtifactStatus | None = None
     artifact_digest_short: str | None = None
+    compression: CompressionStatus | None = None
 
     @classmethod
     def from_dict(cls, status: Mapping[str, Any] | None) -> ModelTrainingStatus:

@@ -46,7 +46,9 @@ def run_fingerprint(spec: ModelTrainingSpec) -> str:
     threshold are left out: pausing a run or moving the gate does not retrain."""
     relevant = spec.to_dict()
     relevant.get("runPolicy", {}).pop("suspend", None)
-    relevant.get("evaluation", {}).pop("threshold", None)
+    if not spec.export.compression.enabled:
+        # With compression the threshold is the accuracy floor the trainer chooses by.
+        relevant.get("evaluation", {}).pop("threshold", None)
     canonical = json.dumps(relevant, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:8]
 
@@ -119,6 +121,34 @@ def trainer_args(spec: ModelTrainingSpec, run: TrainingRun) -> list[str]:
     ]
     if spec.dataset.digest:
         args.append(f"--dataset-digest={spec.dataset.digest}")
+    return args + compression_args(spec)
+
+
+def compression_args(spec: ModelTrainingSpec) -> list[str]:
+    """The trainer's compression and budget flags; none without compression methods."""
+    compression, budget = spec.export.compression, spec.export.budget
+    if not compression.enabled:
+        return []
+    args = [
+        f"--compress={','.join(compression.methods)}",
+        f"--calibration-samples={compression.calibration_samples}",
+        f"--sharing-bits={compression.sharing_bits}",
+        f"--structured-amount={compression.structured_amount}",
+        f"--finetune-epochs={compression.fine_tune_epochs}",
+        f"--min-accuracy={spec.evaluation.threshold}",
+    ]
+    if compression.per_channel:
+        args.append("--per-channel")
+    if compression.float16_inputs_outputs:
+        args.append("--float16-io")
+    if budget is not None:
+        if budget.max_size_bytes is not None:
+            args.append(f"--max-size-bytes={budget.max_size_bytes}")
+        if budget.max_latency_ms is not None:
+            args.append(f"--max-latency-ms={budget.max_latency_ms}")
+        if budget.batch_size is not None:
+            args.append(f"--latency-batch-size={budget.batch_size}")
+        args.append(f"--latency-threads={budget.threads}")
     return args
 
 

@@ -165,6 +165,10 @@ def _success(training: ModelTraining, summary: dict[str, Any]) -> _Verdict:
         "generation": training.generation,
     }
     fields["artifactDigestShort"] = short_digest(digest)
+    # The table describes the published artifact; a run without compression clears it
+    # (None deletes the key in the merge patch).
+    compression = summary.get("compression")
+    fields["compression"] = compression if isinstance(compression, dict) else None
     return _Verdict(
         "Succeeded",
         "EvaluationPassed",
