@@ -613,3 +613,129 @@ def test_kubectl_explain_shows_field_descriptions(
     text = " ".join(wait_for(explained, timeout=30, what=f"kubectl explain {resource}").split())
     for fragment in expected:
         assert fragment in text, f"{fragment!r} not in: {text}"
+
+
+# --- spec.export.compression and spec.export.budget ----------------------------------------
+
+MT_EDGE = "modeltraining-digits-cnn-edge"
+
+BAD_COMPRESSION = [
+    Bad(
+        "mt-latency-budget-without-batch-size",
+        MT_EDGE,
+        spec(export={"budget": {"batchSize": DELETE}}),
+        ("spec.export.budget.batchSize", "maxLatencyMs needs batchSize"),
+    ),
+    Bad(
+        "mt-budget-without-candidates",
+        MT_EDGE,
+        spec(export={"compression": {"methods": []}}),
+        ("spec.export.budget", "chooses among compression candidates"),
+    ),
+    Bad(
+        "mt-quantization-beside-compression",
+        MT_EDGE,
+        spec(export={"quantization": "int8"}),
+        ("spec.export.quantization", "list int8-dynamic there instead"),
+    ),
+    Bad(
+        "mt-compression-without-onnx",
+        MT_EDGE,
+        spec(export={"formats": ["torchscript"]}),
+        ("spec.export.formats", "must include onnx"),
+    ),
+    Bad(
+        "mt-structured-pruning-of-an-entrypoint",
+        MT_EDGE,
+        spec(model={"architecture": DELETE, "entrypoint": "mypkg.models:build"}),
+        ("spec.export.compression.methods", "built-in mlp and cnn models only"),
+    ),
+    Bad(
+        "mt-unknown-compression-method",
+        MT_EDGE,
+        spec(export={"compression": {"methods": ["int4"]}}),
+        ("spec.export.compression.methods[0]", 'Unsupported value: "int4"'),
+    ),
+    Bad(
+        "mt-sharing-bits-out-of-range",
+        MT_EDGE,
+        spec(export={"compression": {"sharingBits": 9}}),
+        ("spec.export.compression.sharingBits", "less than or equal to 8"),
+    ),
+    Bad(
+        "mt-zero-size-budget",
+        MT_EDGE,
+        spec(export={"budget": {"maxSizeBytes": 0}}),
+        ("spec.export.budget.maxSizeBytes", "greater than or equal to 1"),
+    ),
+]
+
+
+@pytest.mark.parametrize("bad", BAD_COMPRESSION, ids=[bad.case for bad in BAD_COMPRESSION])
+def test_bad_compression_or_budget_is_rejected_with_a_message(
+    cluster: ClusterHandle, crds: list[str], namespace: str, bad: Bad
+) -> None:
+    body = merged(sample(bad.sample), bad.patch)
+    message = rejection(lambda: create(cluster, namespace, body))
+    for fragment in bad.expected:
+        assert fragment in message, f"{fragment!r} not in: {message}"
+
+
+def test_compression_status_table_is_accepted_by_the_status_schema(
+    cluster: ClusterHandle, crds: list[str], namespace: str
+) -> None:
+    created = create(cluster, namespace, sample(MT_EDGE))
+    table = {
+        "chosen": "int8-static",
+        "budget": {"batchSize": 1, "threads": 1, "maxSizeBytes": 100000, "minAccuracy": 0.9},
+        "candidates": [
+            {
+                "method": "float32",
+                "file": "model.onnx",
+                "sizeBytes": 290166,
+                "accuracy": 0.97,
+                "latencyMs": 0.02,
+                "chosen": False,
+                "reason": "size exceeds maxSizeBytes",
+            },
+            {
+                "method": "int8-static",
+                "file": "model.int8-static.onnx",
+                "sizeBytes": 80047,
+                "accuracy": 0.97,
+                "latencyMs": 0.019,
+                "chosen": True,
+                "reason": "chosen",
+            },
+        ],
+    }
+    api = client.CustomObjectsApi(cluster.api)
+    stored = api.replace_namespaced_custom_object_status(
+        "fogline.io",
+        "v1alpha1",
+        namespace,
+        "modeltrainings",
+        "digits-cnn-edge",
+        merged(created, {"status": {"phase": "Succeeded", "compression": table}}),
+    )
+    assert stored["status"]["compression"] == table
+
+
+@pytest.mark.parametrize(
+    ("resource", "expected"),
+    [
+        ("modeltraining.spec.export.budget", ("BudgetNotMet", "naming the closest candidate")),
+        ("modeltraining.spec.export.compression.methods", ("QLinearConv", "codebook")),
+        ("mt.status.compression.candidates.reason", ("what it missed",)),
+    ],
+)
+def test_kubectl_explain_shows_the_compression_fields(
+    cluster: ClusterHandle, crds: list[str], resource: str, expected: tuple[str, ...]
+) -> None:
+    def explained() -> str | None:
+        done = cluster.kubectl("explain", resource, check=False)
+        return done.stdout if done.returncode == 0 else None
+
+    text = " ".join(wait_for(explained, timeout=30, what=f"kubectl explain {resource}").split())
+    for fragment in expected:
+        assert fragment in text, f"{fragment!r} not in: {text}"

@@ -139,13 +139,41 @@ def _config(**changes: object) -> TrainingConfig:
 @pytest.mark.parametrize(
     ("changes", "expected"),
     [
-        ({"compression": CompressionSettings(methods=("int4",))}, "--compress: unknown method 'int4'"),
-        ({"compression": CompressionSettings(methods=("float16",)), "quantize": "int8"}, "--quantize int8 serves"),
-        ({"compression": CompressionSettings(methods=("float16",)), "export_formats": ("torchscript",)}, "add onnx to --export"),
-        ({"model": "m:f", "compression": CompressionSettings(methods=("structured-pruning",))}, "built-in mlp and cnn only"),
-        ({"compression": CompressionSettings(methods=("float16",), sharing_bits=9)}, "--sharing-bits: 9 is outside 1..8"),
-        ({"compression": CompressionSettings(budget=Budget(max_size_bytes=1000))}, "name them with --compress"),
-        ({"compression": CompressionSettings(methods=("float16",), budget=Budget(max_latency_ms=0))}, "--max-latency-ms: 0 must be above 0"),
+        (
+            {"compression": CompressionSettings(methods=("int4",))},
+            "--compress: unknown method 'int4'",
+        ),
+        (
+            {"compression": CompressionSettings(methods=("float16",)), "quantize": "int8"},
+            "--quantize int8 serves",
+        ),
+        (
+            {
+                "compression": CompressionSettings(methods=("float16",)),
+                "export_formats": ("torchscript",),
+            },
+            "add onnx to --export",
+        ),
+        (
+            {"model": "m:f", "compression": CompressionSettings(methods=("structured-pruning",))},
+            "built-in mlp and cnn only",
+        ),
+        (
+            {"compression": CompressionSettings(methods=("float16",), sharing_bits=9)},
+            "--sharing-bits: 9 is outside 1..8",
+        ),
+        (
+            {"compression": CompressionSettings(budget=Budget(max_size_bytes=1000))},
+            "name them with --compress",
+        ),
+        (
+            {
+                "compression": CompressionSettings(
+                    methods=("float16",), budget=Budget(max_latency_ms=0)
+                )
+            },
+            "--max-latency-ms: 0 must be above 0",
+        ),
     ],
 )
 def test_bad_compression_settings_are_refused_naming_the_flag(

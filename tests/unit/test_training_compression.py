@@ -24,12 +24,24 @@ TABLE = {
     "chosen": "int8-static",
     "budget": {"batchSize": 64, "threads": 1, "maxSizeBytes": 100000, "minAccuracy": 0.9},
     "candidates": [
-        {"method": "float32", "file": "model.onnx", "sizeBytes": 290166, "accuracy": 0.9694,
-         "latencyMs": 0.37, "chosen": False,
-         "reason": "size 290,166 B exceeds maxSizeBytes 100,000"},
-        {"method": "int8-static", "file": "model.int8-static.onnx", "sizeBytes": 80047,
-         "accuracy": 0.9721, "latencyMs": 0.305, "chosen": True,
-         "reason": "chosen: the smallest within the budget and the gate"},
+        {
+            "method": "float32",
+            "file": "model.onnx",
+            "sizeBytes": 290166,
+            "accuracy": 0.9694,
+            "latencyMs": 0.37,
+            "chosen": False,
+            "reason": "size 290,166 B exceeds maxSizeBytes 100,000",
+        },
+        {
+            "method": "int8-static",
+            "file": "model.int8-static.onnx",
+            "sizeBytes": 80047,
+            "accuracy": 0.9721,
+            "latencyMs": 0.305,
+            "chosen": True,
+            "reason": "chosen: the smallest within the budget and the gate",
+        },
     ],
 }
 
@@ -73,7 +85,9 @@ def test_compression_and_budget_become_trainer_flags_with_the_gate_as_floor() ->
 
 def test_no_compression_adds_no_flags() -> None:
     t = training()
-    assert not any(a.startswith(("--compress", "--min-accuracy")) for a in trainer_args(t.spec, plan_run(t)))
+    assert not any(
+        a.startswith(("--compress", "--min-accuracy")) for a in trainer_args(t.spec, plan_run(t))
+    )
 
 
 def test_with_compression_moving_the_threshold_starts_a_new_run() -> None:
@@ -86,11 +100,20 @@ def test_with_compression_moving_the_threshold_starts_a_new_run() -> None:
 
 def _finished(summary: dict[str, Any]) -> dict[str, Any]:
     t = training(COMPRESSED)
-    job = {"metadata": {"name": "j"}, "spec": {},
-           "status": {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1}}
-    pod = {"metadata": {"creationTimestamp": "2026-12-01T09:00:00Z", "annotations": {}},
-           "status": {"phase": "Succeeded", "containerStatuses": [
-               {"state": {"terminated": {"exitCode": 0, "message": json.dumps(summary)}}}]}}
+    job = {
+        "metadata": {"name": "j"},
+        "spec": {},
+        "status": {"conditions": [{"type": "Complete", "status": "True"}], "succeeded": 1},
+    }
+    pod = {
+        "metadata": {"creationTimestamp": "2026-12-01T09:00:00Z", "annotations": {}},
+        "status": {
+            "phase": "Succeeded",
+            "containerStatuses": [
+                {"state": {"terminated": {"exitCode": 0, "message": json.dumps(summary)}}}
+            ],
+        },
+    }
     return observe_training(t, plan_run(t), job, [pod], NOW).status
 
 
@@ -99,8 +122,12 @@ def test_the_candidates_table_reaches_status_and_parses_as_typed_status() -> Non
         "phase": "Succeeded",
         "metrics": {"accuracy": 0.9694, "accuracy_int8_static": 0.9721},
         "evaluation": {"metric": "accuracy", "value": 0.9721},
-        "artifact": {"uri": "pvc://models/runs/digits/x", "digest": DIGEST, "sizeBytes": 80047,
-                     "quantized": True},
+        "artifact": {
+            "uri": "pvc://models/runs/digits/x",
+            "digest": DIGEST,
+            "sizeBytes": 80047,
+            "quantized": True,
+        },
         "compression": TABLE,
     }
     status = _finished(summary)
@@ -112,23 +139,40 @@ def test_the_candidates_table_reaches_status_and_parses_as_typed_status() -> Non
 
 
 def test_a_run_without_compression_clears_an_old_table() -> None:
-    summary = {"phase": "Succeeded", "evaluation": {"metric": "accuracy", "value": 0.97},
-               "artifact": {"digest": DIGEST}}
+    summary = {
+        "phase": "Succeeded",
+        "evaluation": {"metric": "accuracy", "value": 0.97},
+        "artifact": {"digest": DIGEST},
+    }
     status = _finished(summary)
     assert "compression" in status and status["compression"] is None
 
 
 def test_fogline_status_shows_every_candidate_and_the_chosen_one() -> None:
     obj = {
-        "metadata": {"name": "digits", "namespace": "ml", "creationTimestamp": "2026-12-01T09:00:00Z"},
-        "status": {"phase": "Succeeded", "compression": TABLE,
-                   "artifact": {"digest": DIGEST, "metric": {"name": "accuracy", "value": 0.9721}}},
+        "metadata": {
+            "name": "digits",
+            "namespace": "ml",
+            "creationTimestamp": "2026-12-01T09:00:00Z",
+        },
+        "status": {
+            "phase": "Succeeded",
+            "compression": TABLE,
+            "artifact": {"digest": DIGEST, "metric": {"name": "accuracy", "value": 0.9721}},
+        },
     }
     console = Console(record=True, width=220, color_system=None)
     console.print(status_cli.render([obj], [], NOW, "in namespace ml", False))
     text = console.export_text()
-    assert "Compression of ml/digits (batch 64, 1 thread(s); size <= 100,000 B; accuracy >= 0.9)" in text
-    lines = {line.split()[1]: line for line in text.splitlines() if line.startswith("│ ") and "B " in line}
+    assert (
+        "Compression of ml/digits (batch 64, 1 thread(s); size <= 100,000 B; accuracy >= 0.9)"
+        in text
+    )
+    lines = {
+        line.split()[1]: line
+        for line in text.splitlines()
+        if line.startswith("│ ") and "B " in line
+    }
     assert "290,166 B" in lines["float32"] and " no " in lines["float32"]
     assert "exceeds maxSizeBytes" in lines["float32"]
     assert "80,047 B" in lines["int8-static"] and "0.9721" in lines["int8-static"]

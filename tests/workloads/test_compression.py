@@ -100,9 +100,7 @@ def test_per_channel_static_int8_has_one_weight_scale_per_output_channel(
 ) -> None:
     _, source = cnn
     target = tmp_path / "per-channel.onnx"
-    quantization.quantize_static_int8(
-        source, target, split.train_features[:128], per_channel=True
-    )
+    quantization.quantize_static_int8(source, target, split.train_features[:128], per_channel=True)
     graph = onnx.load(str(target)).graph
     initializers = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     produced_by = {out: node for node in graph.node for out in node.output}
@@ -204,7 +202,9 @@ def test_structured_pruning_removes_the_weakest_channels_and_neurons(
     target = tmp_path / "model.structured.onnx"
     export_onnx(pruned, torch.as_tensor(split.validation_features[:2]), target, 17)
     elements = sum(int(np.prod(t.dims)) for t in onnx.load(str(target)).graph.initializer)
-    assert elements < sum(int(np.prod(t.dims)) for t in onnx.load(str(source)).graph.initializer) / 3
+    assert (
+        elements < sum(int(np.prod(t.dims)) for t in onnx.load(str(source)).graph.initializer) / 3
+    )
     with torch.no_grad():
         expected = pruned(torch.as_tensor(split.validation_features)).numpy()
     np.testing.assert_allclose(run_onnx(target, split.validation_features), expected, atol=1e-4)
@@ -231,13 +231,33 @@ METHODS = "int8-dynamic,int8-static,float16,weight-sharing,structured-pruning"
 
 
 @pytest.fixture(scope="module")
-def budget_run(tmp_path_factory: pytest.TempPathFactory, trainer_runner: TrainerRunner) -> TrainerRun:
+def budget_run(
+    tmp_path_factory: pytest.TempPathFactory, trainer_runner: TrainerRunner
+) -> TrainerRun:
     """The MLP with every method; only weight sharing fits in 20 kB (INT8 is ~31 kB)."""
     output = tmp_path_factory.mktemp("budget") / "artifact"
     run = trainer_runner(
-        output, "--model", "mlp", "--hidden-units", "128", "--dataset", "builtin:digits",
-        "--epochs", "4", "--seed", "1", "--compress", METHODS, "--finetune-epochs", "1",
-        "--max-size-bytes", "20000", "--latency-batch-size", "8", "--min-accuracy", "0.8",
+        output,
+        "--model",
+        "mlp",
+        "--hidden-units",
+        "128",
+        "--dataset",
+        "builtin:digits",
+        "--epochs",
+        "4",
+        "--seed",
+        "1",
+        "--compress",
+        METHODS,
+        "--finetune-epochs",
+        "1",
+        "--max-size-bytes",
+        "20000",
+        "--latency-batch-size",
+        "8",
+        "--min-accuracy",
+        "0.8",
     )
     assert run.returncode == 0, run.stderr
     return run
@@ -253,7 +273,12 @@ def test_a_budget_only_one_candidate_meets_serves_that_candidate(budget_run: Tra
     assert "exceeds maxSizeBytes 20,000" in rows["int8-static"]["reason"]
     params = rows["structured-pruning"]["details"]
     assert params["parameters"] < params["parametersBefore"]
-    assert table["budget"] == {"batchSize": 8, "threads": 1, "maxSizeBytes": 20000, "minAccuracy": 0.8}
+    assert table["budget"] == {
+        "batchSize": 8,
+        "threads": 1,
+        "maxSizeBytes": 20000,
+        "minAccuracy": 0.8,
+    }
     # What the edge fetches is the float model and the chosen file, nothing else.
     assert budget_run.manifest["serving"]["file"] == "model.shared.onnx"
     assert set(budget_run.manifest["files"]) == {"model.onnx", "model.shared.onnx"}
@@ -265,8 +290,13 @@ def test_the_served_accuracy_is_recomputed_from_the_file(budget_run: TrainerRun)
     split = split_dataset(load_dataset("builtin:digits"), 0.2, seed=1)
     served = budget_run.output / "model.shared.onnx"
     accuracy = _accuracy(served, split)
-    assert budget_run.manifest["evaluation"] == {"metric": "accuracy", "value": pytest.approx(accuracy, abs=1e-6)}
-    assert budget_run.manifest["metrics"]["accuracy_weight_sharing"] == pytest.approx(accuracy, abs=1e-6)
+    assert budget_run.manifest["evaluation"] == {
+        "metric": "accuracy",
+        "value": pytest.approx(accuracy, abs=1e-6),
+    }
+    assert budget_run.manifest["metrics"]["accuracy_weight_sharing"] == pytest.approx(
+        accuracy, abs=1e-6
+    )
     assert budget_run.manifest["metrics"]["accuracy"] == pytest.approx(
         _accuracy(budget_run.output / "model.onnx", split), abs=1e-6
     )
@@ -307,9 +337,21 @@ def test_an_impossible_budget_fails_naming_the_closest_candidate(
     tmp_path: Path, trainer_runner: TrainerRunner
 ) -> None:
     run = trainer_runner(
-        tmp_path / "artifact", "--model", "mlp", "--hidden-units", "32", "--dataset",
-        "builtin:digits", "--epochs", "1", "--compress", "int8-static,weight-sharing",
-        "--finetune-epochs", "0", "--max-size-bytes", "1000",
+        tmp_path / "artifact",
+        "--model",
+        "mlp",
+        "--hidden-units",
+        "32",
+        "--dataset",
+        "builtin:digits",
+        "--epochs",
+        "1",
+        "--compress",
+        "int8-static,weight-sharing",
+        "--finetune-epochs",
+        "0",
+        "--max-size-bytes",
+        "1000",
     )
     assert run.returncode == 2, run.stderr
     message = run.termination

@@ -127,7 +127,9 @@ def _package(
         files.append(artifacts.TORCHSCRIPT_FILE)
     outcome = _compress(config, model, split)
     if outcome is None:
-        serving = artifacts.ONNX_FILE if "onnx" in config.export_formats else artifacts.TORCHSCRIPT_FILE
+        serving = (
+            artifacts.ONNX_FILE if "onnx" in config.export_formats else artifacts.TORCHSCRIPT_FILE
+        )
         artifact_format = "onnx" if "onnx" in config.export_formats else "torchscript"
         served_accuracy = metrics["accuracy"]
     else:
@@ -225,7 +227,13 @@ def _compress(
         settings, prefer = CompressionSettings(methods=(INT8_DYNAMIC,)), INT8_DYNAMIC
     tuning = compression.FineTuning(config.batch_size, config.learning_rate, config.seed)
     return compression.compress(
-        model, split, settings, output=config.output, opset=config.opset, tuning=tuning, prefer=prefer
+        model,
+        split,
+        settings,
+        output=config.output,
+        opset=config.opset,
+        tuning=tuning,
+        prefer=prefer,
     )
 
 

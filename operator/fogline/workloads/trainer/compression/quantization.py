@@ -23,11 +23,14 @@ def quantize_dynamic_int8(source: Path, target: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    with checked("QuantizationFailed", "dynamic INT8 quantization", target):
-        with quiet(), tempfile.TemporaryDirectory() as scratch:
-            prepared = Path(scratch) / "prepared.onnx"
-            quant_pre_process(str(source), str(prepared))
-            quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
+    with (
+        checked("QuantizationFailed", "dynamic INT8 quantization", target),
+        quiet(),
+        tempfile.TemporaryDirectory() as scratch,
+    ):
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared))
+        quantize_dynamic(str(prepared), str(target), weight_type=QuantType.QInt8)
 
 
 def quantize_static_int8(
@@ -66,17 +69,20 @@ def quantize_static_int8(
             self.start += CALIBRATION_BATCH
             return {input_name: batch}
 
-    with checked("QuantizationFailed", "static INT8 quantization", target):
-        with quiet(), tempfile.TemporaryDirectory() as scratch:
-            prepared = Path(scratch) / "prepared.onnx"
-            quant_pre_process(str(source), str(prepared))
-            quantize_static(
-                str(prepared),
-                str(target),
-                _Batches(),
-                quant_format=QuantFormat.QDQ,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                per_channel=per_channel,
-                calibrate_method=CalibrationMethod.MinMax,
-            )
+    with (
+        checked("QuantizationFailed", "static INT8 quantization", target),
+        quiet(),
+        tempfile.TemporaryDirectory() as scratch,
+    ):
+        prepared = Path(scratch) / "prepared.onnx"
+        quant_pre_process(str(source), str(prepared))
+        quantize_static(
+            str(prepared),
+            str(target),
+            _Batches(),
+            quant_format=QuantFormat.QDQ,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            calibrate_method=CalibrationMethod.MinMax,
+        )

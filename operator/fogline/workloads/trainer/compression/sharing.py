@@ -26,19 +26,20 @@ from fogline.workloads.trainer.datasets import Split
 MIN_SHARED_ELEMENTS = 1024
 KMEANS_ITERATIONS = 30
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+Layer = nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d
 
 
 @dataclass
 class SharedWeight:
     """One layer's weight as codebook[indices]; the codebook is what fine-tuning trains."""
 
-    module: nn.Module
+    module: Layer
     codebook: torch.Tensor  # (2^bits,), a leaf tensor with requires_grad
     indices: torch.Tensor  # int64, the weight's shape
 
     def apply(self) -> None:
         with torch.no_grad():
-            self.module.weight.copy_(self.codebook[self.indices])  # type: ignore[operator]
+            self.module.weight.copy_(self.codebook[self.indices])
 
 
 def kmeans_1d(values: torch.Tensor, clusters: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,7 +89,7 @@ def finetune_shared(
 ) -> nn.Module:
     """Fine-tunes the codebooks and every unshared parameter; weights stay codebook[indices]."""
     shared_ids = {id(entry.module.weight) for entry in shared}
-    others = [p for p in model.parameters() if id(p) not in shared_ids]
+    others: list[torch.Tensor] = [p for p in model.parameters() if id(p) not in shared_ids]
     for entry in shared:
         entry.module.weight.requires_grad_(True)
 

@@ -16,13 +16,14 @@ from fogline.workloads.trainer.architectures import CNN, MLP
 from fogline.workloads.trainer.errors import TrainerError
 
 _PASS_THROUGH = (nn.ReLU, nn.MaxPool2d, nn.Flatten)
+Layer = nn.Linear | nn.Conv2d
 
 
 def parameter_count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _chain(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+def _chain(model: nn.Module) -> list[tuple[nn.Module, str, Layer]]:
     """(parent, attribute, layer) for each Linear/Conv2d in forward order."""
     if not isinstance(model, MLP | CNN):
         raise TrainerError(
@@ -31,7 +32,7 @@ def _chain(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
             f"models only; {type(model).__name__} is a user model, so drop structured-pruning "
             "from the compression methods",
         )
-    chain: list[tuple[nn.Module, str, nn.Module]] = []
+    chain: list[tuple[nn.Module, str, Layer]] = []
     for parent in model.modules():
         if not isinstance(parent, nn.Sequential):
             continue
@@ -45,22 +46,22 @@ def _chain(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
     return chain
 
 
-def _keep(layer: nn.Module, amount: float) -> torch.Tensor:
-    weight = layer.weight.detach()  # type: ignore[union-attr]
+def _keep(layer: Layer, amount: float) -> torch.Tensor:
+    weight = layer.weight.detach()
     units = weight.shape[0]
     kept = max(1, math.ceil(units * (1 - amount)))
     norms = weight.abs().reshape(units, -1).sum(dim=1)
     return torch.sort(torch.topk(norms, kept).indices).values
 
 
-def _outputs_kept(layer: nn.Module, keep: torch.Tensor) -> nn.Module:
-    weight = layer.weight.detach()[keep]  # type: ignore[index]
-    bias = layer.bias.detach()[keep] if layer.bias is not None else None  # type: ignore[union-attr,index]
+def _outputs_kept(layer: Layer, keep: torch.Tensor) -> Layer:
+    weight = layer.weight.detach()[keep]
+    bias = layer.bias.detach()[keep] if layer.bias is not None else None
     return _rebuilt(layer, weight, bias)
 
 
-def _inputs_kept(layer: nn.Module, keep: torch.Tensor, previous_units: int) -> nn.Module:
-    weight = layer.weight.detach()  # type: ignore[union-attr]
+def _inputs_kept(layer: Layer, keep: torch.Tensor, previous_units: int) -> Layer:
+    weight = layer.weight.detach()
     if isinstance(layer, nn.Linear) and weight.shape[1] != previous_units:
         # After Flatten each channel contributes a block of spatial positions.
         spatial = weight.shape[1] // previous_units
@@ -68,30 +69,19 @@ def _inputs_kept(layer: nn.Module, keep: torch.Tensor, previous_units: int) -> n
         weight = weight[:, columns]
     else:
         weight = weight[:, keep]
-    bias = layer.bias.detach() if layer.bias is not None else None  # type: ignore[union-attr]
+    bias = layer.bias.detach() if layer.bias is not None else None
     return _rebuilt(layer, weight, bias)
 
 
-def _rebuilt(layer: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
-    new: nn.Module
-    if isinstance(layer, nn.Linear):
-        new = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-    elif isinstance(layer, nn.Conv2d):
-        new = nn.Conv2d(
-            weight.shape[1],
-            weight.shape[0],
-            kernel_size=layer.kernel_size,  # type: ignore[arg-type]
-            stride=layer.stride,  # type: ignore[arg-type]
-            padding=layer.padding,  # type: ignore[arg-type]
-            dilation=layer.dilation,  # type: ignore[arg-type]
-            bias=bias is not None,
-        )
+def _rebuilt(layer: Layer, weight: torch.Tensor, bias: torch.Tensor | None) -> Layer:
+    """The same layer (kernel, stride, padding...) with the given weight and bias."""
+    new = copy.deepcopy(layer)
+    new.weight = nn.Parameter(weight.clone())
+    new.bias = nn.Parameter(bias.clone()) if bias is not None else None
+    if isinstance(new, nn.Linear):
+        new.out_features, new.in_features = weight.shape[0], weight.shape[1]
     else:
-        raise TypeError(f"cannot rebuild {layer}")
-    with torch.no_grad():
-        new.weight.copy_(weight)
-        if bias is not None:
-            new.bias.copy_(bias)
+        new.out_channels, new.in_channels = weight.shape[0], weight.shape[1]
     return new
 
 
@@ -102,9 +92,9 @@ def prune_structured(model: nn.Module, amount: float) -> nn.Module:
     chain = _chain(pruned)
     for position in range(len(chain) - 1):
         parent, attribute, _ = chain[position]
-        layer = getattr(parent, attribute)
+        layer: Layer = getattr(parent, attribute)
         next_parent, next_attribute, _ = chain[position + 1]
-        following = getattr(next_parent, next_attribute)
+        following: Layer = getattr(next_parent, next_attribute)
         keep = _keep(layer, amount)
         units = layer.weight.shape[0]
         setattr(parent, attribute, _outputs_kept(layer, keep))
