@@ -179,7 +179,7 @@ def test_packed_indices_rebuild_the_exact_tensor_in_onnx_runtime(bits: int, tmp_
     stored = {t.name: t for t in onnx.load(str(target)).graph.initializer}
     assert "w" not in stored  # the float tensor is gone; packed indices and a codebook remain
     width = next(w for w in (1, 2, 4, 8) if w >= bits)
-    packed = numpy_helper.to_array(stored["shared0.packed"])
+    packed = numpy_helper.to_array(stored["shared.packed"])
     assert packed.dtype == np.uint8 and packed.size == -(-37 * 41 // (8 // width))
     assert numpy_helper.to_array(stored["shared0.codebook"]).size <= 2**bits
 

@@ -139,106 +139,125 @@ def pack_indices(indices: np.ndarray, bits: int) -> np.ndarray:
     return packed
 
 
-def _unpack_nodes(
-    prefix: str, name: str, count: int, bits: int, shape: list[int]
-) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
-    """Nodes that turn `{prefix}.packed` and `{prefix}.codebook` back into the float tensor
-    `name`: each byte broadcast against one left shift per lane, shifted right to leave the
-    lane's index, flattened, cut to `count`, looked up in the codebook, reshaped."""
+def _unpack_nodes(total: int, bits: int) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Nodes that turn `shared.packed` into `shared.int64`, the `total` indices of every
+    shared tensor end to end: each byte broadcast against one left shift per lane, shifted
+    right to leave that lane's index, flattened, cut to `total`, widened for Gather."""
     width = _container_bits(bits)
     per_byte = 8 // width
-    nodes: list[onnx.NodeProto] = []
     constants: list[onnx.TensorProto] = []
 
     def constant(suffix: str, value: np.ndarray) -> str:
-        constants.append(numpy_helper.from_array(value, f"{prefix}.{suffix}"))
+        constants.append(numpy_helper.from_array(value, f"shared.{suffix}"))
         return constants[-1].name
 
-    indices = f"{prefix}.packed"
+    indices = "shared.packed"
+    nodes: list[onnx.NodeProto] = []
     if per_byte > 1:
         lefts = np.array([8 - width * (lane + 1) for lane in range(per_byte)], dtype=np.uint8)
         nodes += [
             helper.make_node(
-                "Unsqueeze",
-                [indices, constant("axes", np.array([1], np.int64))],
-                [f"{prefix}.column"],
+                "Unsqueeze", [indices, constant("axes", np.array([1], np.int64))], ["shared.column"]
             ),
             helper.make_node(
                 "BitShift",
-                [f"{prefix}.column", constant("left", lefts)],
-                [f"{prefix}.shifted"],
+                ["shared.column", constant("left", lefts)],
+                ["shared.shifted"],
                 direction="LEFT",
             ),
             helper.make_node(
                 "BitShift",
-                [f"{prefix}.shifted", constant("right", np.array([8 - width], np.uint8))],
-                [f"{prefix}.lanes"],
+                ["shared.shifted", constant("right", np.array([8 - width], np.uint8))],
+                ["shared.lanes"],
                 direction="RIGHT",
             ),
             helper.make_node(
                 "Reshape",
-                [f"{prefix}.lanes", constant("flat", np.array([-1], np.int64))],
-                [f"{prefix}.all"],
+                ["shared.lanes", constant("flat", np.array([-1], np.int64))],
+                ["shared.all"],
             ),
             helper.make_node(
                 "Slice",
                 [
-                    f"{prefix}.all",
-                    constant("start", np.array([0], np.int64)),
-                    constant("end", np.array([count], np.int64)),
+                    "shared.all",
+                    constant("zero", np.array([0], np.int64)),
+                    constant("total", np.array([total], np.int64)),
                 ],
-                [f"{prefix}.indices"],
+                ["shared.indices"],
             ),
         ]
-        indices = f"{prefix}.indices"
-    nodes += [
-        helper.make_node("Cast", [indices], [f"{prefix}.int64"], to=TensorProto.INT64),
+        indices = "shared.indices"
+    nodes.append(helper.make_node("Cast", [indices], ["shared.int64"], to=TensorProto.INT64))
+    return nodes, constants
+
+
+def _lookup_nodes(
+    number: int, name: str, start: int, shape: list[int]
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+    """Nodes that rebuild the tensor `name` from its slice of `shared.int64` and its codebook."""
+    prefix = f"shared{number}"
+    count = int(np.prod(shape))
+    constants = [
+        numpy_helper.from_array(np.array([start], np.int64), f"{prefix}.start"),
+        numpy_helper.from_array(np.array([start + count], np.int64), f"{prefix}.end"),
+        numpy_helper.from_array(np.array(shape, np.int64), f"{prefix}.shape"),
+    ]
+    nodes = [
         helper.make_node(
-            "Gather", [f"{prefix}.codebook", f"{prefix}.int64"], [f"{prefix}.values"], axis=0
+            "Slice", ["shared.int64", f"{prefix}.start", f"{prefix}.end"], [f"{prefix}.indices"]
         ),
         helper.make_node(
-            "Reshape", [f"{prefix}.values", constant("shape", np.array(shape, np.int64))], [name]
+            "Gather", [f"{prefix}.codebook", f"{prefix}.indices"], [f"{prefix}.values"], axis=0
         ),
+        helper.make_node("Reshape", [f"{prefix}.values", f"{prefix}.shape"], [name]),
     ]
     return nodes, constants
 
 
 def store_shared(source: Path, target: Path, bits: int) -> int:
     """Rewrites every float32 initializer of at least MIN_SHARED_ELEMENTS elements that
-    takes at most 2^bits distinct values as packed indices plus a codebook; returns how many
-    tensors were rewritten."""
+    takes at most 2^bits distinct values as indices plus a codebook; the indices of all of
+    them are packed into one uint8 tensor, so the unpacking nodes exist once (short names
+    too: a small model's file is measurably made of names). Returns how many tensors were
+    rewritten."""
     with checked("CompressionFailed", "weight sharing", target):
         model = onnx.load(str(source))
         graph = model.graph
         kept: list[onnx.TensorProto] = []
-        added_nodes: list[onnx.NodeProto] = []
-        rewritten = 0
+        lookups: list[onnx.NodeProto] = []
+        all_indices: list[np.ndarray] = []
+        start = 0
         for tensor in graph.initializer:
-            if tensor.data_type != TensorProto.FLOAT:
+            array = numpy_helper.to_array(tensor) if tensor.data_type == TensorProto.FLOAT else None
+            if array is None or array.size < MIN_SHARED_ELEMENTS:
                 kept.append(tensor)
                 continue
-            array = numpy_helper.to_array(tensor)
             codebook, indices = np.unique(array, return_inverse=True)
-            if array.size < MIN_SHARED_ELEMENTS or len(codebook) > 2**bits:
+            if len(codebook) > 2**bits:
                 kept.append(tensor)
                 continue
-            # Short names: a file of small models is measurably made of names.
-            prefix = f"shared{rewritten}"
-            kept.append(numpy_helper.from_array(pack_indices(indices, bits), f"{prefix}.packed"))
-            kept.append(numpy_helper.from_array(codebook.astype(np.float32), f"{prefix}.codebook"))
-            nodes, constants = _unpack_nodes(
-                prefix, tensor.name, array.size, bits, list(array.shape)
+            number = len(all_indices)
+            kept.append(
+                numpy_helper.from_array(codebook.astype(np.float32), f"shared{number}.codebook")
             )
-            added_nodes += nodes
+            nodes, constants = _lookup_nodes(number, tensor.name, start, list(array.shape))
+            lookups += nodes
             kept += constants
-            rewritten += 1
+            all_indices.append(indices.flatten())
+            start += array.size
+        added: list[onnx.NodeProto] = []
+        if all_indices:
+            packed = pack_indices(np.concatenate(all_indices), bits)
+            kept.append(numpy_helper.from_array(packed, "shared.packed"))
+            added, constants = _unpack_nodes(start, bits)
+            kept += constants
         del graph.initializer[:]
         graph.initializer.extend(kept)
         existing = list(graph.node)
         del graph.node[:]
-        graph.node.extend(added_nodes + existing)
+        graph.node.extend(added + lookups + existing)
         onnx.save(model, str(target))
-    return rewritten
+    return len(all_indices)
 
 
 def codebook_sizes(path: Path) -> dict[str, int]:
