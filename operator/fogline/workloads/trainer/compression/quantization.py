@@ -16,6 +16,33 @@ from fogline.workloads.trainer.compression.files import checked, quiet
 from fogline.workloads.trainer.errors import EXIT_RUNTIME_FAILURE, TrainerError
 
 CALIBRATION_BATCH = 32
+# What static INT8 quantizes: the compute-heavy operators and the data movement between
+# them. Elementwise arithmetic (the built-in models' input standardization is a Sub and a
+# Mul) stays float: quantizing it only adds requantization steps.
+QUANTIZED_OPERATORS = [
+    "Conv",
+    "ConvTranspose",
+    "Gemm",
+    "MatMul",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Relu",
+    "Clip",
+    "Reshape",
+    "Flatten",
+    "Transpose",
+    "Squeeze",
+    "Unsqueeze",
+    "Concat",
+    "Add",
+    "Resize",
+]
+# A convolution whose output sums fewer products than this (input channels x kernel area,
+# 9 for a 3x3 kernel on one channel) stays float: the int8 kernels lose to float ones on
+# such short sums. Measured on the digits CNN at batch 64: 1.24x faster than float with
+# its first convolution and the standardization quantized, 1.65x without.
+MIN_INT8_CONV_REDUCTION = 32
 
 
 def quantize_dynamic_int8(source: Path, target: Path) -> None:
@@ -85,4 +112,19 @@ def quantize_static_int8(
             weight_type=QuantType.QInt8,
             per_channel=per_channel,
             calibrate_method=CalibrationMethod.MinMax,
+            op_types_to_quantize=QUANTIZED_OPERATORS,
+            nodes_to_exclude=short_convolutions(onnx.load(str(prepared))),
         )
+
+
+def short_convolutions(model: onnx.ModelProto) -> list[str]:
+    """Names of the Conv nodes whose weight gives each output fewer than
+    MIN_INT8_CONV_REDUCTION products to sum."""
+    shapes = {t.name: list(t.dims) for t in model.graph.initializer}
+    return [
+        node.name
+        for node in model.graph.node
+        if node.op_type == "Conv"
+        and len(shapes.get(node.input[1], [])) >= 3
+        and int(np.prod(shapes[node.input[1]][1:])) < MIN_INT8_CONV_REDUCTION
+    ]
