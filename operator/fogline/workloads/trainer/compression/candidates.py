@@ -17,7 +17,7 @@ from torch import nn
 from fogline.workloads.trainer.artifacts import INT8_FILE, ONNX_FILE
 from fogline.workloads.trainer.compression import float16, quantization, sharing, structured
 from fogline.workloads.trainer.compression.finetune import finetune
-from fogline.workloads.trainer.compression.measure import measure
+from fogline.workloads.trainer.compression.measure import accuracy_and_size, interleaved_latencies
 from fogline.workloads.trainer.compression.selection import (
     FLOAT16,
     FLOAT32,
@@ -150,20 +150,19 @@ def compress(
     measured: list[Candidate] = []
     details: dict[str, dict[str, Any]] = {}
     metrics: dict[str, float] = {}
-    for method in settings.candidates():
+    methods = settings.candidates()
+    for method in methods:
         details[method] = build(
             method, model, split, settings, output=output, opset=opset, tuning=tuning
         )
-        path = output / FILES[method]
-        result = measure(
-            path,
-            split.validation_features,
-            split.validation_labels,
-            batch_size=budget.batch_size,
-            threads=budget.threads,
-        )
+    paths = [output / FILES[method] for method in methods]
+    timings = interleaved_latencies(
+        paths, split.validation_features, batch_size=budget.batch_size, threads=budget.threads
+    )
+    for method, path, (latency, runs) in zip(methods, paths, timings, strict=True):
+        result = accuracy_and_size(path, split.validation_features, split.validation_labels)
         measured.append(
-            Candidate(method, FILES[method], result.size_bytes, result.accuracy, result.latency_ms)
+            Candidate(method, FILES[method], result.size_bytes, result.accuracy, latency)
         )
         if method != FLOAT32:
             key = method.replace("-", "_")
@@ -174,9 +173,9 @@ def compress(
             method,
             f"{result.size_bytes:,}",
             result.accuracy,
-            result.latency_ms,
+            latency,
             budget.batch_size,
-            result.latency_runs,
+            runs,
         )
     if "accuracy_int8_dynamic" in metrics:
         # The names earlier releases reported for the dynamic INT8 model.

@@ -17,7 +17,10 @@ WARMUP_RUNS = 10
 # at least MIN_RUNS, then more until MIN_SECONDS have passed, at most MAX_RUNS.
 MIN_RUNS = 50
 MAX_RUNS = 2000
-MIN_SECONDS = 0.5
+MIN_SECONDS = 0.2
+#: Candidates are timed in this many interleaved rounds and each keeps its best median, so
+#: a burst of load elsewhere on the machine slows no candidate more than another.
+ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -58,20 +61,20 @@ def latency_p50_ms(
     return float(np.median(timings)) * 1000.0, len(timings)
 
 
-def measure(
-    path: Path,
-    features: np.ndarray,
-    labels: np.ndarray,
-    *,
-    batch_size: int,
-    threads: int,
-) -> Measurement:
+def accuracy_and_size(path: Path, features: np.ndarray, labels: np.ndarray) -> Measurement:
+    """Size and metric of a file; latency is left at 0 for `interleaved_latencies`."""
     score = evaluate_onnx(path, features, labels)
-    latency, runs = latency_p50_ms(path, features, batch_size=batch_size, threads=threads)
-    return Measurement(
-        size_bytes=path.stat().st_size,
-        accuracy=score.accuracy,
-        loss=score.loss,
-        latency_ms=latency,
-        latency_runs=runs,
-    )
+    return Measurement(path.stat().st_size, score.accuracy, score.loss, 0.0, 0)
+
+
+def interleaved_latencies(
+    paths: list[Path], features: np.ndarray, *, batch_size: int, threads: int, rounds: int = ROUNDS
+) -> list[tuple[float, int]]:
+    """Each file's best latency p50 over `rounds` rounds that time every file in turn, and
+    the number of timed runs behind it."""
+    best: list[tuple[float, int]] = [(float("inf"), 0)] * len(paths)
+    for _ in range(rounds):
+        for index, path in enumerate(paths):
+            timed = latency_p50_ms(path, features, batch_size=batch_size, threads=threads)
+            best[index] = min(best[index], timed)
+    return best
