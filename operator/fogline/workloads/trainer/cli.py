@@ -15,6 +15,7 @@ from typing import NoReturn
 from fogline.workloads.trainer import config as cfg
 from fogline.workloads.trainer import publish, termination
 from fogline.workloads.trainer.compression import flags as compression_flags
+from fogline.workloads.trainer.distillation import settings as distillation_flags
 from fogline.workloads.trainer.errors import EXIT_RUNTIME_FAILURE, TrainerError, invalid_argument
 
 log = logging.getLogger("fogline.workloads.trainer")
@@ -108,6 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
         "/dev/termination-log, skipped when not writable)",
     )
     compression_flags.add_arguments(parser)
+    distillation_flags.add_arguments(parser)
     run = parser.add_argument_group("execution")
     run.add_argument("--device", choices=cfg.DEVICES, default="auto", help="(auto: CUDA if any)")
     run.add_argument(
@@ -147,6 +149,7 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str]) -> tuple[cfg.Train
         threads=args.threads,
         pvc_root=Path(env.get("FOGLINE_PVC_ROOT") or "/mnt/pvc"),
         compression=compression_flags.settings_from(args),
+        distillation=distillation_flags.settings_from(args),
     )
     cfg.validate(config)
     return config, bool(args.verbose)

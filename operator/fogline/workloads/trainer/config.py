@@ -10,6 +10,8 @@ from typing import Any
 
 from fogline.workloads.trainer.compression.selection import STRUCTURED_PRUNING
 from fogline.workloads.trainer.compression.settings import CompressionSettings, problems
+from fogline.workloads.trainer.distillation.settings import DistillationSettings
+from fogline.workloads.trainer.distillation.settings import problems as distillation_problems
 from fogline.workloads.trainer.errors import TrainerError, invalid_argument
 
 BUILTIN_ARCHITECTURES = ("mlp", "cnn")
@@ -48,6 +50,7 @@ class TrainingConfig:
     threads: int | None = None
     pvc_root: Path = field(default=Path("/mnt/pvc"))
     compression: CompressionSettings = field(default_factory=CompressionSettings)
+    distillation: DistillationSettings = field(default_factory=DistillationSettings)
 
     @property
     def is_entrypoint(self) -> bool:
@@ -78,6 +81,8 @@ class TrainingConfig:
             values["hiddenUnits"] = self.hidden_units
         if self.compression.enabled:
             values["compression"] = self.compression.describe()
+        if self.distillation.enabled:
+            values["distillation"] = self.distillation.describe()
         return values
 
     def checkpoint_fingerprint(self) -> dict[str, Any]:
@@ -93,7 +98,7 @@ class TrainingConfig:
             "learningRate": self.learning_rate,
             "optimizer": self.optimizer,
             "seed": self.seed,
-        }
+        } | ({"distillation": self.distillation.describe()} if self.distillation.enabled else {})
 
 
 def normalize_digest(value: str) -> str:
@@ -161,7 +166,7 @@ def validate(config: TrainingConfig) -> None:
 
 
 def _validate_compression(config: TrainingConfig) -> None:
-    found = problems(config.compression)
+    found = problems(config.compression) + distillation_problems(config.distillation)
     if config.compression.enabled and config.quantize != "none":
         found.append(
             "--quantize int8 serves the dynamic INT8 model whatever it measures; with "

@@ -21,6 +21,7 @@ from fogline.workloads.trainer.compression.selection import FLOAT32, INT8_DYNAMI
 from fogline.workloads.trainer.compression.settings import CompressionSettings
 from fogline.workloads.trainer.config import TrainingConfig
 from fogline.workloads.trainer.datasets import Dataset, Split, split_dataset
+from fogline.workloads.trainer.distillation.teacher import soft_targets
 from fogline.workloads.trainer.distributed import ProcessContext, join_run, leave_run
 from fogline.workloads.trainer.evaluation import evaluate_onnx, onnx_signature
 from fogline.workloads.trainer.progress import EpochReport, reporter_from_environment
@@ -71,7 +72,14 @@ def run_training(
             if reporter is not None:
                 reporter.report(report)
 
-        result = fit(model, split, config, context, output=config.output, on_epoch=on_epoch)
+        teacher = None
+        if config.distillation.enabled:
+            teacher = soft_targets(
+                config.distillation, config.pvc_root, split.train_features, dataset.num_classes
+            )
+        result = fit(
+            model, split, config, context, output=config.output, on_epoch=on_epoch, teacher=teacher
+        )
     finally:
         leave_run(context)
     if not context.is_primary:

@@ -23,6 +23,7 @@ from torch.utils.data import DistributedSampler, TensorDataset
 from fogline.workloads.trainer.checkpoints import load_latest_checkpoint, save_checkpoint
 from fogline.workloads.trainer.config import TrainingConfig
 from fogline.workloads.trainer.datasets import Split
+from fogline.workloads.trainer.distillation.teacher import SoftTargets
 from fogline.workloads.trainer.distributed import ProcessContext, share_from_primary
 from fogline.workloads.trainer.errors import TrainerError
 from fogline.workloads.trainer.progress import EpochReport
@@ -87,8 +88,10 @@ def fit(
     *,
     output: Path | None,
     on_epoch: Callable[[EpochReport], None],
+    teacher: SoftTargets | None = None,
 ) -> TrainingResult:
-    """Trains `model` in place up to config.epochs and returns it unwrapped, on its device."""
+    """Trains `model` in place up to config.epochs and returns it unwrapped, on its device.
+    With a teacher, the loss blends its soft targets with the labels."""
     device = torch.device(context.device)
     model.to(device)
     optimizer = make_optimizer(config.optimizer, model, config.learning_rate)
@@ -134,6 +137,7 @@ def fit(
         seed=config.seed,
     )
     loss_fn = nn.CrossEntropyLoss()
+    soft = teacher.to(device) if teacher is not None else None
 
     for epoch in range(start_epoch + 1, config.epochs + 1):
         started = time.perf_counter()
@@ -145,7 +149,11 @@ def fit(
         for first in range(0, len(order), config.batch_size):
             batch = order[first : first + config.batch_size]
             with autocast():
-                loss = loss_fn(trained(train_x[batch]), train_y[batch])
+                logits = trained(train_x[batch])
+                if soft is None:
+                    loss = loss_fn(logits, train_y[batch])
+                else:
+                    loss = soft.loss(logits, train_y[batch], batch)
             optimizer.zero_grad(set_to_none=True)
             if scaler is None:
                 loss.backward()
