@@ -43,7 +43,8 @@ class TrainingRun:
 
 def run_fingerprint(spec: ModelTrainingSpec) -> str:
     """Eight hex characters of the training-relevant spec. Suspension and the evaluation
-    threshold are left out: pausing a run or moving the gate does not retrain."""
+    threshold are left out: pausing a run or moving the gate does not retrain, unless
+    compression is on, where the threshold decides which candidate is served."""
     relevant = spec.to_dict()
     relevant.get("runPolicy", {}).pop("suspend", None)
     if not spec.export.compression.enabled:
