@@ -663,6 +663,32 @@ BAD_COMPRESSION = [
         ("spec.export.compression.sharingBits", "less than or equal to 8"),
     ),
     Bad(
+        "mt-teacher-training-and-uri",
+        MT,
+        spec(
+            distillation={"teacher": {"fromTraining": "big", "uri": "pvc://m/t", "digest": DIGEST}}
+        ),
+        ("spec.distillation.teacher", "exactly one of fromTraining"),
+    ),
+    Bad(
+        "mt-teacher-uri-without-digest",
+        MT,
+        spec(distillation={"teacher": {"uri": "pvc://models/teacher"}}),
+        ("spec.distillation.teacher.digest", "needs digest"),
+    ),
+    Bad(
+        "mt-teacher-over-http",
+        MT,
+        spec(distillation={"teacher": {"uri": "https://x/t", "digest": DIGEST}}),
+        ("spec.distillation.teacher.uri", "must be pvc://<claim>/<path> or"),
+    ),
+    Bad(
+        "mt-distillation-weight-above-one",
+        MT,
+        spec(distillation={"teacher": {"fromTraining": "big"}, "weight": 2}),
+        ("spec.distillation.weight", "less than or equal to 1"),
+    ),
+    Bad(
         "mt-zero-size-budget",
         MT_EDGE,
         spec(export={"budget": {"maxSizeBytes": 0}}),
@@ -727,6 +753,7 @@ def test_compression_status_table_is_accepted_by_the_status_schema(
         ("modeltraining.spec.export.budget", ("BudgetNotMet", "naming the closest candidate")),
         ("modeltraining.spec.export.compression.methods", ("QLinearConv", "codebook")),
         ("mt.status.compression.candidates.reason", ("what it missed",)),
+        ("modeltraining.spec.distillation", ("Knowledge distillation", "temperature^2")),
     ],
 )
 def test_kubectl_explain_shows_the_compression_fields(

@@ -13,7 +13,15 @@ from rich.console import Console
 
 from fogline import status as status_cli
 from fogline.api.modeltraining import ModelTraining, ModelTrainingStatus
-from fogline.training.jobs import plan_run, run_fingerprint, trainer_args
+from fogline.settings import OperatorSettings
+from fogline.training.jobs import (
+    TeacherArtifact,
+    build_training_job,
+    plan_run,
+    run_fingerprint,
+    teacher_of,
+    trainer_args,
+)
 from fogline.training.observe import observe_training
 
 pytestmark = pytest.mark.unit
@@ -179,3 +187,66 @@ def test_fogline_status_shows_every_candidate_and_the_chosen_one() -> None:
     assert "0.305 ms" in lines["int8-static"] and " yes " in lines["int8-static"]
     summary = status_cli.as_json([obj], [], NOW)["modelTrainings"][0]
     assert summary["compression"]["chosen"] == "int8-static"
+
+
+# --- spec.distillation --------------------------------------------------------------------
+
+TEACHER_DIGEST = "sha256:" + "ef" * 32
+
+
+def distilled(teacher: dict[str, Any]) -> ModelTraining:
+    body = {
+        "metadata": {"name": "student", "namespace": "ml", "generation": 1},
+        "spec": {
+            "model": {"architecture": "mlp", "hiddenUnits": 16},
+            "dataset": {"uri": "builtin:digits"},
+            "output": {"uri": "pvc://models/runs"},
+            "distillation": {"teacher": teacher, "temperature": 3, "weight": 0.6},
+        },
+    }
+    return ModelTraining.from_body(body)
+
+
+def test_a_teacher_uri_becomes_flags_and_a_read_only_mount_of_its_claim() -> None:
+    t = distilled({"uri": "pvc://teachers/digits-cnn/ab12", "digest": TEACHER_DIGEST})
+    teacher = teacher_of(t.spec, None)
+    assert teacher == TeacherArtifact("pvc://teachers/digits-cnn/ab12", TEACHER_DIGEST)
+    job = build_training_job(t, plan_run(t), OperatorSettings(), teacher)
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][-4:] == [
+        "--teacher=pvc://teachers/digits-cnn/ab12",
+        f"--teacher-digest={TEACHER_DIGEST}",
+        "--distill-temperature=3.0",
+        "--distill-weight=0.6",
+    ]
+    claims = {
+        v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]["readOnly"]
+        for v in job["spec"]["template"]["spec"]["volumes"]
+        if "persistentVolumeClaim" in v
+    }
+    assert claims == {"models": False, "teachers": True}
+
+
+def test_a_teacher_training_teaches_only_once_it_has_published_an_artifact() -> None:
+    t = distilled({"fromTraining": "digits-cnn"})
+    assert teacher_of(t.spec, None) is None  # the controller waits: TeacherNotReady
+    published = TeacherArtifact("file:///var/lib/fogline/digits-cnn/ab12", TEACHER_DIGEST)
+    assert teacher_of(t.spec, published) == published
+    job = build_training_job(t, plan_run(t), OperatorSettings(), published)
+    pod = job["spec"]["template"]["spec"]
+    assert {"name": "teacher", "hostPath": {"path": "/var/lib/fogline/digits-cnn/ab12"}} in pod[
+        "volumes"
+    ]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "teacher")
+    assert mount == {
+        "name": "teacher",
+        "mountPath": "/var/lib/fogline/digits-cnn/ab12",
+        "readOnly": True,
+    }
+    assert "--teacher=file:///var/lib/fogline/digits-cnn/ab12" in pod["containers"][0]["args"]
+
+
+def test_no_distillation_no_teacher_flags() -> None:
+    t = training()
+    assert teacher_of(t.spec, TeacherArtifact("pvc://a/b", TEACHER_DIGEST)) is None
+    assert not any(a.startswith("--teacher") for a in trainer_args(t.spec, plan_run(t)))

@@ -175,6 +175,24 @@ class ExportSpec:
 
 
 @dataclass(frozen=True)
+class TeacherSpec:
+    """spec.distillation.teacher: another ModelTraining's artifact, or a uri and digest."""
+
+    from_training: str | None = None
+    uri: str | None = None
+    digest: str | None = None
+
+
+@dataclass(frozen=True)
+class DistillationSpec:
+    """spec.distillation: the teacher and how its outputs blend into the student's loss."""
+
+    teacher: TeacherSpec
+    temperature: float = 4.0
+    weight: float = 0.7
+
+
+@dataclass(frozen=True)
 class EvaluationSpec:
     """spec.evaluation: the gate an artifact must pass to be published."""
 
@@ -228,6 +246,7 @@ class ModelTrainingSpec:
     placement: TrainingPlacement = field(default_factory=TrainingPlacement)
     distributed: DistributedSpec = field(default_factory=DistributedSpec)
     export: ExportSpec = field(default_factory=ExportSpec)
+    distillation: DistillationSpec | None = None
     evaluation: EvaluationSpec = field(default_factory=EvaluationSpec)
     run_policy: RunPolicySpec = field(default_factory=RunPolicySpec)
     queue_name: str | None = None

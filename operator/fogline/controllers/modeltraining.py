@@ -20,10 +20,12 @@ from fogline.training.jobs import (
     COMPONENT_LABEL,
     MANAGED_BY,
     TRAINING_LABEL,
+    TeacherArtifact,
     build_rendezvous_service,
     build_trainer_rbac,
     build_training_job,
     plan_run,
+    teacher_of,
 )
 from fogline.training.observe import TERMINAL_PHASES, observe_training, regate
 
@@ -35,6 +37,14 @@ def trainings_by_name(
     namespace: str | None, name: str, body: kopf.Body, **_: Any
 ) -> dict[Any, Any]:
     return {(namespace, name): body}
+
+
+@kopf.index(GROUP, VERSION, "modeltrainings")
+def students_by_teacher(
+    namespace: str | None, name: str, spec: kopf.Spec, **_: Any
+) -> dict[Any, Any] | None:
+    teacher = ((spec.get("distillation") or {}).get("teacher") or {}).get("fromTraining")
+    return {(namespace, teacher): name} if teacher else None
 
 
 @kopf.index("batch", "v1", "jobs", labels=TRAINER_SELECTOR)
@@ -104,7 +114,11 @@ async def _reconcile(
 
     finished = training.status.job_name == run.job_name and training.status.phase in TERMINAL_PHASES
     if job is None and not finished:
-        await _create_run(body, training, state)
+        teacher = _teacher(training, state.indexes["trainings_by_name"])
+        if training.spec.distillation is not None and teacher is None:
+            await _wait_for_teacher(body, training, state)
+            return  # the teacher's status change brings us back
+        await _create_run(body, training, state, teacher)
         return  # the Job's own event brings us back with it in the index
     if job is not None:
         await _sync_suspend(training, job, state)
@@ -129,7 +143,61 @@ async def _reconcile(
         state.announce(object_key, body, event.type, event.reason, event.message)
 
 
-async def _create_run(body: kopf.Body, training: ModelTraining, state: OperatorState) -> None:
+def _teacher(training: ModelTraining, trainings: kopf.Index[Any, Any]) -> TeacherArtifact | None:
+    """The distillation teacher: the spec's uri and digest, or the newest gated artifact of
+    the teacher ModelTraining, as the index holds it (None while it has none)."""
+    distillation = training.spec.distillation
+    if distillation is None or distillation.teacher.from_training is None:
+        return teacher_of(training.spec, None)
+    found = list(trainings.get((training.namespace, distillation.teacher.from_training), []))
+    artifact = ((found[0] if found else {}).get("status") or {}).get("artifact") or {}
+    if not artifact.get("uri") or not artifact.get("digest"):
+        return None
+    return TeacherArtifact(str(artifact["uri"]), str(artifact["digest"]))
+
+
+async def _wait_for_teacher(body: kopf.Body, training: ModelTraining, state: OperatorState) -> None:
+    from fogline.api.conditions import set_condition
+
+    assert training.spec.distillation is not None
+    name = training.spec.distillation.teacher.from_training
+    message = (
+        f"waiting for ModelTraining {name!r}, the distillation teacher, to publish an "
+        "artifact that passes its evaluation gate"
+    )
+    current = dict(body.get("status") or {})
+    waiting = current.get("phase") == "Pending" and any(
+        c.get("reason") == "TeacherNotReady" and c.get("message") == message
+        for c in current.get("conditions") or []
+    )
+    if not waiting:
+        conditions = set_condition(
+            current.get("conditions"),
+            "Progressing",
+            True,
+            "TeacherNotReady",
+            message,
+            training.generation,
+            utcnow(),
+        )
+        desired = {
+            "phase": "Pending",
+            "observedGeneration": training.generation,
+            "conditions": conditions,
+        }
+        if patch := status_patch(current, desired):
+            await state.kube.patch_status(KIND, training.namespace, training.name, patch)
+    state.announce(
+        (KIND, training.namespace, training.name), body, "Normal", "TeacherNotReady", message
+    )
+
+
+async def _create_run(
+    body: kopf.Body,
+    training: ModelTraining,
+    state: OperatorState,
+    teacher: TeacherArtifact | None = None,
+) -> None:
     settings = state.settings
     run = plan_run(training)
     # Many trainings can arrive in one namespace at once: one of them grants the RBAC,
@@ -143,7 +211,7 @@ async def _create_run(body: kopf.Body, training: ModelTraining, state: OperatorS
         service = build_rendezvous_service(training, run)
         kopf.adopt(service, owner=body)
         await state.kube.apply(service)
-    job = build_training_job(training, run, settings)
+    job = build_training_job(training, run, settings, teacher)
     kopf.adopt(job, owner=body)
     await state.kube.apply(job)
     phase = (
@@ -218,11 +286,16 @@ async def training_changed(namespace: str | None, name: str, memo: Any, **kwargs
 async def training_event(
     namespace: str | None, name: str, type: str | None, memo: Any, **kwargs: Any
 ) -> None:
-    """A deleted training is reconciled once more, so that its memory is dropped."""
+    """A deleted training is reconciled once more, so that its memory is dropped; the
+    students of a teacher are reconciled when it changes, so that they start once it has
+    published an artifact."""
+    state = state_of(memo)
+    state.remember_indexes(kwargs)
     if type == "DELETED":
-        state = state_of(memo)
-        state.remember_indexes(kwargs)
         state.enqueue(KIND, namespace or "", name)
+    students: kopf.Index[Any, Any] = kwargs["students_by_teacher"]
+    for student in students.get((namespace, name), []):
+        state.enqueue(KIND, namespace or "", student)
 
 
 @kopf.on.event("batch", "v1", "jobs", labels=TRAINER_SELECTOR)

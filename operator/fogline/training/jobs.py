@@ -30,6 +30,27 @@ BAD_INPUT_EXIT_CODE = 2
 
 
 @dataclass(frozen=True)
+class TeacherArtifact:
+    """The distillation teacher a run learns from: an artifact location and its digest."""
+
+    uri: str
+    digest: str
+
+
+def teacher_of(
+    spec: ModelTrainingSpec, published: TeacherArtifact | None
+) -> TeacherArtifact | None:
+    """The teacher of a spec: its uri and digest, or what the teacher ModelTraining
+    published (None while it has published nothing, or without distillation)."""
+    if spec.distillation is None:
+        return None
+    teacher = spec.distillation.teacher
+    if teacher.uri and teacher.digest:
+        return TeacherArtifact(teacher.uri, teacher.digest)
+    return published
+
+
+@dataclass(frozen=True)
 class TrainingRun:
     """One run of a ModelTraining: a spec hash names its Job, so a spec change that alters
     the training starts a new run, and anything else (suspend, the gate's threshold) does not."""
@@ -98,7 +119,9 @@ def owner_labels(training: ModelTraining, run: TrainingRun) -> dict[str, str]:
     }
 
 
-def trainer_args(spec: ModelTrainingSpec, run: TrainingRun) -> list[str]:
+def trainer_args(
+    spec: ModelTrainingSpec, run: TrainingRun, teacher: TeacherArtifact | None = None
+) -> list[str]:
     """The trainer's command line for a spec: the contract of `fogline train`."""
     model = spec.model.architecture or spec.model.entrypoint or "mlp"
     args = [
@@ -122,6 +145,13 @@ def trainer_args(spec: ModelTrainingSpec, run: TrainingRun) -> list[str]:
     ]
     if spec.dataset.digest:
         args.append(f"--dataset-digest={spec.dataset.digest}")
+    if spec.distillation is not None and teacher is not None:
+        args += [
+            f"--teacher={teacher.uri}",
+            f"--teacher-digest={teacher.digest}",
+            f"--distill-temperature={spec.distillation.temperature}",
+            f"--distill-weight={spec.distillation.weight}",
+        ]
     return args + compression_args(spec)
 
 
@@ -172,13 +202,15 @@ def _command(spec: ModelTrainingSpec, run: TrainingRun, namespace: str) -> list[
 
 
 def _volumes(
-    spec: ModelTrainingSpec, training_name: str
+    spec: ModelTrainingSpec, training_name: str, teacher: TeacherArtifact | None = None
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     claims: dict[str, bool] = {}  # claim -> read-only
     if spec.output.scheme == "pvc":
         claims[_pvc_parts(spec.output.uri)[0]] = False
     if spec.dataset.scheme == "pvc":
         claims.setdefault(_pvc_parts(spec.dataset.uri)[0], True)
+    if teacher is not None and teacher.uri.startswith("pvc://"):
+        claims.setdefault(_pvc_parts(teacher.uri)[0], True)
     volumes: list[dict[str, Any]] = []
     mounts: list[dict[str, Any]] = []
     for index, (claim, read_only) in enumerate(sorted(claims.items())):
@@ -202,6 +234,11 @@ def _volumes(
     if spec.output.scheme in ("s3", "oci"):
         volumes.append({"name": "staging", "emptyDir": {}})
         mounts.append({"name": "staging", "mountPath": STAGING_ROOT})
+    if teacher is not None and teacher.uri.startswith("file://"):
+        # The teacher's own folder on the node, read-only.
+        folder = teacher.uri.removeprefix("file://").rstrip("/")
+        volumes.append({"name": "teacher", "hostPath": {"path": folder}})
+        mounts.append({"name": "teacher", "mountPath": folder, "readOnly": True})
     volumes.append({"name": "tmp", "emptyDir": {}})
     mounts.append({"name": "tmp", "mountPath": "/tmp"})
     return volumes, mounts
@@ -220,9 +257,13 @@ def _resources(spec: ModelTrainingSpec) -> dict[str, Any]:
 
 
 def build_training_job(
-    training: ModelTraining, run: TrainingRun, settings: OperatorSettings
+    training: ModelTraining,
+    run: TrainingRun,
+    settings: OperatorSettings,
+    teacher: TeacherArtifact | None = None,
 ) -> dict[str, Any]:
-    """The Job for one run. The caller adds the ownerReference (kopf.adopt)."""
+    """The Job for one run, learning from `teacher` when distilled. The caller adds the
+    ownerReference (kopf.adopt)."""
     spec = training.spec
     labels = owner_labels(training, run)
     job_labels = dict(labels)
@@ -235,7 +276,7 @@ def build_training_job(
     }
     tolerations = [dict(t) for t in settings.gpu_tolerations] if uses_gpu else []
     tolerations += [t.to_dict() for t in spec.placement.tolerations]
-    volumes, mounts = _volumes(spec, training.name)
+    volumes, mounts = _volumes(spec, training.name, teacher)
     env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
@@ -254,7 +295,7 @@ def build_training_job(
         "image": spec.image or settings.trainer_image,
         "imagePullPolicy": settings.image_pull_policy,
         "command": _command(spec, run, training.namespace),
-        "args": trainer_args(spec, run),
+        "args": trainer_args(spec, run, teacher),
         "env": env,
         "volumeMounts": mounts,
         **({"envFrom": access.env_from} if access.env_from else {}),
