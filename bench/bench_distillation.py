@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 # (hidden units, epochs, learning rate) of the student
@@ -23,7 +24,7 @@ STUDENTS = ((8, 10, 0.01), (16, 5, 0.01), (16, 10, 0.003))
 DISTILL = (("4", "0.5"), ("2", "0.5"))  # (temperature, weight)
 
 
-def train(folder: Path, *flags: str) -> dict[str, object]:
+def train(folder: Path, *flags: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(REPO / "operator"), "OMP_NUM_THREADS": "1"}
     log = folder.with_suffix(".json")
     command = [
@@ -43,7 +44,7 @@ def train(folder: Path, *flags: str) -> dict[str, object]:
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise SystemExit(f"trainer failed: {done.stderr.strip()}")
-    message: dict[str, object] = json.loads(log.read_text())
+    message: dict[str, Any] = json.loads(log.read_text())
     return message
 
 
@@ -60,8 +61,8 @@ def main() -> int:
             done = train(
                 teacher, "--model", "cnn", "--epochs", str(args.teacher_epochs), "--seed", str(seed)
             )
-            digest = str(done["artifact"]["digest"])  # type: ignore[index]
-            teacher_accuracy = float(done["metrics"]["accuracy"])  # type: ignore[index]
+            digest = str(done["artifact"]["digest"])
+            teacher_accuracy = float(done["metrics"]["accuracy"])
             print(f"seed {seed}: teacher CNN-128 accuracy {teacher_accuracy:.4f}")
             for hidden, epochs, lr in STUDENTS:
                 common = [
@@ -77,7 +78,7 @@ def main() -> int:
                     str(seed),
                 ]
                 plain = train(root / f"plain-{seed}-{hidden}-{epochs}-{lr}", *common)
-                base = float(plain["metrics"]["accuracy"])  # type: ignore[index]
+                base = float(plain["metrics"]["accuracy"])
                 for temperature, weight in DISTILL:
                     name = f"MLP-{hidden} {epochs} epochs lr {lr}, T {temperature} w {weight}"
                     distilled = train(
@@ -92,7 +93,7 @@ def main() -> int:
                         "--distill-weight",
                         weight,
                     )
-                    value = float(distilled["metrics"]["accuracy"])  # type: ignore[index]
+                    value = float(distilled["metrics"]["accuracy"])
                     rows.setdefault(name, []).append((base, value))
     print(f"\n{'student':<42}{'labels only':>12}{'distilled':>11}{'Δ pts':>8}  per seed")
     for name, pairs in rows.items():

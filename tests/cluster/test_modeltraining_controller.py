@@ -438,3 +438,63 @@ def test_a_recreated_namespace_gets_its_trainer_rbac_again(
                 timeout=90,
                 what=f"namespace {name} deleted",
             )
+
+
+def test_a_student_waits_for_its_teacher_then_learns_from_its_artifact(mt: Trainings) -> None:
+    mt.create(training("student", distillation={"teacher": {"fromTraining": "teacher"}}))
+    waiting = wait_for(
+        lambda: (
+            any(
+                c.get("reason") == "TeacherNotReady"
+                for c in mt.status("student").get("conditions") or []
+            )
+            and mt.status("student")
+        ),
+        what="the student waiting for its teacher",
+    )
+    assert waiting["phase"] == "Pending" and mt.jobs("student") == []
+
+    compressed = {"quantization": "none", "compression": {"methods": ["int8-static"]}}
+    mt.create(training("teacher", export=compressed))
+    pod = mt.running_pod("teacher")
+    table = {
+        "chosen": "int8-static",
+        "budget": {"batchSize": 1, "threads": 1, "minAccuracy": 0.9},
+        "candidates": [
+            {
+                "method": "float32",
+                "file": "model.onnx",
+                "sizeBytes": 106433,
+                "accuracy": 0.97,
+                "latencyMs": 0.009,
+                "chosen": False,
+                "reason": "fits, but int8-static was chosen",
+            },
+            {
+                "method": "int8-static",
+                "file": "model.int8-static.onnx",
+                "sizeBytes": 31611,
+                "accuracy": 0.97,
+                "latencyMs": 0.008,
+                "chosen": True,
+                "reason": "chosen",
+            },
+        ],
+    }
+    mt.cluster.steer_pod(
+        mt.namespace, pod.metadata.name, "succeed", summary(0.97) | {"compression": table}
+    )
+    assert mt.wait_phase("teacher", "Succeeded")["compression"] == table
+
+    job = wait_for(lambda: next(iter(mt.jobs("student")), None), what="the student's Job")
+    args = job.spec.template.spec.containers[0].args
+    assert "--teacher=pvc://artifacts/digits/x" in args
+    assert f"--teacher-digest={DIGEST}" in args
+    assert "--distill-temperature=4.0" in args and "--distill-weight=0.7" in args
+    volumes = {v.name: v for v in job.spec.template.spec.volumes}
+    claims = {
+        v.persistent_volume_claim.claim_name: v.persistent_volume_claim.read_only
+        for v in volumes.values()
+        if v.persistent_volume_claim
+    }
+    assert claims == {"artifacts": True}
