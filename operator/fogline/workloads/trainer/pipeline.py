@@ -142,6 +142,11 @@ def _package(
         served_accuracy = metrics["accuracy"]
     else:
         files += outcome.files
+        if config.compression.enabled and outcome.files:
+            # A compressed file was chosen to fit the device: the edge fetches every listed
+            # file, so the float model leaves the artifact (its weights stay in checkpoints/).
+            files.remove(artifacts.ONNX_FILE)
+            (output / artifacts.ONNX_FILE).unlink()
         metrics.update(outcome.metrics)
         serving, artifact_format = outcome.serving_file, "onnx"
         chosen = outcome.selection.chosen
