@@ -44,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "file:// or pvc://<claim>/<path>",
     )
     group.add_argument(
-        "--teacher-digest", help="sha256:<hex> of the teacher's served file; required"
+        "--teacher-digest",
+        help="the teacher artifact's digest (sha256:<hex> of its manifest.json), or the .onnx "
+        "file's sha256; required",
     )
     group.add_argument(
         "--distill-temperature", type=float, default=4.0, help="softening temperature T (4)"
@@ -74,7 +76,7 @@ def problems(settings: DistillationSettings) -> list[str]:
         return found
     if not settings.teacher_digest:
         found.append(
-            "--teacher needs --teacher-digest sha256:<hex> of the teacher's served file, so "
+            "--teacher needs --teacher-digest, the teacher artifact's sha256:<hex> digest, so "
             "the student learns from the model that was evaluated"
         )
     if not 0.05 <= settings.temperature <= 100:

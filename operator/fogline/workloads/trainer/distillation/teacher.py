@@ -46,8 +46,9 @@ class SoftTargets:
 
 
 def teacher_file(settings: DistillationSettings, pvc_root: Path) -> Path:
-    """The teacher's ONNX file, verified: every file of an artifact folder against its
-    manifest and the served one against --teacher-digest, or a bare .onnx file against it."""
+    """The teacher's ONNX file, verified: an artifact folder's manifest against
+    --teacher-digest (the whole-artifact digest) and every file against the manifest, or a
+    bare .onnx file's sha256 against it."""
     assert settings.teacher is not None and settings.teacher_digest is not None
     digest = normalize_digest(settings.teacher_digest)
     try:
