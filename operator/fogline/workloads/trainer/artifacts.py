@@ -88,6 +88,10 @@ def write_manifest(folder: Path, manifest: Mapping[str, Any]) -> str:
     is then also the sha256 of the file's bytes (`sha256sum manifest.json` shows it)."""
     path = folder / MANIFEST_NAME
     partial = path.with_suffix(".partial")
-    partial.write_bytes(canonical_manifest_bytes(manifest))
-    os.replace(partial, path)
+    try:
+        partial.write_bytes(canonical_manifest_bytes(manifest))  # strict JSON: no NaN
+        os.replace(partial, path)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
     return manifest_digest(manifest)

@@ -38,8 +38,18 @@ def save_checkpoint(output: Path, epoch: int, state: dict[str, Any]) -> Path:
     path = checkpoint_path(output, epoch)
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)
+    try:
+        # Through a Python file, so a full disk is an OSError naming ENOSPC (torch's own
+        # writer reports it as "unexpected pos"); fsync before the rename, so the newest
+        # checkpoint is complete or absent, never half written, even after a power cut.
+        with partial.open("wb") as sink:
+            torch.save(state, sink)
+            sink.flush()
+            os.fsync(sink.fileno())
+        os.replace(partial, path)
+    except BaseException:  # a full disk, a signal: the half-written file goes
+        partial.unlink(missing_ok=True)
+        raise
     for stale in checkpoints_newest_first(output)[KEEP_NEWEST:]:
         stale.unlink(missing_ok=True)
     return path

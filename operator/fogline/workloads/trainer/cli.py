@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -16,7 +18,13 @@ from fogline.workloads.trainer import config as cfg
 from fogline.workloads.trainer import publish, termination
 from fogline.workloads.trainer.compression import flags as compression_flags
 from fogline.workloads.trainer.distillation import settings as distillation_flags
-from fogline.workloads.trainer.errors import EXIT_RUNTIME_FAILURE, TrainerError, invalid_argument
+from fogline.workloads.trainer.errors import (
+    EXIT_RUNTIME_FAILURE,
+    TrainerError,
+    interrupted,
+    invalid_argument,
+    storage_error,
+)
 
 log = logging.getLogger("fogline.workloads.trainer")
 
@@ -33,7 +41,8 @@ environment:
   POD_NAME, POD_NAMESPACE    the pod whose fogline.io/progress annotation shows progress
   FOGLINE_PROGRESS_INTERVAL  seconds between progress patches (default 5)
   RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT   set by torchrun
-exit codes: 0 success, 1 runtime failure, 2 bad input"""
+exit codes: 0 success, 1 runtime failure (a retry may help), 2 bad input or a run that
+  cannot succeed as configured (diverged, output not writable or full), 143 SIGTERM"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -106,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument(
         "--termination-log",
         help="where the JSON summary goes (default: $FOGLINE_TERMINATION_LOG or "
-        "/dev/termination-log, skipped when not writable)",
+        "/dev/termination-log; only the default is skipped when not writable)",
     )
     compression_flags.add_arguments(parser)
     distillation_flags.add_arguments(parser)
@@ -182,12 +191,32 @@ def main(argv: list[str] | None = None) -> int:
     env = os.environ
     primary = env.get("RANK", "0") == "0"
     path, explicit = termination.resolve_path(_termination_flag(arguments), env)
+    # The kubelet stops a pod with SIGTERM: raise it as an exception in the training loop, so
+    # the run ends with its checkpoint intact, an error line and a termination message.
+    handles_signals = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted) if handles_signals else None
+    try:
+        return _run(arguments, env, path, explicit, primary)
+    finally:
+        if handles_signals:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupted(signum: int, frame: object) -> NoReturn:
+    raise interrupted(signal.Signals(signum).name)
+
+
+def _run(
+    arguments: list[str], env: Mapping[str, str], path: Path, explicit: bool, primary: bool
+) -> int:
     try:
         try:
             config, verbose = parse_config(arguments, env)
         except SystemExit as done:  # --help
             return int(done.code or 0)
         _configure_logging(verbose, primary)
+        if explicit and primary:
+            termination.check_writable(path)
         from fogline.workloads.trainer.datasets import load_dataset
 
         dataset = load_dataset(
@@ -198,30 +227,38 @@ def main(argv: list[str] | None = None) -> int:
         )
         from fogline.workloads.trainer.pipeline import run_training
 
-        outcome = run_training(config, dataset, env)
+        try:
+            outcome = run_training(config, dataset, env)
+        except OSError as err:  # the dataset is in memory by now: this is the output storage
+            classified = storage_error(f"--output {config.output}", err)
+            if classified is None:
+                raise
+            raise classified from err
+        if outcome is not None:
+            if publish.needs_publishing(config.artifact_uri):
+                try:
+                    publish.publish(config.output, str(config.artifact_uri), env)
+                except publish.PublishError as err:
+                    raise TrainerError(err.reason, str(err), EXIT_RUNTIME_FAILURE) from err
+            termination.write_message(path, explicit, outcome.message)
     except TrainerError as err:
         return _fail(err, path, explicit, primary)
     except KeyboardInterrupt:
-        return _fail(TrainerError("Interrupted", "interrupted", 130), path, explicit, primary)
+        return _fail(interrupted("SIGINT", exit_code=130), path, explicit, primary)
     except Exception as err:  # an unforeseen failure: full traceback in the log, then report it
         log.error("training failed", exc_info=True)
         text = f"{type(err).__name__}: {err}".strip().splitlines()[0]
         failure = TrainerError("TrainingFailed", text, EXIT_RUNTIME_FAILURE)
         return _fail(failure, path, explicit, primary)
-    if outcome is not None:
-        if publish.needs_publishing(config.artifact_uri):
-            try:
-                publish.publish(config.output, str(config.artifact_uri), env)
-            except publish.PublishError as err:
-                failure = TrainerError(err.reason, str(err), EXIT_RUNTIME_FAILURE)
-                return _fail(failure, path, explicit, primary)
-        termination.write_message(path, explicit, outcome.message)
     return 0
 
 
 def _fail(err: TrainerError, path: Path, explicit: bool, primary: bool) -> int:
-    print(f"error: {err.message}", file=sys.stderr)
-    if primary:
+    print(f"error: {' '.join(err.message.split())}", file=sys.stderr)  # one line, always
+    if primary and err.reason != "TerminationLogNotWritable":
         message = termination.failure_message(err.reason, err.message)
-        termination.write_message(path, explicit, message)
+        try:
+            termination.write_message(path, explicit, message)
+        except TrainerError as unwritten:  # the run failed already; that error is the one line
+            log.warning("%s", unwritten.message)
     return err.exit_code

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 BUILTIN_DIGITS = "builtin:digits"
 DOWNLOAD_TIMEOUT_SECONDS = 60
+MAX_CLASSES = 65536
 _CHUNK = 1 << 20
 
 
@@ -117,21 +118,39 @@ def resolve_local_path(uri: str, pvc_root: Path) -> Path:
 
 
 def split_dataset(dataset: Dataset, validation_fraction: float, seed: int) -> Split:
-    """A seeded shuffle, then the first part held out; the same seed gives the same split."""
-    count = len(dataset.labels)
-    held_out = max(1, round(count * validation_fraction))
-    if count - held_out < 1:
+    """A seeded split, stratified by class so that every class is trained on and evaluated
+    (a class missing from either side would make the gate's accuracy meaningless); the same
+    seed gives the same split. A class too small to be on both sides is refused."""
+    counts = np.bincount(dataset.labels, minlength=dataset.num_classes)
+    too_small = [str(label) for label, count in enumerate(counts.tolist()) if count < 2]
+    if too_small:
         raise TrainerError(
-            "DatasetInvalid", f"dataset {dataset.uri}: {count} samples are too few to split"
+            "DatasetInvalid",
+            f"dataset {dataset.uri}: class {_listed(too_small)} has fewer than 2 samples, "
+            "so it cannot be both trained on and evaluated; add samples of it or relabel",
         )
-    order = np.random.default_rng(seed).permutation(count)
-    validation, train = order[:held_out], order[held_out:]
+    rng = np.random.default_rng(seed)
+    held: list[np.ndarray] = []
+    kept: list[np.ndarray] = []
+    for label in range(dataset.num_classes):
+        members = rng.permutation(np.flatnonzero(dataset.labels == label))
+        count = len(members)
+        held_out = min(max(1, round(count * validation_fraction)), count - 1)
+        held.append(members[:held_out])
+        kept.append(members[held_out:])
+    validation = rng.permutation(np.concatenate(held))
+    train = rng.permutation(np.concatenate(kept))
     return Split(
         train_features=dataset.features[train],
         train_labels=dataset.labels[train],
         validation_features=dataset.features[validation],
         validation_labels=dataset.labels[validation],
     )
+
+
+def _listed(labels: list[str], limit: int = 5) -> str:
+    shown = ", ".join(labels[:limit])
+    return shown + (f" and {len(labels) - limit} more" if len(labels) > limit else "")
 
 
 def sha256_file(path: Path) -> str:
@@ -188,7 +207,7 @@ def _read_npz(path: Path, uri: str) -> tuple[np.ndarray, np.ndarray]:
             for features_key, labels_key in (("x", "y"), ("features", "labels")):
                 if {features_key, labels_key} <= names:
                     return archive[features_key], archive[labels_key]
-    except (OSError, ValueError) as err:
+    except Exception as err:  # zip, zlib, header or pickle errors: all say the file is bad
         raise TrainerError(
             "DatasetInvalid", f"dataset {uri}: not a readable NPZ file: {err}"
         ) from err
@@ -242,13 +261,33 @@ def _checked(features: Any, labels: Any, uri: str, fmt: str, digest: str) -> Dat
         raise TrainerError("DatasetInvalid", f"dataset {uri}: not numeric: {err}") from err
     if not np.isfinite(rows).all():
         raise TrainerError("DatasetInvalid", f"dataset {uri}: features hold NaN or infinity")
-    if (numeric_labels < 0).any() or (numeric_labels != np.round(numeric_labels)).any():
+    if (
+        not np.isfinite(numeric_labels).all()
+        or (numeric_labels < 0).any()
+        or (numeric_labels != np.round(numeric_labels)).any()
+    ):
         raise TrainerError(
             "DatasetInvalid", f"dataset {uri}: labels must be class numbers 0, 1, 2, ..."
+        )
+    # Checked before any integer conversion or per-class count: a label of 1e20 overflows
+    # int64 and one of 1e9 would size the model's output layer (and a count) by it.
+    largest = float(numeric_labels.max())
+    if largest >= MAX_CLASSES:
+        raise TrainerError(
+            "DatasetInvalid",
+            f"dataset {uri}: label {largest:g} is too large; labels are class numbers "
+            f"0..K-1 with at most {MAX_CLASSES} classes",
         )
     classes = numeric_labels.astype(np.int64)
     if classes.max() < 1:
         raise TrainerError("DatasetInvalid", f"dataset {uri}: needs at least 2 classes")
+    absent = np.flatnonzero(np.bincount(classes) == 0)
+    if len(absent):
+        raise TrainerError(
+            "DatasetInvalid",
+            f"dataset {uri}: labels skip class {_listed([str(c) for c in absent.tolist()])}; "
+            f"labels must be 0..{int(classes.max())} with every class present",
+        )
     return Dataset(np.ascontiguousarray(rows), classes, uri, fmt, digest)
 
 

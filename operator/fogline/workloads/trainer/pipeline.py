@@ -5,6 +5,7 @@ export, evaluation, artifacts) and owns no algorithm of its own."""
 from __future__ import annotations
 
 import logging
+import math
 import platform
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from fogline.workloads.trainer.config import TrainingConfig
 from fogline.workloads.trainer.datasets import Dataset, Split, split_dataset
 from fogline.workloads.trainer.distillation.teacher import soft_targets
 from fogline.workloads.trainer.distributed import ProcessContext, join_run, leave_run
+from fogline.workloads.trainer.errors import diverged
 from fogline.workloads.trainer.evaluation import evaluate_onnx, onnx_signature
 from fogline.workloads.trainer.progress import EpochReport, reporter_from_environment
 from fogline.workloads.trainer.training import TrainingResult, evaluate_module, fit, seed_everything
@@ -167,6 +169,16 @@ def _package(
             {"name": export.OUTPUT_NAME, "datatype": "FP32", "shape": [-1, dataset.num_classes]}
         ]
 
+    # The exported model's outputs overflow: there is no result to report.
+    for metric_name, value in [*metrics.items(), ("accuracy", served_accuracy)]:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise diverged(
+                result.epochs_done,
+                f"{metric_name} of the exported model",
+                value,
+                config.learning_rate,
+                config.optimizer,
+            )
     evaluation = {"metric": "accuracy", "value": served_accuracy}
     records = artifacts.describe_files(output, files)
     dataset_record = dataset.describe() | {

@@ -86,7 +86,12 @@ class ProgressReporter:
         now = self._monotonic()
         if self._last_sent is not None and now - self._last_sent < self._interval:
             return False
-        payload = json.dumps(progress_payload(report, self._wall_clock()), separators=(",", ":"))
+        try:
+            payload = json.dumps(
+                progress_payload(report, self._wall_clock()), separators=(",", ":"), allow_nan=False
+            )
+        except ValueError:  # a non-finite number is no progress; the loop reports divergence
+            return False
         self._last_sent = now
         self._last_epoch = report.epoch
         try:

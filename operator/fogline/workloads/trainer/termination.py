@@ -1,6 +1,7 @@
 """The termination message: the short JSON summary the operator reads from the pod status
 (phase, metrics and the artifact, or a failure reason). It must fit the kubelet's 4096-byte
-limit; building it is pure, writing it is best effort where the path was not asked for."""
+limit and be strict JSON (no NaN: the apiserver refuses a status patch that carries it);
+building it is pure, writing it is best effort only where the path was not asked for."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from fogline.workloads.trainer.errors import TrainerError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,7 @@ def failure_message(reason: str, message: str) -> dict[str, Any]:
 def encode(message: Mapping[str, Any]) -> bytes:
     """Compact JSON within MAX_BYTES: a long failure message is shortened, a long metrics
     map keeps only the headline entries."""
-    data = json.dumps(message, separators=(",", ":")).encode()
+    data = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
     if len(data) <= MAX_BYTES:
         return data
     shortened = dict(message)
@@ -69,12 +72,14 @@ def encode(message: Mapping[str, Any]) -> bytes:
         ]
         shortened["compression"] = table
     if isinstance(shortened.get("message"), str):
-        overflow = len(json.dumps(shortened, separators=(",", ":")).encode()) - MAX_BYTES
+        overflow = (
+            len(json.dumps(shortened, separators=(",", ":"), allow_nan=False).encode()) - MAX_BYTES
+        )
         text = shortened["message"].encode()
         shortened["message"] = (
             text[: max(0, len(text) - overflow - 3)].decode(errors="ignore") + "..."
         )
-    data = json.dumps(shortened, separators=(",", ":")).encode()
+    data = json.dumps(shortened, separators=(",", ":"), allow_nan=False).encode()
     if len(data) > MAX_BYTES:
         raise ValueError(f"termination message of {len(data)} bytes exceeds {MAX_BYTES}")
     return data
@@ -89,8 +94,28 @@ def resolve_path(flag: str | None, env: Mapping[str, str]) -> tuple[Path, bool]:
     return DEFAULT_PATH, False
 
 
+def check_writable(path: Path) -> None:
+    """Fails fast when an explicitly asked-for path cannot be written: a result nobody can
+    read is a failure, and better found before training than after it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("ab"):
+            pass
+    except OSError as err:
+        raise not_writable(path, err) from err
+
+
+def not_writable(path: Path, err: OSError) -> TrainerError:
+    return TrainerError(
+        "TerminationLogNotWritable",
+        f"--termination-log {path}: cannot write it ({err.strerror or err}); "
+        "point it at a writable file or leave it out",
+    )
+
+
 def write_message(path: Path, explicit: bool, message: Mapping[str, Any]) -> bool:
-    """Writes the message; an unwritable default path (outside Kubernetes) is skipped."""
+    """Writes the message. An unwritable default path (outside Kubernetes) is skipped; an
+    explicit one raises a TerminationLogNotWritable TrainerError."""
     data = encode(message)
     try:
         if explicit:
@@ -99,8 +124,7 @@ def write_message(path: Path, explicit: bool, message: Mapping[str, Any]) -> boo
             sink.write(data)
     except OSError as err:
         if explicit:
-            log.warning("could not write the termination message to %s: %s", path, err)
-        else:
-            log.debug("no termination log at %s (%s); skipping it", path, err)
+            raise not_writable(path, err) from err
+        log.debug("no termination log at %s (%s); skipping it", path, err)
         return False
     return True

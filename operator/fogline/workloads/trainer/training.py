@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import time
 from collections.abc import Callable
@@ -25,7 +26,7 @@ from fogline.workloads.trainer.config import TrainingConfig
 from fogline.workloads.trainer.datasets import Split
 from fogline.workloads.trainer.distillation.teacher import SoftTargets
 from fogline.workloads.trainer.distributed import ProcessContext, share_from_primary
-from fogline.workloads.trainer.errors import TrainerError
+from fogline.workloads.trainer.errors import TrainerError, diverged
 from fogline.workloads.trainer.progress import EpochReport
 
 log = logging.getLogger(__name__)
@@ -171,13 +172,18 @@ def fit(
             dist.all_reduce(totals)
         loss_sum, samples = totals.tolist()
         seconds = time.perf_counter() - started
+        train_loss = loss_sum / max(samples, 1.0)
+        # Every rank sees the same reduced loss, so every rank stops here together. A
+        # diverged epoch is never checkpointed: a resume must not start from broken weights.
+        _check_finite(epoch, "the training loss", train_loss, config)
         if not context.is_primary:
             continue
         validation_loss, accuracy = evaluate_module(model, valid_x, valid_y)
+        _check_finite(epoch, "the validation loss", validation_loss, config)
         report = EpochReport(
             epoch=epoch,
             epochs=config.epochs,
-            train_loss=loss_sum / max(samples, 1.0),
+            train_loss=train_loss,
             validation_loss=validation_loss,
             accuracy=accuracy,
             samples_per_second=samples / seconds if seconds > 0 else 0.0,
@@ -201,6 +207,11 @@ def fit(
 
     model.eval()
     return TrainingResult(model=model, history=history, resumed_from=start_epoch)
+
+
+def _check_finite(epoch: int, what: str, value: float, config: TrainingConfig) -> None:
+    if not math.isfinite(value):
+        raise diverged(epoch, what, value, config.learning_rate, config.optimizer)
 
 
 def _checkpoint_state(
