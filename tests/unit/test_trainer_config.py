@@ -171,3 +171,18 @@ def test_unwritable_default_termination_log_is_skipped(tmp_path: Path) -> None:
     missing = tmp_path / "no-such-dir" / "termination-log"
     assert not termination.write_message(missing, False, {"phase": "Failed"})
     assert not missing.exists()
+
+
+def test_unwritable_explicit_termination_log_is_an_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(TrainerError) as raised:
+        termination.write_message(blocker / "log", True, {"phase": "Failed"})
+    assert raised.value.reason == "TerminationLogNotWritable"
+    with pytest.raises(TrainerError):
+        termination.check_writable(blocker / "log")
+
+
+def test_termination_message_refuses_non_finite_numbers() -> None:
+    with pytest.raises(ValueError):
+        termination.encode({"phase": "Succeeded", "metrics": {"loss": float("nan")}})

@@ -100,3 +100,47 @@ def test_split_is_seeded_disjoint_and_complete() -> None:
     assert len(first.validation_labels) == 359 and len(first.train_labels) == 1438
     np.testing.assert_array_equal(first.validation_features, again.validation_features)
     assert not np.array_equal(first.validation_features, other.validation_features)
+
+
+def test_split_puts_every_class_on_both_sides_even_a_rare_one(tmp_path: Path) -> None:
+    labels = np.array([0] * 100 + [1] * 97 + [2] * 3)
+    features = np.arange(len(labels), dtype=np.float64).reshape(-1, 1)
+    path = tmp_path / "rare.npz"
+    np.savez(path, x=features, y=labels)
+    dataset = load_dataset(str(path))
+    for seed in range(20):
+        split = split_dataset(dataset, 0.2, seed)
+        assert set(split.train_labels.tolist()) == {0, 1, 2}
+        assert set(split.validation_labels.tolist()) == {0, 1, 2}
+        assert len(split.train_labels) + len(split.validation_labels) == 200
+
+
+def test_class_with_one_sample_cannot_be_split(tmp_path: Path) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("".join(f"{i},{i % 2}\n" for i in range(20)) + "5,2\n")
+    with pytest.raises(TrainerError, match="class 2 has fewer than 2 samples") as raised:
+        split_dataset(load_dataset(str(path)), 0.2, 0)
+    assert raised.value.reason == "DatasetInvalid"
+
+
+@pytest.mark.parametrize(
+    ("label", "message"),
+    [("inf", "class numbers"), ("nan", "class numbers"), ("1e20", "too large"),
+     ("1000000000", "too large")],
+)  # fmt: skip
+def test_non_finite_and_huge_labels_are_refused_before_any_allocation(
+    tmp_path: Path, label: str, message: str
+) -> None:
+    path = tmp_path / "d.csv"
+    path.write_text("".join(f"{i},{i % 2}\n" for i in range(199)) + f"1,{label}\n")
+    with pytest.raises(TrainerError, match=message) as raised:
+        load_dataset(str(path))
+    assert raised.value.reason == "DatasetInvalid"
+
+
+def test_corrupt_npz_is_dataset_invalid(tmp_path: Path) -> None:
+    path = tmp_path / "d.npz"
+    path.write_bytes(b"PK\x03\x04" + b"\x00" * 64)
+    with pytest.raises(TrainerError, match="not a readable NPZ") as raised:
+        load_dataset(str(path))
+    assert raised.value.reason == "DatasetInvalid"

@@ -89,3 +89,11 @@ def test_unreachable_configuration_disables_reporting(caplog: pytest.LogCaptureF
 def test_interval_comes_from_the_environment(raw: str | None, expected: float) -> None:
     env = {} if raw is None else {"FOGLINE_PROGRESS_INTERVAL": raw}
     assert interval_from_environment(env) == expected
+
+
+def test_a_non_finite_epoch_is_never_patched_as_bare_nan() -> None:
+    sent: list[Mapping[str, str]] = []
+    reporter = ProgressReporter(sent.append, interval_seconds=0, wall_clock=lambda: NOW)
+    assert not reporter.report(EpochReport(1, 10, float("nan"), 0.3, 0.1, 10.0, 0.5))
+    assert reporter.report(report(2))
+    assert len(sent) == 1 and json.loads(sent[0][ANNOTATION])["epoch"] == 2

@@ -108,8 +108,8 @@ def check_writable(path: Path) -> None:
 def not_writable(path: Path, err: OSError) -> TrainerError:
     return TrainerError(
         "TerminationLogNotWritable",
-        f"--termination-log {path}: cannot write it ({err.strerror or err}); "
-        "point it at a writable file or leave it out",
+        f"termination log {path}: cannot write it ({err.strerror or err}); point "
+        f"--termination-log or {ENVIRONMENT_VARIABLE} at a writable file, or leave both out",
     )
 
 
