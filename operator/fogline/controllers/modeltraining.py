@@ -140,7 +140,9 @@ async def _reconcile(
     if patch := status_patch(current, desired, removable):
         await state.kube.patch_status(KIND, training.namespace, training.name, patch)
     for event in events:
-        state.announce(object_key, body, event.type, event.reason, event.message)
+        # A pod's ignored report is said once per pod, apart from the training's own news.
+        about = ("Pod", training.namespace, event.pod) if event.pod else object_key
+        state.announce(about, body, event.type, event.reason, event.message)
 
 
 def _teacher(training: ModelTraining, trainings: kopf.Index[Any, Any]) -> TeacherArtifact | None:

@@ -4,7 +4,6 @@ ModelTraining's status, the gate's verdict and the Events a transition deserves.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -13,10 +12,14 @@ from typing import Any
 from fogline.api.conditions import is_reason, rfc3339, set_condition
 from fogline.api.digests import is_digest, short_digest
 from fogline.api.modeltraining import ModelTraining
+from fogline.training import reports
 from fogline.training.jobs import PROGRESS_ANNOTATION, TrainingRun
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+REPORT_IGNORED = "PodReportIgnored"
+# The only artifact format an edge server loads.
+DEPLOYABLE_FORMAT = "onnx"
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,9 @@ class TrainingEvent:
     type: str  # Normal or Warning
     reason: str
     message: str
+    # Set for an Event about one pod's report: announced once per pod, not once per change
+    # of the training's reason.
+    pod: str | None = None
 
 
 @dataclass(frozen=True)
@@ -41,6 +47,18 @@ class _Verdict:
     reason: str
     message: str
     fields: dict[str, Any] = field(default_factory=dict)
+    ignored: tuple[TrainingEvent, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Summary:
+    """A rank-0 pod's termination message: the strict-JSON object, or an excerpt of text
+    that is not one (a custom image's traceback), and what was wrong with it."""
+
+    pod: str
+    document: Mapping[str, Any] | None
+    excerpt: str | None = None
+    problems: tuple[str, ...] = ()
 
 
 def parse_time(value: str | None) -> datetime | None:
@@ -75,7 +93,19 @@ def _termination_message(pod: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _summary(pods: Sequence[Mapping[str, Any]], phase: str) -> dict[str, Any] | None:
+def _pod_name(pod: Mapping[str, Any]) -> str:
+    return str((pod.get("metadata") or {}).get("name") or "(unnamed)")
+
+
+def _ignored(pod: str, problems: Sequence[str]) -> tuple[TrainingEvent, ...]:
+    if not problems:
+        return ()
+    listed = "; ".join(problems[:4]) + ("; ..." if len(problems) > 4 else "")
+    message = f"pod {pod}: {listed}; ignored what did not pass (the rest of the status stands)"
+    return (TrainingEvent("Warning", REPORT_IGNORED, message, pod=pod),)
+
+
+def _summary(pods: Sequence[Mapping[str, Any]], phase: str) -> _Summary | None:
     """The trainer's JSON summary from the newest rank-0 pod that ended in `phase`."""
     for pod in _rank_zero(pods):
         if (pod.get("status") or {}).get("phase") != phase:
@@ -83,11 +113,16 @@ def _summary(pods: Sequence[Mapping[str, Any]], phase: str) -> dict[str, Any] | 
         message = _termination_message(pod)
         if message is None:
             continue
-        try:
-            summary = json.loads(message)
-        except json.JSONDecodeError:
-            return {"phase": "Failed", "reason": "UnreadableResult", "message": message[-300:]}
-        return summary if isinstance(summary, dict) else None
+        name = _pod_name(pod)
+        document, why = reports.strict_json(message, reports.MAX_MESSAGE_BYTES)
+        if why is None and isinstance(document, Mapping):
+            return _Summary(name, document)
+        excerpt = reports.text(message[-300:], 300)
+        # Plain text is what a custom image's crash leaves; only a broken JSON report (or a
+        # huge one) is worth a Warning of its own.
+        looks_like_report = message.lstrip().startswith("{") or (why is not None and "bytes" in why)
+        problem = f"termination message {why or 'is not a JSON object'}"
+        return _Summary(name, None, excerpt, (problem,) if looks_like_report else ())
     return None
 
 
@@ -106,64 +141,86 @@ def progress_from_pods(
 ) -> dict[str, Any] | None:
     """status.progress from the annotation the rank-0 trainer keeps on its pod, with an ETA
     extrapolated from the time the finished epochs took."""
+    return _progress(pods, started, now)[0]
+
+
+def _progress(
+    pods: Sequence[Mapping[str, Any]], started: datetime | None, now: datetime
+) -> tuple[dict[str, Any] | None, tuple[TrainingEvent, ...]]:
+    ignored: list[TrainingEvent] = []
     for pod in _rank_zero(pods):
-        raw = (pod.get("metadata", {}).get("annotations") or {}).get(PROGRESS_ANNOTATION)
+        raw = ((pod.get("metadata") or {}).get("annotations") or {}).get(PROGRESS_ANNOTATION)
         if not raw:
             continue
-        try:
-            report = json.loads(raw)
-            epoch, epochs = int(report["epoch"]), int(report["epochs"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-            continue
-        progress: dict[str, Any] = {"epoch": epoch, "epochs": epochs}
-        for key in ("loss", "samplesPerSecond", "updatedAt"):
-            if report.get(key) is not None:
-                progress[key] = report[key]
-        metric = report.get("metric")
-        if isinstance(metric, dict) and metric.get("value") is not None:
-            progress["metric"] = {"name": metric.get("name"), "value": metric["value"]}
-        updated = parse_time(report.get("updatedAt")) or now
+        parsed = reports.parse_progress(str(raw))
+        ignored += _ignored(_pod_name(pod), parsed.problems)
+        if parsed.fields is None:
+            continue  # an older pod's report, if any, is still worth showing
+        progress = parsed.fields
+        epoch, epochs = progress["epoch"], progress["epochs"]
+        updated = reports.timestamp(progress.get("updatedAt")) or now
         if started is not None and epoch > 0 and updated > started:
             per_epoch = (updated - started) / epoch
-            progress["eta"] = rfc3339(updated + per_epoch * (epochs - epoch))
-        return progress
-    return None
+            eta: datetime | None
+            try:
+                eta = updated + per_epoch * (epochs - epoch)
+            except OverflowError:  # an estimate past year 9999 is none
+                eta = None
+            if eta is not None and eta <= reports.LATEST:
+                progress["eta"] = rfc3339(eta)
+        return progress, tuple(ignored)
+    return None, tuple(ignored)
 
 
-def _success(training: ModelTraining, summary: dict[str, Any]) -> _Verdict:
-    metrics = {
-        k: float(v) for k, v in (summary.get("metrics") or {}).items() if isinstance(v, int | float)
-    }
-    evaluation = summary.get("evaluation") or {}
-    artifact = summary.get("artifact") or {}
+def _success(training: ModelTraining, summary: _Summary) -> _Verdict:
+    if summary.document is None:
+        return _Verdict("Failed", "ResultMissing",
+                        "the training Job completed but the termination message of pod "
+                        f"{summary.pod} is not the trainer's JSON summary: {summary.excerpt}",
+                        ignored=_ignored(summary.pod, summary.problems))  # fmt: skip
+    parsed = reports.parse_success(summary.document)
+    found = parsed.fields or {}
+    ignored = _ignored(summary.pod, parsed.problems)
+    metrics: dict[str, float] = found.get("metrics", {})
     gate = training.spec.evaluation
-    value = evaluation.get("value")
+    value = found.get("value")
     if value is None:
-        value = metrics.get(gate.metric)
-    digest = artifact.get("digest")
+        value = reports.finite_number(metrics.get(gate.metric), 0.0, 1.0)
+    digest = found.get("digest")
     fields: dict[str, Any] = {"metrics": metrics}
-    if not isinstance(value, int | float) or not isinstance(digest, str) or not is_digest(digest):
+    if value is None or digest is None:
         return _Verdict("Failed", "ResultMissing",
                         "the trainer finished without a metric and an artifact digest in its "
-                        "termination message", fields)  # fmt: skip
-    metric = {"name": gate.metric, "value": float(value)}
-    if not gate.passes(float(value)):
+                        "termination message", fields, ignored)  # fmt: skip
+    metric = {"name": gate.metric, "value": value}
+    if not gate.passes(value):
         return _Verdict(
             "Failed",
             "EvaluationBelowThreshold",
-            f"{gate.metric} {float(value):.4f} is below the threshold {gate.threshold}; "
+            f"{gate.metric} {value:.4f} is below the threshold {gate.threshold}; "
             "the artifact is not offered to EdgeDeployments",
             fields,
+            ignored,
+        )
+    if found.get("format") != DEPLOYABLE_FORMAT:
+        return _Verdict(
+            "Failed",
+            "ArtifactNotDeployable",
+            f"the served artifact is {found.get('format')}, and edge servers load ONNX only; "
+            "add onnx to spec.export.formats",
+            fields,
+            ignored,
         )
     fields["artifact"] = {
-        "uri": artifact.get("uri"),
+        "uri": found.get("uri"),
         "digest": digest,
-        "format": artifact.get("format", "onnx"),
-        "sizeBytes": artifact.get("sizeBytes"),
-        "quantized": bool(artifact.get("quantized", False)),
+        "format": DEPLOYABLE_FORMAT,
+        "sizeBytes": found.get("sizeBytes"),
+        "quantized": found.get("quantized", False),
         "metric": metric,
         "generation": training.generation,
     }
+    fields["artifact"] = {k: v for k, v in fields["artifact"].items() if v is not None}
     fields["artifactDigestShort"] = short_digest(digest)
     # The table describes the published artifact; a run without compression clears it
     # (None deletes the key in the merge patch).
@@ -172,26 +229,34 @@ def _success(training: ModelTraining, summary: dict[str, Any]) -> _Verdict:
     return _Verdict(
         "Succeeded",
         "EvaluationPassed",
-        f"{gate.metric} {float(value):.4f} reached the threshold {gate.threshold}; "
+        f"{gate.metric} {value:.4f} reached the threshold {gate.threshold}; "
         f"artifact {short_digest(digest)} published",
         fields,
+        ignored,
     )
 
 
 def _failure(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> _Verdict:
     failed = _job_condition(job, "Failed") or _job_condition(job, "FailureTarget") or {}
-    reason = str(failed.get("reason") or "JobFailed")
+    job_reason = str(failed.get("reason") or "JobFailed")
+    reason = job_reason if is_reason(job_reason) else "JobFailed"
     message = str(failed.get("message") or "the training Job failed")
-    summary = _summary(pods, "Failed") or {}
-    trainer_reason = str(summary.get("reason") or "")
-    if is_reason(trainer_reason) and trainer_reason != "UnreadableResult":
+    summary = _summary(pods, "Failed")
+    if summary is None:
+        return _Verdict("Failed", reason, message)
+    said: dict[str, Any] = {}
+    if summary.document is not None:
+        said = reports.parse_failure(summary.document).fields or {}
+    words = said.get("message") or summary.excerpt
+    ignored = _ignored(summary.pod, summary.problems)
+    if "reason" in said:
         # The trainer said why: that is the reason a user can act on. A custom image may
         # write any text there; only a CamelCase reason can become a condition's reason.
-        reason = trainer_reason
-        message = f"{summary.get('message', '')} ({failed.get('reason', 'JobFailed')})".strip()
-    elif summary.get("message"):
-        message = f"{message}; the trainer's last words: {summary['message']}"
-    return _Verdict("Failed", reason, message)
+        return _Verdict("Failed", said["reason"], f"{words or ''} ({job_reason})".strip(),
+                        ignored=ignored)  # fmt: skip
+    if words:
+        message = f"{message}; the trainer's last words: {words}"
+    return _Verdict("Failed", reason, message, ignored=ignored)
 
 
 def _verdict(
@@ -269,13 +334,20 @@ def observe_training(
         if finished is None and failed_cond:
             finished = parse_time(failed_cond.get("lastTransitionTime"))
         status["completionTime"] = rfc3339(finished or now)
-    if progress := progress_from_pods(pods, started, now):
+    progress, ignored = _progress(pods, started, now)
+    if progress:
         status["progress"] = progress
     status.update(verdict.fields)
 
-    # One Event per verdict; the controller posts it once per change of reason.
+    # One Event per verdict; the controller posts it once per change of reason. A pod's
+    # report that was ignored gets one Warning of its own, once per pod.
     kind = "Warning" if phase == "Failed" or verdict.reason == "Unschedulable" else "Normal"
     events = [TrainingEvent(kind, verdict.reason, verdict.message)]
+    seen: set[str | None] = set()
+    for event in (*ignored, *verdict.ignored):
+        if event.pod not in seen:
+            seen.add(event.pod)
+            events.append(event)
     return TrainingObservation(status=status, events=tuple(events), phase=phase)
 
 
