@@ -125,9 +125,13 @@ def test_class_with_one_sample_cannot_be_split(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("label", "message"),
-    [("inf", "class numbers"), ("nan", "class numbers"), ("1e20", "too large"),
-     ("1000000000", "too large")],
-)  # fmt: skip
+    [
+        ("inf", "class numbers"),
+        ("nan", "class numbers"),
+        ("1e20", "too large"),
+        ("1000000000", "too large"),
+    ],
+)
 def test_non_finite_and_huge_labels_are_refused_before_any_allocation(
     tmp_path: Path, label: str, message: str
 ) -> None:

@@ -29,8 +29,14 @@ pytestmark = pytest.mark.unit
 T0 = datetime(2026, 11, 24, 8, 0, 0, tzinfo=UTC)
 NOW = T0 + timedelta(minutes=10)
 DIGEST = "sha256:" + "ab" * 32
-GOOD_PROGRESS = {"epoch": 2, "epochs": 4, "loss": 0.2, "metric": {"name": "accuracy", "value": 0.9},
-                 "samplesPerSecond": 5000.0, "updatedAt": rfc3339(T0 + timedelta(minutes=4))}  # fmt: skip
+GOOD_PROGRESS = {
+    "epoch": 2,
+    "epochs": 4,
+    "loss": 0.2,
+    "metric": {"name": "accuracy", "value": 0.9},
+    "samplesPerSecond": 5000.0,
+    "updatedAt": rfc3339(T0 + timedelta(minutes=4)),
+}
 
 
 def training(threshold: float = 0.5) -> ModelTraining:
@@ -51,10 +57,16 @@ def job(kind: str) -> dict[str, Any]:
     conditions = {
         "running": [],
         "complete": [{"type": "Complete", "status": "True", "reason": "CompletionsReached"}],
-        "failed": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
-                    "message": "Job has reached the specified backoff limit",
-                    "lastTransitionTime": rfc3339(T0 + timedelta(minutes=9))}],
-    }[kind]  # fmt: skip
+        "failed": [
+            {
+                "type": "Failed",
+                "status": "True",
+                "reason": "BackoffLimitExceeded",
+                "message": "Job has reached the specified backoff limit",
+                "lastTransitionTime": rfc3339(T0 + timedelta(minutes=9)),
+            }
+        ],
+    }[kind]
     status = {"startTime": rfc3339(T0), "active": int(kind == "running"), "conditions": conditions}
     return {"metadata": {"name": "digits-x"}, "spec": {}, "status": status}
 
@@ -111,10 +123,19 @@ def with_progress(**changes: Any) -> str:
         {"metrics": {"accuracy": "high"}},
         {"artifact": {"digest": "sha256:nothex"}},
         {"observedGeneration": 2**63},
-        {"conditions": [{"type": "Ready", "status": "True", "reason": "not camel case",
-                         "message": "", "lastTransitionTime": rfc3339(T0)}]},
+        {
+            "conditions": [
+                {
+                    "type": "Ready",
+                    "status": "True",
+                    "reason": "not camel case",
+                    "message": "",
+                    "lastTransitionTime": rfc3339(T0),
+                }
+            ]
+        },
     ],
-)  # fmt: skip
+)
 def test_the_schema_checker_refuses_what_the_apiserver_refuses(status: dict[str, Any]) -> None:
     assert status_errors("ModelTraining", status)
 
@@ -134,10 +155,10 @@ def test_the_schema_checker_refuses_what_the_apiserver_refuses(status: dict[str,
             with_progress(metric={"name": "m" * 200_000, "value": 1.0}),
             False,
             id="200kb-metric-name",
-        ),  # fmt: skip
+        ),
         pytest.param(
             with_progress(metric={"name": "accuracy", "value": 1e400}), False, id="metric-overflow"
-        ),  # fmt: skip
+        ),
         pytest.param(with_progress(updatedAt="not a time"), True, id="updated-at-not-a-time"),
         pytest.param(with_progress(updatedAt="2030-01-01T00:00:00"), True, id="naive-time"),
         pytest.param(with_progress(samplesPerSecond=-1), True, id="negative-rate"),
@@ -191,16 +212,25 @@ def summary(**changes: Any) -> dict[str, Any]:
         "phase": "Succeeded",
         "metrics": {"accuracy": 0.95, "loss": 0.1},
         "evaluation": {"metric": "accuracy", "value": 0.95},
-        "artifact": {"uri": "pvc://models/x", "digest": DIGEST, "format": "onnx",
-                     "sizeBytes": 10, "quantized": False},
-    }  # fmt: skip
+        "artifact": {
+            "uri": "pvc://models/x",
+            "digest": DIGEST,
+            "format": "onnx",
+            "sizeBytes": 10,
+            "quantized": False,
+        },
+    }
     document.update(changes)
     return document
 
 
 def test_a_bare_nan_in_a_succeeded_message_fails_the_training_instead_of_freezing_it() -> None:
-    text = json.dumps(summary(metrics={"accuracy": float("nan")},
-                              evaluation={"metric": "accuracy", "value": float("nan")}))  # fmt: skip
+    text = json.dumps(
+        summary(
+            metrics={"accuracy": float("nan")},
+            evaluation={"metric": "accuracy", "value": float("nan")},
+        )
+    )
     assert "NaN" in text
     observation = observe([pod("digits-x-0", "Succeeded", message=text)], kind="complete")
     assert_valid(observation)
@@ -219,7 +249,7 @@ def test_a_bare_nan_in_a_succeeded_message_fails_the_training_instead_of_freezin
         pytest.param(
             {"artifact": {"digest": DIGEST, "sizeBytes": 2**70, "uri": "u" * 5000}},
             id="artifact-out-of-range",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_out_of_range_numbers_in_a_result_are_dropped_with_a_warning(
@@ -246,8 +276,13 @@ def test_a_torchscript_artifact_is_not_offered_to_edge_deployments() -> None:
 
 
 def test_a_failed_trainer_message_is_bounded_and_its_reason_wins() -> None:
-    message = json.dumps({"phase": "Failed", "reason": "TrainingDiverged",
-                          "message": "training diverged at epoch 1\x00" + "x" * 50_000})  # fmt: skip
+    message = json.dumps(
+        {
+            "phase": "Failed",
+            "reason": "TrainingDiverged",
+            "message": "training diverged at epoch 1\x00" + "x" * 50_000,
+        }
+    )
     observation = observe([pod("digits-x-0", "Failed", message=message[:4000] + '"}')], "failed")
     assert observation.events[0].reason == "TrainingDiverged"
     assert_valid(observation)

@@ -174,10 +174,13 @@ def _progress(
 
 def _success(training: ModelTraining, summary: _Summary) -> _Verdict:
     if summary.document is None:
-        return _Verdict("Failed", "ResultMissing",
-                        "the training Job completed but the termination message of pod "
-                        f"{summary.pod} is not the trainer's JSON summary: {summary.excerpt}",
-                        ignored=_ignored(summary.pod, summary.problems))  # fmt: skip
+        return _Verdict(
+            "Failed",
+            "ResultMissing",
+            "the training Job completed but the termination message of pod "
+            f"{summary.pod} is not the trainer's JSON summary: {summary.excerpt}",
+            ignored=_ignored(summary.pod, summary.problems),
+        )
     parsed = reports.parse_success(summary.document)
     found = parsed.fields or {}
     ignored = _ignored(summary.pod, parsed.problems)
@@ -189,9 +192,14 @@ def _success(training: ModelTraining, summary: _Summary) -> _Verdict:
     digest = found.get("digest")
     fields: dict[str, Any] = {"metrics": metrics}
     if value is None or digest is None:
-        return _Verdict("Failed", "ResultMissing",
-                        "the trainer finished without a metric and an artifact digest in its "
-                        "termination message", fields, ignored)  # fmt: skip
+        return _Verdict(
+            "Failed",
+            "ResultMissing",
+            "the trainer finished without a metric and an artifact digest in its "
+            "termination message",
+            fields,
+            ignored,
+        )
     metric = {"name": gate.metric, "value": value}
     if not gate.passes(value):
         return _Verdict(
@@ -252,8 +260,9 @@ def _failure(job: Mapping[str, Any], pods: Sequence[Mapping[str, Any]]) -> _Verd
     if "reason" in said:
         # The trainer said why: that is the reason a user can act on. A custom image may
         # write any text there; only a CamelCase reason can become a condition's reason.
-        return _Verdict("Failed", said["reason"], f"{words or ''} ({job_reason})".strip(),
-                        ignored=ignored)  # fmt: skip
+        return _Verdict(
+            "Failed", said["reason"], f"{words or ''} ({job_reason})".strip(), ignored=ignored
+        )
     if words:
         message = f"{message}; the trainer's last words: {words}"
     return _Verdict("Failed", reason, message, ignored=ignored)
