@@ -257,6 +257,86 @@ BAD_CREATES = [
         {"metadata": {"name": "m" * 64}},
         ("metadata.name must be at most 63 characters",),
     ),
+    # --- ModelTraining: every number the operator copies into a Job has the Job's bounds
+    Bad(
+        "mt-ttl-beyond-int32",
+        MT,
+        spec(runPolicy={"ttlSecondsAfterFinished": 2147483648}),
+        ("spec.runPolicy.ttlSecondsAfterFinished", "less than or equal to 2147483647"),
+    ),
+    Bad(
+        "mt-deadline-int64-max",
+        MT,
+        spec(runPolicy={"activeDeadlineSeconds": 9223372036854775807}),
+        ("spec.runPolicy.activeDeadlineSeconds", "less than or equal to 31536000"),
+    ),
+    Bad(
+        "mt-negative-ttl",
+        MT,
+        spec(runPolicy={"ttlSecondsAfterFinished": -1}),
+        ("spec.runPolicy.ttlSecondsAfterFinished", "greater than or equal to 0"),
+    ),
+    Bad(
+        "mt-backoff-limit-too-large",
+        MT,
+        spec(runPolicy={"backoffLimit": 2147483648}),
+        ("spec.runPolicy.backoffLimit", "less than or equal to 100"),
+    ),
+    Bad(
+        "mt-toleration-seconds-too-large",
+        MT_DISTRIBUTED,
+        spec(
+            placement={
+                "tolerations": [
+                    {
+                        "key": "k",
+                        "operator": "Exists",
+                        "effect": "NoExecute",
+                        "tolerationSeconds": 9223372036854775807,
+                    }
+                ]
+            }
+        ),
+        ("tolerationSeconds", "less than or equal to 31536000"),
+    ),
+    Bad(
+        "mt-cpu-number-too-large",
+        MT,
+        spec(resources={"cpu": 10**15}),
+        ("spec.resources.cpu", "less than or equal to 4096"),
+    ),
+    Bad(
+        "mt-memory-string-too-long",
+        MT,
+        spec(resources={"memory": "9" * 30}),
+        ("spec.resources.memory", "may not be more than 16"),
+    ),
+    # --- ModelTraining: paths stay inside their claim or folder
+    Bad(
+        "mt-output-leaves-its-claim",
+        MT,
+        spec(output={"uri": "pvc://claim/../../etc"}),
+        ("spec.output.uri", "must not hold . or .. path segments"),
+    ),
+    Bad(
+        "mt-file-output-leaves-its-folder",
+        MT,
+        spec(output={"uri": "file:///var/lib/fogline/../../../etc"}),
+        ("spec.output.uri", "must not hold . or .. path segments"),
+    ),
+    Bad(
+        "mt-dataset-leaves-its-claim",
+        MT,
+        spec(dataset={"uri": "pvc://data/../other/x.npz"}),
+        ("spec.dataset.uri", "must not hold . or .. path segments"),
+    ),
+    # --- ModelTraining: only ONNX reaches the edge
+    Bad(
+        "mt-export-without-onnx",
+        MT,
+        spec(export={"formats": ["torchscript"]}),
+        ("spec.export.formats", "must include onnx"),
+    ),
     # --- EdgeDeployment
     Bad(
         "ed-missing-model",

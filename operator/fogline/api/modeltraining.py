@@ -3,6 +3,7 @@ the CR with the CRD's own defaults, plus the checks the CRD schema cannot make."
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -21,6 +22,7 @@ PLURAL = "modeltrainings"
 
 #: Datasets the trainer bundles, as builtin:<name>.
 BUILTIN_DATASETS = ("digits",)
+_DOT_SEGMENT = re.compile(r"(^|/)\.\.?(/|$)")
 
 Architecture = Literal["mlp", "cnn"]
 DatasetFormat = Literal["auto", "npz", "csv"]
@@ -396,6 +398,7 @@ def validate_modeltraining(spec: ModelTrainingSpec) -> list[SpecError]:
     """What the CRD cannot check (or that predates a rule): label syntax, quantities above
     zero, known built-in datasets. An empty list means the spec is usable."""
     errors: list[SpecError] = []
+    policy = spec.run_policy
     name = spec.dataset.builtin_name
     if name is not None and name not in BUILTIN_DATASETS:
         known = ", ".join(f"builtin:{known}" for known in BUILTIN_DATASETS)
@@ -424,6 +427,26 @@ def validate_modeltraining(spec: ModelTrainingSpec) -> list[SpecError]:
                 "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
             )
         )
+    for path, uri in (("spec.dataset.uri", spec.dataset.uri), ("spec.output.uri", spec.output.uri)):
+        if _DOT_SEGMENT.search(uri):
+            errors.append(
+                SpecError(path, f"{uri!r} holds a . or .. segment; a path cannot leave its claim")
+            )
+    if "onnx" not in spec.export.formats:
+        errors.append(
+            SpecError(
+                "spec.export.formats",
+                "must include onnx: edge servers load ONNX only; add onnx to formats",
+            )
+        )
+    # The Job's fields: int32 for ttlSecondsAfterFinished, and a deadline the Job
+    # controller's time arithmetic cannot overflow.
+    for path, seconds, high in (
+        ("spec.runPolicy.ttlSecondsAfterFinished", policy.ttl_seconds_after_finished, 2**31 - 1),
+        ("spec.runPolicy.activeDeadlineSeconds", policy.active_deadline_seconds, 31536000),
+    ):
+        if seconds is not None and not 0 <= seconds <= high:
+            errors.append(SpecError(path, f"{seconds} is outside 0..{high}"))
     for key, value in spec.placement.node_selector.items():
         errors += selector_errors("spec.placement.nodeSelector", key, value)
     for what, amount in (("cpu", spec.resources.cpu), ("memory", spec.resources.memory)):
