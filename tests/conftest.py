@@ -40,11 +40,14 @@ class ClusterHandle:
         name: str,
         outcome: str,
         termination_message: dict[str, Any] | str | None = None,
+        exit_code: int | None = None,
     ) -> None:
         """Tell kwok what becomes of a running pod (see devcluster/stages.yaml)."""
         from kubernetes import client
 
         annotations = {"sim.fogline.io/outcome": outcome}
+        if exit_code is not None:
+            annotations["sim.fogline.io/exit-code"] = str(exit_code)
         if termination_message is not None:
             text = (
                 termination_message

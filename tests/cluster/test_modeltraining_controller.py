@@ -5,7 +5,10 @@ the CR's status follows, gated on the evaluation threshold."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +17,8 @@ from kubernetes.client.rest import ApiException
 
 from tests.conftest import ClusterHandle, wait_for
 from tests.operator_process import OperatorProcess
+from tests.workloads.conftest import trainer_environment
+from tests.workloads.test_trainer_failures import DIVERGING
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -498,3 +503,64 @@ def test_a_student_waits_for_its_teacher_then_learns_from_its_artifact(mt: Train
         if v.persistent_volume_claim
     }
     assert claims == {"artifacts": True}
+
+
+def real_trainer_message(folder: Path, *flags: str) -> tuple[int, str]:
+    """The exit code and termination message of the real trainer run with `flags`."""
+    log = folder / "termination-log"
+    command = [sys.executable, "-m", "fogline.workloads.trainer", *flags, "--threads", "1"]
+    command += ["--output", str(folder / "artifact"), "--termination-log", str(log)]
+    done = subprocess.run(
+        command, capture_output=True, text=True, env=trainer_environment(), timeout=300, check=False
+    )
+    return done.returncode, log.read_text()
+
+
+def test_a_diverging_run_ends_failed_training_diverged_with_an_event(
+    mt: Trainings, tmp_path: Path
+) -> None:
+    # What the real trainer leaves behind when its loss turns NaN, played by kwok's pod.
+    exit_code, message = real_trainer_message(tmp_path, *DIVERGING)
+    assert exit_code == 2, message
+    mt.create(training("diverging", hyperparameters={"learningRate": 10, "optimizer": "sgd"}))
+    pod = mt.running_pod("diverging")
+    mt.cluster.steer_pod(mt.namespace, pod.metadata.name, "fail", message, exit_code=exit_code)
+    status = mt.wait_phase("diverging", "Failed")
+    succeeded = next(c for c in status["conditions"] if c["type"] == "Succeeded")
+    assert succeeded["reason"] == "TrainingDiverged", mt.describe("diverging")
+    assert "at epoch 1: the training loss is nan" in succeeded["message"]
+    assert "PodFailurePolicy" in succeeded["message"]  # exit 2: no retry of the same divergence
+    assert status["attempts"] == 1 and "artifact" not in status
+    wait_for(
+        lambda: ("Warning", "TrainingDiverged") in mt.events("diverging"),
+        what="a TrainingDiverged Event",
+    )
+
+
+def test_a_poisoned_progress_annotation_warns_once_and_never_freezes_the_status(
+    mt: Trainings,
+) -> None:
+    mt.create(training("poisoned"))
+    pod = mt.running_pod("poisoned")
+    mt.wait_phase("poisoned", "Running")
+
+    def annotate(raw: str) -> None:
+        patch = {"metadata": {"annotations": {"fogline.io/progress": raw}}}
+        mt.core.patch_namespaced_pod(pod.metadata.name, mt.namespace, patch)
+
+    def ignored() -> int:
+        return mt.events("poisoned").count(("Warning", "PodReportIgnored"))
+
+    annotate('{"epoch": 1, "epochs": 4, "loss": NaN, "updatedAt": "yesterday"}')
+    wait_for(lambda: ignored() == 1, what="a PodReportIgnored Warning")
+    annotate(json.dumps({"epoch": 1e308, "epochs": 4, "metric": {"name": "m" * 100_000}}))
+    # A sound report still reaches the status: nothing the pod wrote froze it.
+    annotate(json.dumps({"epoch": 3, "epochs": 4, "loss": 0.3}))
+    shown = wait_for(
+        lambda: (s := mt.status("poisoned")).get("progress", {}).get("epoch") == 3 and s,
+        what="the sound progress in status",
+    )
+    assert shown["phase"] == "Running" and shown["progress"]["loss"] == 0.3
+    mt.cluster.steer_pod(mt.namespace, pod.metadata.name, "succeed", summary(0.97))
+    mt.wait_phase("poisoned", "Succeeded")
+    assert ignored() == 1  # one Warning per pod, however often it writes rubbish

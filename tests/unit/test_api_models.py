@@ -202,6 +202,23 @@ def ed(**changes: Any) -> EdgeDeploymentSpec:
             "spec.output.access.credentialsSecret",
             "name a Secret in this namespace",
         ),
+        (mt(output={"uri": "pvc://claim/../../etc"}), "spec.output.uri", "cannot leave its claim"),
+        (
+            mt(dataset={"uri": "pvc://data/./x/../../y.npz"}),
+            "spec.dataset.uri",
+            "cannot leave its claim",
+        ),
+        (mt(export={"formats": ["torchscript"]}), "spec.export.formats", "add onnx"),
+        (
+            mt(runPolicy={"ttlSecondsAfterFinished": 2**31}),
+            "spec.runPolicy.ttlSecondsAfterFinished",
+            "outside 0..2147483647",
+        ),
+        (
+            mt(runPolicy={"activeDeadlineSeconds": 2**63 - 1}),
+            "spec.runPolicy.activeDeadlineSeconds",
+            "outside 0..31536000",
+        ),
     ],
 )
 def test_extra_checks_name_the_field_and_the_fix(spec: Any, field: str, fix: str) -> None:

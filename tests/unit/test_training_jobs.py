@@ -22,6 +22,7 @@ from fogline.training.jobs import (
     run_fingerprint,
     trainer_args,
 )
+from fogline.workloads.trainer import errors as trainer_errors
 
 pytestmark = pytest.mark.unit
 
@@ -303,6 +304,18 @@ def test_bad_input_exit_code_fails_the_job_at_once() -> None:
     rules = job_for(training())["spec"]["podFailurePolicy"]["rules"]
     assert {"action": "FailJob", "onExitCodes": {"operator": "In", "values": [2]}} in rules
     assert pod_spec(job_for(training()))["restartPolicy"] == "Never"
+
+
+def test_the_trainers_exit_codes_meet_the_pod_failure_policy() -> None:
+    """2 (bad input, a diverged run, unwritable output) fails the Job at once; 143 (SIGTERM)
+    is retried, and not even counted when the pod was evicted or preempted."""
+    rules = job_for(training())["spec"]["podFailurePolicy"]["rules"]
+    fail_job = [r for r in rules if r["action"] == "FailJob"]
+    failing_codes = {code for r in fail_job for code in r["onExitCodes"]["values"]}
+    assert failing_codes == {trainer_errors.EXIT_BAD_INPUT}
+    assert trainer_errors.EXIT_INTERRUPTED not in failing_codes
+    assert trainer_errors.EXIT_RUNTIME_FAILURE not in failing_codes
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]} in rules
 
 
 # --- build_training_job: single node vs distributed -----------------------------------------

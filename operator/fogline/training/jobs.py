@@ -24,7 +24,8 @@ PVC_ROOT = "/mnt/pvc"
 STAGING_ROOT = "/var/lib/fogline/artifact"
 RENDEZVOUS_PORT = 29500
 TERMINATION_LOG = "/dev/termination-log"
-# The trainer exits 2 for input it can never accept (missing dataset, bad arguments):
+# The trainer exits 2 for what a retry can never fix (a missing dataset, bad arguments, a
+# diverged run, output storage that is read-only or full):
 # retrying that only burns GPU time, so the Job fails at once.
 BAD_INPUT_EXIT_CODE = 2
 
