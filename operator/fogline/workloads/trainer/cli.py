@@ -203,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _raise_interrupted(signum: int, frame: object) -> NoReturn:
+    # A second SIGTERM must not cut short the report of the first; SIGKILL still ends it.
+    signal.signal(signum, signal.SIG_IGN)
     raise interrupted(signal.Signals(signum).name)
 
 
