@@ -20,6 +20,7 @@ from fogline.workloads.trainer.compression import flags as compression_flags
 from fogline.workloads.trainer.distillation import settings as distillation_flags
 from fogline.workloads.trainer.errors import (
     EXIT_RUNTIME_FAILURE,
+    Interrupted,
     TrainerError,
     interrupted,
     invalid_argument,
@@ -205,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
 def _raise_interrupted(signum: int, frame: object) -> NoReturn:
     # A second SIGTERM must not cut short the report of the first; SIGKILL still ends it.
     signal.signal(signum, signal.SIG_IGN)
-    raise interrupted(signal.Signals(signum).name)
+    raise Interrupted(signal.Signals(signum).name)
 
 
 def _run(
@@ -245,6 +246,8 @@ def _run(
             termination.write_message(path, explicit, outcome.message)
     except TrainerError as err:
         return _fail(err, path, explicit, primary)
+    except Interrupted as stop:
+        return _fail(interrupted(stop.signal_name), path, explicit, primary)
     except KeyboardInterrupt:
         return _fail(interrupted("SIGINT", exit_code=130), path, explicit, primary)
     except Exception as err:  # an unforeseen failure: full traceback in the log, then report it

@@ -32,6 +32,15 @@ def invalid_argument(message: str) -> TrainerError:
     return TrainerError("InvalidArgument", message)
 
 
+class Interrupted(BaseException):
+    """Raised by the SIGTERM handler. A BaseException, like KeyboardInterrupt, so that no
+    `except Exception` on the way (logging's own error handler is one) swallows it."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
 def interrupted(signal_name: str, exit_code: int = EXIT_INTERRUPTED) -> TrainerError:
     return TrainerError(
         "Interrupted",
