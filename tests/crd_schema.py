@@ -27,8 +27,16 @@ def _int32(value: object) -> bool:
     return not isinstance(value, int) or -(2**31) <= value < 2**31
 
 
+def _without_deletions(patch: Any) -> Any:
+    """A JSON merge patch's null removes its key: what is left is what gets stored."""
+    if isinstance(patch, dict):
+        return {k: _without_deletions(v) for k, v in patch.items() if v is not None}
+    return patch
+
+
 def status_errors(kind: str, status: dict[str, Any]) -> list[str]:
-    """What the apiserver would refuse in a status patch of `kind`; empty when none."""
+    """What the apiserver would refuse in a status merge patch of `kind`; empty when none."""
+    status = _without_deletions(status)
     try:
         json.dumps(status, allow_nan=False)
     except ValueError as err:

@@ -232,7 +232,7 @@ def _success(training: ModelTraining, summary: _Summary) -> _Verdict:
     fields["artifactDigestShort"] = short_digest(digest)
     # The table describes the published artifact; a run without compression clears it
     # (None deletes the key in the merge patch).
-    compression = summary.get("compression")
+    compression = (summary.document or {}).get("compression")
     fields["compression"] = compression if isinstance(compression, dict) else None
     return _Verdict(
         "Succeeded",
