@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -566,12 +567,23 @@ def test_all_samples_apply_with_kubectl(
         assert yaml.safe_load(path.read_text())["metadata"]["name"] in applied
 
 
+@pytest.fixture(scope="module")
+def refusals_namespace(cluster: ClusterHandle) -> Iterator[str]:
+    """One namespace for every refused create: a refusal stores nothing, so the cases need
+    no namespace each (creating and deleting one costs seconds per case)."""
+    name = f"t-refusals-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(cluster.api)
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    core.delete_namespace(name)
+
+
 @pytest.mark.parametrize("bad", BAD_CREATES, ids=[bad.case for bad in BAD_CREATES])
 def test_bad_manifest_is_rejected_naming_field_and_rule(
-    cluster: ClusterHandle, crds: list[str], namespace: str, bad: Bad
+    cluster: ClusterHandle, crds: list[str], refusals_namespace: str, bad: Bad
 ) -> None:
     body = merged(sample(bad.sample), bad.patch)
-    message = rejection(lambda: create(cluster, namespace, body))
+    message = rejection(lambda: create(cluster, refusals_namespace, body))
     for fragment in bad.expected:
         assert fragment in message, f"{fragment!r} not in: {message}"
 
