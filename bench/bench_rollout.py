@@ -49,6 +49,7 @@ from fogline.edge.daemonsets import (
 )
 from fogline.edge.fleet import pod_ready
 from fogline.kube import FIELD_MANAGER
+from fogline.rollout import wave_width
 from fogline.settings import OperatorSettings
 
 OLD = "sha256:" + "a1" * 32
@@ -73,11 +74,12 @@ def edge_body(namespace: str, digest: str) -> dict[str, Any]:
 
 
 def waves(sites: list[str]) -> list[list[str]]:
-    """The controller's waves for a fleet with a stable digest: the canary, then waves of
-    wave_size sites, in site-name order (the planner's rule 3)."""
+    """The controller's waves for a fleet with a stable digest and every site eligible: the
+    canary, then waves of the planner's wave width, in site-name order (its rule 3)."""
     rollout = EdgeDeployment.from_body(edge_body("x", NEW)).spec.rollout
     ordered = sorted(sites)
-    canary, width = rollout.canary_size(len(ordered)), rollout.wave_size(len(ordered))
+    canary = min(rollout.canary_sites, len(ordered))
+    width = wave_width(rollout.max_unavailable, len(ordered))
     rest = ordered[canary:]
     return [ordered[:canary], *(rest[i : i + width] for i in range(0, len(rest), width))]
 

@@ -23,7 +23,7 @@ from fogline.api import (
     validate_modeltraining,
 )
 from fogline.api.digests import short_digest
-from fogline.api.edgedeployment import ModelSource, RolloutSpec, sites_ready_text
+from fogline.api.edgedeployment import ModelSource, sites_ready_text
 from fogline.api.modeltraining import DatasetSpec, ModelSpec, OutputSpec
 from fogline.api.scheduling import Toleration, quantity_value
 
@@ -228,26 +228,6 @@ def test_extra_checks_name_the_field_and_the_fix(spec: Any, field: str, fix: str
         errors = validate_edgedeployment(spec)
     assert [error.field for error in errors] == [field]
     assert fix in errors[0].message
-
-
-@pytest.mark.parametrize(
-    ("max_unavailable", "canary", "total", "wave", "canary_wave"),
-    [
-        (1, 1, 5, 1, 1),
-        (3, 1, 2, 2, 1),
-        ("25%", 0, 10, 2, 0),
-        ("25%", 1, 3, 1, 1),
-        ("100%", 2, 7, 7, 2),
-        ("50%", 5, 3, 1, 3),
-        (2, 1, 0, 0, 0),
-    ],
-)
-def test_wave_sizes_round_down_but_always_move(
-    max_unavailable: int | str, canary: int, total: int, wave: int, canary_wave: int
-) -> None:
-    rollout = RolloutSpec(canary_sites=canary, max_unavailable=max_unavailable)
-    assert rollout.wave_size(total) == wave
-    assert rollout.canary_size(total) == canary_wave
 
 
 @pytest.mark.parametrize(

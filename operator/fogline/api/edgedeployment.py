@@ -3,7 +3,6 @@ the CR with the CRD's own defaults, the wave-size arithmetic, and checks the CRD
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -122,24 +121,6 @@ class RolloutSpec:
     disconnected_sites: DisconnectedSites = "Skip"
     replace_in_place: bool = True
     retry: int = 0
-
-    def wave_size(self, total_sites: int) -> int:
-        """Sites updated at once after the canary wave, for `total_sites` selected sites.
-
-        A count is used as it is; a percentage is rounded down, and never below 1 so that
-        a rollout always moves: 25% of 10 sites is 2, 25% of 3 sites is 1. Never more than
-        total_sites (0 when there are no sites).
-        """
-        if total_sites <= 0:
-            return 0
-        if isinstance(self.max_unavailable, int):
-            return min(self.max_unavailable, total_sites)
-        percent = int(self.max_unavailable.removesuffix("%"))
-        return min(total_sites, max(1, math.floor(total_sites * percent / 100)))
-
-    def canary_size(self, total_sites: int) -> int:
-        """Sites in the canary wave: canarySites, at most total_sites."""
-        return max(0, min(self.canary_sites, total_sites))
 
 
 @dataclass(frozen=True)
