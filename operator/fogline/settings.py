@@ -4,6 +4,7 @@ chart and the install manifest set; parsed once at start-up."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -38,7 +39,12 @@ class OperatorSettings:
     )
     edge_tolerations: tuple[Mapping[str, Any], ...] = DEFAULT_EDGE_TOLERATIONS
     site_label: str = "topology.fogline.io/site"
-    # Node-local folder on edge nodes that keeps fetched artifacts by digest (edge autonomy).
+    # Where the fetch step keeps artifacts by digest (edge autonomy). `Pod`: an emptyDir of
+    # the pod, which outlives container restarts and node reboots but not the pod, and
+    # passes Pod Security `restricted`. `Node`: the hostPath edge_cache_dir, which also
+    # outlives pod replacement but needs a `privileged` namespace.
+    edge_cache_mode: str = "Pod"
+    # Node-local folder of the `Node` cache mode.
     edge_cache_dir: str = "/var/lib/fogline/cache"
     # Digests the node cache keeps besides the one served (what a rollback may need), and its
     # bound in bytes (0: none); the rest is evicted after each fetch.
@@ -55,6 +61,9 @@ class OperatorSettings:
     # Image prefixes an EdgeDeployment's runtime.image may use; empty: the repository of
     # server_image only.
     allowed_image_prefixes: tuple[str, ...] = ()
+    # CIDRs that may reach edge servers' inference port, enforced by a NetworkPolicy the
+    # operator keeps per EdgeDeployment; None: no policy (an empty tuple admits nobody).
+    edge_ingress_cidrs: tuple[str, ...] | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -97,6 +106,7 @@ class OperatorSettings:
                 parsed("FOGLINE_EDGE_TOLERATIONS", list(defaults.edge_tolerations), list)
             ),
             site_label=text("FOGLINE_SITE_LABEL", defaults.site_label),
+            edge_cache_mode=_cache_mode(text("FOGLINE_EDGE_CACHE_MODE", defaults.edge_cache_mode)),
             edge_cache_dir=text("FOGLINE_EDGE_CACHE_DIR", defaults.edge_cache_dir),
             edge_cache_keep=int(text("FOGLINE_EDGE_CACHE_KEEP", str(defaults.edge_cache_keep))),
             edge_cache_max_bytes=int(
@@ -115,7 +125,38 @@ class OperatorSettings:
                 "FOGLINE_ALLOWED_IMAGE_PREFIXES",
                 parsed("FOGLINE_ALLOWED_IMAGE_PREFIXES", [], list),
             ),
+            # Unset or `null`: no policy; a list, even an empty one, makes the policies.
+            edge_ingress_cidrs=None
+            if env.get("FOGLINE_EDGE_INGRESS_CIDRS", "null").strip() in ("", "null")
+            else _cidrs(
+                "FOGLINE_EDGE_INGRESS_CIDRS",
+                parsed("FOGLINE_EDGE_INGRESS_CIDRS", ["10.20.0.0/16"], list),
+            ),
         )
+
+
+EDGE_CACHE_MODES = ("Pod", "Node")
+
+
+def _cache_mode(value: str) -> str:
+    if value not in EDGE_CACHE_MODES:
+        raise SettingsError(
+            f"FOGLINE_EDGE_CACHE_MODE: {value!r} is not one of {', '.join(EDGE_CACHE_MODES)} "
+            "(Pod: a cache per pod, Pod Security restricted; Node: a hostPath cache per node, "
+            "Pod Security privileged)"
+        )
+    return value
+
+
+def _cidrs(name: str, values: list[Any]) -> tuple[str, ...]:
+    for value in _strings(name, values):
+        try:
+            ipaddress.ip_network(value)
+        except ValueError as err:
+            raise SettingsError(
+                f"{name}: {value!r} is not a CIDR ({err}); e.g. 10.20.0.0/16 or 192.0.2.7/32"
+            ) from None
+    return tuple(values)
 
 
 def _strings(name: str, values: list[Any]) -> tuple[str, ...]:

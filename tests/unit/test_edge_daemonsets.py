@@ -24,9 +24,11 @@ from fogline.settings import OperatorSettings
 pytestmark = pytest.mark.unit
 
 SETTINGS = OperatorSettings(edge_cache_dir="/srv/fogline-cache")
+NODE_CACHE = OperatorSettings(edge_cache_dir="/srv/fogline-cache", edge_cache_mode="Node")
 DIGEST_A = "sha256:" + "a" * 64
 DIGEST_B = "sha256:" + "b" * 64
 MODEL = ModelRef(uri="pvc://models/runs/digits/0123abcd", digest=DIGEST_A)
+OCI = ModelRef(uri="oci://registry.example:5000/models/digits", digest="sha256:" + "ab" * 32)
 
 
 def edge(name: str = "shop", **overrides: Any) -> EdgeDeployment:
@@ -146,11 +148,64 @@ def volumes(ds: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {v["name"]: v for v in pod_spec(ds)["volumes"]}
 
 
-def test_cache_is_the_node_folder_from_the_settings() -> None:
-    assert volumes(daemonset())["cache"]["hostPath"] == {
+def test_cache_is_a_volume_of_the_pod_by_default() -> None:
+    ds = daemonset()
+    assert volumes(ds)["cache"] == {"name": "cache", "emptyDir": {}}
+    assert not any("hostPath" in v for v in pod_spec(ds)["volumes"])
+
+
+def test_node_cache_mode_keeps_the_cache_in_the_node_folder_from_the_settings() -> None:
+    ds = build_site_daemonset(edge(), "berlin", MODEL, NODE_CACHE)
+    assert volumes(ds)["cache"]["hostPath"] == {
         "path": "/srv/fogline-cache",
         "type": "DirectoryOrCreate",
     }
+    # The node folder belongs to root: only the fetch step writes it, as UID 0 with every
+    # capability dropped; the server stays non-root.
+    fetch = container(ds, "fetch")["securityContext"]
+    assert fetch["runAsUser"] == 0 and fetch["capabilities"] == {"drop": ["ALL"]}
+    assert fetch["allowPrivilegeEscalation"] is False
+    assert "runAsUser" not in container(ds, "server")["securityContext"]
+
+
+# Pod Security `restricted`, field by field, for the pod and each container (the apiserver's
+# own enforcement is proven in tests/cluster/test_edge_from_s3.py).
+RESTRICTED_CONTAINER = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+}
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        pytest.param({"uri": "s3://bucket/m/1", "digest": DIGEST_A}, id="fetch-s3"),
+        pytest.param({"uri": MODEL.uri, "digest": DIGEST_A}, id="fetch-pvc"),
+        pytest.param({"uri": OCI.uri, "digest": OCI.digest}, id="fetch-oci"),
+        pytest.param(
+            {"uri": OCI.uri, "digest": OCI.digest, "delivery": "ImageVolume"}, id="image-volume"
+        ),
+    ],
+)
+def test_every_container_runs_non_root_without_privileges_on_a_read_only_root(
+    model: dict[str, str],
+) -> None:
+    pod = daemonset(edge(model=model), model=ModelRef(model["uri"], model["digest"]))["spec"][
+        "template"
+    ]["spec"]
+    assert pod["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 65532,
+        "runAsGroup": 65532,
+        "fsGroup": 65532,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        assert c["securityContext"] == RESTRICTED_CONTAINER, c["name"]
+    assert not any("hostPath" in v for v in pod["volumes"])
 
 
 def test_pvc_source_is_mounted_read_only_for_the_fetch_step() -> None:
@@ -252,7 +307,6 @@ def test_site_labels_that_are_not_names_still_give_valid_distinct_daemonset_name
 
 # --- stores and image volumes ---------------------------------------------------------------
 
-OCI = ModelRef(uri="oci://registry.example:5000/models/digits", digest="sha256:" + "ab" * 32)
 
 
 def test_image_volume_delivery_mounts_the_artifact_with_no_init_step_or_host_path() -> None:

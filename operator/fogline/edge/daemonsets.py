@@ -1,5 +1,5 @@
 """Builders for what an EdgeDeployment becomes: one DaemonSet per site, whose pods fetch
-and verify the artifact into a node-local cache (init step), then serve it with ONNX
+and verify the artifact into a cache keyed by digest (init step), then serve it with ONNX
 Runtime behind the Open Inference Protocol. Typed spec in, plain dicts out.
 
 One DaemonSet a site, not one Deployment: an edge node serves its own shop, plant or tower,
@@ -36,6 +36,9 @@ AUTH_MOUNT = "/etc/fogline/auth"
 DEFAULT_DRAIN_SECONDS = 5
 SERVER_SHUTDOWN_SECONDS = 20
 GRACE_MARGIN_SECONDS = 5
+# The user and group of Fogline's images (images/*.Dockerfile), named in the pod so that the
+# kubelet can prove runAsNonRoot for any server image, even one with a user given by name.
+POD_USER = 65532
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,34 @@ def _source_volume(
             {},
         )
     return [], [], {}
+
+
+def pod_security_context() -> dict[str, Any]:
+    """Pod Security `restricted` for every pod: non-root, the runtime's seccomp profile, and
+    volumes (emptyDir, claims) group-owned by the pod's group."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": POD_USER,
+        "runAsGroup": POD_USER,
+        "fsGroup": POD_USER,
+        # A claim already owned by the group is not walked again at every pod start.
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def cache_volume(settings: OperatorSettings) -> dict[str, Any]:
+    """The fetch step's cache keyed by digest, which lets a site restart its server with no
+    network (edge autonomy). `Pod`: an emptyDir, kept through container restarts and node
+    reboots while the pod stays, gone with the pod (a replaced pod fetches again). `Node`:
+    a hostPath, kept across pods too (a rollback to a digest the node held needs no
+    network), which Pod Security admits only at `privileged`."""
+    if settings.edge_cache_mode == "Node":
+        return {
+            "name": "cache",
+            "hostPath": {"path": settings.edge_cache_dir, "type": "DirectoryOrCreate"},
+        }
+    return {"name": "cache", "emptyDir": {}}
 
 
 def image_volume_reference(model: ModelRef) -> str | None:
@@ -185,10 +216,12 @@ def build_site_daemonset(
         # here; the fleet observer shows it on the site row and the condition.
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "File",
+        "securityContext": security,
+    }
+    if settings.edge_cache_mode == "Node":
         # The hostPath cache belongs to root on the node: the fetch step writes it as UID 0
         # but with every capability dropped, so it can write only what root owns.
-        "securityContext": {**security, "runAsNonRoot": False, "runAsUser": 0},
-    }
+        fetch["securityContext"] = {**security, "runAsNonRoot": False, "runAsUser": 0}
     runtime = spec.runtime
     scheme = {"scheme": "HTTPS"} if runtime.tls is not None else {}
     probe = {
@@ -247,18 +280,14 @@ def build_site_daemonset(
         "initContainers": [fetch],
         "containers": [server],
         "automountServiceAccountToken": False,
+        "securityContext": pod_security_context(),
         # SIGTERM comes with the pod's removal from its endpoints; the server drains, then
         # finishes what is under way; the kubelet's SIGKILL must come after both.
         "terminationGracePeriodSeconds": _drain_seconds(edge)
         + SERVER_SHUTDOWN_SECONDS
         + GRACE_MARGIN_SECONDS,
         "volumes": [
-            # The node-local cache keyed by digest: a node that loses its link to the cloud
-            # still restarts its server from what it fetched before (edge autonomy).
-            {
-                "name": "cache",
-                "hostPath": {"path": settings.edge_cache_dir, "type": "DirectoryOrCreate"},
-            },
+            cache_volume(settings),
             {"name": "model", "emptyDir": {}},
             {"name": "tmp", "emptyDir": {}},
             *source_volumes,
@@ -270,9 +299,9 @@ def build_site_daemonset(
         # Only the fetch step sees the (read-only) store credentials; the server never does.
         fetch["envFrom"] = access.env_from
     if reference is not None:
-        # The kubelet pulls, caches and mounts the artifact read-only: no init step, no
-        # hostPath, nothing running as root, so the pod meets Pod Security `restricted`. The
-        # server still checks every file against the manifest and the digest.
+        # The kubelet pulls, caches and mounts the artifact read-only: no init step and no
+        # cache of ours, whatever the cache mode, so the pod meets Pod Security `restricted`.
+        # The server still checks every file against the manifest and the digest.
         del pod_spec["initContainers"]
         pod_spec["volumes"] = [
             {"name": "model", "image": {"reference": reference, "pullPolicy": "IfNotPresent"}},
@@ -282,10 +311,6 @@ def build_site_daemonset(
             {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
         ]
-        pod_spec["securityContext"] = {
-            "runAsNonRoot": True,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        }
     if spec.rollout.replace_in_place:
         strategy: dict[str, Any] = {"type": "OnDelete"}
     else:
