@@ -30,6 +30,11 @@ _KINDS: dict[tuple[str, str], tuple[str, str, bool]] = {
     ("v1", "ServiceAccount"): ("/api/v1", "serviceaccounts", True),
     ("v1", "Pod"): ("/api/v1", "pods", True),
     ("apps/v1", "DaemonSet"): ("/apis/apps/v1", "daemonsets", True),
+    ("networking.k8s.io/v1", "NetworkPolicy"): (
+        "/apis/networking.k8s.io/v1",
+        "networkpolicies",
+        True,
+    ),
     ("rbac.authorization.k8s.io/v1", "Role"): ("/apis/rbac.authorization.k8s.io/v1", "roles", True),
     ("rbac.authorization.k8s.io/v1", "RoleBinding"): (
         "/apis/rbac.authorization.k8s.io/v1",

@@ -83,6 +83,11 @@ the operator never uses.
 - apiGroups: [apps]
   resources: [daemonsets]
   verbs: [list, watch, create, patch, delete]
+# The optional ingress policy of each EdgeDeployment's servers (settings.edgeIngressCIDRs),
+# applied server-side and watched so that an edit is reverted.
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [list, watch, create, patch]
 # Events on the CRs.
 - apiGroups: [""]
   resources: [events]

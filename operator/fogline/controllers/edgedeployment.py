@@ -39,6 +39,7 @@ from fogline.edge.fleet import (
     observe_sites,
     resolve_model,
 )
+from fogline.edge.networkpolicy import build_edge_network_policy
 from fogline.kube import GROUP, VERSION
 from fogline.rollout import RolloutMemory, RolloutPolicy, plan_rollout
 
@@ -74,6 +75,13 @@ def edge_pods(
 
 @kopf.index("apps", "v1", "daemonsets", labels=EDGE_SELECTOR)
 def edge_daemonsets(
+    namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
+) -> dict[Any, Any]:
+    return {(namespace, labels.get(EDGE_LABEL)): body}
+
+
+@kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=EDGE_SELECTOR)
+def edge_policies(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Any, Any]:
     return {(namespace, labels.get(EDGE_LABEL)): body}
@@ -115,6 +123,8 @@ async def _reconcile(state: OperatorState, body: kopf.Body) -> float | None:
     if errors:
         await _hold(state, body, "Failed", "InvalidSpec", "; ".join(str(e) for e in errors), now)
         return None
+    # Before anything may hold the rollout: the sites already serving are covered too.
+    await _apply_network_policy(state, body, edge)
     model = _resolve_model(state, edge)
     if isinstance(model, tuple):
         await _hold(state, body, "Pending", *model, now)
@@ -235,6 +245,43 @@ async def _apply_daemonsets(
             generations.pop(name, None)
 
 
+async def _apply_network_policy(
+    state: OperatorState, body: kopf.Body, edge: EdgeDeployment
+) -> None:
+    """The servers' ingress policy when the administrator sets CIDRs, applied when missing or
+    edited (a hand edit is reverted). Without the setting nothing is created, and a policy
+    made before the setting was removed stays until its EdgeDeployment goes: a policy left
+    behind only ever admits less."""
+    cidrs = state.settings.edge_ingress_cidrs
+    if cidrs is None:
+        return
+    desired = build_edge_network_policy(edge, cidrs)
+    current = next(
+        (
+            p
+            for p in state.indexes["edge_policies"].get((edge.namespace, edge.name), [])
+            if p["metadata"]["name"] == desired["metadata"]["name"]
+        ),
+        None,
+    )
+    if current is not None and _policy_essence(current.get("spec")) == _policy_essence(
+        desired["spec"]
+    ):
+        return
+    kopf.adopt(desired, owner=body)
+    await state.kube.apply(desired)
+
+
+def _policy_essence(spec: Mapping[str, Any] | None) -> str:
+    """What of a policy's spec we set, as the apiserver stores it (an empty list omitted)."""
+    spec = spec or {}
+    return json.dumps(
+        [spec.get("podSelector"), spec.get("policyTypes"), spec.get("ingress") or []],
+        sort_keys=True,
+        default=dict,
+    )
+
+
 async def _replace_pods(
     state: OperatorState,
     edge: EdgeDeployment,
@@ -303,6 +350,7 @@ async def edge_event(
 
 @kopf.on.event("", "v1", "pods", labels=EDGE_SELECTOR)
 @kopf.on.event("apps", "v1", "daemonsets", labels=EDGE_SELECTOR)
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=EDGE_SELECTOR)
 async def edge_child_changed(
     namespace: str | None, labels: Mapping[str, str], memo: Any, **kwargs: Any
 ) -> None:
