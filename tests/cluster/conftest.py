@@ -3,6 +3,7 @@ session and Established, and a fresh namespace for each test."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ from fogline.api.crds import CRD_FILES
 from tests.conftest import ClusterHandle, wait_for
 from tests.operator_process import OperatorProcess
 
+EDGE_INGRESS_CIDRS = ["10.20.0.0/16", "192.0.2.7/32"]
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
 
 
@@ -63,6 +65,8 @@ def operator(
         # The node folder the controller tests' trainings publish to, as an administrator
         # would allow it; every other file:// artifact stays refused.
         "FOGLINE_ALLOWED_FILE_ROOTS": '["/var/lib/fogline/artifacts"]',
+        # Edge servers reachable from these only: every EdgeDeployment gets its policy.
+        "FOGLINE_EDGE_INGRESS_CIDRS": json.dumps(EDGE_INGRESS_CIDRS),
     }
     process = OperatorProcess(cluster.kubeconfig, tmp_path_factory.mktemp("operator"), images)
     process.start()

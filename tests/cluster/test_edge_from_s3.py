@@ -1,13 +1,17 @@
 """An edge site fed from the S3 store, end to end on the real control plane: the site's
 DaemonSet (as the operator builds it) runs on local-edge, its fetch step pulls the artifact
 from versitygw with a read-only Secret and the server answers; with the store stopped, a
-replaced pod restarts from the node cache; an object swapped in the bucket is refused and
-the pod and the site row say DigestMismatch."""
+replaced pod restarts from the node cache, and after a node restart a pod restarts from its
+own cache; an object swapped in the bucket is refused and the pod and the site row say
+DigestMismatch. Pod Security: each delivery and cache mode is admitted at the level the docs
+state, and refused below it, by the apiserver's own admission."""
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
+import signal
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -20,7 +24,9 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from fogline.api.edgedeployment import EdgeDeployment
+from fogline.devcluster.cluster import NODE_AGENT
 from fogline.devcluster.localpods import LOCAL_PORT_ANNOTATION
+from fogline.devcluster.nodeagent import container_log_path
 from fogline.devcluster.stores import ArtifactStores, StoreEndpoints
 from fogline.devcluster.topology import EDGE_TAINT, LOCAL_EDGE_NODE
 from fogline.edge.daemonsets import EDGE_LABEL, ModelRef, build_site_daemonset
@@ -35,6 +41,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 SITE = "site-01"
 SETTINGS = OperatorSettings(server_image="fogline.dev/server:local", image_pull_policy="Never")
+NODE_CACHE = dataclasses.replace(SETTINGS, edge_cache_mode="Node")
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +64,21 @@ def stores(own_stores: ArtifactStores) -> StoreEndpoints:
 
 @pytest.fixture(scope="module")
 def space(local_cluster: ClusterHandle, stores: StoreEndpoints) -> Iterator[str]:
-    """A namespace holding the read-only Secret the edge fetch step uses."""
-    name = f"edge-s3-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(local_cluster.api)
-    core.create_namespace({"metadata": {"name": name}})
+    """A namespace without a Pod Security label (privileged), as the node cache needs."""
+    name = create_space(local_cluster, stores, "edge-s3")
+    yield name
+    client.CoreV1Api(local_cluster.api).delete_namespace(name)
+
+
+def create_space(
+    cluster: ClusterHandle, stores: StoreEndpoints, prefix: str, level: str | None = None
+) -> str:
+    """A namespace holding the read-only Secret the edge fetch step uses, enforcing the Pod
+    Security `level` when one is given."""
+    name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    labels = {"pod-security.kubernetes.io/enforce": level} if level else {}
+    core = client.CoreV1Api(cluster.api)
+    core.create_namespace({"metadata": {"name": name, "labels": labels}})
     keys = {
         "AWS_ACCESS_KEY_ID": stores.reader_access_key,
         "AWS_SECRET_ACCESS_KEY": stores.reader_secret_key,
@@ -72,8 +90,22 @@ def space(local_cluster: ClusterHandle, stores: StoreEndpoints) -> Iterator[str]
             "data": {k: base64.b64encode(v.encode()).decode() for k, v in keys.items()},
         },
     )
+    return name
+
+
+@pytest.fixture(scope="module")
+def restricted(local_cluster: ClusterHandle, stores: StoreEndpoints) -> Iterator[str]:
+    """A namespace enforcing Pod Security `restricted`, the default of hardened K3s."""
+    name = create_space(local_cluster, stores, "edge-restricted", "restricted")
     yield name
-    core.delete_namespace(name)
+    client.CoreV1Api(local_cluster.api).delete_namespace(name)
+
+
+@pytest.fixture(scope="module")
+def baseline(local_cluster: ClusterHandle, stores: StoreEndpoints) -> Iterator[str]:
+    name = create_space(local_cluster, stores, "edge-baseline", "baseline")
+    yield name
+    client.CoreV1Api(local_cluster.api).delete_namespace(name)
 
 
 def publish_artifact(stores: StoreEndpoints, folder: Path, prefix: str, seed: int) -> str:
@@ -107,9 +139,14 @@ def edge_for(
     )
 
 
-def apply_site(cluster: ClusterHandle, edge: EdgeDeployment, digest: str) -> None:
+def apply_site(
+    cluster: ClusterHandle,
+    edge: EdgeDeployment,
+    digest: str,
+    settings: OperatorSettings = SETTINGS,
+) -> None:
     uri = edge.spec.model.uri or ""
-    daemonset = build_site_daemonset(edge, SITE, ModelRef(uri=uri, digest=digest), SETTINGS)
+    daemonset = build_site_daemonset(edge, SITE, ModelRef(uri=uri, digest=digest), settings)
     client.AppsV1Api(cluster.api).create_namespaced_daemon_set(edge.namespace, daemonset)
 
 
@@ -171,61 +208,117 @@ def test_object_swapped_in_the_bucket_is_refused_and_the_site_row_says_so(
     assert row.state == "Failed" and "Init:DigestMismatch" in row.message
 
 
-def test_image_volume_pod_passes_pod_security_restricted_and_serves(
-    local_cluster: ClusterHandle, stores: StoreEndpoints, tmp_path: Path
+# What each delivery and cache mode needs, as charts/fogline/README.md states it: the level
+# a namespace may enforce and still admit the pods.
+OCI_URI = "oci://127.0.0.1:5000/models/digits"
+S3_URI, FILE_URI = "s3://fogline-artifacts/m/1", "file:///var/lib/fogline/artifacts/m/1"
+MODES: dict[str, tuple[dict[str, Any], OperatorSettings, str]] = {
+    "image-volume": ({"uri": OCI_URI, "delivery": "ImageVolume"}, SETTINGS, "restricted"),
+    "fetch-s3-pod-cache": ({"uri": S3_URI}, SETTINGS, "restricted"),
+    "fetch-oci-pod-cache": ({"uri": OCI_URI}, SETTINGS, "restricted"),
+    "fetch-pvc-pod-cache": ({"uri": "pvc://models/m/1"}, SETTINGS, "restricted"),
+    "fetch-s3-node-cache": ({"uri": S3_URI}, NODE_CACHE, "privileged"),
+    "fetch-file": ({"uri": FILE_URI}, SETTINGS, "privileged"),
+}
+LEVELS = ("privileged", "baseline", "restricted")
+
+
+@pytest.mark.parametrize("level", ["baseline", "restricted"])
+@pytest.mark.parametrize("mode", sorted(MODES))
+def test_each_mode_is_admitted_exactly_at_the_pod_security_level_the_docs_state(
+    local_cluster: ClusterHandle, baseline: str, restricted: str, mode: str, level: str
 ) -> None:
-    """The kubelet's way for oci:// artifacts: no hostPath, no root init step, so the
-    namespace may enforce Pod Security `restricted`; the DaemonSet's pod is admitted, the
-    node pulls the artifact from the registry, and the server verifies and serves it."""
+    """The apiserver's Pod Security admission judges the pod the DaemonSet would create (a
+    dry run: admission runs, nothing is stored)."""
+    model, settings, needs = MODES[mode]
+    namespace = {"baseline": baseline, "restricted": restricted}[level]
+    digest = "sha256:" + "5" * 64
+    uri = model["uri"]
+    access_endpoint = "http://127.0.0.1:1" if uri.startswith("s3://") else ""
+    extra = {k: v for k, v in model.items() if k != "uri"}
+    if not access_endpoint:
+        extra["access"] = None
+    edge = edge_for("modes", namespace, uri, digest, access_endpoint, **extra)
+    ds = build_site_daemonset(edge, SITE, ModelRef(uri, digest), settings)
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "modes"}}
+    pod["spec"] = ds["spec"]["template"]["spec"]
+    core = client.CoreV1Api(local_cluster.api)
+    if LEVELS.index(level) <= LEVELS.index(needs):
+        core.create_namespaced_pod(namespace, pod, dry_run="All")
+        return
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_pod(namespace, pod, dry_run="All")
+    assert refused.value.status == 403
+    message = json.loads(refused.value.body)["message"]
+    assert f'violates PodSecurity "{level}:latest"' in message and "hostPath" in message
+
+
+def test_image_volume_pod_passes_pod_security_restricted_and_serves(
+    local_cluster: ClusterHandle, stores: StoreEndpoints, restricted: str, tmp_path: Path
+) -> None:
+    """The kubelet's way for oci:// artifacts: the DaemonSet's pod is admitted in a
+    `restricted` namespace, the node pulls the artifact from the registry, and the server
+    verifies and serves it."""
     folder = tmp_path / "oci"
     digest = write_artifact(folder, seed=3)
     uri = f"oci://{stores.registry}/models/image-volume"
     publish(folder, uri, {"FOGLINE_OCI_PLAIN_HTTP": "1"})
-    namespace = f"edge-restricted-{uuid.uuid4().hex[:8]}"
-    core = client.CoreV1Api(local_cluster.api)
-    labels = {"pod-security.kubernetes.io/enforce": "restricted"}
-    core.create_namespace({"metadata": {"name": namespace, "labels": labels}})
-    try:
-        edge = edge_for("digits", namespace, uri, digest, "", delivery="ImageVolume", access=None)
-        apply_site(local_cluster, edge, digest)
-        pod = ready_pod(local_cluster, edge)
-        assert not any("hostPath" in volume for volume in pod["spec"]["volumes"])
-        # The same artifact delivered by the fetch step (hostPath cache, root) is refused here.
-        fetching = edge_for("fetching", namespace, uri, digest, "", access=None)
-        template = build_site_daemonset(fetching, SITE, ModelRef(uri, digest), SETTINGS)["spec"][
-            "template"
-        ]
-        refused = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "fetching"}}
-        with pytest.raises(ApiException) as caught:
-            core.create_namespaced_pod(
-                namespace, refused | {"spec": template["spec"]}, dry_run="All"
-            )
-        assert caught.value.status == 403 and "PodSecurity" in str(caught.value.body)
-        assert "initContainers" not in pod["spec"]
-        assert len(infer(pod)) == 10
-    finally:
-        core.delete_namespace(namespace)
+    edge = edge_for("digits-oci", restricted, uri, digest, "", delivery="ImageVolume", access=None)
+    apply_site(local_cluster, edge, digest)
+    pod = ready_pod(local_cluster, edge)
+    assert not any("hostPath" in volume for volume in pod["spec"]["volumes"])
+    assert "initContainers" not in pod["spec"]
+    assert len(infer(pod)) == 10
 
 
-def test_edge_pod_fetches_from_s3_serves_and_restarts_with_the_store_gone(
+def test_edge_pods_restart_with_the_store_gone_from_the_node_cache_and_the_pod_cache(
     local_cluster: ClusterHandle,
     space: str,
+    restricted: str,
     stores: StoreEndpoints,
     own_stores: ArtifactStores,
     tmp_path: Path,
 ) -> None:
+    """Edge autonomy in both cache modes. The node cache (hostPath, a privileged namespace)
+    serves a replaced pod; the pod cache (emptyDir, a `restricted` namespace) serves the same
+    pod after its node restarted, when its fetch step runs again."""
     digest = publish_artifact(stores, tmp_path / "v1", "edge/v1", seed=1)
-    edge = edge_for("digits", space, f"s3://{stores.bucket}/edge/v1", digest, stores.s3_endpoint)
-    apply_site(local_cluster, edge, digest)
-    first = ready_pod(local_cluster, edge)
+    uri = f"s3://{stores.bucket}/edge/v1"
+    node_cached = edge_for("digits", space, uri, digest, stores.s3_endpoint)
+    pod_cached = edge_for("digits-pod", restricted, uri, digest, stores.s3_endpoint)
+    apply_site(local_cluster, node_cached, digest, NODE_CACHE)
+    apply_site(local_cluster, pod_cached, digest)
+    first = ready_pod(local_cluster, node_cached)
     assert len(infer(first)) == 10
     assert first["spec"]["initContainers"][0]["envFrom"] == [
         {"secretRef": {"name": "artifact-reader"}}
     ]
     assert "envFrom" not in first["spec"]["containers"][0]  # the server never sees the keys
+    own = ready_pod(local_cluster, pod_cached)
+    assert len(infer(own)) == 10
+    assert {"name": "cache", "emptyDir": {}} in own["spec"]["volumes"]
 
     own_stores.stop_process("versitygw")  # the site loses its link to the cloud
     client.CoreV1Api(local_cluster.api).delete_namespaced_pod(first["metadata"]["name"], space)
-    second = ready_pod(local_cluster, edge, other_than=first["metadata"]["name"])
+    second = ready_pod(local_cluster, node_cached, other_than=first["metadata"]["name"])
     assert second["metadata"]["annotations"]["fogline.io/model-digest"] == digest
     assert len(infer(second)) == 10
+
+    # The node restarts (its agent shuts down, stopping every pod, and starts again): the
+    # same pod runs its fetch step again, which finds the digest in the pod's own cache.
+    port = own["metadata"]["annotations"][LOCAL_PORT_ANNOTATION]
+    local_cluster.devcluster.restart_component(NODE_AGENT, signum=signal.SIGTERM)
+
+    def restarted() -> dict[str, Any] | None:
+        pod = ready_pod(local_cluster, pod_cached)
+        moved = pod["metadata"]["annotations"][LOCAL_PORT_ANNOTATION] != port
+        return pod if moved else None
+
+    again = wait_for(restarted, timeout=120, interval=0.5, what="the pod to run again")
+    assert again["metadata"]["uid"] == own["metadata"]["uid"]
+    assert len(infer(again)) == 10
+    log_file = container_log_path(
+        local_cluster.devcluster.local_root, restricted, own["metadata"]["name"], "fetch"
+    )
+    log = log_file.read_text()
+    assert log.count("fetched ") == 1 and "cache hit" in log

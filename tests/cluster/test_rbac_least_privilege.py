@@ -49,6 +49,10 @@ EDGE_ONLY: set[Access] = {
     ("", "nodes", "list"),
     ("", "nodes", "watch"),
     ("", "pods", "delete"),
+    *(
+        ("networking.k8s.io", "networkpolicies", verb)
+        for verb in ("list", "watch", "create", "patch")
+    ),
 }
 # A sample of what the operator must never be able to do.
 REFUSED_SAMPLE = [
@@ -121,9 +125,12 @@ def _operator_for(
     sa = f"{release}-fogline"
     kubeconfig = service_account_kubeconfig(cluster, namespace, sa, tmp / "sa-kubeconfig")
     started_at = _now()
-    operator = OperatorProcess(
-        kubeconfig, tmp, {"FOGLINE_TRAINER_IMAGE": "registry.example/trainer:test"}, args
-    )
+    settings = {
+        "FOGLINE_TRAINER_IMAGE": "registry.example/trainer:test",
+        # The edge servers' ingress policy, so that its rules are exercised too.
+        "FOGLINE_EDGE_INGRESS_CIDRS": '["10.20.0.0/16"]',
+    }
+    operator = OperatorProcess(kubeconfig, tmp, settings, args)
     operator.start()
     sa_api = config.new_client_from_config(str(kubeconfig))
     return Installed(

@@ -308,7 +308,6 @@ def test_site_labels_that_are_not_names_still_give_valid_distinct_daemonset_name
 # --- stores and image volumes ---------------------------------------------------------------
 
 
-
 def test_image_volume_delivery_mounts_the_artifact_with_no_init_step_or_host_path() -> None:
     e = edge(model={"uri": OCI.uri, "digest": OCI.digest, "delivery": "ImageVolume"})
     pod = daemonset(e, model=OCI)["spec"]["template"]["spec"]

@@ -264,17 +264,20 @@ class DevCluster:
             raise DevClusterError(f"{name} is not running in this cluster")
         os.killpg(pid, signum)
 
-    def restart_component(self, name: str, down_seconds: float = 0.0) -> None:
-        """Kill one component this cluster started (SIGKILL: a crash, not a shutdown),
-        leave it down for `down_seconds`, and start it again with the same command line,
-        so that it listens where it did (etcd's data survives in its folder)."""
+    def restart_component(
+        self, name: str, down_seconds: float = 0.0, signum: int = signal.SIGKILL
+    ) -> None:
+        """Stop one component this cluster started (SIGKILL: a crash; SIGTERM: a shutdown,
+        such as the node agent's, which stops its pods as a node going down does), leave it
+        down for `down_seconds`, and start it again with the same command line, so that it
+        listens where it did (etcd's data survives in its folder)."""
         state = self.read_state()
         pid = state.pids.get(name) if state else None
         if state is None or pid is None or not _pid_alive(pid):
             raise DevClusterError(f"{name} is not running in this cluster")
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-        os.killpg(pid, signal.SIGKILL)
-        end = time.monotonic() + 10
+        os.killpg(pid, signum)
+        end = time.monotonic() + (10 if signum == signal.SIGKILL else 30)
         while _pid_alive(pid) and time.monotonic() < end:
             time.sleep(0.05)
         time.sleep(down_seconds)

@@ -92,6 +92,10 @@ class AgentConfig:
         return self.python.parent
 
 
+def pod_folder_name(namespace: str, name: str, uid: str) -> str:
+    return f"{namespace}_{name}_{uid[:8]}"
+
+
 def container_log_path(root: Path, namespace: str, pod: str, container: str) -> Path:
     """Where a local container's stdout and stderr go (there is no `kubectl logs`)."""
     return root / "logs" / namespace / pod / f"{container}.log"
@@ -144,21 +148,22 @@ class PodRunner(threading.Thread):
         super().__init__(name=f"pod-{meta['namespace']}/{meta['name']}", daemon=True)
         self.agent, self.pod = agent, pod
         self.namespace, self.pod_name, self.uid = meta["namespace"], meta["name"], meta["uid"]
-        self.folder = (
-            agent.config.root / "pods" / f"{self.namespace}_{self.pod_name}_{self.uid[:8]}"
-        )
+        self.folder = agent.root_pods() / pod_folder_name(self.namespace, self.pod_name, self.uid)
         self.restart_policy: str = pod["spec"].get("restartPolicy", "Always")
         self.inits = [LocalContainer(c, True) for c in pod["spec"].get("initContainers") or []]
         self.mains = [LocalContainer(c, False) for c in pod["spec"]["containers"]]
         self.ports: dict[int, int] = {}
         self.published: dict[str, Any] | None = None
         self.start_time = pod.get("status", {}).get("startTime") or _now()
-        self.stop_request: tuple[float, bool] | None = None  # (grace seconds, delete the pod)
+        # (grace seconds, delete the pod, keep its volumes)
+        self.stop_request: tuple[float, bool, bool] | None = None
         self.stopping = False
 
-    def request_stop(self, grace: float, delete: bool) -> None:
+    def request_stop(self, grace: float, delete: bool, keep_volumes: bool = False) -> None:
+        """Stop the pod's processes; `keep_volumes` (the agent shutting down, as a node does)
+        leaves its folder, so that its emptyDirs are there when the agent runs it again."""
         if self.stop_request is None:
-            self.stop_request = (grace, delete)
+            self.stop_request = (grace, delete, keep_volumes)
 
     def run(self) -> None:
         try:
@@ -173,12 +178,13 @@ class PodRunner(threading.Thread):
             self._step()
             self._publish()
             time.sleep(TICK_SECONDS)
-        grace, delete = self.stop_request
+        grace, delete, keep_volumes = self.stop_request
         self._stop_processes(grace)
         if delete:
             self._publish()
             self.agent.finalize(self.namespace, self.pod_name, self.uid)
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if not keep_volumes:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     # -- preparing: volumes, ports, per-container launch plans ---------------------------
     def _prepare(self) -> None:
@@ -447,6 +453,7 @@ class NodeAgent:
 
     def run(self) -> None:
         self.register_nodes()
+        self.sweep_pod_folders()
         names = [n["metadata"]["name"] for n in self.nodes]
         threads = [threading.Thread(target=self._heartbeat, daemon=True)]
         threads += [threading.Thread(target=self._watch, args=(n,), daemon=True) for n in names]
@@ -457,9 +464,34 @@ class NodeAgent:
         with self.lock:
             runners = list(self.runners.values())
         for runner in runners:
-            runner.request_stop(SHUTDOWN_GRACE_SECONDS, delete=False)
+            # A node that goes down keeps its disk: when the agent starts again, a pod still
+            # bound here runs its init steps again over the emptyDirs it had (as the kubelet
+            # recreates a pod's sandbox after a reboot), and a pod cache needs no network.
+            runner.request_stop(SHUTDOWN_GRACE_SECONDS, delete=False, keep_volumes=True)
         for runner in runners:
             runner.join(SHUTDOWN_GRACE_SECONDS + 2)
+
+    def sweep_pod_folders(self) -> None:
+        """Remove the folders (volumes) of pods that left these nodes while the agent was
+        down; those of pods still bound here stay for their runners."""
+        pods = self.root_pods()
+        if not pods.is_dir():
+            return
+        keep: set[str] = set()
+        for node in self.nodes:
+            listed = self.core.list_pod_for_all_namespaces(
+                field_selector=f"spec.nodeName={node['metadata']['name']}"
+            )
+            keep |= {
+                pod_folder_name(p.metadata.namespace, p.metadata.name, p.metadata.uid)
+                for p in listed.items
+            }
+        for folder in pods.iterdir():
+            if folder.name not in keep:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def root_pods(self) -> Path:
+        return self.config.root / "pods"
 
     # -- nodes -----------------------------------------------------------------------------
     def _node_status(self, node: Mapping[str, Any]) -> dict[str, Any]:
