@@ -307,6 +307,9 @@ def test_edge_pods_restart_with_the_store_gone_from_the_node_cache_and_the_pod_c
     # The node restarts (its agent shuts down, stopping every pod, and starts again): the
     # same pod runs its fetch step again, which finds the digest in the pod's own cache.
     port = own["metadata"]["annotations"][LOCAL_PORT_ANNOTATION]
+    # The folder of a pod that left while the node was down goes; those of bound pods stay.
+    left = local_cluster.devcluster.local_root / "pods" / "gone_pod_0123abcd" / "volumes"
+    left.mkdir(parents=True)
     local_cluster.devcluster.restart_component(NODE_AGENT, signum=signal.SIGTERM)
 
     def restarted() -> dict[str, Any] | None:
@@ -315,6 +318,7 @@ def test_edge_pods_restart_with_the_store_gone_from_the_node_cache_and_the_pod_c
         return pod if moved else None
 
     again = wait_for(restarted, timeout=120, interval=0.5, what="the pod to run again")
+    assert not left.parent.exists()
     assert again["metadata"]["uid"] == own["metadata"]["uid"]
     assert len(infer(again)) == 10
     log_file = container_log_path(

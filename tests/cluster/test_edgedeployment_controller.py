@@ -91,8 +91,12 @@ def ed(cluster: ClusterHandle, namespace: str, operator: OperatorProcess) -> Edg
     return Edges(cluster, namespace)
 
 
-def test_fresh_deployment_serves_on_every_selected_site(ed: Edges) -> None:
-    ed.create(edge("fresh"))
+def test_fresh_deployment_serves_on_every_selected_site_behind_its_ingress_policy(
+    ed: Edges,
+) -> None:
+    body = edge("fresh")
+    body["spec"]["runtime"] = {"port": 9000}
+    ed.create(body)
     status = ed.wait_phase("fresh", "Available")
     assert status["counts"] == {
         "sites": 3,
@@ -124,6 +128,41 @@ def test_fresh_deployment_serves_on_every_selected_site(ed: Edges) -> None:
         daemonset_name("fresh", s) for s in SITES
     )
     assert all(d.spec.update_strategy.type == "OnDelete" for d in daemonsets)
+    assert_fenced(ed, "fresh", 9000)
+
+
+def assert_fenced(ed: Edges, edge_name: str, port: int) -> None:
+    """The operator's NetworkPolicy admits only the inference port from the configured
+    CIDRs to the EdgeDeployment's own pods, and an edit that opens it is reverted."""
+    network = client.NetworkingV1Api(ed.cluster.api)
+    name = network_policy_name(edge_name)
+
+    def policies() -> dict[str, Any]:
+        items = network.list_namespaced_network_policy(ed.namespace).items
+        return {p.metadata.name: p for p in items}
+
+    policy = wait_for(lambda: policies().get(name), what="the NetworkPolicy")
+    assert policy.spec.pod_selector.match_labels == {
+        "app.kubernetes.io/managed-by": "fogline",
+        "fogline.io/edgedeployment": edge_name,
+    }
+    assert policy.spec.policy_types == ["Ingress"]
+    (rule,) = policy.spec.ingress
+    assert [peer.ip_block.cidr for peer in rule._from] == EDGE_INGRESS_CIDRS
+    assert [(item.protocol, item.port) for item in rule.ports] == [("TCP", port)]
+    (owner,) = policy.metadata.owner_references
+    assert (owner.kind, owner.name, owner.controller) == ("EdgeDeployment", edge_name, True)
+    selector = policy.spec.pod_selector.match_labels.items()
+    assert all(selector <= p.metadata.labels.items() for p in ed.pods(edge_name))
+    # Opened by hand: the operator closes it again.
+    wide = {"spec": {"ingress": [{"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]}}
+    network.patch_namespaced_network_policy(name, ed.namespace, wide)
+
+    def cidrs() -> list[str]:
+        rules = policies()[name].spec.ingress
+        return [peer.ip_block.cidr for peer in rules[0]._from]
+
+    wait_for(lambda: cidrs() == EDGE_INGRESS_CIDRS, what="the operator to restore the policy")
 
 
 def test_new_digest_rolls_canary_first_then_waves_within_the_limit(ed: Edges) -> None:
@@ -262,43 +301,6 @@ def test_drift_on_a_daemonset_is_corrected(ed: Edges) -> None:
                                         {"spec": {"template": {"spec": {"containers": [{"name": "server", "image": "evil:1"}]}}}})  # fmt: skip
     wait_for(lambda: ed.apps.read_namespaced_daemon_set(name, ed.namespace).spec.template.spec.containers[0].image
              == "registry.example/fogline-server:test", what="the operator to restore the template")  # fmt: skip
-
-
-def test_edge_servers_admit_only_the_inference_port_from_the_configured_cidrs(ed: Edges) -> None:
-    body = edge("fenced")
-    body["spec"]["runtime"] = {"port": 9000}
-    ed.create(body)
-    network = client.NetworkingV1Api(ed.cluster.api)
-    name = network_policy_name("fenced")
-
-    def policies() -> dict[str, Any]:
-        items = network.list_namespaced_network_policy(ed.namespace).items
-        return {p.metadata.name: p for p in items}
-
-    policy = wait_for(lambda: policies().get(name), what="the NetworkPolicy")
-    assert policy.spec.pod_selector.match_labels == {
-        "app.kubernetes.io/managed-by": "fogline",
-        "fogline.io/edgedeployment": "fenced",
-    }
-    assert policy.spec.policy_types == ["Ingress"]
-    (rule,) = policy.spec.ingress
-    assert [peer.ip_block.cidr for peer in rule._from] == EDGE_INGRESS_CIDRS
-    assert [(port.protocol, port.port) for port in rule.ports] == [("TCP", 9000)]
-    (owner,) = policy.metadata.owner_references
-    assert (owner.kind, owner.name, owner.controller) == ("EdgeDeployment", "fenced", True)
-    # The pods it fences are the EdgeDeployment's own.
-    wait_for(lambda: ed.pods("fenced"), what="the fenced pods")
-    selector = policy.spec.pod_selector.match_labels.items()
-    assert all(selector <= p.metadata.labels.items() for p in ed.pods("fenced"))
-    # Opened by hand: the operator closes it again.
-    wide = {"spec": {"ingress": [{"from": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}]}}
-    network.patch_namespaced_network_policy(name, ed.namespace, wide)
-
-    def cidrs() -> list[str]:
-        rules = policies()[name].spec.ingress
-        return [peer.ip_block.cidr for peer in rules[0]._from]
-
-    wait_for(lambda: cidrs() == EDGE_INGRESS_CIDRS, what="the operator to restore the policy")
 
 
 @pytest.mark.parametrize(
