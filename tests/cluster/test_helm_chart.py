@@ -87,6 +87,20 @@ def test_operator_pod_is_hardened_and_its_settings_parse(cluster: ClusterHandle)
     assert settings.gpu_node_selector == {"fogline.io/pool": "gpu", "pool": "a100"}
     assert settings.trainer_image == "ghcr.io/fogline/trainer:0.1.0"
     assert settings.edge_tolerations[0]["key"] == "node-role.kubernetes.io/edge"
+    # The edge pods' defaults: a per-pod cache (Pod Security restricted), no ingress policy.
+    assert settings.edge_cache_mode == "Pod" and settings.edge_ingress_cidrs is None
+
+
+def test_edge_security_settings_reach_the_operator(cluster: ClusterHandle) -> None:
+    args = ["--set", "settings.edgeCacheMode=Node"]
+    args += ["--set-json", 'settings.edgeIngressCIDRs=["10.20.0.0/16"]']
+    docs = documents(template(cluster, *args).stdout)
+    container = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    settings = OperatorSettings.from_env(
+        {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    )
+    assert settings.edge_cache_mode == "Node"
+    assert settings.edge_ingress_cidrs == ("10.20.0.0/16",)
 
 
 BAD_VALUES = [
@@ -102,6 +116,8 @@ BAD_VALUES = [
         ["--set-json", 'networkPolicy.apiServerCIDRs=["everywhere"]'],
         "/networkPolicy/apiServerCIDRs/0",
     ),
+    (["--set", "settings.edgeCacheMode=Host"], "/settings/edgeCacheMode"),
+    (["--set-json", 'settings.edgeIngressCIDRs=["everywhere"]'], "/settings/edgeIngressCIDRs/0"),
     (["--set", "sttings.siteLabel=typo"], "additional properties 'sttings'"),
     (
         ["--set-json", 'settings.gpuTolerations=[{"key":"a","operator":"Maybe"}]'],
