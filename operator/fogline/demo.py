@@ -26,7 +26,7 @@ from rich.table import Table
 
 from fogline.devcluster import DevCluster, DevClusterError, Topology
 from fogline.devcluster.binaries import ToolsMissingError
-from fogline.devcluster.localpods import LOCAL_PORT_ANNOTATION
+from fogline.devcluster.localpods import LOCAL_PORT_ANNOTATION, pod_folder_name
 from fogline.devcluster.topology import LOCAL_EDGE_NODE
 
 SYSTEM_NAMESPACE = "fogline-system"
@@ -35,7 +35,6 @@ TRAINER_IMAGE = "fogline.dev/trainer:local"
 SERVER_IMAGE = "fogline.dev/server:local"
 TRAINING, EDGE, SERVED_NAME = "digits-mlp-s3", "digits-edge-s3", "digits"
 SAMPLES = ("modeltraining-digits-mlp-s3.yaml", "edgedeployment-digits-edge-s3.yaml")
-CACHE_DIR = "/var/lib/fogline/cache"
 
 
 class DemoError(RuntimeError):
@@ -311,9 +310,14 @@ class Demo:
         served_digest = labels["digest"].strip('"')
         # The manifest is written canonically, so its bytes hash to the artifact digest, and it
         # lists the sha256 of every file the server verified before it loaded them.
-        cached = (self.cluster.local_root / "hostpath" / CACHE_DIR.lstrip("/")
-                  / f"sha256-{served_digest.removeprefix('sha256:')}" / "manifest.json")  # fmt: skip
-        manifest_digest = "sha256:" + hashlib.sha256(cached.read_bytes()).hexdigest()
+        # The copy the server verified and loaded: the pod's model volume (the node agent's
+        # folder for it), whichever cache the fetch step used.
+        meta = pod.metadata
+        folder = pod_folder_name(meta.namespace, meta.name, meta.uid)
+        # The volume is mounted at /models; the fetch step installs into /models/current.
+        model_volume = self.cluster.local_root / "pods" / folder / "volumes" / "model"
+        manifest = model_volume / "current" / "manifest.json"
+        manifest_digest = "sha256:" + hashlib.sha256(manifest.read_bytes()).hexdigest()
         self.summary.inference = {
             "pod": pod.metadata.name,
             "node": pod.spec.node_name,

@@ -169,6 +169,11 @@ def container_env(
 # -- paths: a container's view of the pod filesystem ------------------------------------
 
 
+def pod_folder_name(namespace: str, name: str, uid: str) -> str:
+    """The pod's folder under the agent's `pods/`; its volumes are in `volumes/<name>`."""
+    return f"{namespace}_{name}_{uid[:8]}"
+
+
 class PodView:
     """The pod paths a container can see (its mounts and termination message file) under one
     local folder: `/mnt/pvc/art/x` becomes `<root>/mnt/pvc/art/x`, where the agent places a

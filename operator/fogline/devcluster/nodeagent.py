@@ -43,6 +43,7 @@ from fogline.devcluster.localpods import (
     field_value,
     image_kind,
     pod_conditions,
+    pod_folder_name,
     pod_phase,
     pod_ports,
     probe_port,
@@ -90,10 +91,6 @@ class AgentConfig:
     @property
     def bin_dir(self) -> Path:
         return self.python.parent
-
-
-def pod_folder_name(namespace: str, name: str, uid: str) -> str:
-    return f"{namespace}_{name}_{uid[:8]}"
 
 
 def container_log_path(root: Path, namespace: str, pod: str, container: str) -> Path:
