@@ -388,3 +388,17 @@ def test_tls_and_token_come_from_secrets_and_probes_speak_https() -> None:
     }
     mounts = {m["name"]: m for m in server["volumeMounts"]}
     assert mounts["tls"]["readOnly"] and mounts["auth"]["readOnly"]
+
+
+def test_image_volume_pods_have_no_host_path_even_with_the_node_cache() -> None:
+    e = edge(model={"uri": OCI.uri, "digest": OCI.digest, "delivery": "ImageVolume"})
+    pod = build_site_daemonset(e, "berlin", OCI, NODE_CACHE)["spec"]["template"]["spec"]
+    assert not any("hostPath" in volume for volume in pod["volumes"])
+    assert all(c["securityContext"] == RESTRICTED_CONTAINER for c in pod["containers"])
+
+
+def test_a_file_artifact_is_a_host_folder_whatever_the_cache_mode() -> None:
+    model = ModelRef(uri="file:///srv/models/digits", digest=DIGEST_A)
+    for settings in (SETTINGS, NODE_CACHE):
+        source = volumes(build_site_daemonset(edge(), "berlin", model, settings))["artifact-source"]
+        assert source["hostPath"]["path"] == "/srv/models/digits"
