@@ -691,7 +691,7 @@ def test_category_fogline_lists_both_kinds(
         ("modeltraining.spec.export.quantization", ("dynamic INT8",)),
         ("modeltraining.spec.distributed.backend", ("gloo works on CPU",)),
         ("mt.status.artifact.digest", ("sha256 of the served ONNX file",)),
-        ("edgedeployment.spec.rollout.maxUnavailable", ("a percentage of the selected sites",)),
+        ("edgedeployment.spec.rollout.maxUnavailable", ("of the eligible sites",)),
         ("ed.spec.placement.tolerations.effect", ("Taint effect to match",)),
     ],
 )
