@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fogline.workloads.manifest import ArtifactManifest, safe_relative_path
+from fogline.workloads.manifest import ArtifactError, ArtifactManifest, safe_relative_path
 
 ALGORITHM = "AES-256-GCM"
 KEY_BYTES = 32
@@ -120,7 +120,10 @@ def parse_sealing(manifest: ArtifactManifest) -> Sealing | None:
             raise ValueError(f"manifest.encryption.files: {sealed_name!r} is not a listed file")
         if not isinstance(plain_name, str):
             raise ValueError(f"manifest.encryption.files[{sealed_name!r}]: expected a name")
-        safe_relative_path(plain_name)
+        try:
+            safe_relative_path(plain_name)
+        except ArtifactError as err:
+            raise ValueError(f"manifest.encryption.files[{sealed_name!r}]: {err}") from None
     if manifest.serving.file not in files:
         raise ValueError("manifest.encryption.files: the serving file must be among them")
     return Sealing(algorithm=ALGORITHM, files=dict(files))

@@ -9,18 +9,20 @@ every file it lists. The signature is a file beside the artifact (`model.sig`), 
 digest stays one value whoever signs (ECDSA signatures differ at every signing, and a key can be
 rotated or a second signer added without a new digest to pin), and a digest pinned in an
 EdgeDeployment keeps proving integrity while the signature proves origin. The verifier checks
-the signature, then that it names exactly the digest being installed, so a valid signature of
-another artifact never vouches for this one."""
+the signature and every file it lists, then that the signed manifest.json is the manifest of
+exactly the digest being installed, so a valid signature of another artifact never vouches for
+this one."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import json
+import re
 from pathlib import Path, PurePosixPath
 from typing import Any, Final, Literal
 
-from fogline.workloads.manifest import MANIFEST_FILE, parse_digest, read_manifest
+from fogline.workloads.manifest import MANIFEST_FILE, read_manifest
 
 SIGNATURE_FILE = "model.sig"
 # A bundle is a few kB; a bound keeps a hostile store from filling the fetcher's memory.
@@ -144,21 +146,36 @@ def verify_signature(folder: Path, digest: str, public_key: Path) -> None:
         (
             verifying.Config()
             .use_elliptic_key_verifier(public_key=public_key)
-            .set_hashing_config(hashing.Config().use_file_serialization(hashing_algorithm=HASH_ALGORITHM))
+            .set_hashing_config(
+                hashing.Config().use_file_serialization(hashing_algorithm=HASH_ALGORITHM)
+            )
             .set_ignore_unsigned_files(True)
             .verify(folder, signature)
         )
     except (ValueError, KeyError, TypeError, InvalidSignature) as err:
-        detail = " ".join(str(err).split())[:300] or type(err).__name__
+        text = " ".join(str(err).split())
+        changed = sorted(set(re.findall(r"for '([^']+)'", text)))
+        # The library's mismatch text prints raw digests; the names are what a user acts on.
+        problem = (
+            f"the signature is valid but these files differ from what it signs: {', '.join(changed)}"
+            if changed
+            else "it does not verify with the public key of spec.model.signature: "
+            + (text[:300] or type(err).__name__)
+        )
         raise SignatureError(
-            SIGNATURE_INVALID,
-            f"artifact {digest}: {SIGNATURE_FILE} does not verify with the public key of "
-            f"spec.model.signature: {detail}",
+            SIGNATURE_INVALID, f"artifact {digest}: {SIGNATURE_FILE} refused: {problem}"
         ) from None
-    signed_manifest = signed_files(signature.read_bytes()).get(MANIFEST_FILE)
-    if signed_manifest != parse_digest(digest):
+    # The library checked every signed file's bytes; the signature vouches for this artifact
+    # only if manifest.json is among them and is the manifest of the digest being installed.
+    if MANIFEST_FILE not in signed_files(signature.read_bytes()):
         raise SignatureError(
             SIGNATURE_INVALID,
-            f"artifact {digest}: {SIGNATURE_FILE} was made for another artifact "
-            f"(its manifest.json is sha256:{signed_manifest or 'not signed'})",
+            f"artifact {digest}: {SIGNATURE_FILE} does not sign {MANIFEST_FILE}, so it vouches "
+            "for no artifact digest; sign the whole artifact folder",
+        )
+    actual = read_manifest(folder).digest
+    if actual != digest:
+        raise SignatureError(
+            SIGNATURE_INVALID,
+            f"artifact {digest}: {SIGNATURE_FILE} was made for another artifact ({actual})",
         )
