@@ -801,6 +801,8 @@ def verify_provenance(
         signatures.verify_signature(entry, digest, public_key)
         return
     except signatures.SignatureError as cached:
+        if cached.reason == signatures.SIGNER_KEY_MISSING:
+            raise
         first = cached
     bundle = read_signature(source_of())
     if bundle is None:

@@ -31,6 +31,7 @@ HASH_ALGORITHM: Final[Literal["sha256"]] = "sha256"
 
 # The reasons the fetch step reports for a signature, shown on the site row as Init:<reason>.
 SIGNATURE_MISSING, SIGNATURE_INVALID = "SignatureMissing", "SignatureInvalid"
+SIGNER_KEY_MISSING = "SignerKeyMissing"
 
 
 class SignatureError(Exception):
@@ -133,6 +134,13 @@ def verify_signature(folder: Path, digest: str, public_key: Path) -> None:
     from cryptography.exceptions import InvalidSignature
     from model_signing import hashing, verifying
 
+    if not public_key.is_file():
+        raise SignatureError(
+            SIGNER_KEY_MISSING,
+            f"{public_key}: no public key to verify with; the ConfigMap named by "
+            "spec.model.signature.publicKeyConfigMap must exist and hold the PEM under "
+            "spec.model.signature.key",
+        )
     signature = folder / SIGNATURE_FILE
     if not signature.is_file() or signature.is_symlink():
         raise SignatureError(
