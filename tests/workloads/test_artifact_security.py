@@ -107,7 +107,7 @@ def test_file_changed_and_relisted_under_a_new_digest_fails_the_old_signature(
     assert code == 1
     message = termination(tmp_path)
     assert message["reason"] == "SignatureInvalid"
-    assert "differ from what it signs: manifest.json" in message["message"]
+    assert "differ from what it signs: manifest.json, model.onnx" in message["message"]
     assert not (tmp_path / "dest" / "model.onnx").exists()
 
 

@@ -795,8 +795,8 @@ def verify_provenance(
     entry: Path, digest: str, public_key: Path, source_of: Callable[[], ArtifactSource]
 ) -> None:
     """Require a signature by public_key's owner over this digest. The cache entry keeps the
-    signature that verified, so a node offline restarts with no network; a cached signature
-    that does not verify (the key was rotated) is read again from the source once."""
+    signature that verified, so a node offline restarts with no network; without one, or with
+    one that does not verify (the key was rotated), it is read again from the source."""
     try:
         signatures.verify_signature(entry, digest, public_key)
         return
@@ -807,10 +807,14 @@ def verify_provenance(
     bundle = read_signature(source_of())
     if bundle is None:
         raise first  # missing, or only the cached one that did not verify
+    # Kept in the entry only once it verified: a forged signature never lands in the cache.
     partial = entry / f".{signatures.SIGNATURE_FILE}.{os.getpid()}.partial"
     partial.write_bytes(bundle)
-    os.replace(partial, entry / signatures.SIGNATURE_FILE)
-    signatures.verify_signature(entry, digest, public_key)
+    try:
+        signatures.verify_signature(entry, digest, public_key, partial)
+        os.replace(partial, entry / signatures.SIGNATURE_FILE)
+    finally:
+        partial.unlink(missing_ok=True)
     log.info("signature of %s verified", digest)
 
 

@@ -126,9 +126,11 @@ def signed_files(bundle: bytes) -> dict[str, str]:
         ) from None
 
 
-def verify_signature(folder: Path, digest: str, public_key: Path) -> None:
-    """Raise SignatureError unless folder/model.sig is a signature by public_key's private key
-    over this artifact: every signed file matches, and the signed manifest.json is the one whose
+def verify_signature(
+    folder: Path, digest: str, public_key: Path, signature: Path | None = None
+) -> None:
+    """Raise SignatureError unless `signature` (default folder/model.sig) is a signature by
+    public_key's private key over this artifact: every signed file matches, and the signed manifest.json is the one whose
     sha256 is digest. Files the signature does not list are the fetch step's to check against
     the manifest (manifest.json lists them all)."""
     from cryptography.exceptions import InvalidSignature
@@ -141,7 +143,7 @@ def verify_signature(folder: Path, digest: str, public_key: Path) -> None:
             "spec.model.signature.publicKeyConfigMap must exist and hold the PEM under "
             "spec.model.signature.key",
         )
-    signature = folder / SIGNATURE_FILE
+    signature = folder / SIGNATURE_FILE if signature is None else signature
     if not signature.is_file() or signature.is_symlink():
         raise SignatureError(
             SIGNATURE_MISSING,
@@ -162,7 +164,8 @@ def verify_signature(folder: Path, digest: str, public_key: Path) -> None:
         )
     except (ValueError, KeyError, TypeError, InvalidSignature) as err:
         text = " ".join(str(err).split())
-        changed = sorted(set(re.findall(r"for '([^']+)'", text)))
+        # The list's repr may escape the quotes around a name.
+        changed = sorted(set(re.findall(r"Hash mismatch for \\?'([^'\\]+)\\?'", text)))
         # The library's mismatch text prints raw digests; the names are what a user acts on.
         problem = (
             f"the signature is valid but these files differ from what it signs: {', '.join(changed)}"
