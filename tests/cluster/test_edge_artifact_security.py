@@ -226,10 +226,22 @@ def test_encrypted_model_serves_from_memory_and_a_wrong_key_fails_the_site(
     sealed = tmp_path / "sealed"
     digest = write_sealed_artifact(sealed, MODEL_KEY, seed=13)
     uri = upload(artifact_stores, sealed, f"sec/{space}/sealed")
-    edge = edge_for("sealed", space, uri, digest, artifact_stores.s3_endpoint,
-                    encryption={"keySecret": "model-key"})  # fmt: skip
-    wrong = edge_for("wrong-key", space, uri, digest, artifact_stores.s3_endpoint,
-                     encryption={"keySecret": "wrong-key"})  # fmt: skip
+    edge = edge_for(
+        "sealed",
+        space,
+        uri,
+        digest,
+        artifact_stores.s3_endpoint,
+        encryption={"keySecret": "model-key"},
+    )
+    wrong = edge_for(
+        "wrong-key",
+        space,
+        uri,
+        digest,
+        artifact_stores.s3_endpoint,
+        encryption={"keySecret": "wrong-key"},
+    )
     apply_site(local_cluster, edge, digest)
     apply_site(local_cluster, wrong, digest)
 

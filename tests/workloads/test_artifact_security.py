@@ -20,6 +20,7 @@ import pytest
 from fogline.workloads import encryption, signatures
 from fogline.workloads.manifest import ArtifactError, manifest_digest
 from fogline.workloads.server.model import OnnxModel, RuntimeOptions
+from tests.workloads.conftest import TrainerRunner
 from tests.workloads.served_artifacts import (
     write_artifact,
     write_key_pair,
@@ -62,14 +63,21 @@ def test_signed_artifact_installs_and_the_cache_keeps_its_signature(
     digest = signed_artifact(folder, keys["trainer"][0])
     (folder / "checkpoints").mkdir()  # trainer scratch beside the artifact is never signed
     public = str(keys["trainer"][1])
-    code = fetch(str(folder), digest, tmp_path / "cache", tmp_path / "dest",
-                 "--signature-public-key", public)  # fmt: skip
+    code = fetch(
+        str(folder), digest, tmp_path / "cache", tmp_path / "dest", "--signature-public-key", public
+    )
     assert code == 0
     entry = tmp_path / "cache" / f"sha256-{digest.removeprefix('sha256:')}"
     assert (entry / signatures.SIGNATURE_FILE).is_file()
     shutil.rmtree(folder)  # offline: the cached signature is enough
-    code = fetch(str(folder), digest, tmp_path / "cache", tmp_path / "dest2",
-                 "--signature-public-key", public)  # fmt: skip
+    code = fetch(
+        str(folder),
+        digest,
+        tmp_path / "cache",
+        tmp_path / "dest2",
+        "--signature-public-key",
+        public,
+    )
     assert code == 0 and (tmp_path / "dest2" / "model.onnx").is_file()
 
 
@@ -78,8 +86,14 @@ def test_artifact_signed_by_another_key_is_refused_and_nothing_installed(
 ) -> None:
     folder = tmp_path / "src"
     digest = signed_artifact(folder, keys["other"][0])
-    code = fetch(str(folder), digest, tmp_path / "cache", tmp_path / "dest",
-                 "--signature-public-key", str(keys["trainer"][1]))  # fmt: skip
+    code = fetch(
+        str(folder),
+        digest,
+        tmp_path / "cache",
+        tmp_path / "dest",
+        "--signature-public-key",
+        str(keys["trainer"][1]),
+    )
     assert code == 1
     assert termination(tmp_path)["reason"] == "SignatureInvalid"
     assert "does not verify with the public key" in termination(tmp_path)["message"]
@@ -102,8 +116,14 @@ def test_file_changed_and_relisted_under_a_new_digest_fails_the_old_signature(
         "sizeBytes": len(data),
     }
     (folder / "manifest.json").write_text(json.dumps(manifest))
-    code = fetch(str(folder), manifest_digest(manifest), tmp_path / "cache", tmp_path / "dest",
-                 "--signature-public-key", str(keys["trainer"][1]))  # fmt: skip
+    code = fetch(
+        str(folder),
+        manifest_digest(manifest),
+        tmp_path / "cache",
+        tmp_path / "dest",
+        "--signature-public-key",
+        str(keys["trainer"][1]),
+    )
     assert code == 1
     message = termination(tmp_path)
     assert message["reason"] == "SignatureInvalid"
@@ -116,8 +136,14 @@ def test_unsigned_artifact_where_a_signature_is_required_is_refused(
 ) -> None:
     folder = tmp_path / "src"
     digest = write_artifact(folder)
-    code = fetch(str(folder), digest, tmp_path / "cache", tmp_path / "dest",
-                 "--signature-public-key", str(keys["trainer"][1]))  # fmt: skip
+    code = fetch(
+        str(folder),
+        digest,
+        tmp_path / "cache",
+        tmp_path / "dest",
+        "--signature-public-key",
+        str(keys["trainer"][1]),
+    )
     assert code == 1
     assert termination(tmp_path)["reason"] == "SignatureMissing"
     # Without the requirement, the same cache entry installs: the digest is unchanged.
@@ -156,8 +182,14 @@ def test_encrypted_artifact_lands_as_ciphertext_and_serves_like_the_plaintext(
     digest = write_sealed_artifact(tmp_path / "sealed", KEY, seed=4)
     assert digest != plain_digest  # the digest covers the ciphertext
     (tmp_path / "key").write_bytes(KEY)
-    code = fetch(str(tmp_path / "sealed"), digest, tmp_path / "cache", tmp_path / "dest",
-                 "--model-key-file", str(tmp_path / "key"))  # fmt: skip
+    code = fetch(
+        str(tmp_path / "sealed"),
+        digest,
+        tmp_path / "cache",
+        tmp_path / "dest",
+        "--model-key-file",
+        str(tmp_path / "key"),
+    )
     assert code == 0
     landed = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
     landed += [p for p in (tmp_path / "dest").rglob("*") if p.is_file()]
@@ -165,8 +197,9 @@ def test_encrypted_artifact_lands_as_ciphertext_and_serves_like_the_plaintext(
     assert loads_as_onnx(tmp_path / "plain" / "model.onnx")  # the check can tell
     assert not any(loads_as_onnx(p) for p in landed)
 
-    served = OnnxModel("digits", tmp_path / "dest", digest,
-                       RuntimeOptions(model_key_file=tmp_path / "key"))  # fmt: skip
+    served = OnnxModel(
+        "digits", tmp_path / "dest", digest, RuntimeOptions(model_key_file=tmp_path / "key")
+    )
     served.load()
     features = np.random.default_rng(0).random((3, 64), dtype=np.float32)
     plain = ort.InferenceSession(str(tmp_path / "plain" / "model.onnx"))
@@ -199,8 +232,14 @@ def test_wrong_or_missing_key_fails_the_fetch_with_its_reason(
 def test_a_key_for_a_plaintext_artifact_is_refused(tmp_path: Path, env_log: Path) -> None:
     digest = write_artifact(tmp_path / "plain")
     (tmp_path / "key").write_bytes(KEY)
-    code = fetch(str(tmp_path / "plain"), digest, tmp_path / "cache", tmp_path / "dest",
-                 "--model-key-file", str(tmp_path / "key"))  # fmt: skip
+    code = fetch(
+        str(tmp_path / "plain"),
+        digest,
+        tmp_path / "cache",
+        tmp_path / "dest",
+        "--model-key-file",
+        str(tmp_path / "key"),
+    )
     assert code == 1 and termination(tmp_path)["reason"] == "ModelNotEncrypted"
     assert "dest" not in cache_contents(tmp_path)
 
@@ -208,8 +247,9 @@ def test_a_key_for_a_plaintext_artifact_is_refused(tmp_path: Path, env_log: Path
 def test_server_with_the_wrong_key_stays_unready_with_the_reason(tmp_path: Path) -> None:
     digest = write_sealed_artifact(tmp_path / "sealed", KEY)
     (tmp_path / "key").write_bytes(bytes(32))
-    served = OnnxModel("digits", tmp_path / "sealed", digest,
-                       RuntimeOptions(model_key_file=tmp_path / "key"))  # fmt: skip
+    served = OnnxModel(
+        "digits", tmp_path / "sealed", digest, RuntimeOptions(model_key_file=tmp_path / "key")
+    )
     with pytest.raises(ArtifactError, match="ModelKeyInvalid"):
         served.load()
     assert not served.ready
@@ -222,9 +262,14 @@ def test_encrypted_model_with_external_data_opens_in_memory(tmp_path: Path) -> N
     write_artifact(folder, seed=6)
     reference = ort.InferenceSession(str(folder / "model.onnx"))
     model = onnx.load(str(folder / "model.onnx"))
-    onnx.save_model(model, str(folder / "model.onnx"), save_as_external_data=True,
-                    all_tensors_to_one_file=True, location="model.onnx.data",
-                    size_threshold=0)  # fmt: skip
+    onnx.save_model(
+        model,
+        str(folder / "model.onnx"),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="model.onnx.data",
+        size_threshold=0,
+    )
     assert (folder / "model.onnx.data").stat().st_size > 1000
     sealed = encryption.seal_files(folder, ["model.onnx", "model.onnx.data"], KEY)
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -239,8 +284,9 @@ def test_encrypted_model_with_external_data_opens_in_memory(tmp_path: Path) -> N
     manifest["encryption"] = encryption.sealing_document(sealed)
     (folder / "manifest.json").write_text(json.dumps(manifest))
     (tmp_path / "key").write_bytes(KEY)
-    served = OnnxModel("digits", folder, manifest_digest(manifest),
-                       RuntimeOptions(model_key_file=tmp_path / "key"))  # fmt: skip
+    served = OnnxModel(
+        "digits", folder, manifest_digest(manifest), RuntimeOptions(model_key_file=tmp_path / "key")
+    )
     served.load()
     features = np.ones((2, 64), dtype=np.float32)
     np.testing.assert_allclose(
@@ -248,3 +294,31 @@ def test_encrypted_model_with_external_data_opens_in_memory(tmp_path: Path) -> N
         reference.run(None, {"input": features})[0],
         rtol=1e-6,
     )
+
+
+@pytest.mark.parametrize(
+    ("flag", "content", "reason"),
+    [
+        pytest.param("--encryption-key", b"short", "EncryptionKeyInvalid", id="short-aes-key"),
+        pytest.param("--signing-key", b"not a pem", "SigningKeyInvalid", id="garbage-ec-key"),
+    ],
+)
+def test_trainer_refuses_an_unusable_key_before_training(
+    tmp_path: Path, trainer_runner: TrainerRunner, flag: str, content: bytes, reason: str
+) -> None:
+    (tmp_path / "key").write_bytes(content)
+    run = trainer_runner(
+        tmp_path / "out",
+        "--model",
+        "mlp",
+        "--dataset",
+        "builtin:digits",
+        "--epochs",
+        "1",
+        flag,
+        str(tmp_path / "key"),
+    )
+    assert run.returncode == 2
+    assert run.termination["reason"] == reason
+    assert " epoch " not in run.stdout
+    assert content.decode() not in run.stderr
