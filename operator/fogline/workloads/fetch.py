@@ -3,8 +3,8 @@ cache keyed by its whole-artifact digest, verify every file, and place the verif
 destination. A cache hit needs no network, so a node that lost its link still restarts its
 server. Failures end in one `error:` line and a termination message naming the reason
 (ArtifactUnreachable, AccessDenied, DigestMismatch, InvalidArtifact, SignatureMissing,
-SignatureInvalid, ModelKeyMissing, ModelKeyInvalid, ModelNotEncrypted) for the operator to
-show. Signature and key checks are a step of their own on the verified cache entry, before
+SignatureInvalid, SignerKeyMissing, ModelKeyMissing, ModelKeyInvalid, ModelNotEncrypted) for
+the operator to show. Signature and key checks are a step of their own on the verified cache entry, before
 anything is installed for the server."""
 
 from __future__ import annotations
