@@ -31,7 +31,7 @@ from fogline.workloads import signatures
 from fogline.workloads.manifest import manifest_digest
 from fogline.workloads.trainer.publish import publish
 from tests.cluster.test_edge_from_s3 import (
-    SETTINGS,
+    NODE_CACHE,
     SITE,
     apply_site,
     edge_for,
@@ -242,17 +242,19 @@ def test_encrypted_model_serves_from_memory_and_a_wrong_key_fails_the_site(
         artifact_stores.s3_endpoint,
         encryption={"keySecret": "wrong-key"},
     )
-    apply_site(local_cluster, edge, digest)
-    apply_site(local_cluster, wrong, digest)
+    # The node cache mode: the hostPath that outlives pods is the cache a thief takes along.
+    apply_site(local_cluster, edge, digest, NODE_CACHE)
+    apply_site(local_cluster, wrong, digest, NODE_CACHE)
 
     pod = ready_pod(local_cluster, edge)
     np.testing.assert_allclose(infer(pod), plaintext_answer(plain), rtol=1e-5)
     # What the node holds for this artifact: its cache entry and the pod's folders.
     root = local_cluster.devcluster.local_root
-    entry = root / "hostpath" / SETTINGS.edge_cache_dir.lstrip("/") / digest.replace(":", "-")
+    entry = root / "hostpath" / NODE_CACHE.edge_cache_dir.lstrip("/") / digest.replace(":", "-")
     files = [p for p in entry.rglob("*") if p.is_file() and not p.is_symlink()]
     for pod_folder in (root / "pods").glob(f"{space}_{pod['metadata']['name']}_*"):
         files += [p for p in pod_folder.rglob("*") if p.is_file() and not p.is_symlink()]
+    assert (entry / "model.onnx.enc").is_file()
     assert any(p.name == "model.onnx.enc" for p in files)
     assert loads_as_onnx(plain / "model.onnx")  # the check can tell a model
     assert [p for p in files if loads_as_onnx(p)] == []
