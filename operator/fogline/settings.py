@@ -64,6 +64,9 @@ class OperatorSettings:
     # CIDRs that may reach edge servers' inference port, enforced by a NetworkPolicy the
     # operator keeps per EdgeDeployment; None: no policy (an empty tuple admits nobody).
     edge_ingress_cidrs: tuple[str, ...] | None = None
+    # Every EdgeDeployment must name the key its artifacts are signed with
+    # (spec.model.signature): the administrator's way to make unsigned models unservable.
+    require_model_signature: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -132,6 +135,9 @@ class OperatorSettings:
                 "FOGLINE_EDGE_INGRESS_CIDRS",
                 parsed("FOGLINE_EDGE_INGRESS_CIDRS", ["10.20.0.0/16"], list),
             ),
+            require_model_signature=_flag(
+                "FOGLINE_REQUIRE_MODEL_SIGNATURE", env.get("FOGLINE_REQUIRE_MODEL_SIGNATURE")
+            ),
         )
 
 
@@ -157,6 +163,14 @@ def _cidrs(name: str, values: list[Any]) -> tuple[str, ...]:
                 f"{name}: {value!r} is not a CIDR ({err}); e.g. 10.20.0.0/16 or 192.0.2.7/32"
             ) from None
     return tuple(values)
+
+
+def _flag(name: str, raw: str | None) -> bool:
+    if raw in (None, "", "false"):
+        return False
+    if raw == "true":
+        return True
+    raise SettingsError(f"{name}: expected true or false, not {raw!r}")
 
 
 def _strings(name: str, values: list[Any]) -> tuple[str, ...]:

@@ -507,6 +507,41 @@ BAD_CREATES = [
         spec(rollout={"retry": -1}),
         ("spec.rollout.retry", "greater than or equal to 0"),
     ),
+    Bad(
+        "ed-signature-with-image-volume",
+        ED_URI,
+        spec(
+            model={
+                "uri": "oci://registry.example/models/digits",
+                "delivery": "ImageVolume",
+                "encryption": {"keySecret": "model-key"},
+            }
+        ),
+        ("spec.model.delivery", "checked by the fetch step", "use delivery Fetch"),
+    ),
+    Bad(
+        "ed-signature-from-oci",
+        ED_URI,
+        spec(
+            model={
+                "uri": "oci://registry.example/models/digits",
+                "signature": {"publicKeyConfigMap": "signer"},
+            }
+        ),
+        ("spec.model.signature", "not yet from oci://"),
+    ),
+    Bad(
+        "ed-signature-without-config-map",
+        ED,
+        spec(model={"signature": {"key": "public.pem"}}),
+        ("spec.model.signature.publicKeyConfigMap", "Required value"),
+    ),
+    Bad(
+        "mt-encryption-key-with-slash",
+        MT,
+        spec(output={"encryption": {"keySecret": "model-key", "key": "a/b"}}),
+        ("spec.output.encryption.key", "should match"),
+    ),
 ]
 
 BAD_UPDATES = [
@@ -693,6 +728,10 @@ def test_category_fogline_lists_both_kinds(
         ("mt.status.artifact.digest", ("sha256 of the served ONNX file",)),
         ("edgedeployment.spec.rollout.maxUnavailable", ("of the eligible sites",)),
         ("ed.spec.placement.tolerations.effect", ("Taint effect to match",)),
+        ("mt.spec.output.signing", ("OpenSSF model-signing", "not part of the digest")),
+        ("mt.spec.output.encryption.keySecret", ("exactly 32 random bytes",)),
+        ("ed.spec.model.signature", ("Init:SignatureMissing", "Init:SignatureInvalid")),
+        ("ed.spec.model.encryption", ("Init:ModelKeyInvalid", "only ciphertext")),
     ],
 )
 def test_kubectl_explain_shows_field_descriptions(

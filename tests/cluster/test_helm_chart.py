@@ -67,6 +67,7 @@ def test_install_manifest_and_argocd_patch_are_fresh_renders() -> None:
 
 def test_operator_pod_is_hardened_and_its_settings_parse(cluster: ClusterHandle) -> None:
     docs = documents(template(cluster, "--set", "settings.siteLabel=example.com/site",
+                              "--set", "settings.requireModelSignature=true",
                               "--set-json", 'settings.gpuNodeSelector={"pool":"a100"}').stdout)  # fmt: skip
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     assert (
@@ -89,6 +90,7 @@ def test_operator_pod_is_hardened_and_its_settings_parse(cluster: ClusterHandle)
     assert settings.edge_tolerations[0]["key"] == "node-role.kubernetes.io/edge"
     # The edge pods' defaults: a per-pod cache (Pod Security restricted), no ingress policy.
     assert settings.edge_cache_mode == "Pod" and settings.edge_ingress_cidrs is None
+    assert settings.require_model_signature is True
 
 
 def test_edge_security_settings_reach_the_operator(cluster: ClusterHandle) -> None:
@@ -119,6 +121,7 @@ BAD_VALUES = [
     (["--set", "settings.edgeCacheMode=Host"], "/settings/edgeCacheMode"),
     (["--set-json", 'settings.edgeIngressCIDRs=["everywhere"]'], "/settings/edgeIngressCIDRs/0"),
     (["--set", "sttings.siteLabel=typo"], "additional properties 'sttings'"),
+    (["--set", "settings.requireModelSignature=yes"], "/settings/requireModelSignature"),
     (
         ["--set-json", 'settings.gpuTolerations=[{"key":"a","operator":"Maybe"}]'],
         "/settings/gpuTolerations/0",

@@ -64,6 +64,33 @@ def test_server_and_fetch_need_neither_operator_nor_trainer_packages() -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_signature_and_key_checks_run_without_operator_or_trainer_packages(tmp_path: Path) -> None:
+    """The fetch step and the server verify signatures and open sealed models with the serve
+    extra alone (model-signing, cryptography)."""
+    result = run_without(
+        OPERATOR_ONLY + TRAINER_ONLY,
+        f"""
+        from pathlib import Path
+        from fogline.workloads import encryption, signatures
+        try:
+            signatures.verify_signature(Path({str(tmp_path)!r}), "sha256:" + "0" * 64,
+                                        Path({str(tmp_path / "absent.pem")!r}))
+        except signatures.SignatureError as err:
+            assert err.reason == "SignerKeyMissing", err.reason
+        (Path({str(tmp_path)!r}) / "public.pem").write_text("not a key")
+        try:
+            signatures.verify_signature(Path({str(tmp_path)!r}), "sha256:" + "0" * 64,
+                                        Path({str(tmp_path / "public.pem")!r}))
+        except signatures.SignatureError as err:
+            assert err.reason == "SignatureMissing", err.reason
+        from model_signing import verifying, hashing  # what verify_signature runs
+        key = bytes(32)
+        assert encryption.open_sealed(key, encryption.seal(key, b"m", "n"), "n") == b"m"
+        """,
+    )
+    assert result.returncode == 0, result.stderr
+
+
 def test_operator_command_without_its_extra_names_the_extra() -> None:
     result = run_without(
         OPERATOR_ONLY,

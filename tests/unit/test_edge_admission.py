@@ -129,8 +129,22 @@ def test_settings_parse_the_allowances_from_the_environment() -> None:
         ("FOGLINE_ALLOWED_FILE_ROOTS", '["/srv/../etc"]'),
         ("FOGLINE_ALLOWED_IMAGE_PREFIXES", '[""]'),
         ("FOGLINE_ALLOWED_IMAGE_PREFIXES", "[1]"),
+        ("FOGLINE_REQUIRE_MODEL_SIGNATURE", "yes"),
     ],
 )
 def test_bad_allowances_are_refused_at_start(name: str, value: str) -> None:
     with pytest.raises(SettingsError, match=name):
         OperatorSettings.from_env({name: value})
+
+
+def test_required_signature_refuses_an_edge_deployment_without_a_signer() -> None:
+    settings = OperatorSettings.from_env({"FOGLINE_REQUIRE_MODEL_SIGNATURE": "true"})
+    assert settings.require_model_signature
+    [problem] = admission_problems(spec(), None, settings)
+    assert problem.field == "spec.model.signature"
+    assert "requireModelSignature" in str(problem)
+    signed = EdgeDeploymentSpec.from_dict(
+        {"model": {"fromTraining": "digits", "signature": {"publicKeyConfigMap": "signer"}}}
+    )
+    assert admission_problems(signed, None, settings) == []
+    assert admission_problems(spec(), None, OperatorSettings()) == []

@@ -402,3 +402,39 @@ def test_a_file_artifact_is_a_host_folder_whatever_the_cache_mode() -> None:
     for settings in (SETTINGS, NODE_CACHE):
         source = volumes(build_site_daemonset(edge(), "berlin", model, settings))["artifact-source"]
         assert source["hostPath"]["path"] == "/srv/models/digits"
+
+
+# --- signature and encryption -----------------------------------------------------------
+
+
+def test_required_signer_reaches_only_the_fetch_step_and_the_model_key_both() -> None:
+    e = edge(
+        model={
+            "uri": MODEL.uri,
+            "digest": MODEL.digest,
+            "signature": {"publicKeyConfigMap": "signer"},
+            "encryption": {"keySecret": "model-key", "key": "aes"},
+        }
+    )
+    ds = daemonset(e)
+    volumes = {v["name"]: v for v in pod_spec(ds)["volumes"]}
+    assert volumes["signer"]["configMap"] == {
+        "name": "signer",
+        "items": [{"key": "public.pem", "path": "public.pem"}],
+        "optional": True,
+    }
+    assert volumes["model-key"]["secret"]["items"] == [{"key": "aes", "path": "key"}]
+    fetch, server = container(ds, "fetch"), container(ds, "server")
+    assert "--signature-public-key=/etc/fogline/signer/public.pem" in fetch["args"]
+    assert "--model-key-file=/etc/fogline/model-key/key" in fetch["args"]
+    assert "--model-key-file=/etc/fogline/model-key/key" in server["args"]
+    assert not any(a.startswith("--signature-public-key") for a in server["args"])
+    assert {m["name"] for m in server["volumeMounts"]} >= {"model-key"}
+    assert "signer" not in {m["name"] for m in server["volumeMounts"]}
+    assert all(m["readOnly"] for m in fetch["volumeMounts"] if m["name"] in ("signer", "model-key"))
+
+
+def test_unprotected_model_keeps_the_template_it_had() -> None:
+    ds = daemonset()
+    assert {v["name"] for v in pod_spec(ds)["volumes"]}.isdisjoint({"signer", "model-key"})
+    assert not any("--model-key-file" in a for a in container(ds, "server")["args"])

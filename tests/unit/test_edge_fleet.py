@@ -266,6 +266,21 @@ def fetch_failed(reason: str, last: bool = False) -> dict[str, Any]:
             "Init:AccessDenied",
             id="reason-survives-the-restart-in-last-state",
         ),
+        *(
+            pytest.param(
+                {"phase": "Pending", "initContainerStatuses": [fetch_failed(reason)]},
+                f"Init:{reason}",
+                id=f"fetch-names-{reason}",
+            )
+            for reason in (
+                "SignatureMissing",
+                "SignatureInvalid",
+                "SignerKeyMissing",
+                "ModelKeyMissing",
+                "ModelKeyInvalid",
+                "ModelNotEncrypted",
+            )
+        ),
         pytest.param(
             {"phase": "Pending", "initContainerStatuses": [fetch_failed("Gibberish")]},
             "Init:FetchFailed",

@@ -533,3 +533,34 @@ def test_output_locations_keep_their_scheme_and_root(
     run = plan_run(training(output={"uri": uri}))
     assert run.output_dir == output_dir + run.run_id
     assert run.artifact_uri == artifact_uri + run.run_id
+
+
+def test_signing_and_encryption_keys_reach_the_trainer_as_read_only_files() -> None:
+    output = {
+        "uri": "s3://bucket/models",
+        "signing": {"privateKeySecret": "signer", "key": "ec.pem"},
+        "encryption": {"keySecret": "model-key"},
+    }
+    job = job_for(training(output=output))
+    volumes, mounts = volumes_and_mounts(job)
+    assert volumes["signing-key"]["secret"] == {
+        "secretName": "signer",
+        "items": [{"key": "ec.pem", "path": "private.pem"}],
+        "optional": True,
+    }
+    assert volumes["model-key"]["secret"]["items"] == [{"key": "key", "path": "key"}]
+    assert mounts["/etc/fogline/signing"]["readOnly"] is True
+    assert mounts["/etc/fogline/model-key"]["readOnly"] is True
+    args = trainer(job)["args"]
+    assert "--signing-key=/etc/fogline/signing/private.pem" in args
+    assert "--encryption-key=/etc/fogline/model-key/key" in args
+    assert not any("signer" in str(e) or "model-key" in str(e) for e in trainer(job)["env"])
+
+
+def test_unprotected_output_mounts_no_keys() -> None:
+    job = job_for(training())
+    volumes, _ = volumes_and_mounts(job)
+    assert "signing-key" not in volumes and "model-key" not in volumes
+    assert not any(
+        a.startswith(("--signing-key", "--encryption-key")) for a in trainer(job)["args"]
+    )

@@ -97,3 +97,45 @@ def write_artifact(
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest_digest(manifest)
+
+
+def write_key_pair(folder: Path, name: str) -> tuple[Path, Path]:
+    """A P-256 key pair as PEM files (private PKCS#8, public SubjectPublicKeyInfo), the kind
+    `openssl ecparam -name prime256v1 -genkey` makes; returns (private, public)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    private, public = folder / f"{name}.pem", folder / f"{name}.pub.pem"
+    private.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    return private, public
+
+
+def write_sealed_artifact(folder: Path, key: bytes, seed: int = 0, name: str = "digits") -> str:
+    """write_artifact, then model.onnx sealed with AES-256-GCM as the trainer does it: the
+    manifest lists model.onnx.enc and says it opens to model.onnx. Returns the digest."""
+    from fogline.workloads.encryption import seal_files, sealing_document
+
+    write_artifact(folder, seed=seed, name=name)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    sealed = seal_files(folder, ["model.onnx"], key)
+    data = (folder / "model.onnx.enc").read_bytes()
+    manifest["files"] = {
+        "model.onnx.enc": {"sha256": hashlib.sha256(data).hexdigest(), "sizeBytes": len(data)}
+    }
+    manifest["serving"]["file"] = "model.onnx.enc"
+    manifest["encryption"] = sealing_document(sealed)
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest_digest(manifest)

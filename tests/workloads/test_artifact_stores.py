@@ -1,20 +1,25 @@
 """The artifact path through the real stores: the trainer publishes to versitygw and to the
 distribution registry, and the fetch step pulls from each with read-only access, refusing an
-object changed after publishing and wrong credentials with the reasons the operator shows."""
+object changed after publishing and wrong credentials with the reasons the operator shows. The
+bucket's training is signed and encrypted, as spec.output.signing and encryption ask."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fogline.devcluster.stores import StoreEndpoints
 from fogline.workloads.fetch import main as fetch_main
 from fogline.workloads.manifest import verify_artifact
+from fogline.workloads.server.model import OnnxModel, RuntimeOptions
 from fogline.workloads.trainer.publish import CONFIG_MEDIA_TYPE, PublishError, publish
 from tests.workloads.conftest import TrainerRun, TrainerRunner, trainer_environment
-from tests.workloads.served_artifacts import write_artifact
+from tests.workloads.served_artifacts import write_artifact, write_key_pair
+
+MODEL_KEY = bytes(range(32))
 
 pytestmark = pytest.mark.workloads
 
@@ -40,9 +45,18 @@ def reader_env(stores: StoreEndpoints, root: Path) -> dict[str, str]:
     }
 
 
-def fetch(uri: str, digest: str, root: Path, env: dict[str, str]) -> int:
+def fetch(uri: str, digest: str, root: Path, env: dict[str, str], *extra: str) -> int:
     args = ["--uri", uri, "--digest", digest, "--cache-dir", str(root / "cache")]
-    return fetch_main([*args, "--dest", str(root / "dest"), "--retries", "1"], environ=env)
+    return fetch_main([*args, "--dest", str(root / "dest"), "--retries", "1", *extra], environ=env)
+
+
+@pytest.fixture(scope="module")
+def trainer_keys(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The trainer's EC key pair and an AES-256 model key, as the Secrets would hold them."""
+    folder = tmp_path_factory.mktemp("keys")
+    private, public = write_key_pair(folder, "trainer")
+    (folder / "model.key").write_bytes(MODEL_KEY)
+    return {"private": private, "public": public, "model": folder / "model.key"}
 
 
 def reason(root: Path) -> str:
@@ -54,18 +68,22 @@ def trained(
     tmp_path_factory: pytest.TempPathFactory,
     trainer_runner: TrainerRunner,
     artifact_stores: StoreEndpoints,
+    trainer_keys: dict[str, Path],
 ) -> dict[str, TrainerRun]:
-    """One short training published to the bucket, one to the registry."""
+    """One short training published to the bucket, signed and encrypted (the trainer's
+    spec.output.signing and spec.output.encryption), one plain to the registry."""
     runs = {}
-    for scheme, uri in (
-        ("s3", f"s3://{artifact_stores.bucket}/trainings/digits/run-1"),
-        ("oci", f"oci://{artifact_stores.registry}/models/digits"),
+    protected = ["--signing-key", str(trainer_keys["private"])]
+    protected += ["--encryption-key", str(trainer_keys["model"])]
+    for scheme, uri, extra in (
+        ("s3", f"s3://{artifact_stores.bucket}/trainings/digits/run-1", protected),
+        ("oci", f"oci://{artifact_stores.registry}/models/digits", []),
     ):
         output = tmp_path_factory.mktemp(scheme) / "artifact"
         run = trainer_runner(
             output,
             *("--model", "mlp", "--dataset", "builtin:digits", "--epochs", "1"),
-            *("--hidden-units", "32", "--artifact-uri", uri),
+            *("--hidden-units", "32", "--artifact-uri", uri, *extra),
             env=trainer_environment(writer_env(artifact_stores)),
         )
         assert run.returncode == 0, run.stderr
@@ -84,16 +102,37 @@ def test_trainer_publishes_every_file_to_the_bucket_manifest_last(
         Bucket=artifact_stores.bucket, Prefix="trainings/digits/run-1/"
     )
     keys = {item["Key"].rsplit("/", 1)[1] for item in listing["Contents"]}
-    assert keys == {"manifest.json", *run.manifest["files"]}
+    assert keys == {"manifest.json", "model.sig", *run.manifest["files"]}
+    # Encrypted: only the sealed model left the trainer, and the manifest says how it opens.
+    assert run.manifest["serving"]["file"] == "model.onnx.enc"
+    assert run.manifest["encryption"] == {
+        "algorithm": "AES-256-GCM",
+        "files": {"model.onnx.enc": "model.onnx"},
+    }
+    assert not (run.output / "model.onnx").exists()
+    assert MODEL_KEY.hex() not in run.stdout + run.stderr
 
 
-def test_edge_fetches_from_the_bucket_with_read_only_credentials(
-    tmp_path: Path, trained: dict[str, TrainerRun], artifact_stores: StoreEndpoints
+def test_edge_fetches_from_the_bucket_verifies_the_signature_and_serves_from_memory(
+    tmp_path: Path,
+    trained: dict[str, TrainerRun],
+    artifact_stores: StoreEndpoints,
+    trainer_keys: dict[str, Path],
 ) -> None:
     artifact = trained["s3"].termination["artifact"]
     env = reader_env(artifact_stores, tmp_path)
-    assert fetch(artifact["uri"], artifact["digest"], tmp_path, env) == 0
+    checks = ["--signature-public-key", str(trainer_keys["public"])]
+    checks += ["--model-key-file", str(trainer_keys["model"])]
+    assert fetch(artifact["uri"], artifact["digest"], tmp_path, env, *checks) == 0
     assert verify_artifact(tmp_path / "dest", artifact["digest"]).digest == artifact["digest"]
+    served = OnnxModel(
+        "digits",
+        tmp_path / "dest",
+        artifact["digest"],
+        RuntimeOptions(model_key_file=trainer_keys["model"]),
+    )
+    served.load()
+    assert served.predict({"input": np.zeros((1, 64), np.float32)})[0].shape == (1, 10)
 
 
 def test_trainer_pushes_an_oci_artifact_with_a_layer_per_file_and_a_real_config(

@@ -13,6 +13,7 @@ from fogline.api.crds import openapi_schema
 from fogline.api.defaults import apply_defaults
 from fogline.api.errors import SpecError
 from fogline.api.labels import EDGE_ROLE_LABEL, SITE_LABEL, label_key_problem, selector_errors
+from fogline.api.protection import ModelEncryption, SignatureRequirement
 from fogline.api.scheduling import Quantity, Toleration, quantity_errors
 from fogline.api.stores import StoreAccess
 
@@ -41,6 +42,8 @@ class ModelSource:
     digest: str | None = None
     access: StoreAccess | None = None
     delivery: Delivery = "Fetch"
+    signature: SignatureRequirement | None = None
+    encryption: ModelEncryption | None = None
 
 
 @dataclass(frozen=True)

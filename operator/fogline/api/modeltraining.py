@@ -14,6 +14,7 @@ from fogline.api.crds import openapi_schema
 from fogline.api.defaults import apply_defaults
 from fogline.api.errors import SpecError
 from fogline.api.labels import selector_errors
+from fogline.api.protection import ArtifactSigning, ModelEncryption
 from fogline.api.scheduling import Quantity, Toleration, quantity_errors
 from fogline.api.stores import StoreAccess
 
@@ -223,6 +224,8 @@ class OutputSpec:
 
     uri: str
     access: StoreAccess | None = None
+    signing: ArtifactSigning | None = None
+    encryption: ModelEncryption | None = None
 
     @property
     def scheme(self) -> OutputScheme:

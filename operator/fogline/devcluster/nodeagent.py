@@ -696,6 +696,16 @@ class NodeAgent:
         partial.rename(folder)
         return folder
 
+    @staticmethod
+    def _read_optional(ref: Mapping[str, Any], read: Any, name: str, namespace: str) -> Any:
+        """The object a volume source names; None when it is absent and the source optional."""
+        try:
+            return read(name, namespace)
+        except ApiException as err:
+            if err.status == 404 and ref.get("optional"):
+                return None
+            raise
+
     def _project(self, pod: Mapping[str, Any], source: Mapping[str, Any], path: Path) -> str | None:
         meta = pod["metadata"]
         namespace = meta["namespace"]
@@ -703,25 +713,31 @@ class NodeAgent:
             token = self.request_token(pod, sa.get("audience"), sa.get("expirationSeconds", 3607))
             (path / sa["path"]).write_text(token)
             return token
-        data: dict[str, str] = {}
+        # Bytes, as the kubelet writes them: a Secret may hold binary keys that are no UTF-8.
+        data: dict[str, bytes] = {}
         if ref := source.get("configMap"):
-            data = self.core.read_namespaced_config_map(ref["name"], namespace).data or {}
+            read_map = self.core.read_namespaced_config_map
+            if config_map := self._read_optional(ref, read_map, ref["name"], namespace):
+                data = {k: v.encode() for k, v in (config_map.data or {}).items()}
         elif ref := source.get("secret"):
-            secret = self.core.read_namespaced_secret(
-                ref.get("secretName") or ref["name"], namespace
-            )
-            data = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+            name = ref.get("secretName") or ref["name"]
+            if secret := self._read_optional(
+                ref, self.core.read_namespaced_secret, name, namespace
+            ):
+                data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
         elif ref := source.get("downwardAPI"):
-            data = {item["path"]: field_value(pod, item["fieldRef"]["fieldPath"])
+            data = {item["path"]: field_value(pod, item["fieldRef"]["fieldPath"]).encode()
                     for item in ref.get("items") or [] if "fieldRef" in item}  # fmt: skip
             ref = {"items": [{"key": k, "path": k} for k in data]}
         items = ref.get("items") if ref else None
         for key, relative in (
             ((i["key"], i["path"]) for i in items) if items else ((k, k) for k in data)
         ):
+            if key not in data and ref and ref.get("optional"):
+                continue  # the kubelet leaves out the missing keys of an optional source
             target = path / relative
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_text(data.get(key, ""))
+            target.write_bytes(data.get(key, b""))
         return None
 
     def request_token(self, pod: Mapping[str, Any], audience: str | None, seconds: int) -> str:

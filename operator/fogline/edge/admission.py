@@ -1,6 +1,6 @@
 """What an EdgeDeployment may ask of the edge nodes, bounded by the administrator's
-settings: which node folders a file:// artifact may come from, and which images the fetch
-step and the server may run. Pure: a spec, a resolved model URI and the settings in,
+settings: which node folders a file:// artifact may come from, which images the fetch
+step and the server may run, and whether artifacts must be signed. Pure: a spec, a resolved model URI and the settings in,
 refusals out; the controller turns them into a condition and an Event."""
 
 from __future__ import annotations
@@ -85,6 +85,15 @@ def admission_problems(
                 f"folders edge pods may read (allowedFileRoots: {roots}); serve it from s3://, "
                 "oci://, https:// or a pvc://, or ask the administrator to add its folder to "
                 "the operator setting allowedFileRoots",
+            )
+        )
+    if settings.require_model_signature and spec.model.signature is None:
+        problems.append(
+            SpecError(
+                "spec.model.signature",
+                "this operator serves only signed artifacts (operator setting "
+                "requireModelSignature): name the ConfigMap holding the signer's public key in "
+                "spec.model.signature.publicKeyConfigMap",
             )
         )
     return problems

@@ -31,6 +31,8 @@ CACHE_MOUNT = "/var/lib/fogline/cache"
 PVC_ROOT = "/mnt/pvc"
 TLS_MOUNT = "/etc/fogline/tls"
 AUTH_MOUNT = "/etc/fogline/auth"
+SIGNER_MOUNT, SIGNER_KEY_FILE = "/etc/fogline/signer", "public.pem"
+MODEL_KEY_MOUNT, MODEL_KEY_FILE = "/etc/fogline/model-key", "key"
 # The server's defaults for what follows SIGTERM: a drain period during which it still serves
 # while readiness says 503 (endpoints move away), then a deadline for requests under way.
 DEFAULT_DRAIN_SECONDS = 5
@@ -130,6 +132,53 @@ def image_volume_reference(model: ModelRef) -> str | None:
     return f"{model.uri.removeprefix('oci://').rstrip('/')}:{oci_tag(model.digest)}"
 
 
+def _protection(
+    edge: EdgeDeployment,
+) -> tuple[list[str], list[str], list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """spec.model.signature and spec.model.encryption as (fetch flags, server flags, volumes,
+    fetch mounts, server mounts). The public key reaches only the fetch step; the model key
+    both, since the fetch step checks it opens the model and the server opens it in memory.
+    Both sources are optional: a key missing from them becomes the fetch step's reason
+    (SignerKeyMissing, ModelKeyMissing) on the site row instead of a pod stuck mounting."""
+    model = edge.spec.model
+    fetch_args: list[str] = []
+    server_args: list[str] = []
+    volumes: list[dict[str, Any]] = []
+    fetch_mounts: list[dict[str, Any]] = []
+    server_mounts: list[dict[str, Any]] = []
+    if (signature := model.signature) is not None:
+        fetch_args.append(f"--signature-public-key={SIGNER_MOUNT}/{SIGNER_KEY_FILE}")
+        volumes.append(
+            {
+                "name": "signer",
+                "configMap": {
+                    "name": signature.public_key_config_map,
+                    "items": [{"key": signature.key, "path": SIGNER_KEY_FILE}],
+                    "optional": True,
+                },
+            }
+        )
+        fetch_mounts.append({"name": "signer", "mountPath": SIGNER_MOUNT, "readOnly": True})
+    if (sealing := model.encryption) is not None:
+        flag = f"--model-key-file={MODEL_KEY_MOUNT}/{MODEL_KEY_FILE}"
+        fetch_args.append(flag)
+        server_args.append(flag)
+        volumes.append(
+            {
+                "name": "model-key",
+                "secret": {
+                    "secretName": sealing.key_secret,
+                    "items": [{"key": sealing.key, "path": MODEL_KEY_FILE}],
+                    "optional": True,
+                },
+            }
+        )
+        mount = {"name": "model-key", "mountPath": MODEL_KEY_MOUNT, "readOnly": True}
+        fetch_mounts.append(mount)
+        server_mounts.append(dict(mount))
+    return fetch_args, server_args, volumes, fetch_mounts, server_mounts
+
+
 def _drain_seconds(edge: EdgeDeployment) -> int:
     drain = edge.spec.runtime.drain_seconds
     return DEFAULT_DRAIN_SECONDS if drain is None else drain
@@ -186,6 +235,9 @@ def build_site_daemonset(
     port = spec.runtime.port
     source_volumes, source_mounts, source_env = _source_volume(model)
     access = pod_access(spec.model.access, model.uri)
+    fetch_checks, server_checks, key_volumes, fetch_key_mounts, server_key_mounts = _protection(
+        edge
+    )
     security = {
         "allowPrivilegeEscalation": False,
         "readOnlyRootFilesystem": True,
@@ -204,6 +256,7 @@ def build_site_daemonset(
             f"--dest={MODEL_DIR}",
             f"--cache-keep={settings.edge_cache_keep}",
             f"--cache-max-bytes={settings.edge_cache_max_bytes}",
+            *fetch_checks,
         ],
         "env": [{"name": k, "value": v} for k, v in source_env.items()] + access.env,
         "volumeMounts": [
@@ -211,9 +264,11 @@ def build_site_daemonset(
             {"name": "model", "mountPath": "/models"},
             *source_mounts,
             *access.mounts,
+            *fetch_key_mounts,
         ],
-        # A failed fetch writes its reason (ArtifactUnreachable, AccessDenied, DigestMismatch)
-        # here; the fleet observer shows it on the site row and the condition.
+        # A failed fetch writes its reason (ArtifactUnreachable, AccessDenied, DigestMismatch,
+        # SignatureInvalid, ModelKeyInvalid, ...) here; the fleet observer shows it on the site
+        # row and the condition.
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "File",
         "securityContext": security,
@@ -242,6 +297,7 @@ def build_site_daemonset(
             f"--threads={spec.runtime.threads}",
             f"--expected-digest={model.digest}",
             *server_args,
+            *server_checks,
         ],
         "ports": [{"name": "http", "containerPort": port}],
         "readinessProbe": probe,
@@ -259,6 +315,7 @@ def build_site_daemonset(
             {"name": "model", "mountPath": "/models", "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
             *server_mounts,
+            *server_key_mounts,
         ],
         "securityContext": security,
     }
@@ -293,6 +350,7 @@ def build_site_daemonset(
             *source_volumes,
             *access.volumes,
             *server_volumes,
+            *key_volumes,
         ],
     }
     if access.env_from:

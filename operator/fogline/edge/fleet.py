@@ -38,7 +38,18 @@ def node_ready(node: Mapping[str, Any]) -> bool:
 
 # The reasons `fogline fetch` writes to its termination message (workloads/fetch.py).
 FETCH_REASONS = frozenset(
-    {"ArtifactUnreachable", "AccessDenied", "DigestMismatch", "InvalidArtifact"}
+    {
+        "ArtifactUnreachable",
+        "AccessDenied",
+        "DigestMismatch",
+        "InvalidArtifact",
+        "SignatureMissing",
+        "SignatureInvalid",
+        "SignerKeyMissing",
+        "ModelKeyMissing",
+        "ModelKeyInvalid",
+        "ModelNotEncrypted",
+    }
 )
 
 

@@ -24,6 +24,9 @@ PVC_ROOT = "/mnt/pvc"
 STAGING_ROOT = "/var/lib/fogline/artifact"
 RENDEZVOUS_PORT = 29500
 TERMINATION_LOG = "/dev/termination-log"
+# Where the keys of spec.output.signing and spec.output.encryption appear, read-only.
+SIGNING_MOUNT, SIGNING_KEY_FILE = "/etc/fogline/signing", "private.pem"
+MODEL_KEY_MOUNT, MODEL_KEY_FILE = "/etc/fogline/model-key", "key"
 # The trainer exits 2 for what a retry can never fix (a missing dataset, bad arguments, a
 # diverged run, output storage that is read-only or full):
 # retrying that only burns GPU time, so the Job fails at once.
@@ -146,6 +149,10 @@ def trainer_args(
     ]
     if spec.dataset.digest:
         args.append(f"--dataset-digest={spec.dataset.digest}")
+    if spec.output.signing is not None:
+        args.append(f"--signing-key={SIGNING_MOUNT}/{SIGNING_KEY_FILE}")
+    if spec.output.encryption is not None:
+        args.append(f"--encryption-key={MODEL_KEY_MOUNT}/{MODEL_KEY_FILE}")
     if spec.distillation is not None and teacher is not None:
         args += [
             f"--teacher={teacher.uri}",
@@ -240,9 +247,41 @@ def _volumes(
         folder = teacher.uri.removeprefix("file://").rstrip("/")
         volumes.append({"name": "teacher", "hostPath": {"path": folder}})
         mounts.append({"name": "teacher", "mountPath": folder, "readOnly": True})
+    for name, secret, key, mount, path in _key_secrets(spec):
+        # Optional, so that a Secret without the key reaches the trainer as a missing file,
+        # which it reports (SigningKeyInvalid, EncryptionKeyInvalid), not a pod stuck mounting.
+        volumes.append(
+            {
+                "name": name,
+                "secret": {
+                    "secretName": secret,
+                    "items": [{"key": key, "path": path}],
+                    "optional": True,
+                },
+            }
+        )
+        mounts.append({"name": name, "mountPath": mount, "readOnly": True})
     volumes.append({"name": "tmp", "emptyDir": {}})
     mounts.append({"name": "tmp", "mountPath": "/tmp"})
     return volumes, mounts
+
+
+def _key_secrets(spec: ModelTrainingSpec) -> list[tuple[str, str, str, str, str]]:
+    """(volume, Secret, key, mount path, file) of the signing and encryption keys."""
+    keys = []
+    if (signing := spec.output.signing) is not None:
+        keys.append(
+            (
+                "signing-key",
+                signing.private_key_secret,
+                signing.key,
+                SIGNING_MOUNT,
+                SIGNING_KEY_FILE,
+            )
+        )
+    if (sealing := spec.output.encryption) is not None:
+        keys.append(("model-key", sealing.key_secret, sealing.key, MODEL_KEY_MOUNT, MODEL_KEY_FILE))
+    return keys
 
 
 def _resources(spec: ModelTrainingSpec) -> dict[str, Any]:

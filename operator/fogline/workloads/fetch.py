@@ -2,7 +2,10 @@
 cache keyed by its whole-artifact digest, verify every file, and place the verified files in the
 destination. A cache hit needs no network, so a node that lost its link still restarts its
 server. Failures end in one `error:` line and a termination message naming the reason
-(ArtifactUnreachable, AccessDenied, DigestMismatch, InvalidArtifact) for the operator to show."""
+(ArtifactUnreachable, AccessDenied, DigestMismatch, InvalidArtifact, SignatureMissing,
+SignatureInvalid, SignerKeyMissing, ModelKeyMissing, ModelKeyInvalid, ModelNotEncrypted) for
+the operator to show. Signature and key checks are a step of their own on the verified cache entry, before
+anything is installed for the server."""
 
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ from urllib3.exceptions import HTTPError as TransportError
 from urllib3.exceptions import MaxRetryError
 from urllib3.util import Retry, Timeout
 
+from fogline.workloads import encryption, signatures
 from fogline.workloads.manifest import (
     MANIFEST_FILE,
     MANIFEST_MAX_BYTES,
@@ -66,9 +70,10 @@ UNREACHABLE, ACCESS_DENIED, DIGEST_MISMATCH, INVALID = (
 class FetchError(Exception):
     """The artifact could not be fetched or did not verify (exit 1)."""
 
-    def __init__(self, message: str, reason: str = UNREACHABLE) -> None:
+    def __init__(self, message: str, reason: str = UNREACHABLE, status: int | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.status = status  # the HTTP status that ended it, when one did
 
 
 class UsageError(Exception):
@@ -367,7 +372,7 @@ def _check_status(url: str, status: int) -> None:
             "read-only Secret named by spec.model.credentialsSecret",
             ACCESS_DENIED,
         )
-    raise FetchError(f"{_redacted(url)}: HTTP {status}", UNREACHABLE)
+    raise FetchError(f"{_redacted(url)}: HTTP {status}", UNREACHABLE, status)
 
 
 def _check_content_range(url: str, header: str | None, offset: int, size: int | None) -> None:
@@ -755,6 +760,87 @@ def install(entry: Path, dest: Path, digest: str) -> ArtifactManifest:
     return verify_artifact(dest, digest)
 
 
+# -- provenance and sealing: checked on the verified cache entry, before install ------------
+
+
+def read_signature(source: ArtifactSource) -> bytes | None:
+    """The artifact's model.sig from where it was published, or None when it has none. The
+    signature is not part of the digest (see signatures.py), so it is read beside it."""
+    name = signatures.SIGNATURE_FILE
+    limit = signatures.SIGNATURE_MAX_BYTES
+    if isinstance(source, LocalSource):
+        path = source.root / name
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > limit:
+            return None
+        return path.read_bytes()
+    if isinstance(source, HttpSource):
+        url = source._url_of(name)
+    elif isinstance(source, S3Source):
+        url = source.presign(source.bucket, source._key(name))
+    else:
+        raise FetchError(
+            f"{source.describe()}: signatures of oci:// artifacts are not read by the fetch "
+            "step; publish the artifact to s3:// or http(s):// to require a signature",
+            signatures.SIGNATURE_MISSING,
+        )
+    try:
+        return source.transport.read_small(url, limit)
+    except FetchError as err:
+        if err.status == 404:
+            return None
+        raise
+
+
+def verify_provenance(
+    entry: Path, digest: str, public_key: Path, source_of: Callable[[], ArtifactSource]
+) -> None:
+    """Require a signature by public_key's owner over this digest. The cache entry keeps the
+    signature that verified, so a node offline restarts with no network; without one, or with
+    one that does not verify (the key was rotated), it is read again from the source."""
+    try:
+        signatures.verify_signature(entry, digest, public_key)
+        return
+    except signatures.SignatureError as cached:
+        if cached.reason == signatures.SIGNER_KEY_MISSING:
+            raise
+        first = cached
+    bundle = read_signature(source_of())
+    if bundle is None:
+        raise first  # missing, or only the cached one that did not verify
+    # Kept in the entry only once it verified: a forged signature never lands in the cache.
+    partial = entry / f".{signatures.SIGNATURE_FILE}.{os.getpid()}.partial"
+    partial.write_bytes(bundle)
+    try:
+        signatures.verify_signature(entry, digest, public_key, partial)
+        os.replace(partial, entry / signatures.SIGNATURE_FILE)
+    finally:
+        partial.unlink(missing_ok=True)
+    log.info("signature of %s verified", digest)
+
+
+def check_sealing(entry: Path, key_file: Path | None) -> None:
+    """An encrypted artifact must open with the key in memory (the plaintext is dropped at once);
+    a key given for a plaintext artifact is refused, since its model would sit on disk."""
+    manifest = read_manifest(entry)
+    try:
+        sealing = encryption.parse_sealing(manifest)
+    except ValueError as err:
+        raise FetchError(str(err), INVALID) from err
+    if sealing is None:
+        if key_file is not None:
+            raise encryption.ModelKeyError(
+                encryption.NOT_ENCRYPTED,
+                "spec.model.encryption names a key, but the artifact is not encrypted: its "
+                "model would sit in plaintext on the node; train it with "
+                "spec.output.encryption, or remove spec.model.encryption",
+            )
+        return
+    key = encryption.read_key(key_file)
+    for sealed, plain in sealing.files.items():
+        encryption.open_sealed(key, (entry / safe_relative_path(sealed)).read_bytes(), plain)
+    log.info("encrypted artifact: %d file(s) open with the given key", len(sealing.files))
+
+
 def write_termination_message(reason: str, message: str, environ: dict[str, str]) -> None:
     """The reason the operator shows; best effort, as a terminal without the file is fine."""
     path = Path(environ.get("FOGLINE_TERMINATION_LOG", "/dev/termination-log"))
@@ -786,6 +872,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ca-bundle", help="PEM file of CAs to trust (default: the system's)")
     parser.add_argument("--cache-keep", type=int, default=3, help="other digests the cache keeps")
     parser.add_argument("--cache-max-bytes", type=int, default=0, help="cache bound (0: none)")
+    parser.add_argument(
+        "--signature-public-key",
+        type=Path,
+        help="PEM EC public key whose model-signing signature the artifact must carry",
+    )
+    parser.add_argument(
+        "--model-key-file", type=Path, help="AES-256 key (32 bytes) of an encrypted artifact"
+    )
     return parser
 
 
@@ -806,11 +900,14 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
             deadline_seconds=args.deadline,
             ca_bundle=args.ca_bundle or environ.get("FOGLINE_CA_BUNDLE") or None,
         )
-        entry = fill_cache(
-            lambda: resolve_source(args.uri, HttpTransport(policy), environ),
-            args.digest,
-            args.cache_dir,
-        )
+
+        def source_of() -> ArtifactSource:
+            return resolve_source(args.uri, HttpTransport(policy), environ)
+
+        entry = fill_cache(source_of, args.digest, args.cache_dir)
+        if args.signature_public_key is not None:
+            verify_provenance(entry, args.digest, args.signature_public_key, source_of)
+        check_sealing(entry, args.model_key_file)
         manifest = install(entry, args.dest, args.digest)
         for name in prune_cache(
             args.cache_dir, args.digest, CacheLimits(args.cache_keep, args.cache_max_bytes)
@@ -820,7 +917,7 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
         print(f"error: {err}", file=sys.stderr)
         write_termination_message(INVALID, str(err), environ)
         return EXIT_USAGE
-    except FetchError as err:
+    except (FetchError, signatures.SignatureError, encryption.ModelKeyError) as err:
         print(f"error: {err.reason}: {err}", file=sys.stderr)
         write_termination_message(err.reason, str(err), environ)
         return EXIT_FAILURE

@@ -46,6 +46,7 @@ class ServeConfig:
     shutdown_timeout: float
     tls: TlsFiles | None = None
     token: str | None = None
+    model_key_file: Path | None = None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -153,6 +154,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         help="file holding a bearer token the inference and metadata endpoints require",
     )
+    parser.add_argument(
+        "--model-key-file",
+        type=Path,
+        help="AES-256 key (32 raw bytes) of an encrypted artifact, opened in memory only",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING"])
     return parser
 
@@ -205,6 +211,7 @@ def _config(args: argparse.Namespace) -> ServeConfig:
         shutdown_timeout=args.shutdown_timeout,
         tls=tls,
         token=token,
+        model_key_file=args.model_key_file,
     )
 
 
@@ -282,7 +289,7 @@ async def serve(config: ServeConfig) -> int:
         name,
         config.model_dir,
         config.expected_digest,
-        RuntimeOptions(intra_op_threads=config.threads),
+        RuntimeOptions(intra_op_threads=config.threads, model_key_file=config.model_key_file),
     )
     codec = ThreadPoolExecutor(max_workers=2, thread_name_prefix="codec")
     dataplane = DataPlane(model, codec)

@@ -1,5 +1,7 @@
 """The served model: verify the artifact, load it into onnxruntime, report readiness, predict.
-Knows nothing of HTTP or JSON; takes and returns numpy arrays keyed by tensor name."""
+Knows nothing of HTTP or JSON; takes and returns numpy arrays keyed by tensor name. An
+encrypted artifact is opened in memory and handed to onnxruntime as bytes (external data too),
+so its plaintext never reaches a file."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
+from fogline.workloads import encryption
 from fogline.workloads.manifest import (
     ONNX_TYPE_TO_DATATYPE,
     ArtifactError,
@@ -27,6 +30,7 @@ MODEL_VERSION = "1"
 @dataclass(frozen=True)
 class RuntimeOptions:
     intra_op_threads: int = 1
+    model_key_file: Path | None = None  # the AES-256 key of an encrypted artifact
 
 
 class OnnxModel:
@@ -67,9 +71,20 @@ class OnnxModel:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         path = self.model_dir / manifest.serving.file
+        model: str | bytes = str(path)
+        try:
+            sealing = encryption.parse_sealing(manifest)
+        except ValueError as err:
+            raise ArtifactError(str(err)) from err
+        if sealing is not None:
+            model = self._open_in_memory(sealing, manifest.serving.file, options)
+        elif self.options.model_key_file is not None:
+            raise ArtifactError(
+                f"{self.model_dir}: a model key was given but the artifact is not encrypted"
+            )
         try:
             session = ort.InferenceSession(
-                str(path), sess_options=options, providers=["CPUExecutionProvider"]
+                model, sess_options=options, providers=["CPUExecutionProvider"]
             )
         except Exception as err:  # onnxruntime raises its own untyped errors
             raise ArtifactError(f"{path}: onnxruntime cannot load it: {err}") from err
@@ -86,6 +101,29 @@ class OnnxModel:
         self._warm_up()
         self.load_seconds = time.perf_counter() - started
         self.ready = True
+
+    def _open_in_memory(
+        self, sealing: encryption.Sealing, serving_file: str, options: ort.SessionOptions
+    ) -> bytes:
+        """The serving file's plaintext; other sealed files become external initializers from
+        memory, under the names the graph's external_data locations give."""
+        try:
+            key = encryption.read_key(self.options.model_key_file)
+            opened = encryption.open_artifact(self.model_dir, sealing, key)
+        except encryption.ModelKeyError as err:
+            raise ArtifactError(f"{err.reason}: {err}") from None
+        graph = opened.pop(sealing.files[serving_file])
+        if opened:
+            if not hasattr(options, "add_external_initializers_from_files_in_memory"):
+                raise ArtifactError(
+                    f"onnxruntime {ort.__version__} cannot take external data from memory; an "
+                    "encrypted model with external data needs a newer onnxruntime"
+                )
+            names = sorted(opened)
+            options.add_external_initializers_from_files_in_memory(
+                names, [opened[n] for n in names], [len(opened[n]) for n in names]
+            )
+        return graph
 
     @staticmethod
     def _check_signature(manifest: ArtifactManifest, session: ort.InferenceSession) -> None:

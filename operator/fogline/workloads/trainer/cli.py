@@ -114,6 +114,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     out.add_argument("--name", help="model name in the manifest (default: from --model)")
     out.add_argument(
+        "--signing-key",
+        help="PEM elliptic-curve private key: sign the artifact (OpenSSF model-signing, model.sig)",
+    )
+    out.add_argument(
+        "--encryption-key",
+        help="file of a 32-byte AES-256 key: write the model files encrypted (AES-256-GCM)",
+    )
+    out.add_argument(
         "--termination-log",
         help="where the JSON summary goes (default: $FOGLINE_TERMINATION_LOG or "
         "/dev/termination-log; only the default is skipped when not writable)",
@@ -154,6 +162,8 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str]) -> tuple[cfg.Train
         prune=args.prune,
         artifact_uri=args.artifact_uri,
         name=args.name,
+        signing_key=Path(args.signing_key) if args.signing_key else None,
+        encryption_key=Path(args.encryption_key) if args.encryption_key else None,
         device=args.device,
         mixed_precision=not args.no_mixed_precision,
         threads=args.threads,
@@ -220,6 +230,7 @@ def _run(
         _configure_logging(verbose, primary)
         if explicit and primary:
             termination.check_writable(path)
+        _check_keys(config)
         from fogline.workloads.trainer.datasets import load_dataset
 
         dataset = load_dataset(
@@ -256,6 +267,22 @@ def _run(
         failure = TrainerError("TrainingFailed", text, EXIT_RUNTIME_FAILURE)
         return _fail(failure, path, explicit, primary)
     return 0
+
+
+def _check_keys(config: cfg.TrainingConfig) -> None:
+    """A key that cannot work fails the run before it trains, as bad input (exit 2)."""
+    from fogline.workloads import encryption, signatures
+
+    if config.encryption_key is not None:
+        try:
+            encryption.read_key(config.encryption_key, "spec.output.encryption.keySecret")
+        except encryption.ModelKeyError as err:
+            raise TrainerError("EncryptionKeyInvalid", f"--encryption-key: {err}") from None
+    if config.signing_key is not None:
+        try:
+            signatures.check_signing_key(config.signing_key)
+        except signatures.SigningKeyError as err:
+            raise TrainerError("SigningKeyInvalid", f"--signing-key: {err}") from None
 
 
 def _fail(err: TrainerError, path: Path, explicit: bool, primary: bool) -> int:

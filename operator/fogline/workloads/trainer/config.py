@@ -45,6 +45,8 @@ class TrainingConfig:
     prune: float = 0.0
     artifact_uri: str | None = None
     name: str | None = None
+    signing_key: Path | None = None  # EC private key (PEM): sign the artifact (model.sig)
+    encryption_key: Path | None = None  # AES-256 key file: seal the model files
     device: str = "auto"
     mixed_precision: bool = True
     threads: int | None = None

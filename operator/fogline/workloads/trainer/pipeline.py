@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fogline.workloads import encryption, signatures
 from fogline.workloads.trainer import artifacts, export, termination
 from fogline.workloads.trainer.architectures import build_model
 from fogline.workloads.trainer.compression import candidates as compression
@@ -103,8 +104,11 @@ def _package(
         artifacts.INT8_FILE,
         artifacts.TORCHSCRIPT_FILE,
         *compression.FILES.values(),
+        signatures.SIGNATURE_FILE,
     ):
         (output / stale).unlink(missing_ok=True)  # the manifest goes last: no half artifacts
+    for leftover in output.glob(f"*{encryption.SEALED_SUFFIX}"):
+        leftover.unlink()
 
     model, sparsity = export.pruned_copy(result.model, config.prune)
     if config.prune > 0:
@@ -180,6 +184,15 @@ def _package(
                 config.optimizer,
             )
     evaluation = {"metric": "accuracy", "value": served_accuracy}
+    sealed: dict[str, str] = {}
+    if config.encryption_key is not None:
+        # Sealed after every measurement, before the digests: the manifest lists (and the
+        # digest covers) the ciphertext, which is all that ever leaves this folder.
+        key = encryption.read_key(config.encryption_key, "spec.output.encryption.keySecret")
+        sealed = encryption.seal_files(output, files, key)
+        files = sorted(sealed)
+        serving = f"{serving}{encryption.SEALED_SUFFIX}"
+        log.info("encrypted %d file(s) with %s", len(sealed), encryption.ALGORITHM)
     records = artifacts.describe_files(output, files)
     dataset_record = dataset.describe() | {
         "validationSplit": config.validation_split,
@@ -209,6 +222,8 @@ def _package(
                 for row in table["candidates"]
             ]
         }
+    if sealed:
+        manifest["encryption"] = encryption.sealing_document(sealed)
     manifest["training"] = {
         "device": context.device,
         "processes": context.launch.world_size,
@@ -217,6 +232,9 @@ def _package(
         "resumedFromEpoch": result.resumed_from,
     }
     digest = artifacts.write_manifest(output, manifest)
+    if config.signing_key is not None:
+        signatures.sign_artifact(output, config.signing_key)
+        log.info("signed %s (%s)", digest, signatures.SIGNATURE_FILE)
     for name in files:
         log.info("wrote %s (%s bytes)", name, f"{records[name].size_bytes:,}")
     log.info(

@@ -20,6 +20,7 @@ from fogline.workloads.manifest import (
     read_manifest,
     safe_relative_path,
 )
+from fogline.workloads.signatures import SIGNATURE_FILE
 
 log = logging.getLogger("fogline.trainer")
 
@@ -29,6 +30,7 @@ ARTIFACT_TYPE = "application/vnd.fogline.artifact.v1"
 CONFIG_MEDIA_TYPE = "application/vnd.fogline.artifact.config.v1+json"
 MANIFEST_MEDIA_TYPE = "application/vnd.fogline.artifact.manifest.v1+json"
 FILE_MEDIA_TYPE = "application/vnd.fogline.artifact.file.v1"
+SIGNATURE_MEDIA_TYPE = "application/vnd.dev.sigstore.bundle.v0.3+json"
 
 
 _DENIED = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch")
@@ -47,7 +49,7 @@ def needs_publishing(uri: str | None) -> bool:
 
 
 def publish(folder: Path, uri: str, env: Mapping[str, str]) -> None:
-    """Upload every file the manifest lists, then manifest.json, to uri."""
+    """Upload every file the manifest lists, then model.sig when signed, then manifest.json."""
     scheme = urlsplit(uri).scheme
     if scheme == "s3":
         _publish_s3(folder, uri, env)
@@ -91,8 +93,10 @@ def _publish_s3(folder: Path, uri: str, env: Mapping[str, str]) -> None:
     bucket, prefix = parts.netloc, unquote(parts.path).strip("/")
     manifest = read_manifest(folder)
     client = s3_client(env)
+    # The signature goes before the manifest: a reader that sees a manifest sees its signature.
+    signed = [SIGNATURE_FILE] if (folder / SIGNATURE_FILE).is_file() else []
     try:
-        for name in [*sorted(manifest.files), MANIFEST_FILE]:
+        for name in [*sorted(manifest.files), *signed, MANIFEST_FILE]:
             key = f"{prefix}/{safe_relative_path(name)}".lstrip("/")
             client.upload_file(str(folder / name), bucket, key)
             log.info("uploaded s3://%s/%s", bucket, key)
@@ -134,6 +138,8 @@ def _publish_oci(folder: Path, uri: str, env: Mapping[str, str]) -> None:
         config = Path(scratch) / "config.json"
         config.write_text(json.dumps({"name": manifest.name, "digest": manifest.digest}))
         files = [f"{folder / name}:{FILE_MEDIA_TYPE}" for name in sorted(manifest.files)]
+        if (folder / SIGNATURE_FILE).is_file():
+            files.append(f"{folder / SIGNATURE_FILE}:{SIGNATURE_MEDIA_TYPE}")
         files.append(f"{canonical}:{MANIFEST_MEDIA_TYPE}")
         try:
             response = registry.push(
