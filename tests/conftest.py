@@ -89,8 +89,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterHandle]
         devcluster.down()
 
 
-# A smaller fleet for the opt-in cluster whose local nodes run real processes.
-LOCAL_TOPOLOGY = Topology(gpu_nodes=1, gpus_per_node=1, edge_sites=1, nodes_per_site=1)
+# A smaller fleet for the opt-in cluster whose local nodes run real processes: a local edge
+# node in each of three sites, for a rollout of real servers under load.
+LOCAL_TOPOLOGY = Topology(
+    gpu_nodes=1, gpus_per_node=1, edge_sites=1, nodes_per_site=1, local_edge_sites=3
+)
 
 
 @pytest.fixture(scope="session")

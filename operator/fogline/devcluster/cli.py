@@ -68,6 +68,13 @@ def _parser() -> argparse.ArgumentParser:
                 "pods of Fogline's images run as local processes (development only)",
             )
             p.add_argument(
+                "--local-edge-sites",
+                type=int,
+                default=defaults.local_edge_sites,
+                help="with --local-nodes: sites (the first ones) that get a real local edge "
+                "node, local-edge, local-edge-2, ... (default: %(default)s)",
+            )
+            p.add_argument(
                 "--no-stores",
                 action="store_true",
                 help="do not start the S3 store (versitygw) and OCI registry beside the cluster",
@@ -87,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 2
-            topology = Topology(*counts)
+            topology = Topology(*counts, local_edge_sites=max(1, args.local_edge_sites))
             state = cluster.up(
                 topology,
                 timeout=args.timeout,

@@ -421,12 +421,13 @@ class DevCluster:
 
     def _start_node_agent(self, state: ClusterState, deadline: float) -> None:
         """Run the agent (as this Python) and wait until it has registered its Ready nodes."""
+        sites = Topology(**state.topology).local_site_names() or ["site-01"]
         self._start(state, NODE_AGENT, [
             "-m", "fogline.devcluster.nodeagent",
             f"--kubeconfig={self.directory / 'kubeconfigs' / 'admin.yaml'}",
-            f"--root={self.local_root}",
+            f"--root={self.local_root}", *(f"--site={site}" for site in sites),
         ], program=sys.executable)  # fmt: skip
-        self._wait_nodes_ready({n["metadata"]["name"] for n in local_nodes()}, deadline)
+        self._wait_nodes_ready({n["metadata"]["name"] for n in local_nodes(*sites)}, deadline)
 
     def _create_nodes(self, topology: Topology, deadline: float) -> None:
         from kubernetes import client

@@ -83,7 +83,7 @@ class AgentConfig:
     root: Path  # every folder the agent makes lives here: pods/, pvc/, hostpath/, logs/
     server: str
     ca_file: str
-    site: str = "site-01"
+    sites: tuple[str, ...] = ("site-01",)  # one local edge node in each
     gpus: int = 1
     configured_images: Mapping[str, str] = field(default_factory=dict)
     python: Path = Path(sys.executable)
@@ -442,7 +442,7 @@ class NodeAgent:
         self.config = config
         self.core = client.CoreV1Api(api)
         self.coordination = client.CoordinationV1Api(api)
-        self.nodes = local_nodes(config.site, config.gpus)
+        self.nodes = local_nodes(*config.sites, gpus=config.gpus)
         self.runners: dict[str, PodRunner] = {}
         self.lock = threading.Lock()
         self.stopped = threading.Event()
@@ -772,7 +772,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--kubeconfig", required=True, help="credentials of the agent")
     parser.add_argument("--root", required=True, type=Path, help="folder for pods and volumes")
-    parser.add_argument("--site", default="site-01", help="site of the local edge node")
+    parser.add_argument(
+        "--site",
+        action="append",
+        help="a site that gets a local edge node (repeatable; default: site-01)",
+    )
     parser.add_argument("--gpus", type=int, default=1, help="nvidia.com/gpu of the local GPU node")
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -782,7 +786,8 @@ def main(argv: list[str] | None = None) -> int:
         ("FOGLINE_TRAINER_IMAGE", "trainer"), ("FOGLINE_SERVER_IMAGE", "server"))
         if os.environ.get(var)}  # fmt: skip
     agent_config = AgentConfig(root=args.root.resolve(), server=configuration.host,
-                               ca_file=configuration.ssl_ca_cert, site=args.site,
+                               ca_file=configuration.ssl_ca_cert,
+                               sites=tuple(args.site or ("site-01",)),
                                gpus=args.gpus, configured_images=images)  # fmt: skip
     agent = NodeAgent(agent_config, client.ApiClient(configuration))
     for signum in (signal.SIGTERM, signal.SIGINT):

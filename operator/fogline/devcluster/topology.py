@@ -31,9 +31,14 @@ class Topology:
     gpus_per_node: int = 4
     edge_sites: int = 3
     nodes_per_site: int = 2
+    # With the node agent: how many sites (the first ones) get a real local edge node.
+    local_edge_sites: int = 1
 
     def site_names(self) -> list[str]:
         return [site_name(i) for i in range(self.edge_sites)]
+
+    def local_site_names(self) -> list[str]:
+        return [site_name(i) for i in range(self.local_edge_sites)]
 
 
 def site_name(index: int) -> str:
@@ -102,10 +107,19 @@ def _as_local(node: dict[str, Any], name: str) -> dict[str, Any]:
     return node
 
 
-def local_nodes(site: str = "site-01", gpus: int = 1) -> list[dict[str, Any]]:
+def local_edge_node_name(index: int) -> str:
+    """local-edge for the first site (the name the docs and the demo use), then local-edge-2..."""
+    return LOCAL_EDGE_NODE if index == 0 else f"{LOCAL_EDGE_NODE}-{index + 1}"
+
+
+def local_nodes(*sites: str, gpus: int = 1) -> list[dict[str, Any]]:
     """The agent's nodes, labelled and tainted like their kwok siblings: one in the GPU pool
-    and one edge node in `site`, beside that site's simulated nodes."""
+    and one edge node in each of `sites` (site-01 when none is named), beside that site's
+    simulated nodes."""
     return [
         _as_local(gpu_node(0, gpus), LOCAL_GPU_NODE),
-        _as_local(edge_node(site, 0), LOCAL_EDGE_NODE),
+        *(
+            _as_local(edge_node(site, 0), local_edge_node_name(index))
+            for index, site in enumerate(sites or ("site-01",))
+        ),
     ]
