@@ -448,6 +448,18 @@ BAD_CREATES = [
         ("spec.runtime.limits.maxBodyBytes", "greater than or equal to 1024"),
     ),
     Bad(
+        "ed-body-budget-below-the-body-limit",
+        ED,
+        spec(runtime={"limits": {"maxBodyBytes": 2097152, "maxBodyBytesInFlight": 1048576}}),
+        ("spec.runtime.limits.maxBodyBytesInFlight", "at least maxBodyBytes"),
+    ),
+    Bad(
+        "ed-body-budget-below-the-default-body-limit",
+        ED,
+        spec(runtime={"limits": {"maxBodyBytesInFlight": 1048576}}),
+        ("spec.runtime.limits.maxBodyBytesInFlight", "64 MiB when"),
+    ),
+    Bad(
         "ed-disconnected-sites-enum",
         ED,
         spec(rollout={"disconnectedSites": "Ignore"}),

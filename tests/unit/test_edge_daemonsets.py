@@ -354,7 +354,12 @@ def test_a_spec_without_server_options_keeps_the_template_it_had() -> None:
 def test_limits_and_drain_become_server_flags_and_the_grace_period_covers_the_drain() -> None:
     e = edge(
         runtime={
-            "limits": {"maxBodyBytes": 1048576, "maxQueue": 32, "requestHeadTimeoutSeconds": 5},
+            "limits": {
+                "maxBodyBytes": 1048576,
+                "maxBodyBytesInFlight": 8388608,
+                "maxQueue": 32,
+                "requestHeadTimeoutSeconds": 5,
+            },
             "drainSeconds": 15,
         }
     )
@@ -362,6 +367,7 @@ def test_limits_and_drain_become_server_flags_and_the_grace_period_covers_the_dr
     args = container(ds, "server")["args"]
     for flag in (
         "--max-body-bytes=1048576",
+        "--max-body-bytes-in-flight=8388608",
         "--max-queue=32",
         "--request-head-timeout=5",
         "--drain-seconds=15",

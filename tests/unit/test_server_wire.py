@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+from pathlib import Path
 
 import pytest
 
@@ -83,3 +84,20 @@ def test_an_accept_retry_that_meets_the_closed_listener_is_not_an_error(
     with caplog.at_level(logging.WARNING):
         asyncio.run(run())
     assert not [record for record in caplog.records if record.levelno >= logging.WARNING]
+
+
+def test_a_body_budget_below_the_body_limit_is_refused_naming_both_flags() -> None:
+    with pytest.raises(ValueError, match="--max-body-bytes-in-flight 1000 is below --max-body"):
+        WireLimits(max_body_bytes=2000, max_body_bytes_in_flight=1000)
+
+
+def test_the_default_body_budget_grows_to_a_larger_body_limit(tmp_path: Path) -> None:
+    from fogline.workloads.server.cli import _config, build_parser
+
+    big = 2 * WireLimits.max_body_bytes_in_flight
+    args = build_parser().parse_args(
+        ["--model-dir", str(tmp_path), "--name", "m", "--max-body-bytes", str(big)]
+    )
+    assert _config(args).limits.max_body_bytes_in_flight == big
+    args = build_parser().parse_args(["--model-dir", str(tmp_path), "--name", "m"])
+    assert _config(args).limits.max_body_bytes_in_flight == WireLimits.max_body_bytes_in_flight

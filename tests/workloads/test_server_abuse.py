@@ -544,3 +544,53 @@ def test_descriptor_limit_refuses_quietly(artifact: Path, tmp_path: Path) -> Non
     assert "Traceback" not in text
     assert len(text) < 10_000
     assert text.count("does not fit the descriptor limit") == 1
+
+
+def test_bodies_past_the_global_budget_are_503_and_the_budget_comes_back(
+    artifact: Path, tmp_path: Path
+) -> None:
+    """Many connections each within the body limit cannot together hold more than the budget:
+    two half-sent bodies hold most of it; the next body that would not fit (sized up front,
+    chunked as it arrives, or compressed at the most it may inflate to) gets 503 with
+    Retry-After while a small request still fits, and once the two are answered the budget is
+    whole again."""
+    size = 100_000
+    server = start_server(
+        artifact, tmp_path / "server.log", "--max-body-bytes", str(size),
+        "--max-body-bytes-in-flight", str(250_000),
+    )  # fmt: skip
+    padded = good_body() + b" " * (size - len(good_body()))
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(2)]
+    try:
+        wait_ready(server)
+        for sock in held:
+            request = post(padded)
+            sock.sendall(request[: len(request) - size // 2])
+        gauge = "fogline_http_request_body_bytes_in_flight"
+        deadline = time.monotonic() + 10
+        while metric(server, gauge) < 2 * size:
+            assert time.monotonic() < deadline, "the half-sent bodies were never counted"
+            time.sleep(0.05)
+        chunk = b" " * 60_000
+        chunked = (
+            f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            f"Transfer-Encoding: chunked\r\n\r\n{len(chunk):x}\r\n"
+        ).encode() + chunk + b"\r\n0\r\n\r\n"
+        for refused in (post(padded), chunked, post(b"\x1f\x8b", "Content-Encoding: gzip\r\n")):
+            status, headers, body = exchange(server.port, refused)
+            assert status == 503, body
+            assert headers["retry-after"] == "1"
+            assert "--max-body-bytes-in-flight" in json.loads(body)["error"]
+        assert_serves(server)  # a small body still fits beside the two
+        for sock in held:
+            sock.sendall(padded[-(size // 2) :])
+            status, _, body = read_response(sock)
+            assert status == 200, body
+        assert metric(server, gauge) == 0
+        status, _, body = exchange(server.port, post(padded))  # the whole budget is back
+        assert status == 200, body
+    finally:
+        for sock in held:
+            sock.close()
+        assert server.stop() == 0
+        assert "Traceback" not in (tmp_path / "server.log").read_text()

@@ -60,6 +60,7 @@ class ServerLimits:
 
     max_body_bytes: int | None = None
     max_connections: int | None = None
+    max_body_bytes_in_flight: int | None = None
     max_queue: int | None = None
     request_head_timeout_seconds: int | None = None
     idle_timeout_seconds: int | None = None

@@ -197,6 +197,7 @@ def _server_options(
         for flag, value in (
             ("--max-body-bytes", limits.max_body_bytes),
             ("--max-connections", limits.max_connections),
+            ("--max-body-bytes-in-flight", limits.max_body_bytes_in_flight),
             ("--max-queue", limits.max_queue),
             ("--request-head-timeout", limits.request_head_timeout_seconds),
             ("--idle-timeout", limits.idle_timeout_seconds),

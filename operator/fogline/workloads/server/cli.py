@@ -136,6 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="open connections; past it a new one gets 503 and is closed",
     )
     parser.add_argument(
+        "--max-body-bytes-in-flight",
+        type=_positive,
+        help="request body bytes held at once over all connections; past it 503 with "
+        "Retry-After; a compressed body counts as --max-body-bytes (default: "
+        f"{limits.max_body_bytes_in_flight}, or --max-body-bytes when that is larger)",
+    )
+    parser.add_argument(
         "--drain-seconds",
         type=_seconds,
         default=5.0,
@@ -206,6 +213,8 @@ def _config(args: argparse.Namespace) -> ServeConfig:
             head_timeout=args.request_head_timeout,
             idle_timeout=args.idle_timeout,
             max_connections=args.max_connections,
+            max_body_bytes_in_flight=args.max_body_bytes_in_flight
+            or max(WireLimits.max_body_bytes_in_flight, args.max_body_bytes),
         ),
         drain_seconds=args.drain_seconds,
         shutdown_timeout=args.shutdown_timeout,
@@ -306,6 +315,7 @@ async def serve(config: ServeConfig) -> int:
     )
     server = HttpServer(hooks, limits, config.tls)
     metrics.connections.set_function(lambda: float(server.open_connections))
+    metrics.body_bytes.set_function(lambda: float(server.body_bytes))
     try:
         port = await server.start(config.host, config.port)
     except OSError as err:

@@ -133,6 +133,11 @@ class ServerMetrics:
             ("model", "version", "digest", "file", "quantized"),
             registry=registry,
         )
+        self.body_bytes = Gauge(
+            "fogline_http_request_body_bytes_in_flight",
+            "Request body bytes held by requests under way (--max-body-bytes-in-flight).",
+            registry=registry,
+        )
         self.in_flight = Gauge(
             "fogline_http_requests_in_flight",
             "Requests received and not yet answered.",

@@ -62,6 +62,18 @@ class WireLimits:
     head_timeout: float = 10.0  # from the first byte of a request (or the connection) to its head
     idle_timeout: float = 75.0  # keep-alive idle time; also how long a client may stop reading
     max_connections: int = 1024
+    # Request bodies held at once over all connections, from their first byte until the answer
+    # is written; past it 503 with Retry-After. A compressed body counts as max_body_bytes, the
+    # most it may inflate to.
+    max_body_bytes_in_flight: int = 256 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError(
+                f"--max-body-bytes-in-flight {self.max_body_bytes_in_flight} is below "
+                f"--max-body-bytes {self.max_body_bytes}: one request of the largest allowed "
+                "body could never be served; raise the first or lower the second"
+            )
 
 
 @dataclass(frozen=True)
@@ -87,6 +99,15 @@ class WireHooks:
 # Header names whose value the layers above read once: a second copy is a client error rather
 # than something to guess about (aiohttp's parser already refuses duplicate Content-Length).
 SINGLETONS = ("content-encoding", "inference-header-content-length", "authorization", "expect")
+
+
+class _Refusal(Exception):
+    """A request refused while its body arrives: the answer, and whether to close."""
+
+    def __init__(self, response: Response, close: bool = True) -> None:
+        super().__init__(response.status)
+        self.response = response
+        self.close = close
 
 
 def raw_response(refusal: Response) -> bytes:
@@ -249,6 +270,28 @@ def _to_aiohttp(response: Response) -> web.Response:
     return web.Response(status=response.status, body=response.body, headers=headers)
 
 
+class _Held:
+    """One request's share of the server's budget for request bodies, returned when the
+    request is answered (or cancelled)."""
+
+    def __init__(self, server: HttpServer) -> None:
+        self.server = server
+        self.bytes = 0
+
+    def reserve(self, more: int) -> None:
+        if more <= 0:
+            return
+        server = self.server
+        if server.body_bytes + more > server.limits.max_body_bytes_in_flight:
+            raise _Refusal(server.busy_with_bodies())
+        server.body_bytes += more
+        self.bytes += more
+
+    def release(self) -> None:
+        self.server.body_bytes -= self.bytes
+        self.bytes = 0
+
+
 class HttpServer:
     def __init__(self, hooks: WireHooks, limits: WireLimits, tls: TlsFiles | None = None) -> None:
         self.hooks = hooks
@@ -257,6 +300,7 @@ class HttpServer:
         self.loop = asyncio.get_running_loop()
         self.open_connections = 0
         self.in_flight = 0
+        self.body_bytes = 0  # held by requests under way (max_body_bytes_in_flight)
         self.draining = False  # answer with `Connection: close` so clients move elsewhere
         busy = hooks.refuse(503, f"the server holds {limits.max_connections} connections")
         self.busy_response = raw_response(
@@ -364,27 +408,32 @@ class HttpServer:
             # client waits for 100-continue or the body is too big to be worth reading.
             close = expecting or length > DISCARD_FACTOR * limits.max_body_bytes
             return refuse(413, message), close
-        if expecting:
-            await raw.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        held = _Held(self)
         try:
-            body = await self._read_body(raw)
-        except RequestPayloadError as err:
-            self.hooks.refused_request(400)
-            return refuse(400, f"malformed request body: {err}"), True
-        if body is None:
-            self.hooks.refused_request(413)
-            message = (
-                f"request body exceeds the limit of {limits.max_body_bytes} bytes "
-                "(--max-body-bytes)"
-            )
-            return refuse(413, message), True
-        target = raw.raw_path
-        path, _, query = target.partition("?")
-        request = Request(raw.method, path, query, headers, body)
-        return await self.hooks.handle(request), False
+            # What a body will hold is reserved before it is read where it is known: its
+            # length, or for a compressed one the most it may inflate to.
+            compressed = headers.get("content-encoding", "identity").lower() != "identity"
+            held.reserve(limits.max_body_bytes if compressed else length or 0)
+            if expecting:
+                await raw.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            try:
+                body = await self._read_body(raw, held)
+            except RequestPayloadError as err:
+                self.hooks.refused_request(400)
+                return refuse(400, f"malformed request body: {err}"), True
+            target = raw.raw_path
+            path, _, query = target.partition("?")
+            request = Request(raw.method, path, query, headers, body)
+            return await self.hooks.handle(request), False
+        except _Refusal as refusal:
+            self.hooks.refused_request(refusal.response.status)
+            return refusal.response, refusal.close
+        finally:
+            held.release()
 
-    async def _read_body(self, raw: web.BaseRequest) -> bytes | None:
-        """The body, or None past the limit (chunked bodies have no length up front)."""
+    async def _read_body(self, raw: web.BaseRequest, held: _Held) -> bytes:
+        """The body; _Refusal past the limit or the budget (chunked bodies have no length up
+        front, so they reserve as they arrive)."""
         if not raw.body_exists:
             return b""
         chunks: list[bytes] = []
@@ -393,9 +442,22 @@ class HttpServer:
         while chunk := await raw.content.readany():
             total += len(chunk)
             if total > limit:
-                return None
+                message = (
+                    f"request body exceeds the limit of {limit} bytes (--max-body-bytes)"
+                )
+                raise _Refusal(self.hooks.refuse(413, message))
+            held.reserve(total - held.bytes)
             chunks.append(chunk)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def busy_with_bodies(self) -> Response:
+        limit = self.limits.max_body_bytes_in_flight
+        busy = self.hooks.refuse(
+            503,
+            f"request bodies under way hold the server's budget of {limit} bytes "
+            "(--max-body-bytes-in-flight); retry shortly",
+        )
+        return Response(busy.status, busy.body, busy.content_type, (("Retry-After", "1"),))
 
     async def shutdown(self, timeout: float) -> bool:
         """Stop accepting, let requests under way finish, close connections.
