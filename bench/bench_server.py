@@ -4,6 +4,12 @@ ONNX file over the same protocol; then the trainer's CNN at batch 8 under concur
 micro-batching on and off, and the data plane's JSON work with the standard library and orjson.
 HTTP load comes from a separate client process on loopback.
 
+The servers compared run side by side for the whole comparison, and their measurements
+alternate in rounds (A B, B A, A B, ...): on a shared machine the load drifts within a minute,
+so a ratio is taken within each round and the median of the rounds' ratios is reported, with
+their range. Every server runs pinned to one core and every load client to another, so the
+client never competes with the server it measures and both servers get the same CPU.
+
     .venv/bin/python bench/bench_server.py            # after bench/setup_kserve.sh
     .venv/bin/python bench/bench_server.py --skip-kserve --duration 2
 """
@@ -12,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -25,7 +32,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -366,14 +373,24 @@ def client_main(args: argparse.Namespace) -> int:
     return 0
 
 
+# One core for the servers, another for the load clients (and the in-process baselines run on
+# the servers' core); on a single-core machine nothing is pinned.
+SERVER_CPU, CLIENT_CPU = (0, 1) if (os.cpu_count() or 1) >= 2 else (None, None)
+
+
+def pinned(cpu: int | None, command: list[str]) -> list[str]:
+    """The command run on one core (every thread it starts included), through taskset."""
+    return command if cpu is None else ["taskset", "--cpu-list", str(cpu), *command]
+
+
 def load_from_client_process(
     port: int, body_file: Path, duration: float, concurrency: int, header_length: int = 0
 ) -> Figures:
     done = subprocess.run(
-        [sys.executable, __file__, "--client", "--port", str(port), "--path",
+        pinned(CLIENT_CPU, [sys.executable, __file__, "--client", "--port", str(port), "--path",
          f"/v2/models/{MODEL}/infer", "--body-file", str(body_file), "--duration",
          str(duration), "--concurrency", str(concurrency), "--header-length",
-         str(header_length)],
+         str(header_length)]),
         capture_output=True, text=True, timeout=duration + 60, check=True,
     )  # fmt: skip
     result = json.loads(done.stdout)
@@ -419,36 +436,83 @@ def check_answer(port: int, body: bytes, expected: Any, header_length: int = 0) 
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
-def bench_server(
-    name: str,
-    *,
-    command: list[str],
-    port: int,
-    body_file: Path,
-    expected: Any,
-    args: argparse.Namespace,
-    client_counts: tuple[int, ...] | None = None,
-    header_length: int = 0,
-) -> dict[int, Figures]:
+@contextlib.contextmanager
+def running_server(
+    name: str, command: list[str], port: int, check: tuple[bytes, Any, int]
+) -> Iterator[int]:
+    """A server process pinned to the servers' core, ready and checked against `check` (body,
+    expected output, binary header length); stopped with SIGTERM afterwards."""
     log = Path(tempfile.gettempdir()) / f"bench-{name}-{port}.log"
     with log.open("wb") as sink:
         env = {**os.environ, "PYTHONPATH": str(ROOT / "operator")}
-        process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env)
+        process = subprocess.Popen(
+            pinned(SERVER_CPU, command), stdout=sink, stderr=subprocess.STDOUT, env=env
+        )
     try:
         wait_ready(port, process)
-        check_answer(port, body_file.read_bytes(), expected, header_length)
-        return {
-            clients: load_from_client_process(
-                port, body_file, args.duration, clients, header_length
-            )
-            for clients in client_counts or (1, args.concurrency)
-        }
+        body, expected, header_length = check
+        check_answer(port, body, expected, header_length)
+        yield port
     finally:
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(timeout=30)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def fogline_command(folder: Path, port: int, threads: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "fogline.workloads.server", "--model-dir", str(folder),
+            "--name", MODEL, "--host", "127.0.0.1", "--port", str(port), "--threads",
+            str(threads), "--log-level", "WARNING", *extra]  # fmt: skip
+
+
+def interleaved(
+    ports: dict[str, int],
+    body_file: Path,
+    args: argparse.Namespace,
+    clients: int,
+    header_length: int = 0,
+) -> dict[str, list[Figures]]:
+    """`args.rounds` measurements of each server, alternating which goes first."""
+    names = list(ports)
+    results: dict[str, list[Figures]] = {name: [] for name in names}
+    for index in range(args.rounds):
+        for name in names if index % 2 == 0 else names[::-1]:
+            figures = load_from_client_process(
+                ports[name], body_file, args.duration, clients, header_length
+            )
+            results[name].append(figures)
+    return results
+
+
+@dataclass(frozen=True)
+class Ratios:
+    """Per-round ratios of two servers' throughput: their median and range."""
+
+    values: tuple[float, ...]
+
+    @classmethod
+    def of(cls, top: list[Figures], bottom: list[Figures]) -> Ratios:
+        pairs = zip(top, bottom, strict=True)
+        return cls(tuple(a.throughput / b.throughput for a, b in pairs))
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.values)
+
+    def __str__(self) -> str:
+        rounds = ", ".join(f"{value:.2f}" for value in self.values)
+        return (
+            f"median {self.median:.2f}x over {len(self.values)} rounds "
+            f"(range {min(self.values):.2f}-{max(self.values):.2f}: {rounds})"
+        )
+
+
+def median_round(rounds: list[Figures]) -> Figures:
+    """The round whose throughput is the median, as the row to print."""
+    ordered = sorted(rounds, key=lambda figures: figures.throughput)
+    return ordered[len(ordered) // 2]
 
 
 # ---------------------------------------------------------------- report
@@ -466,6 +530,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=4.0, help="seconds per measurement")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="alternating measurements per compared server"
+    )
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime/torch threads")
     parser.add_argument("--kserve-python", default=str(ROOT / ".venv-kserve" / "bin" / "python"))
     parser.add_argument("--skip-kserve", action="store_true")
@@ -492,33 +559,58 @@ def main() -> int:
         f"{args.duration:.0f} s per figure; {args.threads} inference thread(s); "
         f"{os.cpu_count()} cores; onnxruntime {onnxruntime.__version__}, torch {torch.__version__}"
     )
+    placement = (
+        f"servers pinned to CPU {SERVER_CPU}, load clients to CPU {CLIENT_CPU}"
+        if SERVER_CPU is not None
+        else "nothing pinned (one core)"
+    )
+    print(f"{placement}; {args.rounds} alternating rounds per comparison")
+    if not args.skip_kserve and Path(args.kserve_python).exists():
+        versions = subprocess.run(
+            [args.kserve_python, "-c", "from importlib.metadata import version as v; "
+             "print('kserve', v('kserve'), 'onnxruntime', v('onnxruntime'))"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        print(f"KServe side: {versions}")
 
+    if SERVER_CPU is not None:
+        os.sched_setaffinity(0, {SERVER_CPU})  # in-process baselines on the servers' core
     in_process, expected = bench_onnxruntime(folder, args.duration, args.threads)
     torch_eager = bench_torch(module, args.duration, args.threads)
-    fog_port = free_port()
-    fogline = bench_server(
-        "fogline",
-        command=[sys.executable, "-m", "fogline.workloads.server", "--model-dir", str(folder),
-                 "--name", MODEL, "--host", "127.0.0.1", "--port", str(fog_port),
-                 "--threads", str(args.threads), "--log-level", "WARNING"],
-        port=fog_port, body_file=body_file, expected=expected, args=args,
-    )  # fmt: skip
-    kserve: dict[int, Figures] | None = None
-    if not args.skip_kserve:
-        if not Path(args.kserve_python).exists():
-            print(f"KServe skipped: {args.kserve_python} missing; run bench/setup_kserve.sh")
-        else:
-            ks_port = free_port()
-            kserve = bench_server(
-                "kserve",
-                command=[args.kserve_python, str(ROOT / "bench" / "kserve_onnx_model.py"),
-                         "--model-dir", str(folder), "--name", MODEL, "--port", str(ks_port),
-                         "--threads", str(args.threads)],
-                port=ks_port, body_file=body_file, expected=expected, args=args,
-            )  # fmt: skip
-
     codec_std, codec_fast = bench_json_codecs(request_body(), args.duration)
-    cnn: dict[str, dict[int, Figures]] = {}
+    if CLIENT_CPU is not None:
+        os.sched_setaffinity(0, {CLIENT_CPU})  # the benchmark itself stays off the servers' core
+    check = (body_file.read_bytes(), expected, 0)
+    c = args.concurrency
+    with contextlib.ExitStack() as servers:
+        ports = {"fogline": free_port()}
+        servers.enter_context(running_server(
+            "fogline", fogline_command(folder, ports["fogline"], args.threads),
+            ports["fogline"], check,
+        ))  # fmt: skip
+        if not args.skip_kserve:
+            if not Path(args.kserve_python).exists():
+                print(f"KServe skipped: {args.kserve_python} missing; run bench/setup_kserve.sh")
+            else:
+                ports["kserve"] = free_port()
+                servers.enter_context(running_server(
+                    "kserve",
+                    [args.kserve_python, str(ROOT / "bench" / "kserve_onnx_model.py"),
+                     "--model-dir", str(folder), "--name", MODEL, "--port",
+                     str(ports["kserve"]), "--threads", str(args.threads)],
+                    ports["kserve"], check,
+                ))  # fmt: skip
+        lone = {
+            name: load_from_client_process(port, body_file, args.duration, 1)
+            for name, port in ports.items()
+        }
+        loaded = interleaved(ports, body_file, args, c)
+    fogline = {1: lone["fogline"], c: median_round(loaded["fogline"])}
+    kserve = {1: lone["kserve"], c: median_round(loaded["kserve"])} if "kserve" in lone else None
+    kserve_ratio = Ratios.of(loaded["fogline"], loaded["kserve"]) if kserve else None
+
+    cnn: dict[str, Figures] = {}
+    cnn_ratio: Ratios | None = None
     cnn_direct: Figures | None = None
     if not args.skip_cnn:
         cnn_folder = work / "cnn"
@@ -526,24 +618,27 @@ def main() -> int:
         cnn_body, cnn_header_length, cnn_batch = cnn_request()
         cnn_file = work / "cnn-request.json"
         cnn_file.write_bytes(cnn_body)
+        if SERVER_CPU is not None:
+            os.sched_setaffinity(0, {SERVER_CPU})
         cnn_direct, cnn_expected = bench_onnxruntime(
             cnn_folder, args.duration, args.threads, cnn_batch
         )
-        # Alternated, twice: on this shared machine load drifts within a minute.
-        for label, max_batch in (("on", "64"), ("off", "1"), ("on 2", "64"), ("off 2", "1")):
-            port = free_port()
-            cnn[label] = bench_server(
-                f"cnn-{label}",
-                command=[sys.executable, "-m", "fogline.workloads.server", "--model-dir",
-                         str(cnn_folder), "--name", MODEL, "--host", "127.0.0.1", "--port",
-                         str(port), "--threads", str(args.threads), "--max-batch-size",
-                         max_batch, "--log-level", "WARNING"],
-                port=port, body_file=cnn_file, expected=cnn_expected, args=args,
-                client_counts=(args.concurrency,), header_length=cnn_header_length,
-            )  # fmt: skip
+        if CLIENT_CPU is not None:
+            os.sched_setaffinity(0, {CLIENT_CPU})
+        cnn_check = (cnn_body, cnn_expected, cnn_header_length)
+        with contextlib.ExitStack() as servers:
+            cnn_ports = {"on": free_port(), "off": free_port()}
+            for label, max_batch in (("on", "64"), ("off", "1")):
+                port = cnn_ports[label]
+                command = fogline_command(
+                    cnn_folder, port, args.threads, "--max-batch-size", max_batch
+                )
+                servers.enter_context(running_server(f"cnn-{label}", command, port, cnn_check))
+            cnn_rounds = interleaved(cnn_ports, cnn_file, args, c, cnn_header_length)
+        cnn = {label: median_round(rounds) for label, rounds in cnn_rounds.items()}
+        cnn_ratio = Ratios.of(cnn_rounds["on"], cnn_rounds["off"])
 
-    c = args.concurrency
-    print("\nfigures")
+    print("\nfigures (for the servers under load: the round of median throughput)")
     print(row("onnxruntime in-process", in_process))
     print(row("torch eager CPU in-process", torch_eager))
     print(row("fogline serve, 1 client", fogline[1]))
@@ -557,8 +652,8 @@ def main() -> int:
     if cnn and cnn_direct is not None:
         print(f"\nCNN {CNN_SIDE}x{CNN_SIDE}, batch {CNN_BATCH}, binary tensors in, JSON out")
         print(row(f"onnxruntime in-process, batch {CNN_BATCH}", cnn_direct))
-        for label in cnn:
-            print(row(f"fogline, {c} clients, batching {label}", cnn[label][c]))
+        for label, figures in cnn.items():
+            print(row(f"fogline, {c} clients, batching {label}", figures))
 
     print("\nratios")
     overhead = fogline[1].p50_ms - in_process.p50_ms
@@ -572,13 +667,8 @@ def main() -> int:
         f"{codec_std.p50_ms / codec_fast.p50_ms:.2f}x "
         f"({(codec_std.p50_ms - codec_fast.p50_ms) * 1e3:+.1f} us)"
     )
-    if cnn:
-        for suffix in ("", " 2"):
-            ratio = cnn[f"on{suffix}"][c].throughput / cnn[f"off{suffix}"][c].throughput
-            print(
-                f"  CNN batch {CNN_BATCH}, {c} clients, batching on / off throughput"
-                f"{', again' if suffix else ''}: {ratio:.2f}x"
-            )
+    if cnn_ratio is not None:
+        print(f"  CNN batch {CNN_BATCH}, {c} clients, batching on / off throughput: {cnn_ratio}")
     print(
         f"  fogline p50 / onnxruntime in-process p50: {fogline[1].p50_ms / in_process.p50_ms:.2f}x"
     )
@@ -588,10 +678,11 @@ def main() -> int:
         f"  fogline {c}-client throughput / 1-client: "
         f"{fogline[c].throughput / fogline[1].throughput:.2f}x"
     )
-    if kserve:
-        ratio = fogline[c].throughput / kserve[c].throughput
-        verdict = "meets" if ratio >= 3 else "misses"
-        print(f"  fogline / KServe throughput, {c} clients: {ratio:.2f}x ({verdict} the 3x target)")
+    if kserve and kserve_ratio is not None:
+        verdict = "meets" if kserve_ratio.median >= 3 else "misses"
+        print(
+            f"  fogline / KServe throughput, {c} clients: {kserve_ratio} ({verdict} the 3x target)"
+        )
         print(
             f"  fogline / KServe throughput, 1 client: "
             f"{fogline[1].throughput / kserve[1].throughput:.2f}x"

@@ -10,5 +10,7 @@ if [[ ! -x "${venv}/bin/python" ]]; then
   "${python}" -m venv "${venv}"
 fi
 "${venv}/bin/pip" install --quiet --upgrade pip
-"${venv}/bin/pip" install --quiet kserve onnxruntime numpy
+# Pinned, so that every run compares against the same KServe (an unpinned install drifts with
+# each release, and so does the ratio).
+"${venv}/bin/pip" install --quiet kserve==0.21.0 onnxruntime==1.32.0 numpy
 "${venv}/bin/python" -c "from importlib.metadata import version as v; print('kserve', v('kserve'), 'onnxruntime', v('onnxruntime'))"
