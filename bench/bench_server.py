@@ -49,9 +49,12 @@ class Figures:
     throughput: float  # requests (or calls) per second
     count: int
     errors: int = 0
+    cpu_ms: float | None = None  # the server's CPU time (all its threads) per request
 
     @classmethod
-    def of(cls, latencies: list[float], elapsed: float, errors: int = 0) -> Figures:
+    def of(
+        cls, latencies: list[float], elapsed: float, errors: int = 0, cpu_ms: float | None = None
+    ) -> Figures:
         ordered = sorted(latencies)
         p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
         return cls(
@@ -60,6 +63,7 @@ class Figures:
             len(ordered) / elapsed,
             len(ordered),
             errors,
+            cpu_ms,
         )
 
 
@@ -304,10 +308,11 @@ def run_blocking_client(
         reader.read(length)
         return status
 
-    latencies, errors = [], 0
+    latencies, errors, sent = [], 0, 0
     warm_until = time.perf_counter() + min(0.5, duration / 4)
     while time.perf_counter() < warm_until:
         once()
+        sent += 1
     start = time.perf_counter()
     deadline = start + duration
     while (now := time.perf_counter()) < deadline:
@@ -316,7 +321,8 @@ def run_blocking_client(
         errors += not ok
     elapsed = time.perf_counter() - start
     sock.close()
-    return {"latencies": latencies, "elapsed": elapsed, "errors": errors}
+    sent += len(latencies)
+    return {"latencies": latencies, "elapsed": elapsed, "errors": errors, "sent": sent}
 
 
 async def run_concurrent_client(
@@ -330,11 +336,11 @@ async def run_concurrent_client(
     """`concurrency` keep-alive connections, each sending its next request on each answer."""
     raw = _http_request(port, path, body, header_length)
     latencies: list[float] = []
-    errors = 0
+    errors = sent = 0
     measuring = asyncio.Event()
 
     async def client(stop_at: float) -> None:
-        nonlocal errors
+        nonlocal errors, sent
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             while (now := time.perf_counter()) < stop_at:
@@ -342,6 +348,7 @@ async def run_concurrent_client(
                 head = await reader.readuntil(b"\r\n\r\n")
                 status, length = _status_and_length(head)
                 await reader.readexactly(length)
+                sent += 1
                 if measuring.is_set():
                     latencies.append(time.perf_counter() - now)
                     errors += status != 200
@@ -355,7 +362,8 @@ async def run_concurrent_client(
     measuring.set()
     start = time.perf_counter()
     await asyncio.gather(*tasks)
-    return {"latencies": latencies, "elapsed": time.perf_counter() - start, "errors": errors}
+    elapsed = time.perf_counter() - start
+    return {"latencies": latencies, "elapsed": elapsed, "errors": errors, "sent": sent}
 
 
 def client_main(args: argparse.Namespace) -> int:
@@ -383,9 +391,38 @@ def pinned(cpu: int | None, command: list[str]) -> list[str]:
     return command if cpu is None else ["taskset", "--cpu-list", str(cpu), *command]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process and every process below it, from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    times: dict[int, float] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # gone meanwhile
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = [child for child, ppid in parents.items() if ppid == parent]
+        tree.update(children)
+        frontier += children
+    return sum(times.get(member, 0.0) for member in tree)
+
+
 def load_from_client_process(
-    port: int, body_file: Path, duration: float, concurrency: int, header_length: int = 0
+    port: int,
+    body_file: Path,
+    duration: float,
+    concurrency: int,
+    header_length: int = 0,
+    server_pid: int | None = None,
 ) -> Figures:
+    cpu_before = cpu_seconds(server_pid) if server_pid is not None else 0.0
     done = subprocess.run(
         pinned(CLIENT_CPU, [sys.executable, __file__, "--client", "--port", str(port), "--path",
          f"/v2/models/{MODEL}/infer", "--body-file", str(body_file), "--duration",
@@ -394,7 +431,10 @@ def load_from_client_process(
         capture_output=True, text=True, timeout=duration + 60, check=True,
     )  # fmt: skip
     result = json.loads(done.stdout)
-    return Figures.of(result["latencies"], result["elapsed"], result["errors"])
+    cpu_ms = None
+    if server_pid is not None and result["sent"]:
+        cpu_ms = (cpu_seconds(server_pid) - cpu_before) / result["sent"] * 1e3
+    return Figures.of(result["latencies"], result["elapsed"], result["errors"], cpu_ms)
 
 
 # ---------------------------------------------------------------- servers
@@ -436,10 +476,16 @@ def check_answer(port: int, body: bytes, expected: Any, header_length: int = 0) 
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
 
 
+@dataclass(frozen=True)
+class Served:
+    port: int
+    pid: int  # taskset execs the server: this is the server's own process
+
+
 @contextlib.contextmanager
 def running_server(
     name: str, command: list[str], port: int, check: tuple[bytes, Any, int]
-) -> Iterator[int]:
+) -> Iterator[Served]:
     """A server process pinned to the servers' core, ready and checked against `check` (body,
     expected output, binary header length); stopped with SIGTERM afterwards."""
     log = Path(tempfile.gettempdir()) / f"bench-{name}-{port}.log"
@@ -452,7 +498,7 @@ def running_server(
         wait_ready(port, process)
         body, expected, header_length = check
         check_answer(port, body, expected, header_length)
-        yield port
+        yield Served(port, process.pid)
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -468,19 +514,20 @@ def fogline_command(folder: Path, port: int, threads: int, *extra: str) -> list[
 
 
 def interleaved(
-    ports: dict[str, int],
+    servers: dict[str, Served],
     body_file: Path,
     args: argparse.Namespace,
     clients: int,
     header_length: int = 0,
 ) -> dict[str, list[Figures]]:
     """`args.rounds` measurements of each server, alternating which goes first."""
-    names = list(ports)
+    names = list(servers)
     results: dict[str, list[Figures]] = {name: [] for name in names}
     for index in range(args.rounds):
         for name in names if index % 2 == 0 else names[::-1]:
+            served = servers[name]
             figures = load_from_client_process(
-                ports[name], body_file, args.duration, clients, header_length
+                served.port, body_file, args.duration, clients, header_length, served.pid
             )
             results[name].append(figures)
     return results
@@ -496,6 +543,12 @@ class Ratios:
     def of(cls, top: list[Figures], bottom: list[Figures]) -> Ratios:
         pairs = zip(top, bottom, strict=True)
         return cls(tuple(a.throughput / b.throughput for a, b in pairs))
+
+    @classmethod
+    def of_cpu(cls, top: list[Figures], bottom: list[Figures]) -> Ratios:
+        """How many times the CPU per request of `bottom` that of `top` is, per round."""
+        pairs = zip(top, bottom, strict=True)
+        return cls(tuple((b.cpu_ms or 0.0) / (a.cpu_ms or 1.0) for a, b in pairs))
 
     @property
     def median(self) -> float:
@@ -520,9 +573,10 @@ def median_round(rounds: list[Figures]) -> Figures:
 
 def row(label: str, figures: Figures) -> str:
     errors = f"  errors {figures.errors}" if figures.errors else ""
+    cpu = f"  cpu {figures.cpu_ms:.3f} ms/req" if figures.cpu_ms is not None else ""
     return (
         f"  {label:<34} p50 {figures.p50_ms:7.3f} ms   p99 {figures.p99_ms:7.3f} ms   "
-        f"{figures.throughput:9.0f} /s   (n={figures.count}){errors}"
+        f"{figures.throughput:9.0f} /s   (n={figures.count}){cpu}{errors}"
     )
 
 
@@ -564,7 +618,10 @@ def main() -> int:
         if SERVER_CPU is not None
         else "nothing pinned (one core)"
     )
-    print(f"{placement}; {args.rounds} alternating rounds per comparison")
+    print(
+        f"{placement}; {args.rounds} alternating rounds per comparison; load average "
+        f"{os.getloadavg()[0]:.1f} at start"
+    )
     if not args.skip_kserve and Path(args.kserve_python).exists():
         versions = subprocess.run(
             [args.kserve_python, "-c", "from importlib.metadata import version as v; "
@@ -582,35 +639,36 @@ def main() -> int:
         os.sched_setaffinity(0, {CLIENT_CPU})  # the benchmark itself stays off the servers' core
     check = (body_file.read_bytes(), expected, 0)
     c = args.concurrency
-    with contextlib.ExitStack() as servers:
-        ports = {"fogline": free_port()}
-        servers.enter_context(running_server(
-            "fogline", fogline_command(folder, ports["fogline"], args.threads),
-            ports["fogline"], check,
-        ))  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        port = free_port()
+        servers = {"fogline": stack.enter_context(running_server(
+            "fogline", fogline_command(folder, port, args.threads), port, check,
+        ))}  # fmt: skip
         if not args.skip_kserve:
             if not Path(args.kserve_python).exists():
                 print(f"KServe skipped: {args.kserve_python} missing; run bench/setup_kserve.sh")
             else:
-                ports["kserve"] = free_port()
-                servers.enter_context(running_server(
+                port = free_port()
+                servers["kserve"] = stack.enter_context(running_server(
                     "kserve",
                     [args.kserve_python, str(ROOT / "bench" / "kserve_onnx_model.py"),
                      "--model-dir", str(folder), "--name", MODEL, "--port",
-                     str(ports["kserve"]), "--threads", str(args.threads)],
-                    ports["kserve"], check,
+                     str(port), "--threads", str(args.threads)],
+                    port, check,
                 ))  # fmt: skip
         lone = {
-            name: load_from_client_process(port, body_file, args.duration, 1)
-            for name, port in ports.items()
+            name: load_from_client_process(served.port, body_file, args.duration, 1, 0, served.pid)
+            for name, served in servers.items()
         }
-        loaded = interleaved(ports, body_file, args, c)
+        loaded = interleaved(servers, body_file, args, c)
     fogline = {1: lone["fogline"], c: median_round(loaded["fogline"])}
     kserve = {1: lone["kserve"], c: median_round(loaded["kserve"])} if "kserve" in lone else None
     kserve_ratio = Ratios.of(loaded["fogline"], loaded["kserve"]) if kserve else None
+    kserve_cpu = Ratios.of_cpu(loaded["fogline"], loaded["kserve"]) if kserve else None
 
     cnn: dict[str, Figures] = {}
     cnn_ratio: Ratios | None = None
+    cnn_cpu: Ratios | None = None
     cnn_direct: Figures | None = None
     if not args.skip_cnn:
         cnn_folder = work / "cnn"
@@ -626,17 +684,20 @@ def main() -> int:
         if CLIENT_CPU is not None:
             os.sched_setaffinity(0, {CLIENT_CPU})
         cnn_check = (cnn_body, cnn_expected, cnn_header_length)
-        with contextlib.ExitStack() as servers:
-            cnn_ports = {"on": free_port(), "off": free_port()}
+        with contextlib.ExitStack() as stack:
+            cnn_servers: dict[str, Served] = {}
             for label, max_batch in (("on", "64"), ("off", "1")):
-                port = cnn_ports[label]
+                port = free_port()
                 command = fogline_command(
                     cnn_folder, port, args.threads, "--max-batch-size", max_batch
                 )
-                servers.enter_context(running_server(f"cnn-{label}", command, port, cnn_check))
-            cnn_rounds = interleaved(cnn_ports, cnn_file, args, c, cnn_header_length)
+                cnn_servers[label] = stack.enter_context(
+                    running_server(f"cnn-{label}", command, port, cnn_check)
+                )
+            cnn_rounds = interleaved(cnn_servers, cnn_file, args, c, cnn_header_length)
         cnn = {label: median_round(rounds) for label, rounds in cnn_rounds.items()}
         cnn_ratio = Ratios.of(cnn_rounds["on"], cnn_rounds["off"])
+        cnn_cpu = Ratios.of_cpu(cnn_rounds["on"], cnn_rounds["off"])
 
     print("\nfigures (for the servers under load: the round of median throughput)")
     print(row("onnxruntime in-process", in_process))
@@ -669,6 +730,8 @@ def main() -> int:
     )
     if cnn_ratio is not None:
         print(f"  CNN batch {CNN_BATCH}, {c} clients, batching on / off throughput: {cnn_ratio}")
+    if cnn_cpu is not None:
+        print(f"  CNN batch {CNN_BATCH}, {c} clients, server CPU per request, off / on: {cnn_cpu}")
     print(
         f"  fogline p50 / onnxruntime in-process p50: {fogline[1].p50_ms / in_process.p50_ms:.2f}x"
     )
@@ -683,6 +746,13 @@ def main() -> int:
         print(
             f"  fogline / KServe throughput, {c} clients: {kserve_ratio} ({verdict} the 3x target)"
         )
+    if kserve_cpu is not None:
+        verdict = "meets" if kserve_cpu.median >= 3 else "misses"
+        print(
+            f"  server CPU per request, KServe / fogline, {c} clients: {kserve_cpu} "
+            f"({verdict} 3x: the throughput ratio on a core of its own)"
+        )
+    if kserve:
         print(
             f"  fogline / KServe throughput, 1 client: "
             f"{fogline[1].throughput / kserve[1].throughput:.2f}x"
