@@ -508,9 +508,24 @@ def running_server(
 
 
 def fogline_command(folder: Path, port: int, threads: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "fogline.workloads.server", "--model-dir", str(folder),
-            "--name", MODEL, "--host", "127.0.0.1", "--port", str(port), "--threads",
-            str(threads), "--log-level", "WARNING", *extra]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "fogline.workloads.server",
+        "--model-dir",
+        str(folder),
+        "--name",
+        MODEL,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--threads",
+        str(threads),
+        "--log-level",
+        "WARNING",
+        *extra,
+    ]
 
 
 def interleaved(
@@ -624,10 +639,16 @@ def main() -> int:
     )
     if not args.skip_kserve and Path(args.kserve_python).exists():
         versions = subprocess.run(
-            [args.kserve_python, "-c", "from importlib.metadata import version as v; "
-             "print('kserve', v('kserve'), 'onnxruntime', v('onnxruntime'))"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()  # fmt: skip
+            [
+                args.kserve_python,
+                "-c",
+                "from importlib.metadata import version as v; "
+                "print('kserve', v('kserve'), 'onnxruntime', v('onnxruntime'))",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
         print(f"KServe side: {versions}")
 
     if SERVER_CPU is not None:
@@ -641,21 +662,40 @@ def main() -> int:
     c = args.concurrency
     with contextlib.ExitStack() as stack:
         port = free_port()
-        servers = {"fogline": stack.enter_context(running_server(
-            "fogline", fogline_command(folder, port, args.threads), port, check,
-        ))}  # fmt: skip
+        servers = {
+            "fogline": stack.enter_context(
+                running_server(
+                    "fogline",
+                    fogline_command(folder, port, args.threads),
+                    port,
+                    check,
+                )
+            )
+        }
         if not args.skip_kserve:
             if not Path(args.kserve_python).exists():
                 print(f"KServe skipped: {args.kserve_python} missing; run bench/setup_kserve.sh")
             else:
                 port = free_port()
-                servers["kserve"] = stack.enter_context(running_server(
-                    "kserve",
-                    [args.kserve_python, str(ROOT / "bench" / "kserve_onnx_model.py"),
-                     "--model-dir", str(folder), "--name", MODEL, "--port",
-                     str(port), "--threads", str(args.threads)],
-                    port, check,
-                ))  # fmt: skip
+                servers["kserve"] = stack.enter_context(
+                    running_server(
+                        "kserve",
+                        [
+                            args.kserve_python,
+                            str(ROOT / "bench" / "kserve_onnx_model.py"),
+                            "--model-dir",
+                            str(folder),
+                            "--name",
+                            MODEL,
+                            "--port",
+                            str(port),
+                            "--threads",
+                            str(args.threads),
+                        ],
+                        port,
+                        check,
+                    )
+                )
         lone = {
             name: load_from_client_process(served.port, body_file, args.duration, 1, 0, served.pid)
             for name, served in servers.items()

@@ -50,8 +50,11 @@ def operator(
         "apply", "--server-side", "--field-manager=fogline-tests", "-f", str(CRD_DIR)
     )
     extensions = client.ApiextensionsV1Api(local_cluster.api)
-    wait_for(lambda: _established(extensions, f"edgedeployments.{GROUP}"), timeout=60,
-             what="the EdgeDeployment CRD to be Established")  # fmt: skip
+    wait_for(
+        lambda: _established(extensions, f"edgedeployments.{GROUP}"),
+        timeout=60,
+        what="the EdgeDeployment CRD to be Established",
+    )
     env = {
         "FOGLINE_SERVER_IMAGE": "fogline.dev/server:local",
         "FOGLINE_IMAGE_PULL_POLICY": "Never",
@@ -73,8 +76,11 @@ def space(local_cluster: ClusterHandle) -> Iterator[str]:
     yield name
     core.delete_namespace(name)
     # Its pods are real processes: wait until the agent has stopped them all.
-    wait_for(lambda: not core.list_namespace(field_selector=f"metadata.name={name}").items,
-             timeout=90, what=f"namespace {name} to be deleted")  # fmt: skip
+    wait_for(
+        lambda: not core.list_namespace(field_selector=f"metadata.name={name}").items,
+        timeout=90,
+        what=f"namespace {name} to be deleted",
+    )
 
 
 @dataclass
@@ -227,8 +233,12 @@ def test_rolling_three_sites_to_a_new_digest_under_load_fails_no_request(
             and current.get("sitesReady") == f"{len(SITES)}/{len(SITES)}"
         )
 
-    wait_for(lambda: available_on(old_digest), timeout=120, interval=0.5,
-             what="the first digest Available on 3 sites")  # fmt: skip
+    wait_for(
+        lambda: available_on(old_digest),
+        timeout=120,
+        interval=0.5,
+        what="the first digest Available on 3 sites",
+    )
     router = Router(client.CoreV1Api(local_cluster.api), space, f"{EDGE_LABEL}=rolling")
     router.apply(router.observe())
     assert sorted(router.endpoints) == SITES
@@ -243,11 +253,22 @@ def test_rolling_three_sites_to_a_new_digest_under_load_fails_no_request(
         for thread in threads:
             thread.start()
         time.sleep(1.0)  # load on the old servers alone
-        custom.patch_namespaced_custom_object(GROUP, VERSION, space, "edgedeployments", "rolling", {
-            "spec": {"model": {"uri": f"file://{ARTIFACTS}/{space}-v2", "digest": new_digest}},
-        })  # fmt: skip
-        wait_for(lambda: available_on(new_digest), timeout=180, interval=0.5,
-                 what="the new digest Available on 3 sites")  # fmt: skip
+        custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            space,
+            "edgedeployments",
+            "rolling",
+            {
+                "spec": {"model": {"uri": f"file://{ARTIFACTS}/{space}-v2", "digest": new_digest}},
+            },
+        )
+        wait_for(
+            lambda: available_on(new_digest),
+            timeout=180,
+            interval=0.5,
+            what="the new digest Available on 3 sites",
+        )
 
         def old_pods_gone() -> bool:
             pods = router.core.list_namespaced_pod(space, label_selector=router.selector).items
@@ -273,6 +294,7 @@ def test_rolling_three_sites_to_a_new_digest_under_load_fails_no_request(
     drained = sum(load.draining[p] for p, e in router.seen.items() if e.digest == old_digest)
     assert drained > 0
     total = sum(load.answered.values())
-    print(f"rollout of {len(SITES)} sites under load: {total} requests, 0 failed, "
-          f"{drained} answered while draining")  # fmt: skip
-
+    print(
+        f"rollout of {len(SITES)} sites under load: {total} requests, 0 failed, "
+        f"{drained} answered while draining"
+    )

@@ -272,3 +272,14 @@ def test_local_nodes_look_like_their_kwok_siblings_but_are_not_kwoks() -> None:
 def _first_kwok_node(kind: str) -> dict[str, Any]:
     nodes = build_nodes(Topology(gpu_nodes=1, edge_sites=1, nodes_per_site=1))
     return next(n for n in nodes if n["metadata"]["name"].startswith(kind))
+
+
+def test_each_named_site_gets_a_local_edge_node_of_its_own() -> None:
+    nodes = local_nodes("site-01", "site-02", "site-03")
+    edges = [n for n in nodes if n["metadata"]["name"] != "local-gpu"]
+    assert [n["metadata"]["name"] for n in edges] == ["local-edge", "local-edge-2", "local-edge-3"]
+    assert [n["metadata"]["labels"][SITE_LABEL] for n in edges] == ["site-01", "site-02", "site-03"]
+    hostnames = [n["metadata"]["labels"]["kubernetes.io/hostname"] for n in edges]
+    assert hostnames == ["local-edge", "local-edge-2", "local-edge-3"]
+    sites = Topology(edge_sites=1, local_edge_sites=3).local_site_names()
+    assert sites == ["site-01", "site-02", "site-03"]

@@ -573,9 +573,13 @@ def test_bodies_past_the_global_budget_are_503_and_the_budget_comes_back(
             time.sleep(0.05)
         chunk = b" " * 60_000
         chunked = (
-            f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            f"Transfer-Encoding: chunked\r\n\r\n{len(chunk):x}\r\n"
-        ).encode() + chunk + b"\r\n0\r\n\r\n"
+            (
+                f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                f"Transfer-Encoding: chunked\r\n\r\n{len(chunk):x}\r\n"
+            ).encode()
+            + chunk
+            + b"\r\n0\r\n\r\n"
+        )
         for refused in (post(padded), chunked, post(b"\x1f\x8b", "Content-Encoding: gzip\r\n")):
             status, headers, body = exchange(server.port, refused)
             assert status == 503, body

@@ -101,7 +101,7 @@ class WireHooks:
 SINGLETONS = ("content-encoding", "inference-header-content-length", "authorization", "expect")
 
 
-class _Refusal(Exception):
+class _RefusedError(Exception):
     """A request refused while its body arrives: the answer, and whether to close."""
 
     def __init__(self, response: Response, close: bool = True) -> None:
@@ -283,7 +283,7 @@ class _Held:
             return
         server = self.server
         if server.body_bytes + more > server.limits.max_body_bytes_in_flight:
-            raise _Refusal(server.busy_with_bodies())
+            raise _RefusedError(server.busy_with_bodies())
         server.body_bytes += more
         self.bytes += more
 
@@ -425,14 +425,14 @@ class HttpServer:
             path, _, query = target.partition("?")
             request = Request(raw.method, path, query, headers, body)
             return await self.hooks.handle(request), False
-        except _Refusal as refusal:
+        except _RefusedError as refusal:
             self.hooks.refused_request(refusal.response.status)
             return refusal.response, refusal.close
         finally:
             held.release()
 
     async def _read_body(self, raw: web.BaseRequest, held: _Held) -> bytes:
-        """The body; _Refusal past the limit or the budget (chunked bodies have no length up
+        """The body; _RefusedError past the limit or the budget (chunked bodies have no length up
         front, so they reserve as they arrive)."""
         if not raw.body_exists:
             return b""
@@ -445,7 +445,7 @@ class HttpServer:
                 message = (
                     f"request body exceeds the limit of {limit} bytes (--max-body-bytes)"
                 )
-                raise _Refusal(self.hooks.refuse(413, message))
+                raise _RefusedError(self.hooks.refuse(413, message))
             held.reserve(total - held.bytes)
             chunks.append(chunk)
         return chunks[0] if len(chunks) == 1 else b"".join(chunks)
