@@ -442,9 +442,7 @@ class HttpServer:
         while chunk := await raw.content.readany():
             total += len(chunk)
             if total > limit:
-                message = (
-                    f"request body exceeds the limit of {limit} bytes (--max-body-bytes)"
-                )
+                message = f"request body exceeds the limit of {limit} bytes (--max-body-bytes)"
                 raise _RefusedError(self.hooks.refuse(413, message))
             held.reserve(total - held.bytes)
             chunks.append(chunk)
