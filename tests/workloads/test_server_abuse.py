@@ -6,6 +6,7 @@ checked against its figure at rest. Every test bounds its traffic in count and t
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import re
 import socket
@@ -551,14 +552,12 @@ def test_bodies_past_the_global_budget_are_503_and_the_budget_comes_back(
 ) -> None:
     """Many connections each within the body limit cannot together hold more than the budget:
     two half-sent bodies hold most of it; the next body that would not fit (sized up front,
-    chunked as it arrives, or compressed at the most it may inflate to) gets 503 with
-    Retry-After while a small request still fits, and once the two are answered the budget is
-    whole again."""
+    chunked as it arrives, or small compressed but large inflated) gets 503 with Retry-After
+    while small requests, plain and compressed, still fit, and once the two are answered the
+    budget is whole again."""
     size = 100_000
-    server = start_server(
-        artifact, tmp_path / "server.log", "--max-body-bytes", str(size),
-        "--max-body-bytes-in-flight", str(250_000),
-    )  # fmt: skip
+    budget = ("--max-body-bytes", str(size), "--max-body-bytes-in-flight", str(250_000))
+    server = start_server(artifact, tmp_path / "server.log", *budget)
     padded = good_body() + b" " * (size - len(good_body()))
     held = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(2)]
     try:
@@ -580,12 +579,16 @@ def test_bodies_past_the_global_budget_are_503_and_the_budget_comes_back(
             + chunk
             + b"\r\n0\r\n\r\n"
         )
-        for refused in (post(padded), chunked, post(b"\x1f\x8b", "Content-Encoding: gzip\r\n")):
+        gzip_header = "Content-Encoding: gzip\r\n"
+        inflating = post(gzip.compress(good_body() + b" " * 60_000), gzip_header)
+        for refused in (post(padded), chunked, inflating):
             status, headers, body = exchange(server.port, refused)
             assert status == 503, body
             assert headers["retry-after"] == "1"
             assert "--max-body-bytes-in-flight" in json.loads(body)["error"]
-        assert_serves(server)  # a small body still fits beside the two
+        assert_serves(server)  # small bodies still fit beside the two
+        status, _, body = exchange(server.port, post(gzip.compress(good_body()), gzip_header))
+        assert status == 200, body
         for sock in held:
             sock.sendall(padded[-(size // 2) :])
             status, _, body = read_response(sock)

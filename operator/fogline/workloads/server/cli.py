@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-body-bytes-in-flight",
         type=_positive,
         help="request body bytes held at once over all connections; past it 503 with "
-        "Retry-After; a compressed body counts as --max-body-bytes (default: "
+        "Retry-After; a compressed body counts as received and again inflated (default: "
         f"{limits.max_body_bytes_in_flight}, or --max-body-bytes when that is larger)",
     )
     parser.add_argument(

@@ -183,6 +183,12 @@ class RestApi:
             body = await self.dataplane.offload(
                 self.max_body_bytes, lambda: self._decoded_body(request)
             )
+            # At most one inflated body per codec thread exists before it is counted here.
+            if not request.hold(len(body)):
+                raise OverloadedError(
+                    f"the inflated body of {len(body)} bytes does not fit beside the request "
+                    "bodies under way (--max-body-bytes-in-flight); retry shortly"
+                )
         result = await self.dataplane.infer(name, version, body, header_length)
         if result.header_length is None:
             return Response(200, result.body)

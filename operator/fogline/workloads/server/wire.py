@@ -43,6 +43,9 @@ class Request:
     query: str
     headers: Mapping[str, str]  # case-insensitive names; singletons were checked
     body: bytes
+    # Takes `size` more bytes of the server's budget for request bodies until the answer is
+    # written (an inflated body); False when they do not fit.
+    hold: Callable[[int], bool] = field(default=lambda size: True)
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,8 @@ class WireLimits:
     idle_timeout: float = 75.0  # keep-alive idle time; also how long a client may stop reading
     max_connections: int = 1024
     # Request bodies held at once over all connections, from their first byte until the answer
-    # is written; past it 503 with Retry-After. A compressed body counts as max_body_bytes, the
-    # most it may inflate to.
+    # is written; past it 503 with Retry-After. A compressed body counts twice: as received and
+    # once inflated.
     max_body_bytes_in_flight: int = 256 * 1024 * 1024
 
     def __post_init__(self) -> None:
@@ -279,13 +282,18 @@ class _Held:
         self.bytes = 0
 
     def reserve(self, more: int) -> None:
-        if more <= 0:
-            return
+        if not self.try_reserve(more):
+            raise _RefusedError(self.server.busy_with_bodies())
+
+    def try_reserve(self, more: int) -> bool:
         server = self.server
+        if more <= 0:
+            return True
         if server.body_bytes + more > server.limits.max_body_bytes_in_flight:
-            raise _RefusedError(server.busy_with_bodies())
+            return False
         server.body_bytes += more
         self.bytes += more
+        return True
 
     def release(self) -> None:
         self.server.body_bytes -= self.bytes
@@ -410,10 +418,8 @@ class HttpServer:
             return refuse(413, message), close
         held = _Held(self)
         try:
-            # What a body will hold is reserved before it is read where it is known: its
-            # length, or for a compressed one the most it may inflate to.
-            compressed = headers.get("content-encoding", "identity").lower() != "identity"
-            held.reserve(limits.max_body_bytes if compressed else length or 0)
+            # A body's length is reserved before it is read, where it is known.
+            held.reserve(length or 0)
             if expecting:
                 await raw.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             try:
@@ -423,7 +429,7 @@ class HttpServer:
                 return refuse(400, f"malformed request body: {err}"), True
             target = raw.raw_path
             path, _, query = target.partition("?")
-            request = Request(raw.method, path, query, headers, body)
+            request = Request(raw.method, path, query, headers, body, held.try_reserve)
             return await self.hooks.handle(request), False
         except _RefusedError as refusal:
             self.hooks.refused_request(refusal.response.status)
