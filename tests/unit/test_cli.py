@@ -21,7 +21,13 @@ def test_unknown_command_is_a_usage_error(capsys: pytest.CaptureFixture[str]) ->
     assert "error: unknown command 'frobnicate'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["devcluster", "up", "--gpu-nodes", "-1"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["devcluster", "up", "--gpu-nodes", "-1"],
+        ["devcluster", "up", "--local-nodes", "--local-edge-sites", "0"],
+    ],
+)
 def test_devcluster_rejects_negative_counts(
     argv: list[str], capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from fogline.devcluster.binaries import ToolsMissingError
 from fogline.devcluster.cluster import DevCluster, DevClusterError
 from fogline.devcluster.stores import StoreError
-from fogline.devcluster.topology import Topology
+from fogline.devcluster.topology import Topology, local_nodes
 
 DEFAULT_DIR = Path(".devcluster")
 
@@ -88,13 +88,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.action == "up":
             counts = (args.gpu_nodes, args.gpus_per_node, args.edge_sites, args.nodes_per_site)
-            if min(counts) < 0 or args.nodes_per_site < 1 or args.gpus_per_node < 1:
+            if (
+                min(counts) < 0
+                or args.nodes_per_site < 1
+                or args.gpus_per_node < 1
+                or args.local_edge_sites < 1
+            ):
                 print(
-                    "error: node counts must be >= 0 (and --nodes-per-site, --gpus-per-node >= 1)",
+                    "error: node counts must be >= 0 (and --nodes-per-site, --gpus-per-node, "
+                    "--local-edge-sites >= 1)",
                     file=sys.stderr,
                 )
                 return 2
-            topology = Topology(*counts, local_edge_sites=max(1, args.local_edge_sites))
+            topology = Topology(*counts, local_edge_sites=args.local_edge_sites)
             state = cluster.up(
                 topology,
                 timeout=args.timeout,
@@ -109,7 +115,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  export KUBECONFIG={cluster.kubeconfig}")
                 if args.local_nodes:
                     logs = cluster.local_root / "logs"
-                    print(f"  local nodes local-gpu and local-edge; pod logs in {logs}")
+                    names = [
+                        n["metadata"]["name"] for n in local_nodes(*topology.local_site_names())
+                    ]
+                    print(f"  local nodes {', '.join(names)}; pod logs in {logs}")
                 if endpoints is not None:
                     print(f"  S3 {endpoints.s3_endpoint} bucket {endpoints.bucket}")
                     print(f"  OCI registry {endpoints.registry} (plain HTTP)")
