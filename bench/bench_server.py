@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import statistics
@@ -383,7 +384,9 @@ def client_main(args: argparse.Namespace) -> int:
 
 # One core for the servers, another for the load clients (and the in-process baselines run on
 # the servers' core); on a single-core machine nothing is pinned.
-SERVER_CPU, CLIENT_CPU = (0, 1) if (os.cpu_count() or 1) >= 2 else (None, None)
+# Pinning needs taskset (util-linux); without it nothing is pinned, and the header says so.
+PINNABLE = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+SERVER_CPU, CLIENT_CPU = (0, 1) if PINNABLE else (None, None)
 
 
 def pinned(cpu: int | None, command: list[str]) -> list[str]:
@@ -631,7 +634,7 @@ def main() -> int:
     placement = (
         f"servers pinned to CPU {SERVER_CPU}, load clients to CPU {CLIENT_CPU}"
         if SERVER_CPU is not None
-        else "nothing pinned (one core)"
+        else "nothing pinned (one core, or no taskset)"
     )
     print(
         f"{placement}; {args.rounds} alternating rounds per comparison; load average "
