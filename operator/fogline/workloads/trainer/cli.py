@@ -87,6 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.2,
         help="fraction held out for evaluation, 0.05..0.5 (0.2)",
     )
+    model.add_argument(
+        "--train-fraction",
+        type=float,
+        default=1.0,
+        help="train on this seeded, class-stratified share of the training rows, >0..1 (1); "
+        "the held-out rows stay the same, for learning curves and data-limited students",
+    )
     hyper = parser.add_argument_group("hyperparameters")
     hyper.add_argument("--epochs", type=int, default=10, help="1..10000 (10)")
     hyper.add_argument("--batch-size", type=int, default=64, help="per process, 1..65536 (64)")
@@ -150,6 +157,7 @@ def parse_config(argv: Sequence[str], env: Mapping[str, str]) -> tuple[cfg.Train
         dataset_digest=args.dataset_digest,
         dataset_format=args.dataset_format,
         validation_split=args.validation_split,
+        train_fraction=args.train_fraction,
         hidden_units=args.hidden_units,
         epochs=args.epochs,
         batch_size=args.batch_size,

@@ -33,6 +33,7 @@ class TrainingConfig:
     dataset_digest: str | None = None
     dataset_format: str = "auto"
     validation_split: float = 0.2
+    train_fraction: float = 1.0
     hidden_units: int = 128
     epochs: int = 10
     batch_size: int = 64
@@ -81,6 +82,8 @@ class TrainingConfig:
         }
         if not self.is_entrypoint:
             values["hiddenUnits"] = self.hidden_units
+        if self.train_fraction < 1:
+            values["trainFraction"] = self.train_fraction
         if self.compression.enabled:
             values["compression"] = self.compression.describe()
         if self.distillation.enabled:
@@ -100,7 +103,9 @@ class TrainingConfig:
             "learningRate": self.learning_rate,
             "optimizer": self.optimizer,
             "seed": self.seed,
-        } | ({"distillation": self.distillation.describe()} if self.distillation.enabled else {})
+        } | (
+            {"trainFraction": self.train_fraction} if self.train_fraction < 1 else {}
+        ) | ({"distillation": self.distillation.describe()} if self.distillation.enabled else {})
 
 
 def normalize_digest(value: str) -> str:
@@ -135,6 +140,10 @@ def validate(config: TrainingConfig) -> None:
         (
             0.05 <= config.validation_split <= 0.5,
             f"--validation-split: {config.validation_split} is outside 0.05..0.5",
+        ),
+        (
+            0 < config.train_fraction <= 1,
+            f"--train-fraction: {config.train_fraction} must be above 0 and at most 1",
         ),
         (
             1 <= config.hidden_units <= 65536,

@@ -148,6 +148,27 @@ def split_dataset(dataset: Dataset, validation_fraction: float, seed: int) -> Sp
     )
 
 
+def limit_training(split: Split, fraction: float, seed: int) -> Split:
+    """The split with a seeded, class-stratified share of its training rows (at least one row
+    a class) and the same held-out rows: runs at different fractions, or a distilled student
+    and its labels-only twin, are scored on the very same rows."""
+    if fraction >= 1:
+        return split
+    # Its own stream: the subset must not change how the split or the weights are drawn.
+    rng = np.random.default_rng([seed, 1])
+    kept: list[np.ndarray] = []
+    for label in np.unique(split.train_labels).tolist():
+        members = rng.permutation(np.flatnonzero(split.train_labels == label))
+        kept.append(members[: max(1, round(len(members) * fraction))])
+    rows = rng.permutation(np.concatenate(kept))
+    return Split(
+        train_features=split.train_features[rows],
+        train_labels=split.train_labels[rows],
+        validation_features=split.validation_features,
+        validation_labels=split.validation_labels,
+    )
+
+
 def _listed(labels: list[str], limit: int = 5) -> str:
     shown = ", ".join(labels[:limit])
     return shown + (f" and {len(labels) - limit} more" if len(labels) > limit else "")

@@ -22,7 +22,7 @@ from fogline.workloads.trainer.compression import candidates as compression
 from fogline.workloads.trainer.compression.selection import FLOAT32, INT8_DYNAMIC, INT8_STATIC
 from fogline.workloads.trainer.compression.settings import CompressionSettings
 from fogline.workloads.trainer.config import TrainingConfig
-from fogline.workloads.trainer.datasets import Dataset, Split, split_dataset
+from fogline.workloads.trainer.datasets import Dataset, Split, limit_training, split_dataset
 from fogline.workloads.trainer.distillation.teacher import soft_targets
 from fogline.workloads.trainer.distributed import ProcessContext, join_run, leave_run
 from fogline.workloads.trainer.errors import diverged
@@ -50,7 +50,11 @@ def run_training(
         if config.threads is not None:
             torch.set_num_threads(config.threads)
         seed_everything(config.seed)
-        split = split_dataset(dataset, config.validation_split, config.seed)
+        split = limit_training(
+            split_dataset(dataset, config.validation_split, config.seed),
+            config.train_fraction,
+            config.seed,
+        )
         model = build_model(
             config.model, split.train_features, dataset.num_classes, config.hidden_units
         )
