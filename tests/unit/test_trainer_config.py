@@ -35,6 +35,8 @@ BASE = TrainingConfig(model="mlp", dataset="builtin:digits", output=Path("out"))
         ({"learning_rate": 11.0}, "InvalidArgument", "--lr"),
         ({"seed": -1}, "InvalidArgument", "--seed"),
         ({"validation_split": 0.01}, "InvalidArgument", "--validation-split"),
+        ({"train_fraction": 0.0}, "InvalidArgument", "--train-fraction"),
+        ({"train_fraction": 1.5}, "InvalidArgument", "--train-fraction"),
         ({"opset": 12}, "InvalidArgument", "--opset"),
         ({"prune": 0.95}, "InvalidArgument", "--prune"),
         ({"export_formats": ()}, "InvalidArgument", "--export"),
@@ -70,6 +72,8 @@ def test_valid_configuration_passes(changes: dict[str, object]) -> None:
 def test_checkpoint_fingerprint_ignores_the_epoch_count_only() -> None:
     assert BASE.checkpoint_fingerprint() == replace(BASE, epochs=50).checkpoint_fingerprint()
     assert BASE.checkpoint_fingerprint() != replace(BASE, seed=1).checkpoint_fingerprint()
+    limited = replace(BASE, train_fraction=0.1)
+    assert BASE.checkpoint_fingerprint() != limited.checkpoint_fingerprint()
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fogline.workloads.trainer.datasets import load_dataset, resolve_local_path, split_dataset
+from fogline.workloads.trainer.datasets import (
+    limit_training,
+    load_dataset,
+    resolve_local_path,
+    split_dataset,
+)
 from fogline.workloads.trainer.errors import TrainerError
 
 pytestmark = pytest.mark.unit
@@ -148,3 +153,21 @@ def test_corrupt_npz_is_dataset_invalid(tmp_path: Path) -> None:
     with pytest.raises(TrainerError, match="not a readable NPZ") as raised:
         load_dataset(str(path))
     assert raised.value.reason == "DatasetInvalid"
+
+
+def test_a_train_fraction_keeps_a_stratified_seeded_share_and_the_same_held_out_rows() -> None:
+    split = split_dataset(load_dataset("builtin:digits"), 0.2, seed=3)
+    limited = limit_training(split, 0.05, seed=3)
+    per_class = np.bincount(limited.train_labels, minlength=10)
+    full = np.bincount(split.train_labels, minlength=10)
+    assert per_class.tolist() == [max(1, round(n * 0.05)) for n in full.tolist()]
+    assert np.array_equal(limited.validation_features, split.validation_features)
+    assert np.array_equal(limited.validation_labels, split.validation_labels)
+    # Every kept row is a training row of the split, none a held-out one.
+    rows = {row.tobytes() for row in split.train_features}
+    assert all(row.tobytes() in rows for row in limited.train_features)
+    again = limit_training(split, 0.05, seed=3)
+    assert np.array_equal(again.train_features, limited.train_features)
+    other = limit_training(split, 0.05, seed=4)
+    assert not np.array_equal(other.train_features, limited.train_features)
+    assert limit_training(split, 1.0, seed=3) is split

@@ -93,19 +93,21 @@ class TrainingConfig:
     def checkpoint_fingerprint(self) -> dict[str, Any]:
         """What a checkpoint must share with this run to be resumed: all but the epoch count,
         so that a rerun with more epochs continues where the last one stopped."""
-        return {
-            "model": self.model,
-            "hiddenUnits": self.hidden_units,
-            "dataset": self.dataset,
-            "datasetDigest": self.dataset_digest,
-            "validationSplit": self.validation_split,
-            "batchSize": self.batch_size,
-            "learningRate": self.learning_rate,
-            "optimizer": self.optimizer,
-            "seed": self.seed,
-        } | (
-            {"trainFraction": self.train_fraction} if self.train_fraction < 1 else {}
-        ) | ({"distillation": self.distillation.describe()} if self.distillation.enabled else {})
+        return (
+            {
+                "model": self.model,
+                "hiddenUnits": self.hidden_units,
+                "dataset": self.dataset,
+                "datasetDigest": self.dataset_digest,
+                "validationSplit": self.validation_split,
+                "batchSize": self.batch_size,
+                "learningRate": self.learning_rate,
+                "optimizer": self.optimizer,
+                "seed": self.seed,
+            }
+            | ({"trainFraction": self.train_fraction} if self.train_fraction < 1 else {})
+            | ({"distillation": self.distillation.describe()} if self.distillation.enabled else {})
+        )
 
 
 def normalize_digest(value: str) -> str:
