@@ -614,6 +614,18 @@ def test_all_samples_apply_with_kubectl(
         assert yaml.safe_load(path.read_text())["metadata"]["name"] in applied
 
 
+@pytest.mark.parametrize(
+    "uri", ["s3://models/trainings/digits-cnn/ab12cd34", "oci://registry:5000/models/digits-cnn"]
+)
+def test_a_teacher_published_to_a_store_is_accepted(
+    cluster: ClusterHandle, crds: list[str], namespace: str, uri: str
+) -> None:
+    patch = spec(distillation={"teacher": {"uri": uri, "digest": DIGEST}})
+    body = merged(sample(MT), patch | {"metadata": {"name": f"student-{uri[:3]}"}})
+    created = create(cluster, namespace, body)
+    assert created["spec"]["distillation"]["teacher"]["uri"] == uri
+
+
 @pytest.fixture(scope="module")
 def refusals_namespace(cluster: ClusterHandle) -> Iterator[str]:
     """One namespace for every refused create: a refusal stores nothing, so the cases need
@@ -823,7 +835,13 @@ BAD_COMPRESSION = [
         "mt-teacher-over-http",
         MT,
         spec(distillation={"teacher": {"uri": "https://x/t", "digest": DIGEST}}),
-        ("spec.distillation.teacher.uri", "must be pvc://<claim>/<path> or"),
+        ("spec.distillation.teacher.uri", "must be pvc://<claim>/<path>,"),
+    ),
+    Bad(
+        "mt-teacher-oci-tag",
+        MT,
+        spec(distillation={"teacher": {"uri": "oci://registry:5000/m/t:v1", "digest": DIGEST}}),
+        ("spec.distillation.teacher.uri", "no tag: the digest names the artifact"),
     ),
     Bad(
         "mt-distillation-weight-above-one",

@@ -246,6 +246,34 @@ def test_a_teacher_training_teaches_only_once_it_has_published_an_artifact() -> 
     assert "--teacher=file:///var/lib/fogline/digits-cnn/ab12" in pod["containers"][0]["args"]
 
 
+def test_a_teacher_in_a_store_is_reached_with_the_output_access_and_mounts_nothing() -> None:
+    t = ModelTraining.from_body(
+        {
+            "metadata": {"name": "student", "namespace": "ml", "generation": 1},
+            "spec": {
+                "model": {"architecture": "mlp"},
+                "dataset": {"uri": "builtin:digits"},
+                "output": {
+                    "uri": "pvc://models/runs",
+                    "access": {"endpoint": "https://s3.lab:9000", "credentialsSecret": "store"},
+                },
+                "distillation": {"teacher": {"fromTraining": "digits-cnn"}},
+            },
+        }
+    )
+    published = TeacherArtifact("s3://models/trainings/digits-cnn/ab12", TEACHER_DIGEST)
+    pod = build_training_job(t, plan_run(t), OperatorSettings(), published)["spec"]["template"][
+        "spec"
+    ]
+    container = pod["containers"][0]
+    assert "--teacher=s3://models/trainings/digits-cnn/ab12" in container["args"]
+    assert {"name": "AWS_ENDPOINT_URL", "value": "https://s3.lab:9000"} in container["env"]
+    assert container["envFrom"] == [{"secretRef": {"name": "store"}}]
+    assert not any(v["name"] == "teacher" for v in pod["volumes"])
+    claims = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
+    assert [v["persistentVolumeClaim"]["claimName"] for v in claims] == ["models"]
+
+
 def test_no_distillation_no_teacher_flags() -> None:
     t = training()
     assert teacher_of(t.spec, TeacherArtifact("pvc://a/b", TEACHER_DIGEST)) is None

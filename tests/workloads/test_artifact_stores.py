@@ -208,3 +208,52 @@ def test_reader_cannot_publish(tmp_path: Path, artifact_stores: StoreEndpoints) 
     with pytest.raises(PublishError) as caught:
         publish(folder, f"s3://{artifact_stores.bucket}/by-reader", env)
     assert caught.value.reason == "AccessDenied"
+
+
+STUDENT = ("--model", "mlp", "--hidden-units", "8", "--dataset", "builtin:digits")
+
+
+@pytest.mark.parametrize("scheme", ["s3", "oci"])
+def test_a_student_distils_from_a_teacher_fetched_by_digest_from_the_store(
+    scheme: str,
+    tmp_path: Path,
+    trained: dict[str, TrainerRun],
+    trainer_runner: TrainerRunner,
+    artifact_stores: StoreEndpoints,
+) -> None:
+    artifact = trained[scheme].termination["artifact"]
+    run = trainer_runner(
+        tmp_path / "student",
+        *STUDENT,
+        *("--epochs", "1", "--teacher", artifact["uri"], "--teacher-digest", artifact["digest"]),
+        env=trainer_environment(reader_env(artifact_stores, tmp_path)),
+    )
+    assert run.returncode == 0, run.stderr
+    assert f"teacher {artifact['uri']} fetched and verified: {artifact['digest']}" in run.stdout
+    recorded = run.manifest["hyperparameters"]["distillation"]
+    assert (recorded["teacher"], recorded["teacherDigest"]) == (artifact["uri"], artifact["digest"])
+
+
+def test_a_teacher_changed_in_the_bucket_after_publishing_is_refused_before_training(
+    tmp_path: Path, trainer_runner: TrainerRunner, artifact_stores: StoreEndpoints
+) -> None:
+    folder = tmp_path / "published"
+    digest = write_artifact(folder)
+    uri = f"s3://{artifact_stores.bucket}/tampered-teacher/run-1"
+    publish(folder, uri, writer_env(artifact_stores))
+    artifact_stores.s3_client().put_object(
+        Bucket=artifact_stores.bucket,
+        Key="tampered-teacher/run-1/model.onnx",
+        Body=b"\x08\x07swapped",
+    )
+    run = trainer_runner(
+        tmp_path / "student",
+        *STUDENT,
+        *("--teacher", uri, "--teacher-digest", digest),
+        env=trainer_environment(reader_env(artifact_stores, tmp_path)),
+    )
+    assert run.returncode == 2, run.stderr
+    assert run.termination["reason"] == "TeacherDigestMismatch"
+    message = run.termination["message"]
+    assert message.startswith(f"--teacher {uri}: ") and "run-1/model.onnx" in message
+    assert run.epoch_lines() == []

@@ -326,7 +326,13 @@ def build_training_job(
     ]
     if spec.distributed.is_distributed and spec.distributed.backend:
         env.append({"name": "FOGLINE_DIST_BACKEND", "value": spec.distributed.backend})
-    access = pod_access(spec.output.access, spec.output.uri)
+    # One store access a pod: the output's, which also reaches an s3:// or oci:// teacher
+    # (the teacher ModelTraining publishes where its students do); an output on a claim or
+    # the node leaves the access to the teacher's store.
+    store_uri = spec.output.uri
+    if spec.output.scheme not in ("s3", "oci") and teacher is not None:
+        store_uri = teacher.uri
+    access = pod_access(spec.output.access, store_uri)
     env += access.env
     volumes += access.volumes
     mounts += access.mounts

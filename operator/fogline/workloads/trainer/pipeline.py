@@ -82,7 +82,11 @@ def run_training(
         teacher = None
         if config.distillation.enabled:
             teacher = soft_targets(
-                config.distillation, config.pvc_root, split.train_features, dataset.num_classes
+                config.distillation,
+                config.pvc_root,
+                split.train_features,
+                dataset.num_classes,
+                env,
             )
         result = fit(
             model, split, config, context, output=config.output, on_epoch=on_epoch, teacher=teacher

@@ -41,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--teacher",
         help="the teacher: an artifact folder (manifest.json) or an .onnx file, as a path, "
-        "file:// or pvc://<claim>/<path>",
+        "file:// or pvc://<claim>/<path>; or a published artifact, s3://<bucket>/<prefix>, "
+        "oci://<registry>/<repository> or http(s)://, fetched by --teacher-digest",
     )
     group.add_argument(
         "--teacher-digest",

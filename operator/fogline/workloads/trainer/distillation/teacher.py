@@ -1,22 +1,32 @@
-"""The teacher's side of distillation: its artifact found and verified against the digest,
-its logits for the training rows computed with ONNX Runtime, and the student's loss that
-blends them with the labels."""
+"""The teacher's side of distillation: its artifact found and verified against the digest
+(a local folder or file as it is, an s3://, oci:// or http(s):// artifact fetched by digest
+with the edge's own fetch code), its logits for the training rows computed with ONNX Runtime,
+and the student's loss that blends them with the labels."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
 from torch import nn
+from urllib3.exceptions import HTTPError as TransportError
 
-from fogline.workloads.manifest import ArtifactError, file_sha256, verify_artifact
+from fogline.workloads import fetch
+from fogline.workloads.manifest import ArtifactError, file_sha256, read_manifest, verify_artifact
 from fogline.workloads.trainer.config import normalize_digest
 from fogline.workloads.trainer.datasets import resolve_local_path
 from fogline.workloads.trainer.distillation.settings import DistillationSettings
-from fogline.workloads.trainer.errors import TrainerError
+from fogline.workloads.trainer.errors import EXIT_BAD_INPUT, EXIT_RUNTIME_FAILURE, TrainerError
 from fogline.workloads.trainer.evaluation import run_onnx
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -43,6 +53,70 @@ class SoftTargets:
             log_target=True,
         )
         return (1 - self.weight) * hard + self.weight * t * t * soft
+
+
+REMOTE_SCHEMES = ("s3", "oci", "http", "https")
+# What each reason of a failed fetch becomes: a teacher changed after it was published or not
+# an artifact is bad input; an unreachable store or refused credentials may pass on a retry
+# (a rotated Secret reaches the next pod), as when publishing.
+_FETCH_REASONS = {
+    fetch.DIGEST_MISMATCH: ("TeacherDigestMismatch", EXIT_BAD_INPUT),
+    fetch.INVALID: ("TeacherNotFound", EXIT_BAD_INPUT),
+    fetch.ACCESS_DENIED: ("TeacherAccessDenied", EXIT_RUNTIME_FAILURE),
+    fetch.UNREACHABLE: ("TeacherUnreachable", EXIT_RUNTIME_FAILURE),
+}
+
+
+@contextlib.contextmanager
+def teacher_model(
+    settings: DistillationSettings, pvc_root: Path, env: Mapping[str, str]
+) -> Iterator[Path]:
+    """The teacher's verified ONNX file while the context lasts: a remote artifact is fetched
+    into a scratch folder, verified there and removed afterwards."""
+    assert settings.teacher is not None
+    if urlsplit(settings.teacher).scheme.lower() not in REMOTE_SCHEMES:
+        yield teacher_file(settings, pvc_root)
+        return
+    with tempfile.TemporaryDirectory(prefix="fogline-teacher-") as scratch:
+        yield fetched_teacher(settings, Path(scratch), env)
+
+
+def fetched_teacher(settings: DistillationSettings, cache: Path, env: Mapping[str, str]) -> Path:
+    """A remote teacher artifact fetched by its digest into `cache`, the way the edge fetches
+    the artifacts it serves: the manifest checked against --teacher-digest (for oci:// the
+    manifest blob is pulled by that digest) and every file against the manifest. The store is
+    reached with the pod's access (AWS_* and FOGLINE_OCI_* variables, FOGLINE_CA_BUNDLE)."""
+    assert settings.teacher is not None and settings.teacher_digest is not None
+    uri, digest = settings.teacher, normalize_digest(settings.teacher_digest)
+    policy = fetch.TransferPolicy(ca_bundle=env.get("FOGLINE_CA_BUNDLE") or None)
+    try:
+        entry = fetch.fill_cache(
+            lambda: fetch.resolve_source(uri, fetch.HttpTransport(policy), dict(env)),
+            digest,
+            cache,
+        )
+        manifest = read_manifest(entry)
+    except fetch.UsageError as err:
+        raise TrainerError("InvalidArgument", str(err).replace("--uri", "--teacher")) from err
+    except fetch.FetchError as err:
+        reason, code = _FETCH_REASONS.get(err.reason, ("TeacherUnreachable", EXIT_RUNTIME_FAILURE))
+        hint = (
+            "; the trainer reaches the teacher's store with spec.output.access"
+            if reason == "TeacherAccessDenied"
+            else ""
+        )
+        raise TrainerError(reason, f"--teacher {uri}: {err}{hint}", code) from err
+    except ArtifactError as err:
+        raise TrainerError("TeacherDigestMismatch", f"--teacher {uri}: {err}") from err
+    except (TransportError, OSError) as err:
+        # What the transport raised that fetch's own loops did not turn into a FetchError,
+        # as `fogline fetch` reports it: the scratch folder is not the output storage.
+        text = " ".join(str(err).split()) or type(err).__name__
+        raise TrainerError(
+            "TeacherUnreachable", f"--teacher {uri}: {text}", EXIT_RUNTIME_FAILURE
+        ) from err
+    log.info("teacher %s fetched and verified: %s", uri, digest)
+    return entry / manifest.serving.file
 
 
 def teacher_file(settings: DistillationSettings, pvc_root: Path) -> Path:
@@ -79,10 +153,14 @@ def teacher_file(settings: DistillationSettings, pvc_root: Path) -> Path:
 
 
 def soft_targets(
-    settings: DistillationSettings, pvc_root: Path, train_features: np.ndarray, classes: int
+    settings: DistillationSettings,
+    pvc_root: Path,
+    train_features: np.ndarray,
+    classes: int,
+    env: Mapping[str, str],
 ) -> SoftTargets:
-    path = teacher_file(settings, pvc_root)
-    logits = run_onnx(path, train_features.astype(np.float32))
+    with teacher_model(settings, pvc_root, env) as path:
+        logits = run_onnx(path, train_features.astype(np.float32))
     if logits.ndim != 2 or logits.shape != (len(train_features), classes):
         raise TrainerError(
             "TeacherMismatch",
