@@ -621,7 +621,7 @@ def test_a_teacher_published_to_a_store_is_accepted(
     cluster: ClusterHandle, crds: list[str], namespace: str, uri: str
 ) -> None:
     patch = spec(distillation={"teacher": {"uri": uri, "digest": DIGEST}})
-    body = merged(sample(MT), patch | {"metadata": {"name": f"student-{uri[:3]}"}})
+    body = merged(sample(MT), patch | {"metadata": {"name": f"student-{uri.partition(':')[0]}"}})
     created = create(cluster, namespace, body)
     assert created["spec"]["distillation"]["teacher"]["uri"] == uri
 
