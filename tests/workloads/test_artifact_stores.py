@@ -213,25 +213,56 @@ def test_reader_cannot_publish(tmp_path: Path, artifact_stores: StoreEndpoints) 
 STUDENT = ("--model", "mlp", "--hidden-units", "8", "--dataset", "builtin:digits")
 
 
+@pytest.fixture(scope="module")
+def plain_teachers(
+    trained: dict[str, TrainerRun], artifact_stores: StoreEndpoints
+) -> dict[str, str]:
+    """The registry's plain training as a teacher on both stores (the bucket's own training
+    is encrypted): the same artifact, the same digest, published to the bucket too."""
+    bucket_uri = f"s3://{artifact_stores.bucket}/teachers/digits/run-1"
+    publish(trained["oci"].output, bucket_uri, writer_env(artifact_stores))
+    return {"s3": bucket_uri, "oci": str(trained["oci"].termination["artifact"]["uri"])}
+
+
 @pytest.mark.parametrize("scheme", ["s3", "oci"])
 def test_a_student_distils_from_a_teacher_fetched_by_digest_from_the_store(
     scheme: str,
     tmp_path: Path,
     trained: dict[str, TrainerRun],
+    plain_teachers: dict[str, str],
     trainer_runner: TrainerRunner,
     artifact_stores: StoreEndpoints,
 ) -> None:
-    artifact = trained[scheme].termination["artifact"]
+    uri, digest = plain_teachers[scheme], trained["oci"].termination["artifact"]["digest"]
     run = trainer_runner(
         tmp_path / "student",
         *STUDENT,
-        *("--epochs", "1", "--teacher", artifact["uri"], "--teacher-digest", artifact["digest"]),
+        *("--epochs", "1", "--teacher", uri, "--teacher-digest", digest),
         env=trainer_environment(reader_env(artifact_stores, tmp_path)),
     )
     assert run.returncode == 0, run.stderr
-    assert f"teacher {artifact['uri']} fetched and verified: {artifact['digest']}" in run.stdout
+    assert f"teacher {uri} fetched and verified: {digest}" in run.stdout
     recorded = run.manifest["hyperparameters"]["distillation"]
-    assert (recorded["teacher"], recorded["teacherDigest"]) == (artifact["uri"], artifact["digest"])
+    assert (recorded["teacher"], recorded["teacherDigest"]) == (uri, digest)
+
+
+def test_an_encrypted_teacher_is_refused_before_training(
+    tmp_path: Path,
+    trained: dict[str, TrainerRun],
+    trainer_runner: TrainerRunner,
+    artifact_stores: StoreEndpoints,
+) -> None:
+    artifact = trained["s3"].termination["artifact"]
+    run = trainer_runner(
+        tmp_path / "student",
+        *STUDENT,
+        *("--teacher", artifact["uri"], "--teacher-digest", artifact["digest"]),
+        env=trainer_environment(reader_env(artifact_stores, tmp_path)),
+    )
+    assert run.returncode == 2, run.stderr
+    assert run.termination["reason"] == "TeacherEncrypted"
+    assert "distil from an unencrypted artifact" in run.termination["message"]
+    assert run.epoch_lines() == []
 
 
 def test_a_teacher_changed_in_the_bucket_after_publishing_is_refused_before_training(

@@ -19,7 +19,13 @@ from torch import nn
 from urllib3.exceptions import HTTPError as TransportError
 
 from fogline.workloads import fetch
-from fogline.workloads.manifest import ArtifactError, file_sha256, read_manifest, verify_artifact
+from fogline.workloads.manifest import (
+    ArtifactError,
+    ArtifactManifest,
+    file_sha256,
+    read_manifest,
+    verify_artifact,
+)
 from fogline.workloads.trainer.config import normalize_digest
 from fogline.workloads.trainer.datasets import resolve_local_path
 from fogline.workloads.trainer.distillation.settings import DistillationSettings
@@ -116,7 +122,19 @@ def fetched_teacher(settings: DistillationSettings, cache: Path, env: Mapping[st
             "TeacherUnreachable", f"--teacher {uri}: {text}", EXIT_RUNTIME_FAILURE
         ) from err
     log.info("teacher %s fetched and verified: %s", uri, digest)
-    return entry / manifest.serving.file
+    return plaintext_model(entry, manifest, uri)
+
+
+def plaintext_model(folder: Path, manifest: ArtifactManifest, uri: str) -> Path:
+    """The artifact's serving file, refused when it is sealed (manifest.encryption): its bytes
+    are ciphertext that ONNX Runtime cannot read."""
+    if manifest.raw.get("encryption") is not None:
+        raise TrainerError(
+            "TeacherEncrypted",
+            f"--teacher {uri}: the artifact is encrypted (manifest.encryption); the trainer "
+            "reads teachers in plaintext, so distil from an unencrypted artifact of the teacher",
+        )
+    return folder / manifest.serving.file
 
 
 def teacher_file(settings: DistillationSettings, pvc_root: Path) -> Path:
@@ -137,7 +155,7 @@ def teacher_file(settings: DistillationSettings, pvc_root: Path) -> Path:
                 "TeacherNotFound" if "no manifest.json" in str(err) else "TeacherDigestMismatch"
             )
             raise TrainerError(reason, f"--teacher {settings.teacher}: {err}") from err
-        return location / manifest.serving.file
+        return plaintext_model(location, manifest, settings.teacher)
     if not location.is_file():
         raise TrainerError(
             "TeacherNotFound",
