@@ -363,3 +363,46 @@ def test_an_impossible_budget_fails_naming_the_closest_candidate(
     assert not (tmp_path / "artifact" / "manifest.json").exists()
     left = {p.name for p in (tmp_path / "artifact").iterdir() if p.is_file()}
     assert left == {"model.onnx"}
+
+
+@pytest.mark.parametrize(
+    ("method", "served_file"),
+    [
+        ("int8-dynamic", "model.int8.onnx"),
+        ("int8-static", "model.int8-static.onnx"),
+        ("float16", "model.fp16.onnx"),
+        ("structured-pruning", "model.structured.onnx"),
+    ],
+)
+def test_each_method_when_chosen_is_served_with_the_accuracy_its_file_scores(
+    method: str, served_file: str, tmp_path: Path, trainer_runner: TrainerRunner
+) -> None:
+    """Every method, not only weight sharing, reaches the edge as the manifest says: the
+    served file is the method's, its accuracy recomputed from the file matches the manifest,
+    and the real server answers as onnxruntime does on that file. A generous latency budget
+    lets a method that is slower than float (dynamic INT8 at small batches) be chosen."""
+    output = tmp_path / "artifact"
+    run = trainer_runner(
+        output,
+        *("--model", "mlp", "--hidden-units", "64", "--dataset", "builtin:digits"),
+        *("--epochs", "3", "--seed", "2", "--compress", method, "--finetune-epochs", "1"),
+        *("--latency-batch-size", "8", "--max-latency-ms", "1000", "--min-accuracy", "0.5"),
+    )
+    assert run.returncode == 0, run.stderr
+    manifest = run.manifest
+    assert manifest["compression"]["chosen"] == method
+    assert manifest["serving"]["file"] == served_file
+    split = split_dataset(load_dataset("builtin:digits"), 0.2, seed=2)
+    accuracy = _accuracy(output / served_file, split)
+    rows = {row["method"]: row for row in manifest["compression"]["candidates"]}
+    assert rows[method]["accuracy"] == pytest.approx(accuracy, abs=1e-6)
+    assert manifest["evaluation"]["value"] == pytest.approx(accuracy, abs=1e-6)
+
+    server = start_server(output, tmp_path / "server.log")
+    try:
+        wait_ready(server)
+        features = load_dataset("builtin:digits").features[:16].astype(np.float32)
+        expected = run_onnx(output / served_file, features)
+        np.testing.assert_allclose(infer(server, features), expected, rtol=1e-3, atol=1e-3)
+    finally:
+        assert server.stop() == 0, (tmp_path / "server.log").read_text()
