@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -20,6 +21,7 @@ from fogline.api.edgedeployment import EdgeDeployment, validate_edgedeployment
 from fogline.api.errors import SpecError
 from fogline.api.status import status_patch
 from fogline.controllers.runtime import OperatorState, state_of, utcnow
+from fogline.controllers.workqueue import Key
 from fogline.edge.admission import admission_problems
 from fogline.edge.daemonsets import (
     COMPONENT_LABEL,
@@ -34,9 +36,13 @@ from fogline.edge.fleet import (
     MAINTENANCE_LABEL,
     UPDATE_LOCK_ANNOTATION,
     build_status,
+    daemonset_essence,
     next_history,
+    node_essence,
     node_ready,
     observe_sites,
+    pod_essence,
+    progress_only,
     resolve_model,
 )
 from fogline.edge.networkpolicy import build_edge_network_policy
@@ -61,23 +67,25 @@ def edges_by_training(
     return {(namespace, source): name} if source else None
 
 
+# The three fleet indexes keep each object's essence (what the planner and the apply read),
+# not its body: at a thousand nodes the bodies were most of the operator's memory.
 @kopf.index("", "v1", "nodes")
 def edge_nodes(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {name: body}
+    return {name: node_essence(body)}
 
 
 @kopf.index("", "v1", "pods", labels=EDGE_SELECTOR)
 def edge_pods(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Any, Any]:
-    return {(namespace, labels.get(EDGE_LABEL)): body}
+    return {(namespace, labels.get(EDGE_LABEL)): pod_essence(body)}
 
 
 @kopf.index("apps", "v1", "daemonsets", labels=EDGE_SELECTOR)
 def edge_daemonsets(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Any, Any]:
-    return {(namespace, labels.get(EDGE_LABEL)): body}
+    return {(namespace, labels.get(EDGE_LABEL)): daemonset_essence(body)}
 
 
 @kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=EDGE_SELECTOR)
@@ -152,7 +160,7 @@ async def _reconcile(state: OperatorState, body: kopf.Body) -> float | None:
         return CORRUPT_RECHECK_SECONDS
     key = (edge.namespace, edge.name)
     object_key = (KIND, edge.namespace, edge.name)
-    # Index bodies are read in place: copying 500 nodes on every reconcile buys nothing.
+    # Index entries are read in place: copying 1,000 nodes on every reconcile buys nothing.
     pods = list(state.indexes["edge_pods"].get(key, []))
     nodes = [node for bodies in state.indexes["edge_nodes"].values() for node in bodies]
     sites = observe_sites(edge, nodes, pods)
@@ -190,12 +198,35 @@ async def _reconcile(state: OperatorState, body: kopf.Body) -> float | None:
                            edge.spec.revision_history_limit, written)  # fmt: skip
     status = build_status(edge, plan, model.uri, history, written)
     current = dict(body.get("status") or {})
-    if patch := status_patch(current, status):
-        await state.kube.patch_status(KIND, edge.namespace, edge.name, patch)
+    flush_in = await _write_status(state, object_key, current, status)
     for event in plan.events:
         state.announce(object_key, body, event.type, event.reason, event.message)
-    if plan.requeue_after is not None:
-        return max(0.5, plan.requeue_after)
+    later = [t for t in (plan.requeue_after, flush_in) if t is not None]
+    return max(0.5, min(later)) if later else None
+
+
+# How long a status change that is only progress (counts, per-site rows) may wait for the
+# next ones: pods move one by one, and a patch per transition would be most of the
+# operator's writes. A transition a user or the planner acts on is written at once.
+STATUS_COALESCE_SECONDS = 2.0
+
+
+async def _write_status(
+    state: OperatorState, key: Key, current: Mapping[str, Any], desired: Mapping[str, Any]
+) -> float | None:
+    """Patch what changed in status, at once or, when it is only progress, once it has
+    waited STATUS_COALESCE_SECONDS. Returns the seconds until the held change is due."""
+    patch = status_patch(current, desired)
+    if not patch:
+        state.edge.progress_since.pop(key, None)
+        return None
+    if progress_only(patch):
+        clock = time.monotonic()
+        since = state.edge.progress_since.setdefault(key, clock)
+        if clock - since < STATUS_COALESCE_SECONDS:
+            return since + STATUS_COALESCE_SECONDS - clock
+    await state.kube.patch_status(KIND, key[1], key[2], patch)
+    state.edge.progress_since.pop(key, None)
     return None
 
 

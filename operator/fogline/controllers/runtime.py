@@ -50,9 +50,12 @@ class EdgeCache:
     applied_generations: dict[Key, dict[str, int]] = field(default_factory=dict)
     # What of each node matters to rollouts, so that heartbeats wake nothing.
     node_essence: dict[str, str] = field(default_factory=dict)
+    # Since when a status change that is only progress has waited to be written.
+    progress_since: dict[Key, float] = field(default_factory=dict)
 
     def forget(self, key: Key) -> None:
         self.applied_generations.pop(key, None)
+        self.progress_since.pop(key, None)
 
 
 Reconciler = Callable[["OperatorState", str, str], Awaitable[float | None]]
@@ -100,7 +103,8 @@ class OperatorState:
     def tracked(self) -> int:
         """How many objects the operator holds memory of (nodes not counted: they are the
         fleet, not objects that come and go with CRs)."""
-        return self.queue.tracked() + self.announcer.tracked() + len(self.edge.applied_generations)
+        edge = len(self.edge.applied_generations) + len(self.edge.progress_since)
+        return self.queue.tracked() + self.announcer.tracked() + edge
 
     def announce(self, key: Key, body: kopf.Body, type: str, reason: str, message: str) -> None:
         self.announcer.announce(key, body, type, reason, message)

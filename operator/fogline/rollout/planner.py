@@ -146,6 +146,18 @@ def plan_rollout(
     return work.finish()
 
 
+# Messages name at most this many sites: a first deployment's wave may hold every site, and
+# status.message (4 KiB in the CRD) and Events must stay short at any fleet size.
+MESSAGE_SITES = 10
+
+
+def site_names_text(names: Sequence[str], limit: int = MESSAGE_SITES) -> str:
+    """`a, b, c`, or the first `limit` names and how many more."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    return f"{', '.join(names[:limit])} and {len(names) - limit} more"
+
+
 def short_digest(digest: str | None) -> str:
     """``sha256:`` and the first 12 hex digits, as ``kubectl get ed`` shows it."""
     if digest is None:
@@ -437,7 +449,7 @@ class _Work:
             "Normal",
             "WaveSucceeded",
             f"{self.wave_label()} is Ready on {short_digest(self.target)}: "
-            f"{', '.join(done) if done else 'no site left to update'}",
+            f"{site_names_text(done) if done else 'no site left to update'}",
         )
         self.wave_index += 1
         self.clear_wave()
@@ -502,7 +514,7 @@ class _Work:
         self.emit(
             "Normal",
             "WaveStarted",
-            f"{self.wave_label()}: updating {', '.join(chosen)} to {short_digest(self.target)}",
+            f"{self.wave_label()}: updating {site_names_text(chosen)} to {short_digest(self.target)}",
         )
         return True
 
@@ -677,7 +689,7 @@ class _Work:
             return "Pending", "no edge node matches the placement"
         if self.stage == "Rollout":
             if self.wave_sites:
-                return "Progressing", f"{self.wave_label()}: {', '.join(self.wave_sites)}"
+                return "Progressing", f"{self.wave_label()}: {site_names_text(self.wave_sites)}"
             if self.next_wave_not_before is not None:
                 return "Progressing", "pausing between waves"
             return "Progressing", "waiting for a site that is reachable and not held"
@@ -685,7 +697,7 @@ class _Work:
         unheld = [s for s in self.sites.values() if not s.held]
         unreachable = [s.name for s in unheld if not s.reachable]
         if unreachable:
-            problems.append(f"unreachable sites: {', '.join(unreachable)}")
+            problems.append(f"unreachable sites: {site_names_text(unreachable)}")
         down = sum(1 for s in unheld if s.reachable for n in s.nodes if not n.ready)
         if down:
             problems.append(f"{down} node(s) NotReady")
