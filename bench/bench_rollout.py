@@ -3,7 +3,9 @@ first deployment, a digest rollout and a rollback to the previous digest, each t
 its API requests counted from the audit log, against the lower bound measured in the same
 run: a plain script doing the same child updates in the same waves with the same client.
 It also samples the operator process (/proc: peak RSS, CPU seconds per phase) and the size
-of the EdgeDeployment object.
+of the EdgeDeployment object; and then rolls 10 EdgeDeployments at once over the fleet (each
+on a tenth of the sites) and prints how soon after its spec change each one's first wave
+started.
 
 Run: .venv/bin/python bench/bench_rollout.py [--sites 200] [--nodes-per-site 5]
 """
@@ -183,6 +185,9 @@ def lower_bound(
     )
 
 
+MIB = 1024 * 1024
+
+
 class ProcessSampler:
     """Samples one process's resident memory from /proc every `interval` seconds in a thread
     (the peak), and reads its CPU seconds (user + system) on demand."""
@@ -277,17 +282,23 @@ def object_size(custom: client.CustomObjectsApi, namespace: str) -> int:
     return len(json.dumps(json.loads(got.data), separators=(",", ":")))
 
 
-def operator_phases(rig: MeasuredCluster, namespace: str) -> tuple[list[Phase], int, int]:
+def operator_phases(
+    rig: MeasuredCluster, namespace: str, fleet: dict[str, list[str]], at_once: int
+) -> tuple[list[Phase], int, int]:
     """The operator's first deployment (OLD), the rollout to NEW and the rollback to OLD,
     each until the CR is Available on its digest; the operator's requests (opened watches
     included in the first), CPU seconds and RSS per phase. Returns the phases, the peak RSS
-    and the RSS after a quiet spell at the end. Stops the operator at the end."""
+    and the RSS after a quiet spell at the end; then, with `at_once`, many_at_once. Stops
+    the operator at the end."""
     create_namespace(rig.api, namespace)
     custom = client.CustomObjectsApi(rig.api)
     rig.operator.start()
     assert rig.operator.process is not None
     phases: list[Phase] = []
     with ProcessSampler(rig.operator.process.pid) as sampler:
+        # Started and its watches listed: the fleet's nodes are in its index, no CR yet.
+        time.sleep(10)
+        print(f"operator RSS with the fleet indexed, before any CR: {sampler.rss() / MIB:.0f} MiB")
         for title, digest in (("first deployment", OLD), ("rollout", NEW), ("rollback", OLD)):
             with watch_edges(custom, namespace, digest) as seen:
                 since, started, cpu = audit_now(), time.monotonic(), sampler.cpu_seconds()
@@ -319,12 +330,92 @@ def operator_phases(rig: MeasuredCluster, namespace: str) -> tuple[list[Phase], 
         # A quiet spell: a settled fleet must not grow the operator (a leak shows here).
         time.sleep(20)
         settled = sampler.rss()
+        if at_once:
+            many_at_once(rig, sorted(fleet), at_once)
         peak = max(sampler.peak_rss, settled)
     rig.operator.stop()
     return phases, peak, settled
 
 
-MIB = 1024 * 1024
+def many_at_once(rig: MeasuredCluster, sites: list[str], count: int) -> None:
+    """`count` EdgeDeployments in one namespace, each over its own share of the sites
+    (together the whole fleet once more), deployed at once, then changed to a new digest at
+    once: how long after its spec change each starts its first wave (seen in its status),
+    and the spread, so that a starved rollout shows."""
+    namespace = "many"
+    create_namespace(rig.api, namespace)
+    custom = client.CustomObjectsApi(rig.api)
+    share = -(-len(sites) // count)
+    names = [f"fleet-{i}" for i in range(count)]
+
+    def body(i: int) -> dict[str, Any]:
+        spec = edge_body(namespace, OLD)
+        spec["metadata"]["name"] = names[i]
+        spec["spec"]["placement"] = {"sites": sites[i * share : (i + 1) * share]}
+        return spec
+
+    def started_on(digest: str) -> Any:
+        def accept(obj: dict[str, Any]) -> bool:
+            status = obj.get("status") or {}
+            rollout = status.get("rollout") or {}
+            return bool(rollout.get("targetDigest") == digest and rollout.get("waveStartedAt"))
+
+        return accept
+
+    def watch(accept: Any) -> FirstSeen:
+        return FirstSeen(
+            custom.list_namespaced_custom_object,
+            object_name,
+            accept,
+            group=GROUP,
+            version=VERSION,
+            namespace=namespace,
+            plural="edgedeployments",
+        )
+
+    with watch(available_on(OLD)) as available, watch(started_on(OLD)) as first_wave:
+        started = time.monotonic()
+        for i in range(count):
+            custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, "edgedeployments", body(i)
+            )
+        waves_at = first_wave.wait(names, timeout=600)
+        done = available.wait(names, timeout=900)
+    report_many("first deployment", started, waves_at, done)
+    with watch(available_on(NEW)) as available, watch(started_on(NEW)) as first_wave:
+        changed: dict[str, float] = {}
+        for name in names:
+            changed[name] = time.monotonic()
+            custom.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                namespace,
+                "edgedeployments",
+                name,
+                {"spec": {"model": {"digest": NEW}}},
+            )
+        waves_at = first_wave.wait(names, timeout=600)
+        done = available.wait(names, timeout=900)
+    report_many("rollout", changed, waves_at, done)
+
+
+def report_many(
+    title: str,
+    started: float | dict[str, float],
+    waves_at: dict[str, float],
+    done: dict[str, float],
+) -> None:
+    def since(name: str) -> float:
+        return started[name] if isinstance(started, dict) else started
+
+    first = sorted(waves_at[n] - since(n) for n in waves_at)
+    finished = sorted(done[n] - since(n) for n in done)
+    print(
+        f"{len(first)} EdgeDeployments at once, {title}: first wave started after "
+        f"{first[0]:.1f} .. {first[-1]:.1f} s (spread {first[-1] - first[0]:.1f} s); "
+        f"Available after {finished[0]:.1f} .. {finished[-1]:.1f} s",
+        flush=True,
+    )
 
 
 def report(
@@ -387,6 +478,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sites", type=int, default=200)
     parser.add_argument("--nodes-per-site", type=int, default=5)
+    parser.add_argument(
+        "--at-once",
+        type=int,
+        default=10,
+        help="EdgeDeployments rolled at once over the fleet after the rest (0: none)",
+    )
     args = parser.parse_args()
     os.environ.update(OPERATOR_ENV)
     topology = Topology(gpu_nodes=0, edge_sites=args.sites, nodes_per_site=args.nodes_per_site)
@@ -399,7 +496,7 @@ def main() -> int:
             "the same DaemonSets OLD -> NEW",
             flush=True,
         )
-        phases, peak, settled = operator_phases(rig, "rollout")
+        phases, peak, settled = operator_phases(rig, "rollout", fleet, args.at_once)
         direct = lower_bound(rig, fleet, "rollout", OLD, NEW)
         for line in report(topology, phases, direct, peak, settled):
             print(line)
