@@ -44,6 +44,7 @@ from bench.fleet import (
     object_name,
 )
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from fogline.api.edgedeployment import EdgeDeployment
 from fogline.devcluster import Topology
@@ -282,6 +283,21 @@ def object_size(custom: client.CustomObjectsApi, namespace: str) -> int:
     return len(json.dumps(json.loads(got.data), separators=(",", ":")))
 
 
+def reconcile_totals(rig: MeasuredCluster) -> tuple[float, float]:
+    """EdgeDeployment reconciles run so far and the seconds they took, from the operator's
+    own metrics."""
+    count = seconds = 0.0
+    for family in text_string_to_metric_families(rig.operator.metrics()):
+        for sample in family.samples:
+            if sample.labels.get("kind") != "EdgeDeployment":
+                continue
+            if sample.name == "fogline_reconcile_duration_seconds_count":
+                count += sample.value
+            elif sample.name == "fogline_reconcile_duration_seconds_sum":
+                seconds += sample.value
+    return count, seconds
+
+
 def operator_phases(
     rig: MeasuredCluster, namespace: str, fleet: dict[str, list[str]], at_once: int
 ) -> tuple[list[Phase], int, int]:
@@ -300,6 +316,7 @@ def operator_phases(
         time.sleep(10)
         print(f"operator RSS with the fleet indexed, before any CR: {sampler.rss() / MIB:.0f} MiB")
         for title, digest in (("first deployment", OLD), ("rollout", NEW), ("rollback", OLD)):
+            reconciles, reconcile_seconds = reconcile_totals(rig)
             with watch_edges(custom, namespace, digest) as seen:
                 since, started, cpu = audit_now(), time.monotonic(), sampler.cpu_seconds()
                 if title == "first deployment":
@@ -317,6 +334,12 @@ def operator_phases(
                     )
                 elapsed = seen.wait([NAME], timeout=900)[NAME] - started
                 until = audit_now()
+            count, seconds = reconcile_totals(rig)
+            print(
+                f"operator {title}: {count - reconciles:.0f} reconciles, "
+                f"{(seconds - reconcile_seconds) / max(1, count - reconciles) * 1000:.1f} ms each",
+                flush=True,
+            )
             phases.append(
                 Phase(
                     f"operator {title}",
@@ -328,8 +351,12 @@ def operator_phases(
                 )
             )
         # A quiet spell: a settled fleet must not grow the operator (a leak shows here).
+        cpu = sampler.cpu_seconds()
         time.sleep(20)
         settled = sampler.rss()
+        print(
+            f"operator CPU in a 20 s quiet spell: {sampler.cpu_seconds() - cpu:.2f} s", flush=True
+        )
         if at_once:
             many_at_once(rig, sorted(fleet), at_once)
         peak = max(sampler.peak_rss, settled)

@@ -90,6 +90,7 @@ def rollout(rig: MeasuredCluster) -> tuple[list[ApiRequest], list[ApiRequest]]:
     until = audit_now()
     # An observation window, not a wait: a settled rollout must stay silent through it.
     time.sleep(5)
+    print("SCALE-FIGURES", by_verb_and_resource([r for r in rig.requests(since, until) if r.is_write]))
     return rig.requests(since, until), rig.requests(until, audit_now())
 
 
