@@ -121,26 +121,43 @@ CORRUPT_HELP = (
 )
 
 
-async def _reconcile(state: OperatorState, body: kopf.Body) -> float | None:
+def _with_written_status(state: OperatorState, body: kopf.Body) -> Mapping[str, Any]:
+    """The body, with the status our last patch left if the watch has not brought that patch
+    yet (the same resourceVersion as the body it was computed from): on a busy API server the
+    next reconcile would otherwise write the same change again, and plan from old memory."""
+    key = (KIND, body["metadata"]["namespace"], body["metadata"]["name"])
+    written = state.edge.status_written.get(key)
+    if written is None:
+        return body
+    if written[0] != body["metadata"].get("resourceVersion"):
+        del state.edge.status_written[key]  # the watch caught up (or someone else wrote)
+        return body
+    return {**body, "status": written[1]}
+
+
+async def _reconcile(state: OperatorState, kopf_body: kopf.Body) -> float | None:
     now = utcnow()
+    body = _with_written_status(state, kopf_body)
     try:
         edge = EdgeDeployment.from_body(body)
         errors = validate_edgedeployment(edge.spec)
     except SpecError as err:
         errors = [err]
     if errors:
-        await _hold(state, body, "Failed", "InvalidSpec", "; ".join(str(e) for e in errors), now)
+        await _hold(
+            state, kopf_body, "Failed", "InvalidSpec", "; ".join(str(e) for e in errors), now
+        )
         return None
     # Before anything may hold the rollout: the sites already serving are covered too.
     await _apply_network_policy(state, body, edge)
     model = _resolve_model(state, edge)
     if isinstance(model, tuple):
-        await _hold(state, body, "Pending", *model, now)
+        await _hold(state, kopf_body, "Pending", *model, now)
         return None
     refusals = admission_problems(edge.spec, model.uri, state.settings)
     if refusals:
         message = "; ".join(str(e) for e in refusals)
-        await _hold(state, body, "Failed", "NotAllowed", message, now)
+        await _hold(state, kopf_body, "Failed", "NotAllowed", message, now)
         return None
     try:
         memory = RolloutMemory.from_dict(dict(edge.status.rollout) if edge.status.rollout else None)
@@ -148,7 +165,7 @@ async def _reconcile(state: OperatorState, body: kopf.Body) -> float | None:
         help_ = CORRUPT_HELP.format(name=edge.name, namespace=edge.namespace)
         await _hold(
             state,
-            body,
+            kopf_body,
             "Failed",
             "CorruptRolloutMemory",
             f"status.rollout cannot be read ({err}); {help_}",
@@ -181,7 +198,7 @@ async def _reconcile(state: OperatorState, body: kopf.Body) -> float | None:
     uris = {h.get("digest"): h.get("uri") for h in history_in if h.get("digest")}
     uris[model.digest] = model.uri
 
-    await _apply_daemonsets(state, body, edge, plan.site_digests, uris)
+    await _apply_daemonsets(state, kopf_body, edge, plan.site_digests, uris)
     if rollout.replace_in_place:
         await _replace_pods(state, edge, pods, plan.replace_pods_on)
     # The calls above may have waited out an API outage: a wave this plan starts starts
@@ -198,9 +215,11 @@ async def _reconcile(state: OperatorState, body: kopf.Body) -> float | None:
                            edge.spec.revision_history_limit, written)  # fmt: skip
     status = build_status(edge, plan, model.uri, history, written)
     current = dict(body.get("status") or {})
-    flush_in = await _write_status(state, object_key, current, status)
+    flush_in = await _write_status(
+        state, object_key, current, status, body["metadata"].get("resourceVersion")
+    )
     for event in plan.events:
-        state.announce(object_key, body, event.type, event.reason, event.message)
+        state.announce(object_key, kopf_body, event.type, event.reason, event.message)
     later = [t for t in (plan.requeue_after, flush_in) if t is not None]
     return max(0.5, min(later)) if later else None
 
@@ -212,10 +231,15 @@ STATUS_COALESCE_SECONDS = 2.0
 
 
 async def _write_status(
-    state: OperatorState, key: Key, current: Mapping[str, Any], desired: Mapping[str, Any]
+    state: OperatorState,
+    key: Key,
+    current: Mapping[str, Any],
+    desired: Mapping[str, Any],
+    resource_version: str | None,
 ) -> float | None:
     """Patch what changed in status, at once or, when it is only progress, once it has
-    waited STATUS_COALESCE_SECONDS. Returns the seconds until the held change is due."""
+    waited STATUS_COALESCE_SECONDS; remember what the patch leaves, for the reconciles that
+    run before the watch brings it. Returns the seconds until the held change is due."""
     patch = status_patch(current, desired)
     if not patch:
         state.edge.progress_since.pop(key, None)
@@ -227,6 +251,9 @@ async def _write_status(
             return since + STATUS_COALESCE_SECONDS - clock
     await state.kube.patch_status(KIND, key[1], key[2], patch)
     state.edge.progress_since.pop(key, None)
+    after = {k: v for k, v in current.items() if patch.get(k, v) is not None}
+    after.update({k: desired[k] for k, v in patch.items() if v is not None})
+    state.edge.status_written[key] = (resource_version, after)
     return None
 
 

@@ -52,10 +52,14 @@ class EdgeCache:
     node_essence: dict[str, str] = field(default_factory=dict)
     # Since when a status change that is only progress has waited to be written.
     progress_since: dict[Key, float] = field(default_factory=dict)
+    # The status our last patch left, and the resourceVersion of the body it was computed
+    # from, until the watch brings a newer body.
+    status_written: dict[Key, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)
 
     def forget(self, key: Key) -> None:
         self.applied_generations.pop(key, None)
         self.progress_since.pop(key, None)
+        self.status_written.pop(key, None)
 
 
 Reconciler = Callable[["OperatorState", str, str], Awaitable[float | None]]
@@ -104,6 +108,7 @@ class OperatorState:
         """How many objects the operator holds memory of (nodes not counted: they are the
         fleet, not objects that come and go with CRs)."""
         edge = len(self.edge.applied_generations) + len(self.edge.progress_since)
+        edge += len(self.edge.status_written)
         return self.queue.tracked() + self.announcer.tracked() + edge
 
     def announce(self, key: Key, body: kopf.Body, type: str, reason: str, message: str) -> None:
