@@ -226,8 +226,10 @@ async def _reconcile(state: OperatorState, kopf_body: kopf.Body) -> float | None
 
 # How long a status change that is only progress (counts, per-site rows) may wait for the
 # next ones: pods move one by one, and a patch per transition would be most of the
-# operator's writes. A transition a user or the planner acts on is written at once.
-STATUS_COALESCE_SECONDS = 2.0
+# operator's writes; on a busy API server a reconcile takes seconds, so a shorter wait
+# would still write after nearly every one. A transition a user or the planner acts on
+# (phase, wave, conditions, memory) is written at once.
+STATUS_COALESCE_SECONDS = 5.0
 
 
 async def _write_status(
