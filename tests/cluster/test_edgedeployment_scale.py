@@ -131,8 +131,7 @@ def test_settled_rollout_stays_silent(rollout: Rollout) -> None:
     and what trails the last transition is a handful of writes at most (kopf posts Events
     from a queue; a reconcile already under way may repeat the final status)."""
     writes = [r for r in rollout.after if r.is_write]
-    assert [r for r in writes if r.resource in ("pods", "daemonsets")] == [], by_verb_and_resource(rollout.after)  # fmt: skip
-    assert count(writes, "patch", "edgedeployments/status") <= 1, by_verb_and_resource(
-        rollout.after
-    )
-    assert len(writes) <= 3, by_verb_and_resource(rollout.after)
+    summary = by_verb_and_resource(rollout.after)
+    assert [r for r in writes if r.resource in ("pods", "daemonsets")] == [], summary
+    assert count(writes, "patch", "edgedeployments/status") <= 1, summary
+    assert len(writes) <= 3, summary
