@@ -149,7 +149,7 @@ async def _reconcile(state: OperatorState, kopf_body: kopf.Body) -> float | None
         )
         return None
     # Before anything may hold the rollout: the sites already serving are covered too.
-    await _apply_network_policy(state, body, edge)
+    await _apply_network_policy(state, kopf_body, edge)
     model = _resolve_model(state, edge)
     if isinstance(model, tuple):
         await _hold(state, kopf_body, "Pending", *model, now)
