@@ -122,17 +122,20 @@ CORRUPT_HELP = (
 
 
 def _with_written_status(state: OperatorState, body: kopf.Body) -> Mapping[str, Any]:
-    """The body, with the status our last patch left if the watch has not brought that patch
-    yet (the same resourceVersion as the body it was computed from): on a busy API server the
-    next reconcile would otherwise write the same change again, and plan from old memory."""
+    """The body, with the status our last patch left while the watch has not brought that
+    patch yet: the body is then one we planned from or one an earlier patch of ours left
+    (a watch delivers our own patches late on a busy API server), and the next reconcile
+    would otherwise write the same change again and plan from old memory. A body of any
+    other version (ours caught up, or someone else wrote) is taken as it is."""
     key = (KIND, body["metadata"]["namespace"], body["metadata"]["name"])
     written = state.edge.status_written.get(key)
     if written is None:
         return body
-    if written[0] != body["metadata"].get("resourceVersion"):
-        del state.edge.status_written[key]  # the watch caught up (or someone else wrote)
+    stale, _, status = written
+    if body["metadata"].get("resourceVersion") not in stale:
+        del state.edge.status_written[key]
         return body
-    return {**body, "status": written[1]}
+    return {**body, "status": status}
 
 
 async def _reconcile(state: OperatorState, kopf_body: kopf.Body) -> float | None:
@@ -251,11 +254,16 @@ async def _write_status(
         since = state.edge.progress_since.setdefault(key, clock)
         if clock - since < STATUS_COALESCE_SECONDS:
             return since + STATUS_COALESCE_SECONDS - clock
-    await state.kube.patch_status(KIND, key[1], key[2], patch)
+    version = await state.kube.patch_status(KIND, key[1], key[2], patch)
     state.edge.progress_since.pop(key, None)
     after = {k: v for k, v in current.items() if patch.get(k, v) is not None}
     after.update({k: desired[k] for k, v in patch.items() if v is not None})
-    state.edge.status_written[key] = (resource_version, after)
+    # Versions that predate this patch: the body planned from, and what earlier patches of
+    # ours left (still on their way through the watch). Only this patch's own version, or a
+    # later one, shows it.
+    earlier = state.edge.status_written.get(key)
+    stale = {resource_version, *(earlier[0] | {earlier[1]} if earlier else ())} - {version}
+    state.edge.status_written[key] = (frozenset(v for v in stale if v), version, after)
     return None
 
 

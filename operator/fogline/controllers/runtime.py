@@ -52,9 +52,12 @@ class EdgeCache:
     node_essence: dict[str, str] = field(default_factory=dict)
     # Since when a status change that is only progress has waited to be written.
     progress_since: dict[Key, float] = field(default_factory=dict)
-    # The status our last patch left, and the resourceVersion of the body it was computed
-    # from, until the watch brings a newer body.
-    status_written: dict[Key, tuple[str | None, dict[str, Any]]] = field(default_factory=dict)
+    # The resourceVersions that predate our last status patch (the body it was computed
+    # from, those our earlier patches left), the one it left, and the status it left: until
+    # the watch brings a body of another version.
+    status_written: dict[Key, tuple[frozenset[str], str | None, dict[str, Any]]] = field(
+        default_factory=dict
+    )
 
     def forget(self, key: Key) -> None:
         self.applied_generations.pop(key, None)
