@@ -357,11 +357,18 @@ async def _replace_pods(
     nodes: tuple[str, ...],
 ) -> None:
     wanted = set(nodes)
+    # Pods we deleted that the watch still shows (not even with a deletionTimestamp yet, on
+    # a busy API server): the next plan names their nodes again, and they must not be
+    # deleted twice. Forgotten once the watch shows them gone.
+    deleted = state.edge.deleted_pods.setdefault((KIND, edge.namespace, edge.name), set())
+    deleted.intersection_update(pod["metadata"]["name"] for pod in pods)
     for pod in pods:
-        if pod.get("spec", {}).get("nodeName") in wanted and not pod["metadata"].get(
-            "deletionTimestamp"
-        ):
-            await state.kube.delete("v1", "Pod", edge.namespace, pod["metadata"]["name"])
+        name = pod["metadata"]["name"]
+        if name in deleted or pod["metadata"].get("deletionTimestamp"):
+            continue
+        if pod.get("spec", {}).get("nodeName") in wanted:
+            await state.kube.delete("v1", "Pod", edge.namespace, name)
+            deleted.add(name)
 
 
 async def _hold(

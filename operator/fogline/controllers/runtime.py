@@ -59,10 +59,14 @@ class EdgeCache:
         default_factory=dict
     )
 
+    # Pods deleted to be replaced that the watch still shows, by EdgeDeployment.
+    deleted_pods: dict[Key, set[str]] = field(default_factory=dict)
+
     def forget(self, key: Key) -> None:
         self.applied_generations.pop(key, None)
         self.progress_since.pop(key, None)
         self.status_written.pop(key, None)
+        self.deleted_pods.pop(key, None)
 
 
 Reconciler = Callable[["OperatorState", str, str], Awaitable[float | None]]
@@ -111,7 +115,7 @@ class OperatorState:
         """How many objects the operator holds memory of (nodes not counted: they are the
         fleet, not objects that come and go with CRs)."""
         edge = len(self.edge.applied_generations) + len(self.edge.progress_since)
-        edge += len(self.edge.status_written)
+        edge += len(self.edge.status_written) + len(self.edge.deleted_pods)
         return self.queue.tracked() + self.announcer.tracked() + edge
 
     def announce(self, key: Key, body: kopf.Body, type: str, reason: str, message: str) -> None:
