@@ -414,8 +414,9 @@ def many_at_once(rig: MeasuredCluster, sites: list[str], count: int) -> None:
                 GROUP, VERSION, namespace, "edgedeployments", body(i)
             )
         waves_at = first_wave.wait(names, timeout=600)
+        report_waves("first deployment", started, waves_at)
         done = available.wait(names, timeout=900)
-    report_many("first deployment", started, waves_at, done)
+    report_done("first deployment", started, done)
     with watch(available_on(NEW)) as available, watch(started_on(NEW)) as first_wave:
         changed: dict[str, float] = {}
         for name in names:
@@ -429,27 +430,27 @@ def many_at_once(rig: MeasuredCluster, sites: list[str], count: int) -> None:
                 {"spec": {"model": {"digest": NEW}}},
             )
         waves_at = first_wave.wait(names, timeout=600)
+        report_waves("rollout", changed, waves_at)
         done = available.wait(names, timeout=900)
-    report_many("rollout", changed, waves_at, done)
+    report_done("rollout", changed, done)
 
 
-def report_many(
-    title: str,
-    started: float | dict[str, float],
-    waves_at: dict[str, float],
-    done: dict[str, float],
-) -> None:
-    def since(name: str) -> float:
-        return started[name] if isinstance(started, dict) else started
+def _since(started: float | dict[str, float], name: str) -> float:
+    return started[name] if isinstance(started, dict) else started
 
-    first = sorted(waves_at[n] - since(n) for n in waves_at)
-    finished = sorted(done[n] - since(n) for n in done)
+
+def report_waves(title: str, started: float | dict[str, float], waves_at: dict[str, float]) -> None:
+    first = sorted(at - _since(started, name) for name, at in waves_at.items())
     print(
         f"{len(first)} EdgeDeployments at once, {title}: first wave started after "
-        f"{first[0]:.1f} .. {first[-1]:.1f} s (spread {first[-1] - first[0]:.1f} s); "
-        f"Available after {finished[0]:.1f} .. {finished[-1]:.1f} s",
+        f"{first[0]:.1f} .. {first[-1]:.1f} s (spread {first[-1] - first[0]:.1f} s)",
         flush=True,
     )
+
+
+def report_done(title: str, started: float | dict[str, float], done: dict[str, float]) -> None:
+    finished = sorted(at - _since(started, name) for name, at in done.items())
+    print(f"  {title}: Available after {finished[0]:.1f} .. {finished[-1]:.1f} s", flush=True)
 
 
 def report(
