@@ -183,12 +183,15 @@ class KubeClient:
 
     async def patch_status(
         self, kind: str, namespace: str, name: str, status: Mapping[str, Any]
-    ) -> None:
-        """Merge-patch the status subresource of one of our CRs."""
+    ) -> str | None:
+        """Merge-patch the status subresource of one of our CRs; the resourceVersion the
+        object has after it."""
         path = _path(f"{GROUP}/{VERSION}", kind, namespace, name) + "/status"
-        await self._call(
+        result = await self._call(
             "PATCH", path, {"status": dict(status)}, content_type="application/merge-patch+json"
         )
+        version = ((result or {}).get("metadata") or {}).get("resourceVersion")
+        return str(version) if version is not None else None
 
     async def list(self, api_version: str, kind: str, namespace: str | None,
                    label_selector: str | None = None) -> list[dict[str, Any]]:  # fmt: skip

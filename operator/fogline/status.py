@@ -140,6 +140,7 @@ def deployment_summary(obj: Mapping[str, Any], now: datetime) -> dict[str, Any]:
         "ageSeconds": _seconds_since(meta.get("creationTimestamp"), now),
         "message": failing_message(status.get("conditions")) or status.get("message"),
         "sites": sites,
+        "sitesOmitted": int(status.get("sitesOmitted") or 0),
     }
 
 
@@ -232,6 +233,8 @@ def sites_table(row: Mapping[str, Any]) -> Table:
         )
         table.add_row(site["site"], _phase(site["state"]), short_digest(site["digest"]), ready,
                       reachable, site["message"] or "")  # fmt: skip
+    if omitted := row.get("sitesOmitted"):
+        table.caption = f"{omitted} more sites not listed: status keeps those that need a look"
     return table
 
 

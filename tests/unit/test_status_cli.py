@@ -211,3 +211,13 @@ def test_bad_flags_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
         status.main(["-A", "-n", "x"])
     assert caught.value.code == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_sites_left_out_of_status_are_counted_under_the_sites_table() -> None:
+    deployment = {
+        **ROLLING_DEPLOYMENT,
+        "status": {**ROLLING_DEPLOYMENT["status"], "sitesOmitted": 97},
+    }
+    row = as_json([], [deployment], NOW)["edgeDeployments"][0]
+    assert row["sitesOmitted"] == 97
+    assert "97 more sites not listed" in _text(render([], [deployment], NOW, "", False))

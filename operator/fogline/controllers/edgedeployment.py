@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -20,6 +21,7 @@ from fogline.api.edgedeployment import EdgeDeployment, validate_edgedeployment
 from fogline.api.errors import SpecError
 from fogline.api.status import status_patch
 from fogline.controllers.runtime import OperatorState, state_of, utcnow
+from fogline.controllers.workqueue import Key
 from fogline.edge.admission import admission_problems
 from fogline.edge.daemonsets import (
     COMPONENT_LABEL,
@@ -34,9 +36,13 @@ from fogline.edge.fleet import (
     MAINTENANCE_LABEL,
     UPDATE_LOCK_ANNOTATION,
     build_status,
+    daemonset_essence,
     next_history,
+    node_essence,
     node_ready,
     observe_sites,
+    pod_essence,
+    progress_only,
     resolve_model,
 )
 from fogline.edge.networkpolicy import build_edge_network_policy
@@ -61,23 +67,25 @@ def edges_by_training(
     return {(namespace, source): name} if source else None
 
 
+# The three fleet indexes keep each object's essence (what the planner and the apply read),
+# not its body: at a thousand nodes the bodies were most of the operator's memory.
 @kopf.index("", "v1", "nodes")
 def edge_nodes(name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
-    return {name: body}
+    return {name: node_essence(body)}
 
 
 @kopf.index("", "v1", "pods", labels=EDGE_SELECTOR)
 def edge_pods(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Any, Any]:
-    return {(namespace, labels.get(EDGE_LABEL)): body}
+    return {(namespace, labels.get(EDGE_LABEL)): pod_essence(body)}
 
 
 @kopf.index("apps", "v1", "daemonsets", labels=EDGE_SELECTOR)
 def edge_daemonsets(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Any, Any]:
-    return {(namespace, labels.get(EDGE_LABEL)): body}
+    return {(namespace, labels.get(EDGE_LABEL)): daemonset_essence(body)}
 
 
 @kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=EDGE_SELECTOR)
@@ -113,26 +121,46 @@ CORRUPT_HELP = (
 )
 
 
-async def _reconcile(state: OperatorState, body: kopf.Body) -> float | None:
+def _with_written_status(state: OperatorState, body: kopf.Body) -> Mapping[str, Any]:
+    """The body, with the status our last patch left while the watch has not brought that
+    patch yet: the body is then one we planned from or one an earlier patch of ours left
+    (a watch delivers our own patches late on a busy API server), and the next reconcile
+    would otherwise write the same change again and plan from old memory. A body of any
+    other version (ours caught up, or someone else wrote) is taken as it is."""
+    key = (KIND, body["metadata"]["namespace"], body["metadata"]["name"])
+    written = state.edge.status_written.get(key)
+    if written is None:
+        return body
+    stale, _, status = written
+    if body["metadata"].get("resourceVersion") not in stale:
+        del state.edge.status_written[key]
+        return body
+    return {**body, "status": status}
+
+
+async def _reconcile(state: OperatorState, kopf_body: kopf.Body) -> float | None:
     now = utcnow()
+    body = _with_written_status(state, kopf_body)
     try:
         edge = EdgeDeployment.from_body(body)
         errors = validate_edgedeployment(edge.spec)
     except SpecError as err:
         errors = [err]
     if errors:
-        await _hold(state, body, "Failed", "InvalidSpec", "; ".join(str(e) for e in errors), now)
+        await _hold(
+            state, kopf_body, "Failed", "InvalidSpec", "; ".join(str(e) for e in errors), now
+        )
         return None
     # Before anything may hold the rollout: the sites already serving are covered too.
-    await _apply_network_policy(state, body, edge)
+    await _apply_network_policy(state, kopf_body, edge)
     model = _resolve_model(state, edge)
     if isinstance(model, tuple):
-        await _hold(state, body, "Pending", *model, now)
+        await _hold(state, kopf_body, "Pending", *model, now)
         return None
     refusals = admission_problems(edge.spec, model.uri, state.settings)
     if refusals:
         message = "; ".join(str(e) for e in refusals)
-        await _hold(state, body, "Failed", "NotAllowed", message, now)
+        await _hold(state, kopf_body, "Failed", "NotAllowed", message, now)
         return None
     try:
         memory = RolloutMemory.from_dict(dict(edge.status.rollout) if edge.status.rollout else None)
@@ -140,7 +168,7 @@ async def _reconcile(state: OperatorState, body: kopf.Body) -> float | None:
         help_ = CORRUPT_HELP.format(name=edge.name, namespace=edge.namespace)
         await _hold(
             state,
-            body,
+            kopf_body,
             "Failed",
             "CorruptRolloutMemory",
             f"status.rollout cannot be read ({err}); {help_}",
@@ -152,7 +180,7 @@ async def _reconcile(state: OperatorState, body: kopf.Body) -> float | None:
         return CORRUPT_RECHECK_SECONDS
     key = (edge.namespace, edge.name)
     object_key = (KIND, edge.namespace, edge.name)
-    # Index bodies are read in place: copying 500 nodes on every reconcile buys nothing.
+    # Index entries are read in place: copying 1,000 nodes on every reconcile buys nothing.
     pods = list(state.indexes["edge_pods"].get(key, []))
     nodes = [node for bodies in state.indexes["edge_nodes"].values() for node in bodies]
     sites = observe_sites(edge, nodes, pods)
@@ -173,7 +201,7 @@ async def _reconcile(state: OperatorState, body: kopf.Body) -> float | None:
     uris = {h.get("digest"): h.get("uri") for h in history_in if h.get("digest")}
     uris[model.digest] = model.uri
 
-    await _apply_daemonsets(state, body, edge, plan.site_digests, uris)
+    await _apply_daemonsets(state, kopf_body, edge, plan.site_digests, uris)
     if rollout.replace_in_place:
         await _replace_pods(state, edge, pods, plan.replace_pods_on)
     # The calls above may have waited out an API outage: a wave this plan starts starts
@@ -190,12 +218,52 @@ async def _reconcile(state: OperatorState, body: kopf.Body) -> float | None:
                            edge.spec.revision_history_limit, written)  # fmt: skip
     status = build_status(edge, plan, model.uri, history, written)
     current = dict(body.get("status") or {})
-    if patch := status_patch(current, status):
-        await state.kube.patch_status(KIND, edge.namespace, edge.name, patch)
+    flush_in = await _write_status(
+        state, object_key, current, status, body["metadata"].get("resourceVersion")
+    )
     for event in plan.events:
-        state.announce(object_key, body, event.type, event.reason, event.message)
-    if plan.requeue_after is not None:
-        return max(0.5, plan.requeue_after)
+        state.announce(object_key, kopf_body, event.type, event.reason, event.message)
+    later = [t for t in (plan.requeue_after, flush_in) if t is not None]
+    return max(0.5, min(later)) if later else None
+
+
+# How long a status change that is only progress (counts, per-site rows) may wait for the
+# next ones: pods move one by one, and a patch per transition would be most of the
+# operator's writes; on a busy API server a reconcile takes seconds, so a shorter wait
+# would still write after nearly every one. A transition a user or the planner acts on
+# (phase, wave, conditions, memory) is written at once.
+STATUS_COALESCE_SECONDS = 5.0
+
+
+async def _write_status(
+    state: OperatorState,
+    key: Key,
+    current: Mapping[str, Any],
+    desired: Mapping[str, Any],
+    resource_version: str | None,
+) -> float | None:
+    """Patch what changed in status, at once or, when it is only progress, once it has
+    waited STATUS_COALESCE_SECONDS; remember what the patch leaves, for the reconciles that
+    run before the watch brings it. Returns the seconds until the held change is due."""
+    patch = status_patch(current, desired)
+    if not patch:
+        state.edge.progress_since.pop(key, None)
+        return None
+    if progress_only(patch):
+        clock = time.monotonic()
+        since = state.edge.progress_since.setdefault(key, clock)
+        if clock - since < STATUS_COALESCE_SECONDS:
+            return since + STATUS_COALESCE_SECONDS - clock
+    version = await state.kube.patch_status(KIND, key[1], key[2], patch)
+    state.edge.progress_since.pop(key, None)
+    after = {k: v for k, v in current.items() if patch.get(k, v) is not None}
+    after.update({k: desired[k] for k, v in patch.items() if v is not None})
+    # Versions that predate this patch: the body planned from, and what earlier patches of
+    # ours left (still on their way through the watch). Only this patch's own version, or a
+    # later one, shows it.
+    earlier = state.edge.status_written.get(key)
+    stale = {resource_version, *(earlier[0] | {earlier[1]} if earlier else ())} - {version}
+    state.edge.status_written[key] = (frozenset(v for v in stale if v), version, after)
     return None
 
 
@@ -289,11 +357,18 @@ async def _replace_pods(
     nodes: tuple[str, ...],
 ) -> None:
     wanted = set(nodes)
+    # Pods we deleted that the watch still shows (not even with a deletionTimestamp yet, on
+    # a busy API server): the next plan names their nodes again, and they must not be
+    # deleted twice. Forgotten once the watch shows them gone.
+    deleted = state.edge.deleted_pods.setdefault((KIND, edge.namespace, edge.name), set())
+    deleted.intersection_update(pod["metadata"]["name"] for pod in pods)
     for pod in pods:
-        if pod.get("spec", {}).get("nodeName") in wanted and not pod["metadata"].get(
-            "deletionTimestamp"
-        ):
-            await state.kube.delete("v1", "Pod", edge.namespace, pod["metadata"]["name"])
+        name = pod["metadata"]["name"]
+        if name in deleted or pod["metadata"].get("deletionTimestamp"):
+            continue
+        if pod.get("spec", {}).get("nodeName") in wanted:
+            await state.kube.delete("v1", "Pod", edge.namespace, name)
+            deleted.add(name)
 
 
 async def _hold(

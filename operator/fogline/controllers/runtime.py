@@ -50,9 +50,23 @@ class EdgeCache:
     applied_generations: dict[Key, dict[str, int]] = field(default_factory=dict)
     # What of each node matters to rollouts, so that heartbeats wake nothing.
     node_essence: dict[str, str] = field(default_factory=dict)
+    # Since when a status change that is only progress has waited to be written.
+    progress_since: dict[Key, float] = field(default_factory=dict)
+    # The resourceVersions that predate our last status patch (the body it was computed
+    # from, those our earlier patches left), the one it left, and the status it left: until
+    # the watch brings a body of another version.
+    status_written: dict[Key, tuple[frozenset[str], str | None, dict[str, Any]]] = field(
+        default_factory=dict
+    )
+
+    # Pods deleted to be replaced that the watch still shows, by EdgeDeployment.
+    deleted_pods: dict[Key, set[str]] = field(default_factory=dict)
 
     def forget(self, key: Key) -> None:
         self.applied_generations.pop(key, None)
+        self.progress_since.pop(key, None)
+        self.status_written.pop(key, None)
+        self.deleted_pods.pop(key, None)
 
 
 Reconciler = Callable[["OperatorState", str, str], Awaitable[float | None]]
@@ -100,7 +114,9 @@ class OperatorState:
     def tracked(self) -> int:
         """How many objects the operator holds memory of (nodes not counted: they are the
         fleet, not objects that come and go with CRs)."""
-        return self.queue.tracked() + self.announcer.tracked() + len(self.edge.applied_generations)
+        edge = len(self.edge.applied_generations) + len(self.edge.progress_since)
+        edge += len(self.edge.status_written) + len(self.edge.deleted_pods)
+        return self.queue.tracked() + self.announcer.tracked() + edge
 
     def announce(self, key: Key, body: kopf.Body, type: str, reason: str, message: str) -> None:
         self.announcer.announce(key, body, type, reason, message)

@@ -12,7 +12,7 @@ from typing import Any
 from fogline.api.conditions import rfc3339, set_condition
 from fogline.api.digests import is_digest, short_digest
 from fogline.api.edgedeployment import EdgeDeployment, sites_ready_text
-from fogline.edge.daemonsets import DIGEST_ANNOTATION, ModelRef
+from fogline.edge.daemonsets import DIGEST_ANNOTATION, TEMPLATE_HASH_ANNOTATION, ModelRef
 from fogline.rollout import NodeObservation, PodObservation, RolloutPlan, SiteObservation
 
 UPDATE_LOCK_ANNOTATION = "fogline.io/update-lock"
@@ -90,6 +90,95 @@ def pod_ready(pod: Mapping[str, Any]) -> bool:
         if cond.get("type") == "Ready":
             return bool(cond.get("status") == "True")
     return False
+
+
+# -- what the indexes keep ------------------------------------------------------------------
+# The operator's indexes hold every edge Node, pod and DaemonSet; a whole body is several KiB
+# (managed fields, images, volumes, every condition), and the planner reads a few fields.
+# These keep those fields, in the same shape, so that the readers above work on either.
+
+
+def _ready_condition(status: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {"type": "Ready", "status": c.get("status")}
+        for c in status.get("conditions") or []
+        if c.get("type") == "Ready"
+    ]
+
+
+def node_essence(node: Mapping[str, Any]) -> dict[str, Any]:
+    """What observe_sites reads of a Node: its name, labels, update lock and readiness."""
+    meta = node.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    kept = {k: annotations[k] for k in (UPDATE_LOCK_ANNOTATION,) if k in annotations}
+    return {
+        "metadata": {
+            "name": meta.get("name"),
+            "labels": dict(meta.get("labels") or {}),
+            "annotations": kept,
+        },
+        "status": {"conditions": _ready_condition(node.get("status") or {})},
+    }
+
+
+def _container_essence(container: Mapping[str, Any]) -> dict[str, Any]:
+    """A container status as pod_failure reads it: the waiting reason, and a failed
+    termination's exit code and message (the fetch step's reason lives there)."""
+    kept: dict[str, Any] = {}
+    for key in ("state", "lastState"):
+        state = container.get(key) or {}
+        entry: dict[str, Any] = {}
+        if reason := (state.get("waiting") or {}).get("reason"):
+            entry["waiting"] = {"reason": reason}
+        terminated = state.get("terminated") or {}
+        if terminated.get("exitCode") not in (None, 0):
+            entry["terminated"] = {
+                "exitCode": terminated["exitCode"],
+                "message": terminated.get("message") or "",
+            }
+        if entry:
+            kept[key] = entry
+    return kept
+
+
+def pod_essence(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """What observe_sites and the pod replacement read of an edge pod: name, node, digest
+    annotation, deletion, phase, readiness and the reasons it may be failing."""
+    meta = pod.get("metadata") or {}
+    status = pod.get("status") or {}
+    annotations = meta.get("annotations") or {}
+    kept_meta: dict[str, Any] = {
+        "name": meta.get("name"),
+        "annotations": {k: annotations[k] for k in (DIGEST_ANNOTATION,) if k in annotations},
+    }
+    if meta.get("deletionTimestamp"):
+        kept_meta["deletionTimestamp"] = meta["deletionTimestamp"]
+    return {
+        "metadata": kept_meta,
+        "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
+        "status": {
+            "phase": status.get("phase"),
+            "conditions": _ready_condition(status),
+            **{
+                key: [_container_essence(c) for c in status.get(key) or []]
+                for key in ("initContainerStatuses", "containerStatuses")
+            },
+        },
+    }
+
+
+def daemonset_essence(daemonset: Mapping[str, Any]) -> dict[str, Any]:
+    """What the DaemonSet apply reads: name, generation, template hash, deletion."""
+    meta = daemonset.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    kept: dict[str, Any] = {
+        "name": meta.get("name"),
+        "generation": meta.get("generation"),
+        "annotations": {k: annotations[k] for k in (TEMPLATE_HASH_ANNOTATION,) if k in annotations},
+    }
+    if meta.get("deletionTimestamp"):
+        kept["deletionTimestamp"] = meta["deletionTimestamp"]
+    return {"metadata": kept}
 
 
 def observe_pod(pod: Mapping[str, Any]) -> PodObservation | None:
@@ -175,6 +264,7 @@ def build_status(
     conditions = set_condition(
         conditions, "Degraded", degraded, plan.phase, plan.message or plan.phase, generation, now
     )
+    rows, omitted = bounded_site_rows([site.to_dict() for site in plan.sites])
     status: dict[str, Any] = {
         "phase": plan.phase,
         "observedGeneration": generation,
@@ -185,10 +275,13 @@ def build_status(
         "targetUri": target_uri,
         "sitesReady": sites_ready_text(counts.sites_ready, counts.sites),
         "counts": counts.to_dict(),
-        "sites": [site.to_dict() for site in plan.sites],
+        "sites": rows,
+        "sitesOmitted": omitted or None,
         "wave": {
             "index": memory.wave_index,
-            "sites": list(memory.wave_sites),
+            # The first deployment's wave is every site: the list is bounded like status.sites.
+            "sites": list(memory.wave_sites[:MAX_SITE_ROWS]),
+            "siteCount": len(memory.wave_sites),
             "startedAt": rfc3339(memory.wave_started_at) if memory.wave_started_at else None,
         },
         "failedSite": memory.failed_site,
@@ -197,6 +290,44 @@ def build_status(
         "rollout": memory.to_dict(),
     }
     return status
+
+
+# Status keys that move with every pod transition (a node's pod goes, its new one becomes
+# Ready) and that nothing reads back: the planner's memory lives in status.rollout. A
+# change confined to these may wait a little, so that one patch carries many transitions.
+PROGRESS_KEYS = frozenset({"counts", "sitesReady", "sites", "sitesOmitted"})
+
+
+def progress_only(patch: Mapping[str, Any]) -> bool:
+    """Whether a status patch changes only progress figures (PROGRESS_KEYS): such a patch
+    may be coalesced with the next ones; any other change (phase, wave, conditions, the
+    planner's memory, history) is written at once, carrying the progress with it."""
+    return bool(patch) and patch.keys() <= PROGRESS_KEYS
+
+
+# status.sites lists at most this many sites (the CRD allows 1,024 items): the ones that
+# need a look first (failing, updating, unreachable, pending, ...), then Ready ones by name.
+# status.counts covers every site and status.sitesOmitted says how many were left out, so
+# the object stays small at any fleet size.
+MAX_SITE_ROWS = 100
+_ROW_ORDER = {
+    state: rank
+    for rank, state in enumerate(
+        ("Failed", "Unreachable", "Updating", "RolledBack", "Skipped", "Paused", "Pending", "Ready")
+    )
+}
+
+
+def bounded_site_rows(
+    rows: Sequence[Mapping[str, Any]], limit: int = MAX_SITE_ROWS
+) -> tuple[list[dict[str, Any]], int]:
+    """At most `limit` site rows, the ones that need attention first, listed by name; and
+    how many were left out."""
+    if len(rows) <= limit:
+        return [dict(r) for r in rows], 0
+    ranked = sorted(rows, key=lambda r: (_ROW_ORDER.get(str(r.get("state")), 8), str(r["name"])))
+    kept = sorted(ranked[:limit], key=lambda r: str(r["name"]))
+    return [dict(r) for r in kept], len(rows) - limit
 
 
 def next_history(

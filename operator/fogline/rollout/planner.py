@@ -5,6 +5,7 @@ The rules, with worked examples, are in docs/rollout.md; ``plan_rollout`` states
 from __future__ import annotations
 
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -144,6 +145,18 @@ def plan_rollout(
             work.converge(work.stable)
         work.template_unplaced_sites()
     return work.finish()
+
+
+# Messages name at most this many sites: a first deployment's wave may hold every site, and
+# status.message (4 KiB in the CRD) and Events must stay short at any fleet size.
+MESSAGE_SITES = 10
+
+
+def site_names_text(names: Sequence[str], limit: int = MESSAGE_SITES) -> str:
+    """`a, b, c`, or the first `limit` names and how many more."""
+    if len(names) <= limit:
+        return ", ".join(names)
+    return f"{', '.join(names[:limit])} and {len(names) - limit} more"
 
 
 def short_digest(digest: str | None) -> str:
@@ -437,7 +450,7 @@ class _Work:
             "Normal",
             "WaveSucceeded",
             f"{self.wave_label()} is Ready on {short_digest(self.target)}: "
-            f"{', '.join(done) if done else 'no site left to update'}",
+            f"{site_names_text(done) if done else 'no site left to update'}",
         )
         self.wave_index += 1
         self.clear_wave()
@@ -502,7 +515,7 @@ class _Work:
         self.emit(
             "Normal",
             "WaveStarted",
-            f"{self.wave_label()}: updating {', '.join(chosen)} to {short_digest(self.target)}",
+            f"{self.wave_label()}: updating {site_names_text(chosen)} to {short_digest(self.target)}",
         )
         return True
 
@@ -567,6 +580,7 @@ class _Work:
             # it converges never takes down more than W of them.
             and not _converged(self.sites[name], digest)
         ]
+        admitted = set(self.converging)
         for name, site in self.sites.items():
             if site.held:
                 continue
@@ -575,11 +589,12 @@ class _Work:
             self.templates[name] = digest
             if (
                 site.reachable
-                and name not in self.converging
+                and name not in admitted
                 and len(self.converging) < width
                 and _needs_replacement(site, digest)
             ):
                 self.converging.append(name)
+                admitted.add(name)
         for name in self.converging:
             self.replace(self.sites[name], digest)
 
@@ -603,9 +618,11 @@ class _Work:
             return self.stable
         return self.target
 
-    def site_row(self, site: SiteObservation) -> SiteStatus:
+    def site_row(
+        self, site: SiteObservation, wave: AbstractSet[str], converging: AbstractSet[str]
+    ) -> SiteStatus:
         digest = self.templates.get(site.name)
-        state, message = self.site_state(site, digest)
+        state, message = self.site_state(site, digest, wave, converging)
         notes = [message] if message else []
         down = [n.name for n in site.nodes if not n.ready]
         if down and site.reachable:
@@ -628,14 +645,22 @@ class _Work:
             message="; ".join(notes),
         )
 
-    def site_state(self, site: SiteObservation, digest: str | None) -> tuple[SiteState, str]:
+    def site_state(
+        self,
+        site: SiteObservation,
+        digest: str | None,
+        wave: AbstractSet[str],
+        converging: AbstractSet[str],
+    ) -> tuple[SiteState, str]:
+        """A site's row state and note. `wave` and `converging` are the wave's and the
+        converging sites as sets: a list lookup per site made status quadratic in sites."""
         name = site.name
         if site.paused:
             return "Paused", "listed in spec.rollout.pausedSites"
         if site.maintenance:
             return "Paused", "in maintenance (a node has fogline.io/maintenance=true)"
         if not site.reachable:
-            if self.policy.disconnected == "Wait" and name in self.wave_sites:
+            if self.policy.disconnected == "Wait" and name in wave:
                 return "Unreachable", "every node NotReady; the wave waits for it"
             return "Unreachable", "every node NotReady; it converges when it returns"
         if self.stage == "Failed" and name == self.failed_site:
@@ -645,11 +670,11 @@ class _Work:
                 return "Failed", f"node {node.name}: pod {node.pod.failure}"
         if digest is None:
             return "Pending", "no workload yet"
-        if name in self.wave_sites:
+        if name in wave:
             if _converged(site, self.target):
                 return "Ready", f"{self.wave_label()} done"
             return "Updating", f"{self.wave_label()}"
-        if name in self.converging:
+        if name in converging:
             return "Updating", f"converging to {short_digest(digest)}"
         if self.stage == "Rollout" and name not in self.completed:
             if name in self.skipped:
@@ -677,7 +702,7 @@ class _Work:
             return "Pending", "no edge node matches the placement"
         if self.stage == "Rollout":
             if self.wave_sites:
-                return "Progressing", f"{self.wave_label()}: {', '.join(self.wave_sites)}"
+                return "Progressing", f"{self.wave_label()}: {site_names_text(self.wave_sites)}"
             if self.next_wave_not_before is not None:
                 return "Progressing", "pausing between waves"
             return "Progressing", "waiting for a site that is reachable and not held"
@@ -685,7 +710,7 @@ class _Work:
         unheld = [s for s in self.sites.values() if not s.held]
         unreachable = [s.name for s in unheld if not s.reachable]
         if unreachable:
-            problems.append(f"unreachable sites: {', '.join(unreachable)}")
+            problems.append(f"unreachable sites: {site_names_text(unreachable)}")
         down = sum(1 for s in unheld if s.reachable for n in s.nodes if not n.ready)
         if down:
             problems.append(f"{down} node(s) NotReady")
@@ -712,7 +737,8 @@ class _Work:
         return "Available", f"{short_digest(self.target)} on every reachable site"
 
     def finish(self) -> RolloutPlan:
-        rows = tuple(self.site_row(site) for site in self.sites.values())
+        wave, converging = set(self.wave_sites), set(self.converging)
+        rows = tuple(self.site_row(site, wave, converging) for site in self.sites.values())
         phase, message = self.phase()
         nodes = [n for site in self.sites.values() for n in site.nodes]
         counts = RolloutCounts(
