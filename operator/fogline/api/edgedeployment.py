@@ -183,6 +183,7 @@ class WaveStatus:
     """status.wave: the wave being rolled out."""
 
     index: int | None = None
+    site_count: int | None = None
     sites: tuple[str, ...] | None = None
     started_at: str | None = None
 
@@ -212,6 +213,7 @@ class EdgeDeploymentStatus:
     sites_ready: str | None = None
     counts: SiteCounts | None = None
     sites: tuple[SiteStatus, ...] | None = None
+    sites_omitted: int | None = None
     wave: WaveStatus | None = None
     failed_site: str | None = None
     message: str | None = None
