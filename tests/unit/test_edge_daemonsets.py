@@ -109,6 +109,18 @@ def test_fetch_step_is_told_the_uri_and_the_digest() -> None:
     assert fetch["command"] == ["fogline", "fetch"]
 
 
+def test_fetch_step_pins_its_digests_and_keeps_the_rollback_targets_within_the_settings() -> None:
+    settings = OperatorSettings(edge_cache_keep=2, edge_cache_max_bytes=5 << 30)
+    model = ModelRef(MODEL.uri, DIGEST_A, rollback=(DIGEST_B,))
+    args = container(build_site_daemonset(edge(), "berlin", model, settings), "fetch")["args"]
+    assert args[-4:] == [
+        "--cache-keep=2",
+        f"--cache-max-bytes={5 << 30}",
+        "--cache-owner=edge/shop",
+        f"--keep-digest={DIGEST_B}",
+    ]
+
+
 def test_server_refuses_any_other_digest_and_serves_the_named_model() -> None:
     server = container(daemonset(edge(modelName="detector", runtime={"port": 9000})), "server")
     assert f"--expected-digest={DIGEST_A}" in server["args"]
