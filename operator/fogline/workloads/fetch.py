@@ -268,8 +268,10 @@ class HttpTransport:
             bound = size if size is not None else limit
             written = offset
             # read1 hands over what has arrived: a timeout then loses nothing already received,
-            # so the resume starts exactly where the bytes stopped.
-            while chunk := response.read1(_CHUNK):
+            # so the resume starts exactly where the bytes stopped. Identity bodies (what we ask
+            # for) skip urllib3's decoded-content buffer, one copy less a chunk.
+            decode = response.headers.get("Content-Encoding", "identity") != "identity"
+            while chunk := response.read1(_CHUNK, decode_content=decode):
                 written += len(chunk)
                 if bound is not None and written > bound:
                     raise FetchError(
