@@ -13,6 +13,7 @@ import base64
 import dataclasses
 import json
 import signal
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -50,8 +51,9 @@ NODE_CACHE = dataclasses.replace(SETTINGS, edge_cache_mode="Node")
 
 @pytest.fixture(scope="module")
 def own_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArtifactStores]:
-    """Stores of this module's own: the last test here stops the S3 store."""
-    own = ArtifactStores(tmp_path_factory.mktemp("edge-stores"))
+    """Stores of this module's own: the last test here stops the S3 store. The registry asks
+    for credentials (htpasswd), as a production one would."""
+    own = ArtifactStores(tmp_path_factory.mktemp("edge-stores"), registry_auth=True)
     own.up()
     try:
         yield own
@@ -289,11 +291,31 @@ def test_image_volume_pod_passes_pod_security_restricted_and_serves(
     folder = tmp_path / "oci"
     digest = write_artifact(folder, seed=3)
     uri = f"oci://{stores.registry}/models/image-volume"
-    publish(folder, uri, {"FOGLINE_OCI_PLAIN_HTTP": "1"})
-    edge = edge_for("digits-oci", restricted, uri, digest, "", delivery="ImageVolume", access=None)
+    login = {"FOGLINE_OCI_USERNAME": stores.registry_username}
+    login["FOGLINE_OCI_PASSWORD"] = stores.registry_password
+    publish(folder, uri, {"FOGLINE_OCI_PLAIN_HTTP": "1", **login})
+    with pytest.raises(urllib.error.HTTPError) as refused_pull:  # the registry really asks
+        urllib.request.urlopen(f"http://{stores.registry}/v2/", timeout=10)
+    assert refused_pull.value.code == 401
+    auth = base64.b64encode(f"{stores.registry_username}:{stores.registry_password}".encode())
+    client.CoreV1Api(local_cluster.api).create_namespaced_secret(
+        restricted,
+        {
+            "metadata": {"name": "registry-pull"},
+            "type": "kubernetes.io/dockerconfigjson",
+            "stringData": {
+                ".dockerconfigjson": json.dumps(
+                    {"auths": {stores.registry: {"auth": auth.decode()}}}
+                )
+            },
+        },
+    )
+    pull = {"credentialsSecret": "registry-pull"}
+    edge = edge_for("digits-oci", restricted, uri, digest, "", delivery="ImageVolume", access=pull)
     apply_site(local_cluster, edge, digest)
     pod = ready_pod(local_cluster, edge)
     assert not any("hostPath" in volume for volume in pod["spec"]["volumes"])
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "registry-pull"}]
     assert "initContainers" not in pod["spec"]
     assert len(infer(pod)) == 10
 

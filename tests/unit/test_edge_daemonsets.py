@@ -335,6 +335,17 @@ def test_image_volume_delivery_mounts_the_artifact_with_no_init_step_or_host_pat
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
 
 
+def test_image_volume_delivery_pulls_with_the_named_secret_as_image_pull_secret() -> None:
+    access = {"credentialsSecret": "registry-pull"}
+    e = edge(
+        model={"uri": OCI.uri, "digest": OCI.digest, "delivery": "ImageVolume", "access": access}
+    )
+    pod = daemonset(e, model=OCI)["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "registry-pull"}]
+    plain = edge(model={"uri": OCI.uri, "digest": OCI.digest, "delivery": "ImageVolume"})
+    assert "imagePullSecrets" not in daemonset(plain, model=OCI)["spec"]["template"]["spec"]
+
+
 def test_fetch_delivery_of_an_oci_artifact_keeps_the_init_step() -> None:
     e = edge(model={"uri": OCI.uri, "digest": OCI.digest})
     pod = daemonset(e, model=OCI)["spec"]["template"]["spec"]

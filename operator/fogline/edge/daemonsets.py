@@ -382,6 +382,9 @@ def build_site_daemonset(
             {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
         ]
+        if spec.model.access is not None and spec.model.access.credentials_secret:
+            # The kubelet pulls the artifact: the Secret is a kubernetes.io/dockerconfigjson one.
+            pod_spec["imagePullSecrets"] = [{"name": spec.model.access.credentials_secret}]
     if spec.rollout.replace_in_place:
         strategy: dict[str, Any] = {"type": "OnDelete"}
     else:
