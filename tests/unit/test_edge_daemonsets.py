@@ -19,7 +19,7 @@ from fogline.edge.daemonsets import (
     build_site_daemonset,
     daemonset_name,
 )
-from fogline.settings import OperatorSettings
+from fogline.settings import OperatorSettings, SettingsError
 
 pytestmark = pytest.mark.unit
 
@@ -119,6 +119,25 @@ def test_fetch_step_pins_its_digests_and_keeps_the_rollback_targets_within_the_s
         "--cache-owner=edge/shop",
         f"--keep-digest={DIGEST_B}",
     ]
+
+
+def test_cache_settings_come_from_the_environment_the_chart_sets() -> None:
+    env = {"FOGLINE_EDGE_CACHE_KEEP": "5", "FOGLINE_EDGE_CACHE_MAX_BYTES": str(10 << 30)}
+    settings = OperatorSettings.from_env(env)
+    assert (settings.edge_cache_keep, settings.edge_cache_max_bytes) == (5, 10 << 30)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FOGLINE_EDGE_CACHE_KEEP", "-1"),
+        ("FOGLINE_EDGE_CACHE_KEEP", "three"),
+        ("FOGLINE_EDGE_CACHE_MAX_BYTES", "10GiB"),
+    ],
+)
+def test_bad_cache_settings_are_refused_at_start_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        OperatorSettings.from_env({name: value})
 
 
 def test_server_refuses_any_other_digest_and_serves_the_named_model() -> None:

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -24,7 +25,7 @@ from fogline.api.edgedeployment import EdgeDeployment
 from fogline.edge.daemonsets import ModelRef, build_site_daemonset
 from fogline.edge.fleet import next_history, rollback_targets
 from fogline.settings import OperatorSettings
-from fogline.workloads.fetch import main
+from fogline.workloads.fetch import _locked, main
 from fogline.workloads.manifest import manifest_digest, verify_artifact
 from tests.workloads.flaky_store import FlakyStore, Misbehaviour
 from tests.workloads.served_artifacts import write_artifact
@@ -348,3 +349,29 @@ def test_proxy_from_the_environment_carries_the_fetch(
     (tmp_path / "again").mkdir()
     args = ("--retries", "0", "--connect-timeout", "2")
     assert fetch("http://artifacts.invalid", artifact[1], tmp_path / "again", *args) == 1
+
+
+def test_lock_files_are_removed_yet_holders_of_one_digest_never_overlap(tmp_path: Path) -> None:
+    """Each holder removes its lock file on release while others wait on it: a waiter that
+    locked the removed file must not go ahead beside one that locked the new file."""
+    path = tmp_path / "digest.lock"
+    inside: list[int] = []
+    overlaps: list[int] = []
+
+    def contend(worker: int) -> None:
+        for _ in range(40):
+            with _locked(path) as mine:
+                assert mine
+                inside.append(worker)
+                if len(inside) > 1:
+                    overlaps.append(worker)
+                time.sleep(0.0005)
+                inside.remove(worker)
+
+    threads = [threading.Thread(target=contend, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert overlaps == []
+    assert not path.exists()
