@@ -1033,6 +1033,11 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
             deadline_seconds=args.deadline,
             ca_bundle=args.ca_bundle or environ.get("FOGLINE_CA_BUNDLE") or None,
         )
+        if args.cache_owner:
+            # Pinned before the fetch: another owner's eviction then keeps this entry while it
+            # is fetched, checked and copied to --dest, which happens outside the digest's lock.
+            args.cache_dir.mkdir(parents=True, exist_ok=True)
+            pin_digests(args.cache_dir, args.cache_owner, [args.digest, *(rollback or [])])
 
         def source_of() -> ArtifactSource:
             return resolve_source(args.uri, HttpTransport(policy), environ)
@@ -1042,8 +1047,6 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
             verify_provenance(entry, args.digest, args.signature_public_key, source_of)
         check_sealing(entry, args.model_key_file)
         manifest = install(entry, args.dest, args.digest)
-        if args.cache_owner:
-            pin_digests(args.cache_dir, args.cache_owner, [args.digest, *(rollback or [])])
         limits = CacheLimits(args.cache_keep, args.cache_max_bytes)
         for name in prune_cache(args.cache_dir, args.digest, limits, rollback):
             log.info("cache: removed %s", name)
