@@ -114,11 +114,12 @@ def baseline(local_cluster: ClusterHandle, stores: StoreEndpoints) -> Iterator[s
     client.CoreV1Api(local_cluster.api).delete_namespace(name)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def edge_operator(
     local_cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    """`fogline run` against the cluster whose local-edge node really runs the pods."""
+    """`fogline run` against the cluster whose local-edge node really runs the pods, for one
+    test: the module's other tests apply their DaemonSets themselves."""
     local_cluster.kubectl(
         "apply", "--server-side", "--field-manager=fogline-tests", "-f", str(CRD_DIR)
     )
@@ -390,6 +391,12 @@ def test_wrong_credentials_show_as_access_denied_in_the_site_row_and_the_conditi
         assert status["phase"] == "Failed"
     finally:
         core.delete_namespace(namespace)
+        # Its crash-looping pod must be gone before the next test restarts the node.
+        wait_for(
+            lambda: not core.list_namespace(field_selector=f"metadata.name={namespace}").items,
+            timeout=90,
+            what=f"namespace {namespace} to be deleted",
+        )
 
 
 def test_edge_pods_restart_with_the_store_gone_from_the_node_cache_and_the_pod_cache(
