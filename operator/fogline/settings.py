@@ -111,9 +111,13 @@ class OperatorSettings:
             site_label=text("FOGLINE_SITE_LABEL", defaults.site_label),
             edge_cache_mode=_cache_mode(text("FOGLINE_EDGE_CACHE_MODE", defaults.edge_cache_mode)),
             edge_cache_dir=text("FOGLINE_EDGE_CACHE_DIR", defaults.edge_cache_dir),
-            edge_cache_keep=int(text("FOGLINE_EDGE_CACHE_KEEP", str(defaults.edge_cache_keep))),
-            edge_cache_max_bytes=int(
-                text("FOGLINE_EDGE_CACHE_MAX_BYTES", str(defaults.edge_cache_max_bytes))
+            edge_cache_keep=_count(
+                "FOGLINE_EDGE_CACHE_KEEP", text("FOGLINE_EDGE_CACHE_KEEP", "3"), "3"
+            ),
+            edge_cache_max_bytes=_count(
+                "FOGLINE_EDGE_CACHE_MAX_BYTES",
+                text("FOGLINE_EDGE_CACHE_MAX_BYTES", "0"),
+                "10737418240 (10 GiB), or 0 for no bound",
             ),
             trainer_service_account=text(
                 "FOGLINE_TRAINER_SERVICE_ACCOUNT", defaults.trainer_service_account
@@ -171,6 +175,17 @@ def _flag(name: str, raw: str | None) -> bool:
     if raw == "true":
         return True
     raise SettingsError(f"{name}: expected true or false, not {raw!r}")
+
+
+def _count(name: str, raw: str, example: str) -> int:
+    """A whole number >= 0: the edge fetch step refuses anything else at every pod start."""
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise SettingsError(f"{name}: {raw!r} is not a whole number >= 0; e.g. {example}")
+    return value
 
 
 def _strings(name: str, values: list[Any]) -> tuple[str, ...]:

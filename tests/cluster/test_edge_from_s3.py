@@ -4,7 +4,8 @@ from versitygw with a read-only Secret and the server answers; with the store st
 replaced pod restarts from the node cache, and after a node restart a pod restarts from its
 own cache; an object swapped in the bucket is refused and the pod and the site row say
 DigestMismatch. Pod Security: each delivery and cache mode is admitted at the level the docs
-state, and refused below it, by the apiserver's own admission."""
+state, and refused below it, by the apiserver's own admission. Through the running
+operator, wrong credentials show as AccessDenied in the site row and the condition."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import base64
 import dataclasses
 import json
 import signal
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -31,10 +33,13 @@ from fogline.devcluster.stores import ArtifactStores, StoreEndpoints
 from fogline.devcluster.topology import EDGE_TAINT, LOCAL_EDGE_NODE
 from fogline.edge.daemonsets import EDGE_LABEL, ModelRef, build_site_daemonset
 from fogline.edge.fleet import observe_sites, pod_failure
+from fogline.kube import GROUP, VERSION
 from fogline.rollout import RolloutMemory, RolloutPolicy, plan_rollout
 from fogline.settings import OperatorSettings
 from fogline.workloads.trainer.publish import publish
+from tests.cluster.conftest import CRD_DIR, _established
 from tests.conftest import ClusterHandle, wait_for
+from tests.operator_process import OperatorProcess
 from tests.workloads.served_artifacts import write_artifact
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
@@ -46,8 +51,9 @@ NODE_CACHE = dataclasses.replace(SETTINGS, edge_cache_mode="Node")
 
 @pytest.fixture(scope="module")
 def own_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ArtifactStores]:
-    """Stores of this module's own: the last test here stops the S3 store."""
-    own = ArtifactStores(tmp_path_factory.mktemp("edge-stores"))
+    """Stores of this module's own: the last test here stops the S3 store. The registry asks
+    for credentials (htpasswd), as a production one would."""
+    own = ArtifactStores(tmp_path_factory.mktemp("edge-stores"), registry_auth=True)
     own.up()
     try:
         yield own
@@ -106,6 +112,30 @@ def baseline(local_cluster: ClusterHandle, stores: StoreEndpoints) -> Iterator[s
     name = create_space(local_cluster, stores, "edge-baseline", "baseline")
     yield name
     client.CoreV1Api(local_cluster.api).delete_namespace(name)
+
+
+@pytest.fixture
+def edge_operator(
+    local_cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[OperatorProcess]:
+    """`fogline run` against the cluster whose local-edge node really runs the pods, for one
+    test: the module's other tests apply their DaemonSets themselves."""
+    local_cluster.kubectl(
+        "apply", "--server-side", "--field-manager=fogline-tests", "-f", str(CRD_DIR)
+    )
+    extensions = client.ApiextensionsV1Api(local_cluster.api)
+    names = ["edgedeployments.fogline.io", "modeltrainings.fogline.io"]
+    wait_for(lambda: all(_established(extensions, n) for n in names), what="CRDs Established")
+    env = {
+        "FOGLINE_SERVER_IMAGE": SETTINGS.server_image,
+        "FOGLINE_IMAGE_PULL_POLICY": SETTINGS.image_pull_policy,
+    }
+    process = OperatorProcess(
+        local_cluster.kubeconfig, tmp_path_factory.mktemp("edge-operator"), env
+    )
+    process.start()
+    yield process
+    process.stop()
 
 
 def publish_artifact(stores: StoreEndpoints, folder: Path, prefix: str, seed: int) -> str:
@@ -262,13 +292,111 @@ def test_image_volume_pod_passes_pod_security_restricted_and_serves(
     folder = tmp_path / "oci"
     digest = write_artifact(folder, seed=3)
     uri = f"oci://{stores.registry}/models/image-volume"
-    publish(folder, uri, {"FOGLINE_OCI_PLAIN_HTTP": "1"})
-    edge = edge_for("digits-oci", restricted, uri, digest, "", delivery="ImageVolume", access=None)
+    login = {"FOGLINE_OCI_USERNAME": stores.registry_username}
+    login["FOGLINE_OCI_PASSWORD"] = stores.registry_password
+    publish(folder, uri, {"FOGLINE_OCI_PLAIN_HTTP": "1", **login})
+    with pytest.raises(urllib.error.HTTPError) as refused_pull:  # the registry really asks
+        urllib.request.urlopen(f"http://{stores.registry}/v2/", timeout=10)
+    assert refused_pull.value.code == 401
+    auth = base64.b64encode(f"{stores.registry_username}:{stores.registry_password}".encode())
+    client.CoreV1Api(local_cluster.api).create_namespaced_secret(
+        restricted,
+        {
+            "metadata": {"name": "registry-pull"},
+            "type": "kubernetes.io/dockerconfigjson",
+            "stringData": {
+                ".dockerconfigjson": json.dumps(
+                    {"auths": {stores.registry: {"auth": auth.decode()}}}
+                )
+            },
+        },
+    )
+    pull = {"credentialsSecret": "registry-pull"}
+    edge = edge_for("digits-oci", restricted, uri, digest, "", delivery="ImageVolume", access=pull)
     apply_site(local_cluster, edge, digest)
     pod = ready_pod(local_cluster, edge)
     assert not any("hostPath" in volume for volume in pod["spec"]["volumes"])
+    assert pod["spec"]["imagePullSecrets"] == [{"name": "registry-pull"}]
     assert "initContainers" not in pod["spec"]
     assert len(infer(pod)) == 10
+
+
+def test_wrong_credentials_show_as_access_denied_in_the_site_row_and_the_condition(
+    local_cluster: ClusterHandle,
+    edge_operator: OperatorProcess,
+    stores: StoreEndpoints,
+    tmp_path: Path,
+) -> None:
+    """The operator's own DaemonSet, its fetch step given a Secret whose key the store does
+    not accept: the site row and the Degraded condition name AccessDenied, long before any
+    progress deadline."""
+    digest = publish_artifact(stores, tmp_path / "denied", "edge/denied", seed=4)
+    namespace = f"edge-denied-{uuid.uuid4().hex[:8]}"
+    core = client.CoreV1Api(local_cluster.api)
+    core.create_namespace({"metadata": {"name": namespace}})
+    try:
+        wrong = {"AWS_ACCESS_KEY_ID": stores.reader_access_key, "AWS_SECRET_ACCESS_KEY": "wrong"}
+        core.create_namespaced_secret(
+            namespace,
+            {
+                "metadata": {"name": "artifact-reader"},
+                "stringData": wrong,
+            },
+        )
+        uri = f"s3://{stores.bucket}/edge/denied"
+        placement = edge_for("denied", namespace, uri, digest, stores.s3_endpoint).spec.placement
+        custom = client.CustomObjectsApi(local_cluster.api)
+        spec = {
+            "model": {
+                "uri": uri,
+                "digest": digest,
+                "access": {"endpoint": stores.s3_endpoint, "credentialsSecret": "artifact-reader"},
+            },
+            "placement": {
+                "nodeSelector": dict(placement.node_selector),
+                "tolerations": [t.to_dict() for t in placement.tolerations],
+            },
+            "rollout": {"progressDeadlineSeconds": 600},
+        }
+        custom.create_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "edgedeployments",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "EdgeDeployment",
+                "metadata": {"name": "denied"},
+                "spec": spec,
+            },
+        )
+
+        def denied() -> dict[str, Any] | None:
+            status = (
+                custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, "edgedeployments", "denied"
+                ).get("status")
+                or {}
+            )
+            rows = [row for row in status.get("sites") or [] if row.get("name") == SITE]
+            if rows and "Init:AccessDenied" in (rows[0].get("message") or ""):
+                return status
+            return None
+
+        status = wait_for(denied, timeout=90, interval=0.5, what="the site row to say AccessDenied")
+        (row,) = [row for row in status["sites"] if row["name"] == SITE]
+        assert row["state"] == "Failed"
+        degraded = {c["type"]: c for c in status["conditions"]}["Degraded"]
+        assert degraded["status"] == "True" and "Init:AccessDenied" in degraded["message"]
+        assert status["phase"] == "Failed"
+    finally:
+        core.delete_namespace(namespace)
+        # Its crash-looping pod must be gone before the next test restarts the node.
+        wait_for(
+            lambda: not core.list_namespace(field_selector=f"metadata.name={namespace}").items,
+            timeout=90,
+            what=f"namespace {namespace} to be deleted",
+        )
 
 
 def test_edge_pods_restart_with_the_store_gone_from_the_node_cache_and_the_pod_cache(

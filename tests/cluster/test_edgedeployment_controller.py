@@ -191,6 +191,11 @@ def test_new_digest_rolls_canary_first_then_waves_within_the_limit(ed: Edges) ->
     assert most_updating <= 2
     reasons = [e.reason for e in ed.events("waves")]
     assert "WaveStarted" in reasons and "RolloutComplete" in reasons
+    # Each site's fetch step keeps the digest status.history could roll it back to.
+    for daemonset in ed.apps.list_namespaced_daemon_set(ed.namespace).items:
+        args = daemonset.spec.template.spec.init_containers[0].args
+        assert f"--keep-digest={GOOD}" in args
+        assert f"--cache-owner={ed.namespace}/waves" in args
 
 
 def test_model_that_never_becomes_ready_is_rolled_back_everywhere(ed: Edges) -> None:

@@ -68,7 +68,9 @@ def test_install_manifest_and_argocd_patch_are_fresh_renders() -> None:
 def test_operator_pod_is_hardened_and_its_settings_parse(cluster: ClusterHandle) -> None:
     docs = documents(template(cluster, "--set", "settings.siteLabel=example.com/site",
                               "--set", "settings.requireModelSignature=true",
-                              "--set-json", 'settings.gpuNodeSelector={"pool":"a100"}').stdout)  # fmt: skip
+                              "--set-json", 'settings.gpuNodeSelector={"pool":"a100"}',
+                              "--set", "settings.edgeCacheKeep=5",
+                              "--set", "settings.edgeCacheMaxBytes=21474836480").stdout)  # fmt: skip
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     assert (
         pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
@@ -88,6 +90,7 @@ def test_operator_pod_is_hardened_and_its_settings_parse(cluster: ClusterHandle)
     assert settings.gpu_node_selector == {"fogline.io/pool": "gpu", "pool": "a100"}
     assert settings.trainer_image == "ghcr.io/fogline/trainer:0.1.0"
     assert settings.edge_tolerations[0]["key"] == "node-role.kubernetes.io/edge"
+    assert (settings.edge_cache_keep, settings.edge_cache_max_bytes) == (5, 20 << 30)
     # The edge pods' defaults: a per-pod cache (Pod Security restricted), no ingress policy.
     assert settings.edge_cache_mode == "Pod" and settings.edge_ingress_cidrs is None
     assert settings.require_model_signature is True
@@ -112,6 +115,8 @@ BAD_VALUES = [
     (["--set", "settings.siteLabel=not a label"], "/settings/siteLabel"),
     (["--set", "settings.edgeNodeSelector=null"], "edgeNodeSelector"),
     (["--set", "settings.progressIntervalSeconds=0"], "/settings/progressIntervalSeconds"),
+    (["--set", "settings.edgeCacheKeep=-1"], "/settings/edgeCacheKeep"),
+    (["--set", "settings.edgeCacheMaxBytes=lots"], "/settings/edgeCacheMaxBytes"),
     (["--set", "image.digest=sha256:nothex"], "/image/digest"),
     (["--set", "settings.imagePullPolicy=Sometimes"], "/settings/imagePullPolicy"),
     (

@@ -19,7 +19,7 @@ from fogline.edge.daemonsets import (
     build_site_daemonset,
     daemonset_name,
 )
-from fogline.settings import OperatorSettings
+from fogline.settings import OperatorSettings, SettingsError
 
 pytestmark = pytest.mark.unit
 
@@ -107,6 +107,37 @@ def test_fetch_step_is_told_the_uri_and_the_digest() -> None:
     assert f"--uri={MODEL.uri}" in fetch["args"]
     assert f"--digest={DIGEST_A}" in fetch["args"]
     assert fetch["command"] == ["fogline", "fetch"]
+
+
+def test_fetch_step_pins_its_digests_and_keeps_the_rollback_targets_within_the_settings() -> None:
+    settings = OperatorSettings(edge_cache_keep=2, edge_cache_max_bytes=5 << 30)
+    model = ModelRef(MODEL.uri, DIGEST_A, rollback=(DIGEST_B,))
+    args = container(build_site_daemonset(edge(), "berlin", model, settings), "fetch")["args"]
+    assert args[-4:] == [
+        "--cache-keep=2",
+        f"--cache-max-bytes={5 << 30}",
+        "--cache-owner=edge/shop",
+        f"--keep-digest={DIGEST_B}",
+    ]
+
+
+def test_cache_settings_come_from_the_environment_the_chart_sets() -> None:
+    env = {"FOGLINE_EDGE_CACHE_KEEP": "5", "FOGLINE_EDGE_CACHE_MAX_BYTES": str(10 << 30)}
+    settings = OperatorSettings.from_env(env)
+    assert (settings.edge_cache_keep, settings.edge_cache_max_bytes) == (5, 10 << 30)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("FOGLINE_EDGE_CACHE_KEEP", "-1"),
+        ("FOGLINE_EDGE_CACHE_KEEP", "three"),
+        ("FOGLINE_EDGE_CACHE_MAX_BYTES", "10GiB"),
+    ],
+)
+def test_bad_cache_settings_are_refused_at_start_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name):
+        OperatorSettings.from_env({name: value})
 
 
 def test_server_refuses_any_other_digest_and_serves_the_named_model() -> None:
@@ -321,6 +352,17 @@ def test_image_volume_delivery_mounts_the_artifact_with_no_init_step_or_host_pat
     ]
     assert f"--expected-digest={OCI.digest}" in server["args"]  # the server still verifies
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_image_volume_delivery_pulls_with_the_named_secret_as_image_pull_secret() -> None:
+    access = {"credentialsSecret": "registry-pull"}
+    e = edge(
+        model={"uri": OCI.uri, "digest": OCI.digest, "delivery": "ImageVolume", "access": access}
+    )
+    pod = daemonset(e, model=OCI)["spec"]["template"]["spec"]
+    assert pod["imagePullSecrets"] == [{"name": "registry-pull"}]
+    plain = edge(model={"uri": OCI.uri, "digest": OCI.digest, "delivery": "ImageVolume"})
+    assert "imagePullSecrets" not in daemonset(plain, model=OCI)["spec"]["template"]["spec"]
 
 
 def test_fetch_delivery_of_an_oci_artifact_keeps_the_init_step() -> None:

@@ -19,6 +19,7 @@ from fogline.edge.fleet import (
     observe_sites,
     pod_failure,
     resolve_model,
+    rollback_targets,
 )
 from fogline.rollout import NodeObservation, PodObservation, SiteObservation
 
@@ -29,6 +30,7 @@ EDGE = "node-role.kubernetes.io/edge"
 A = "sha256:" + "a" * 64
 B = "sha256:" + "b" * 64
 C = "sha256:" + "c" * 64
+D = "sha256:" + "d" * 64
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
 
@@ -370,6 +372,47 @@ def test_history_input_is_not_changed() -> None:
     history = [entry(1, A)]
     next_history(history, B, "pvc://models/m", 10, NOW)[1]["digest"] = C
     assert history == [entry(1, A)]
+
+
+# --- rollback_targets: what the node cache keeps for a site -------------------------------
+
+
+@pytest.mark.parametrize(
+    ("history", "digest", "limit", "want"),
+    [
+        pytest.param([], A, 3, (), id="first-rollout-has-none"),
+        pytest.param([entry(2, B), entry(1, A)], C, 3, (B, A), id="new-target-keeps-all"),
+        pytest.param([entry(2, B), entry(1, A)], C, 1, (B,), id="bounded-by-the-setting"),
+        pytest.param([entry(2, B), entry(1, A)], B, 3, (A,), id="stable-keeps-what-came-before"),
+        pytest.param(
+            [entry(3, A), entry(2, B), entry(1, A)], C, 3, (A, B), id="repeats-counted-once"
+        ),
+        pytest.param(
+            [entry(4, C), entry(3, B), entry(2, C), entry(1, A)],
+            C,
+            3,
+            (A,),
+            id="counted-from-the-oldest-entry",
+        ),
+    ],
+)
+def test_rollback_targets_are_the_history_before_the_digest(
+    history: list[dict[str, Any]], digest: str, limit: int, want: tuple[str, ...]
+) -> None:
+    assert rollback_targets(history, digest, limit) == want
+
+
+def test_rollback_targets_do_not_change_when_the_target_becomes_stable() -> None:
+    """The DaemonSet template carries them: a change would restart every site for nothing."""
+    history: list[dict[str, Any]] = []
+    for step, digest in enumerate([A, B, C, D]):
+        before = rollback_targets(history, digest, 3)
+        history = next_history(history, digest, "pvc://models/m", 10, T0 + timedelta(hours=step))
+        assert rollback_targets(history, digest, 3) == before
+    # A rollback to B that then becomes stable keeps what came before B, not the failed D.
+    before = rollback_targets(history, B, 3)
+    history = next_history(history, B, "pvc://models/m", 10, NOW)
+    assert rollback_targets(history, B, 3) == before == (A,)
 
 
 # --- the model an EdgeDeployment follows --------------------------------------------------

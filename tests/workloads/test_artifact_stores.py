@@ -6,12 +6,13 @@ bucket's training is signed and encrypted, as spec.output.signing and encryption
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from fogline.devcluster.stores import StoreEndpoints
+from fogline.devcluster.stores import ArtifactStores, StoreEndpoints
 from fogline.workloads.fetch import main as fetch_main
 from fogline.workloads.manifest import verify_artifact
 from fogline.workloads.server.model import OnnxModel, RuntimeOptions
@@ -288,3 +289,48 @@ def test_a_teacher_changed_in_the_bucket_after_publishing_is_refused_before_trai
     message = run.termination["message"]
     assert message.startswith(f"--teacher {uri}: ") and "run-1/model.onnx" in message
     assert run.epoch_lines() == []
+
+
+@pytest.fixture(scope="module")
+def authed_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreEndpoints]:
+    """The stores again, the registry with htpasswd authentication (a bcrypt entry)."""
+    stores = ArtifactStores(tmp_path_factory.mktemp("authed-stores"), registry_auth=True)
+    try:
+        yield stores.up()
+    finally:
+        stores.down()
+
+
+def registry_env(stores: StoreEndpoints, root: Path, password: str | None) -> dict[str, str]:
+    env = {"FOGLINE_OCI_PLAIN_HTTP": "1", "FOGLINE_TERMINATION_LOG": str(root / "termination-log")}
+    if password is not None:
+        env |= {"FOGLINE_OCI_USERNAME": stores.registry_username, "FOGLINE_OCI_PASSWORD": password}
+    return env
+
+
+def test_edge_pulls_from_a_registry_that_demands_credentials_with_those_of_its_secret(
+    tmp_path: Path, authed_registry: StoreEndpoints
+) -> None:
+    folder = tmp_path / "published"
+    digest = write_artifact(folder)
+    uri = f"oci://{authed_registry.registry}/models/guarded"
+    with pytest.raises(PublishError):  # the registry really asks: no credentials, no push
+        publish(folder, uri, registry_env(authed_registry, tmp_path, None))
+    publish(folder, uri, registry_env(authed_registry, tmp_path, authed_registry.registry_password))
+    root = tmp_path / "edge"
+    env = registry_env(authed_registry, root, authed_registry.registry_password)
+    assert fetch(uri, digest, root, env) == 0
+    assert verify_artifact(root / "dest", digest).digest == digest
+
+
+@pytest.mark.parametrize("password", [None, "wrong"], ids=["no-credentials", "wrong-password"])
+def test_registry_refusing_the_pull_is_access_denied(
+    tmp_path: Path, authed_registry: StoreEndpoints, password: str | None
+) -> None:
+    folder = tmp_path / "published"
+    digest = write_artifact(folder, seed=2)
+    uri = f"oci://{authed_registry.registry}/models/refused"
+    publish(folder, uri, registry_env(authed_registry, tmp_path, authed_registry.registry_password))
+    root = tmp_path / "edge"
+    assert fetch(uri, digest, root, registry_env(authed_registry, root, password)) == 1
+    assert reason(root) == "AccessDenied"

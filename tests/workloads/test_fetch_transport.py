@@ -12,13 +12,20 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from fogline.workloads.fetch import main
+from fogline.api.edgedeployment import EdgeDeployment
+from fogline.edge.daemonsets import ModelRef, build_site_daemonset
+from fogline.edge.fleet import next_history, rollback_targets
+from fogline.settings import OperatorSettings
+from fogline.workloads.fetch import _locked, main
 from fogline.workloads.manifest import manifest_digest, verify_artifact
 from tests.workloads.flaky_store import FlakyStore, Misbehaviour
 from tests.workloads.served_artifacts import write_artifact
@@ -205,6 +212,7 @@ def test_eight_fetches_of_one_digest_at_once_all_succeed(
     results = [run.communicate(timeout=120) for run in runs]
     assert [run.returncode for run in runs] == [0] * 8, [err[-400:] for _, err in results]
     assert verify_artifact(entry, digest).digest == digest
+    assert list((tmp_path / "cache" / ".locks").iterdir()) == []  # each holder removed its lock
 
 
 def test_cache_keeps_the_current_and_n_recent_digests_after_five_rollouts(
@@ -219,6 +227,44 @@ def test_cache_keeps_the_current_and_n_recent_digests_after_five_rollouts(
         time.sleep(0.01)  # distinct mtimes on coarse clocks
     kept = sorted(p.name for p in (tmp_path / "cache").glob("sha256-*"))
     assert kept == sorted(f"sha256-{d.removeprefix('sha256:')}" for d in digests[-3:])
+
+
+def test_after_five_rollouts_the_cache_holds_the_current_the_rollback_targets_and_others_pins(
+    tmp_path: Path,
+) -> None:
+    """The fetch step as the operator builds it for each rollout of one EdgeDeployment, with
+    the rollback targets of its status.history; another EdgeDeployment on the node fetched
+    more recently than some of them, and its digest stays too (its pod restarts offline)."""
+    settings = OperatorSettings(edge_cache_keep=2)
+    cache = tmp_path / "node-cache"
+
+    def run_fetch_step(name: str, folder: Path, digest: str, history: list[Any]) -> None:
+        uri = f"file://{folder}"
+        body = {"model": {"uri": uri, "digest": digest}}
+        edge = EdgeDeployment.from_body(
+            {"metadata": {"name": name, "namespace": "shop"}, "spec": body}
+        )
+        model = ModelRef(uri, digest, rollback_targets(history, digest, settings.edge_cache_keep))
+        daemonset = build_site_daemonset(edge, "site-1", model, settings)
+        (step,) = daemonset["spec"]["template"]["spec"]["initContainers"]
+        args = [a for a in step["args"] if not a.startswith(("--cache-dir=", "--dest="))]
+        assert main([*args, f"--cache-dir={cache}", f"--dest={tmp_path / name}"]) == 0
+
+    history: list[Any] = []
+    digests = []
+    for rollout in range(5):
+        folder = tmp_path / f"v{rollout}"
+        write_artifact(folder, seed=rollout)
+        digests.append(add_weights(folder, size=64 << 10, seed=rollout))
+        if rollout == 4:  # meanwhile another EdgeDeployment's pod starts on the node
+            write_artifact(tmp_path / "other", seed=9)
+            other = add_weights(tmp_path / "other", size=1024, seed=9)
+            run_fetch_step("other", tmp_path / "other", other, [])
+        run_fetch_step("digits", folder, digests[-1], history)
+        history = next_history(history, digests[-1], f"file://{folder}", 10, datetime.now(UTC))
+    kept = {p.name.removeprefix("sha256-") for p in cache.glob("sha256-*")}
+    assert kept == {d.removeprefix("sha256:") for d in [digests[4], digests[3], digests[2], other]}
+    assert list((cache / ".locks").iterdir()) == []
 
 
 def test_cache_size_bound_evicts_the_oldest_but_never_the_current(tmp_path: Path) -> None:
@@ -303,3 +349,29 @@ def test_proxy_from_the_environment_carries_the_fetch(
     (tmp_path / "again").mkdir()
     args = ("--retries", "0", "--connect-timeout", "2")
     assert fetch("http://artifacts.invalid", artifact[1], tmp_path / "again", *args) == 1
+
+
+def test_lock_files_are_removed_yet_holders_of_one_digest_never_overlap(tmp_path: Path) -> None:
+    """Each holder removes its lock file on release while others wait on it: a waiter that
+    locked the removed file must not go ahead beside one that locked the new file."""
+    path = tmp_path / "digest.lock"
+    inside: list[int] = []
+    overlaps: list[int] = []
+
+    def contend(worker: int) -> None:
+        for _ in range(40):
+            with _locked(path) as mine:
+                assert mine
+                inside.append(worker)
+                if len(inside) > 1:
+                    overlaps.append(worker)
+                time.sleep(0.0005)
+                inside.remove(worker)
+
+    threads = [threading.Thread(target=contend, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert overlaps == []
+    assert not path.exists()

@@ -44,6 +44,7 @@ from fogline.edge.fleet import (
     pod_essence,
     progress_only,
     resolve_model,
+    rollback_targets,
 )
 from fogline.edge.networkpolicy import build_edge_network_policy
 from fogline.kube import GROUP, VERSION
@@ -201,7 +202,7 @@ async def _reconcile(state: OperatorState, kopf_body: kopf.Body) -> float | None
     uris = {h.get("digest"): h.get("uri") for h in history_in if h.get("digest")}
     uris[model.digest] = model.uri
 
-    await _apply_daemonsets(state, kopf_body, edge, plan.site_digests, uris)
+    await _apply_daemonsets(state, kopf_body, edge, plan.site_digests, uris, history_in)
     if rollout.replace_in_place:
         await _replace_pods(state, edge, pods, plan.replace_pods_on)
     # The calls above may have waited out an API outage: a wave this plan starts starts
@@ -280,6 +281,7 @@ async def _apply_daemonsets(
     edge: EdgeDeployment,
     site_digests: Mapping[str, str],
     uris: Mapping[str | None, str | None],
+    history: Sequence[Mapping[str, Any]],
 ) -> None:
     existing = {
         d["metadata"]["name"]: d
@@ -290,7 +292,9 @@ async def _apply_daemonsets(
         uri = uris.get(digest)
         if not uri:
             continue  # a digest whose location is forgotten cannot be served; the planner waits
-        desired = build_site_daemonset(edge, site, ModelRef(uri=uri, digest=digest), state.settings)
+        keep = rollback_targets(history, digest, state.settings.edge_cache_keep)
+        model = ModelRef(uri=uri, digest=digest, rollback=keep)
+        desired = build_site_daemonset(edge, site, model, state.settings)
         current = existing.get(desired["metadata"]["name"])
         wanted_hash = desired["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION]
         if current is not None:

@@ -655,7 +655,7 @@ class NodeAgent:
                 path = self.config.root / "pvc" / namespace / claim["claimName"]
                 path.mkdir(parents=True, exist_ok=True)
             elif image := volume.get("image"):
-                path = self.pull_image_volume(image["reference"])
+                path = self.pull_image_volume(image["reference"], self._pull_credentials(pod))
             elif "projected" in volume or "configMap" in volume or "secret" in volume:
                 path.mkdir(parents=True, exist_ok=True)
                 sources = (volume.get("projected") or {}).get("sources") or [volume]
@@ -669,9 +669,33 @@ class NodeAgent:
             paths[name] = path
         return paths, token
 
-    def pull_image_volume(self, reference: str) -> Path:
+    def _pull_credentials(self, pod: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+        """Registry host -> (user, password) from the pod's imagePullSecrets, as the kubelet
+        reads them (kubernetes.io/dockerconfigjson Secrets); a missing Secret is skipped, as the
+        kubelet does, and the pull then fails on the registry's refusal."""
+        found: dict[str, tuple[str, str]] = {}
+        for ref in pod["spec"].get("imagePullSecrets") or []:
+            try:
+                secret = self.core.read_namespaced_secret(ref["name"], pod["metadata"]["namespace"])
+            except ApiException:
+                continue
+            raw = (secret.data or {}).get(".dockerconfigjson")
+            if not raw:
+                continue
+            for host, entry in json.loads(base64.b64decode(raw)).get("auths", {}).items():
+                if "username" in entry:
+                    found[host] = (entry["username"], entry.get("password", ""))
+                elif "auth" in entry:
+                    user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+                    found[host] = (user, password)
+        return found
+
+    def pull_image_volume(
+        self, reference: str, credentials: Mapping[str, tuple[str, str]] | None = None
+    ) -> Path:
         """An image volume as the kubelet makes one: the OCI artifact pulled once into the
-        node's image folder (each layer a file, named by its title) and shared read-only.
+        node's image folder (each layer a file, named by its title) and shared read-only, with
+        the imagePullSecrets' credentials for its registry (Basic, as the dev registry asks).
         Only a registry on loopback is reached, over plain HTTP: the dev cluster's own."""
         import oras.provider
 
@@ -686,7 +710,13 @@ class NodeAgent:
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         try:
-            oras.provider.Registry(host, insecure=True).pull(target=reference, outdir=str(partial))
+            login = (credentials or {}).get(host)
+            registry = oras.provider.Registry(
+                host, insecure=True, auth_backend="basic" if login else "token"
+            )
+            if login:
+                registry.auth.set_basic_auth(*login)
+            registry.pull(target=reference, outdir=str(partial))
         except Exception as err:  # oras raises requests' and its own errors alike
             shutil.rmtree(partial, ignore_errors=True)
             raise PodSpecError("ErrImagePull", f"image volume {reference!r}: {err}") from err

@@ -1,7 +1,9 @@
 """The artifact stores beside the dev cluster: versitygw (S3 over a local folder) and the CNCF
 distribution registry (OCI), on loopback ports, with a bucket, a writer and a read-only user
 made on the fly. Endpoints and credentials go to DIR/stores.json for tests and the demo.
-Development only: the registry has no authentication and both speak plain HTTP on loopback."""
+Development only: both speak plain HTTP on loopback, and the registry has no authentication
+unless asked for htpasswd (one user, who may push and pull: htpasswd cannot scope a user to
+pulls, which a production registry's tokens do)."""
 
 from __future__ import annotations
 
@@ -44,6 +46,9 @@ class StoreEndpoints:
     reader_secret_key: str
     registry: str  # host:port, plain HTTP
     pids: dict[str, int] = field(default_factory=dict)
+    # Set when the registry runs with htpasswd authentication.
+    registry_username: str = ""
+    registry_password: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,9 +102,12 @@ def _wait_listening(port: int, name: str, process: subprocess.Popen[bytes], log:
 class ArtifactStores:
     """The two stores living in `directory` (data, logs, stores.json)."""
 
-    def __init__(self, directory: Path, bin_dir: Path | None = None) -> None:
+    def __init__(
+        self, directory: Path, bin_dir: Path | None = None, registry_auth: bool = False
+    ) -> None:
         self.directory = directory.resolve()
         self._bin_dir = bin_dir
+        self.registry_auth = registry_auth
 
     @property
     def state_file(self) -> Path:
@@ -160,19 +168,20 @@ class ArtifactStores:
             registry_port = _free_port()
             endpoints.registry = f"127.0.0.1:{registry_port}"
             config = self.directory / "registry.yml"
-            config.write_text(
-                yaml.safe_dump(
-                    {
-                        "version": 0.1,
-                        "log": {"level": "warn", "accesslog": {"disabled": True}},
-                        "storage": {
-                            "filesystem": {"rootdirectory": str(self.directory / "registry")},
-                            "delete": {"enabled": True},
-                        },
-                        "http": {"addr": endpoints.registry},
-                    }
-                )
-            )
+            settings: dict[str, Any] = {
+                "version": 0.1,
+                "log": {"level": "warn", "accesslog": {"disabled": True}},
+                "storage": {
+                    "filesystem": {"rootdirectory": str(self.directory / "registry")},
+                    "delete": {"enabled": True},
+                },
+                "http": {"addr": endpoints.registry},
+            }
+            if self.registry_auth:
+                settings["auth"] = {
+                    "htpasswd": {"realm": "fogline", "path": self._htpasswd(endpoints)}
+                }
+            config.write_text(yaml.safe_dump(settings))
             # The registry starts an OTLP exporter unless told not to; nothing listens for it.
             self._start(
                 endpoints,
@@ -188,6 +197,21 @@ class ArtifactStores:
         self.state_file.write_text(json.dumps(endpoints.to_json(), indent=2))
         return endpoints
 
+    def _htpasswd(self, endpoints: StoreEndpoints) -> str:
+        """A user and its bcrypt entry, the one hash the registry's htpasswd accepts. The
+        registry checks the hash on every request: the lowest cost keeps that cheap, which a
+        random password of 18 bytes on loopback can afford."""
+        import bcrypt
+
+        endpoints.registry_username = "puller" + secrets.token_hex(4)
+        endpoints.registry_password = secrets.token_urlsafe(18)
+        hashed = bcrypt.hashpw(
+            endpoints.registry_password.encode(), bcrypt.gensalt(rounds=4)
+        ).decode()
+        path = self.directory / "htpasswd"
+        path.write_text(f"{endpoints.registry_username}:{hashed}\n")
+        return str(path)
+
     def down(self) -> None:
         endpoints = self.read()
         if endpoints is not None:
@@ -195,7 +219,7 @@ class ArtifactStores:
         for name in ("s3", "iam", "registry", "logs"):
             with contextlib.suppress(FileNotFoundError):
                 shutil.rmtree(self.directory / name)
-        for name in ("stores.json", "registry.yml"):
+        for name in ("stores.json", "registry.yml", "htpasswd"):
             (self.directory / name).unlink(missing_ok=True)
 
     def stop_process(self, name: str) -> None:

@@ -49,6 +49,8 @@ class ModelRef:
 
     uri: str
     digest: str
+    # Digests status.history could roll back to: the node cache keeps them (fetch --keep-digest).
+    rollback: tuple[str, ...] = ()
 
 
 def daemonset_name(edge_name: str, site: str) -> str:
@@ -179,6 +181,15 @@ def _protection(
     return fetch_args, server_args, volumes, fetch_mounts, server_mounts
 
 
+def _cache_pins(edge: EdgeDeployment, model: ModelRef) -> list[str]:
+    """The fetch step's flags that pin this EdgeDeployment's digests in the shared node cache:
+    other EdgeDeployments' fetches on the node keep them, and its own evicts the rest."""
+    return [
+        f"--cache-owner={edge.namespace}/{edge.name}",
+        *(f"--keep-digest={digest}" for digest in model.rollback),
+    ]
+
+
 def _drain_seconds(edge: EdgeDeployment) -> int:
     drain = edge.spec.runtime.drain_seconds
     return DEFAULT_DRAIN_SECONDS if drain is None else drain
@@ -258,6 +269,7 @@ def build_site_daemonset(
             f"--cache-keep={settings.edge_cache_keep}",
             f"--cache-max-bytes={settings.edge_cache_max_bytes}",
             *fetch_checks,
+            *_cache_pins(edge, model),
         ],
         "env": [{"name": k, "value": v} for k, v in source_env.items()] + access.env,
         "volumeMounts": [
@@ -370,6 +382,9 @@ def build_site_daemonset(
             {"name": "model", "mountPath": MODEL_DIR, "readOnly": True},
             {"name": "tmp", "mountPath": "/tmp"},
         ]
+        if spec.model.access is not None and spec.model.access.credentials_secret:
+            # The kubelet pulls the artifact: the Secret is a kubernetes.io/dockerconfigjson one.
+            pod_spec["imagePullSecrets"] = [{"name": spec.model.access.credentials_secret}]
     if spec.rollout.replace_in_place:
         strategy: dict[str, Any] = {"type": "OnDelete"}
     else:

@@ -347,6 +347,20 @@ def next_history(
     return [entry, *entries][:limit]
 
 
+def rollback_targets(
+    history: Sequence[Mapping[str, Any]], digest: str, limit: int
+) -> tuple[str, ...]:
+    """The digests a site serving `digest` could roll back to, most recent first, at most
+    `limit`: what status.history lists as deployed before `digest` first was. Counting from its
+    oldest entry keeps the answer the same when `digest` becomes stable (a new entry on top), so
+    the DaemonSet's template, which carries the answer, does not change then."""
+    digests = [h.get("digest") for h in history]
+    if digest in digests:
+        digests = digests[len(digests) - digests[::-1].index(digest) :]
+    older = [d for d in digests if isinstance(d, str) and d != digest]
+    return tuple(dict.fromkeys(older))[:limit]
+
+
 def resolve_model(
     edge: EdgeDeployment, training: Mapping[str, Any] | None
 ) -> ModelRef | tuple[str, str]:

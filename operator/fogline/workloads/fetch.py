@@ -21,7 +21,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import IO, Any, NoReturn, Protocol
@@ -56,7 +56,8 @@ _CHUNK = 1 << 20
 _RETRYABLE_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
 ENTRY_PREFIX = "sha256-"
 PARTIAL_PREFIX = ".partial-"
-LOCKS = ".locks"  # one flock file a digest; never removed, so no two holders see two inodes
+LOCKS = ".locks"  # one flock file a digest while a fetch or an eviction holds it
+PINS = ".pins"  # a file an EdgeDeployment: the digests its pods on this node may need
 
 # The reasons a failed fetch reports; the operator shows them on the site row and condition.
 UNREACHABLE, ACCESS_DENIED, DIGEST_MISMATCH, INVALID = (
@@ -136,6 +137,10 @@ class HttpTransport:
         self._via_proxy: dict[str, urllib3.ProxyManager] = {}
         self._tls = tls
         self._etags: dict[str, str] = {}
+        # Registry credentials (user, password), sent only to a host that asks for them with a
+        # 401; urllib3 drops the Authorization header on a redirect to another host.
+        self.credentials: tuple[str, str] | None = None
+        self._authorization: dict[str, str] = {}
 
     def _pool_for(self, url: str) -> urllib3.PoolManager:
         parts = urlsplit(url)
@@ -195,6 +200,27 @@ class HttpTransport:
         finally:
             hasher.close()
 
+    def _send(self, url: str, headers: dict[str, str]) -> urllib3.BaseHTTPResponse:
+        """One GET (urllib3 retries what fails before the body), with the host's credentials."""
+        if authorization := self._authorization.get(urlsplit(url).netloc):
+            headers = {**headers, "Authorization": authorization}
+        self.requests_sent += 1
+        try:
+            return self._pool_for(url).request(
+                "GET",
+                url,
+                headers=headers,
+                preload_content=False,
+                retries=self.policy.retry(),
+                timeout=self._timeout(),
+            )
+        except MaxRetryError as err:
+            raise FetchError(
+                f"{_redacted(url)}: unreachable after {self.policy.retries + 1} attempts: "
+                f"{_one_line(err.reason or err)}",
+                UNREACHABLE,
+            ) from None
+
     def _next_attempt(self, retry: Retry, url: str, err: Exception) -> Retry:
         try:
             retry = retry.increment(method="GET", url=url, error=_as_read_error(err))
@@ -227,22 +253,16 @@ class HttpTransport:
             headers["Range"] = f"bytes={offset}-"
             if key in self._etags:
                 headers["If-Range"] = self._etags[key]
-        self.requests_sent += 1
-        try:
-            response = self._pool_for(url).request(
-                "GET",
-                url,
-                headers=headers,
-                preload_content=False,
-                retries=self.policy.retry(),
-                timeout=self._timeout(),
+        response = self._send(url, headers)
+        host = urlsplit(url).netloc
+        if response.status == 401 and self.credentials and host not in self._authorization:
+            # A registry names its scheme in the challenge: answer it once, then send the
+            # header with every request to that host.
+            self._authorization[host] = _answer_challenge(
+                url, response.headers.get("WWW-Authenticate", ""), self.credentials
             )
-        except MaxRetryError as err:
-            raise FetchError(
-                f"{_redacted(url)}: unreachable after {self.policy.retries + 1} attempts: "
-                f"{_one_line(err.reason or err)}",
-                UNREACHABLE,
-            ) from None
+            response.release_conn()
+            response = self._send(url, headers)
         try:
             _check_status(url, response.status)
             if etag := response.headers.get("ETag"):
@@ -267,8 +287,10 @@ class HttpTransport:
             bound = size if size is not None else limit
             written = offset
             # read1 hands over what has arrived: a timeout then loses nothing already received,
-            # so the resume starts exactly where the bytes stopped.
-            while chunk := response.read1(_CHUNK):
+            # so the resume starts exactly where the bytes stopped. Identity bodies (what we ask
+            # for) skip urllib3's decoded-content buffer, one copy less a chunk.
+            decode = response.headers.get("Content-Encoding", "identity") != "identity"
+            while chunk := response.read1(_CHUNK, decode_content=decode):
                 written += len(chunk)
                 if bound is not None and written > bound:
                     raise FetchError(
@@ -369,10 +391,26 @@ def _check_status(url: str, status: int) -> None:
     if status in (401, 403):
         raise FetchError(
             f"{_redacted(url)}: HTTP {status}: the store refused the credentials; check the "
-            "read-only Secret named by spec.model.credentialsSecret",
+            "read-only Secret named by spec.model.access.credentialsSecret",
             ACCESS_DENIED,
         )
     raise FetchError(f"{_redacted(url)}: HTTP {status}", UNREACHABLE, status)
+
+
+def _answer_challenge(url: str, challenge: str, credentials: tuple[str, str]) -> str:
+    """The Authorization header answering a registry's 401. Basic (htpasswd, as the distribution
+    registry and most self-hosted ones do) is answered with the credentials; a Bearer challenge
+    (token auth: Docker Hub, GHCR, Harbor) is refused with a clear reason, as the fetch step
+    does not run the token exchange."""
+    scheme = challenge.split(" ", 1)[0].lower()
+    if scheme == "basic":
+        return urllib3.util.make_headers(basic_auth=":".join(credentials))["authorization"]
+    raise FetchError(
+        f"{_redacted(url)}: the registry asks for {scheme or 'an unnamed'} authentication; the "
+        "fetch step answers Basic only: use spec.model.delivery ImageVolume (the kubelet pulls "
+        "with imagePullSecrets) or a registry that accepts Basic credentials",
+        ACCESS_DENIED,
+    )
 
 
 def _check_content_range(url: str, header: str | None, offset: int, size: int | None) -> None:
@@ -592,6 +630,8 @@ def resolve_source(
             )
         insecure = environ.get("FOGLINE_OCI_PLAIN_HTTP", "") == "1"
         base = f"{'http' if insecure else 'https'}://{parts.netloc}/v2/{repository}"
+        if user := environ.get("FOGLINE_OCI_USERNAME"):
+            transport.credentials = (user, environ.get("FOGLINE_OCI_PASSWORD", ""))
         return OciSource(base, transport)
     if scheme == "file":
         return LocalSource(Path(unquote(parts.path)))
@@ -623,18 +663,35 @@ def _lock_path(cache_dir: Path, hex_digest: str) -> Path:
 @contextlib.contextmanager
 def _locked(path: Path, blocking: bool = True) -> Iterator[bool]:
     """An exclusive flock on path; yields False when not blocking and somebody holds it. The
-    kernel drops the lock when its holder dies, so a kill -9 never leaves a stale lock."""
-    with path.open("a") as handle:
-        flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
+    kernel drops the lock when its holder dies, so a kill -9 never leaves a stale lock.
+
+    The holder removes the lock file when it lets go, so locks do not pile up one per digest
+    ever fetched. A waiter may then hold a lock on a file that is gone: it checks that the path
+    still names the inode it locked, and locks the new file otherwise. Only the holder of the
+    file the path names ever removes it, so two holders never see two inodes. (filelock and
+    fasteners keep their lock files for this very race; this loop is what removing them takes.)
+    """
+    flags = fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB)
+    while True:
+        handle = path.open("a")
         try:
             fcntl.flock(handle, flags)
         except BlockingIOError:
+            handle.close()
             yield False
             return
         try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = -1
+        if current == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()  # the previous holder removed it: lock the file the path names now
+    try:
+        yield True
+    finally:
+        path.unlink(missing_ok=True)  # while still held: a waiter sees it gone and starts over
+        handle.close()
 
 
 def _download(source: ArtifactSource, digest: str, staging: Path) -> ArtifactManifest:
@@ -704,8 +761,10 @@ def fill_cache(source_of: Callable[[], ArtifactSource], digest: str, cache_dir: 
 
 @dataclass(frozen=True)
 class CacheLimits:
-    """What the node cache keeps besides the digest in use: the `keep` most recently used
-    others (what a rollback may need) and at most `max_bytes` in all (0: no bound)."""
+    """What the node cache keeps besides the digest in use: `keep` rollback targets and at most
+    `max_bytes` in all (0: no bound). A fetch that names its rollback targets (the operator
+    passes those of status.history) keeps exactly those; one that names none keeps the `keep`
+    most recently used others."""
 
     keep: int = 3
     max_bytes: int = 0
@@ -715,10 +774,46 @@ def _size_of(folder: Path) -> int:
     return sum(p.lstat().st_size for p in folder.rglob("*") if not p.is_symlink() and p.is_file())
 
 
-def prune_cache(cache_dir: Path, current: str, limits: CacheLimits) -> list[str]:
+def pin_digests(cache_dir: Path, owner: str, digests: Sequence[str]) -> None:
+    """Record what one owner's pods on this node may need: the digest in use first, then its
+    rollback targets. The node cache is shared by every EdgeDeployment whose pods run there, so
+    one owner's eviction must keep what the others pinned (another's current digest is what
+    its pod needs to restart without network)."""
+    folder = cache_dir / PINS
+    folder.mkdir(exist_ok=True)
+    name = hashlib.sha256(owner.encode()).hexdigest()[:32]
+    staged = folder / f".{name}.{os.getpid()}"
+    staged.write_text(json.dumps({"owner": owner, "digests": [parse_digest(d) for d in digests]}))
+    os.replace(staged, folder / name)  # atomic: a concurrent eviction reads old or new
+
+
+def _read_pins(cache_dir: Path) -> list[list[str]]:
+    """Every owner's pinned hex digests, in use first; an unreadable pin file counts as none
+    (it holds nothing a fetch could not fetch again) and is reported."""
+    pins: list[list[str]] = []
+    for path in sorted((cache_dir / PINS).glob("[!.]*")):
+        try:
+            listed = json.loads(path.read_text())["digests"]
+            pins.append([d for d in listed if isinstance(d, str)])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            log.warning("cache: ignoring the unreadable pin file %s: %s", path, _one_line(err))
+    return pins
+
+
+def prune_cache(
+    cache_dir: Path,
+    current: str,
+    limits: CacheLimits,
+    rollback: Sequence[str] | None = None,
+) -> list[str]:
     """Evict entries beyond the limits and sweep partial downloads nobody is working on;
-    returns the names removed. An entry or partial whose lock is held is left alone."""
-    current_name = f"{ENTRY_PREFIX}{parse_digest(current)}"
+    returns the names removed. An entry or partial whose lock is held is left alone.
+
+    Kept, in this order, while the size bound allows: what any owner pinned as in use (kept
+    whatever the bound: a pod on this node needs it to restart offline), this fetch's rollback
+    targets, the other owners' rollback targets, and, only when this fetch names no rollback
+    targets, the `keep` most recently used others."""
+    current_hex = parse_digest(current)
     removed: list[str] = []
     for partial in sorted(cache_dir.glob(f"{PARTIAL_PREFIX}*")):
         hex_digest = partial.name.removeprefix(PARTIAL_PREFIX)
@@ -726,21 +821,37 @@ def prune_cache(cache_dir: Path, current: str, limits: CacheLimits) -> list[str]
             if mine:
                 shutil.rmtree(partial, ignore_errors=True)
                 removed.append(partial.name)
-    others = sorted(
-        (p for p in cache_dir.glob(f"{ENTRY_PREFIX}*") if p.name != current_name),
-        key=lambda p: p.stat().st_mtime,
-        reverse=True,
-    )
-    total = _size_of(cache_dir / current_name) if (cache_dir / current_name).exists() else 0
-    for rank, entry in enumerate(others):
-        size = _size_of(entry)
-        over_bound = limits.max_bytes > 0 and total + size > limits.max_bytes
-        if rank < limits.keep and not over_bound:
-            total += size
+    pins = _read_pins(cache_dir)
+    in_use = {current_hex, *(pin[0] for pin in pins if pin)}
+    wanted: list[str] = [parse_digest(d) for d in (rollback or ())][: limits.keep]
+    wanted += [d for pin in pins for d in pin[1:]]
+    entries = {
+        p.name.removeprefix(ENTRY_PREFIX): p
+        for p in cache_dir.glob(f"{ENTRY_PREFIX}*")
+        if p.is_dir() and not p.is_symlink()
+    }
+    if rollback is None:
+        recent = sorted(
+            (h for h in entries if h not in in_use and h not in wanted),
+            key=lambda h: entries[h].stat().st_mtime,
+            reverse=True,
+        )
+        wanted += recent[: limits.keep]
+    total = sum(_size_of(entries[h]) for h in in_use if h in entries)
+    kept = set(in_use)
+    for hex_digest in dict.fromkeys(wanted):  # first mention wins: it ranks highest
+        if hex_digest in kept or hex_digest not in entries:
             continue
-        hex_digest = entry.name.removeprefix(ENTRY_PREFIX)
+        size = _size_of(entries[hex_digest])
+        if limits.max_bytes and total + size > limits.max_bytes:
+            continue
+        total += size
+        kept.add(hex_digest)
+    for hex_digest, entry in sorted(entries.items()):
+        if hex_digest in kept:
+            continue
         with _locked(_lock_path(cache_dir, hex_digest), blocking=False) as mine:
-            if mine:
+            if mine and entry.is_dir():
                 shutil.rmtree(entry)
                 removed.append(entry.name)
     return removed
@@ -870,7 +981,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--retries", type=int, default=5, help="retries of each request")
     parser.add_argument("--deadline", type=float, default=900.0, help="seconds for the whole fetch")
     parser.add_argument("--ca-bundle", help="PEM file of CAs to trust (default: the system's)")
-    parser.add_argument("--cache-keep", type=int, default=3, help="other digests the cache keeps")
+    parser.add_argument(
+        "--cache-keep",
+        type=int,
+        default=3,
+        help="rollback targets the cache keeps besides --digest",
+    )
     parser.add_argument("--cache-max-bytes", type=int, default=0, help="cache bound (0: none)")
     parser.add_argument(
         "--signature-public-key",
@@ -879,6 +995,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--model-key-file", type=Path, help="AES-256 key (32 bytes) of an encrypted artifact"
+    )
+    parser.add_argument(
+        "--keep-digest",
+        action="append",
+        default=[],
+        metavar="DIGEST",
+        help="a rollback target to keep (repeatable, most wanted first); with it or with "
+        "--cache-owner, other unpinned digests are evicted",
+    )
+    parser.add_argument(
+        "--cache-owner",
+        help="who pins --digest and the --keep-digest targets (namespace/edgedeployment), so "
+        "that other owners' fetches on the node keep them",
     )
     return parser
 
@@ -893,6 +1022,10 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
             raise UsageError("--retries must be >= 0, timeouts and --deadline > 0")
         if args.cache_keep < 0 or args.cache_max_bytes < 0:
             raise UsageError("--cache-keep and --cache-max-bytes must be >= 0")
+        for kept in args.keep_digest:
+            parse_digest(kept)
+        named = args.cache_owner is not None or bool(args.keep_digest)
+        rollback: list[str] | None = args.keep_digest[: args.cache_keep] if named else None
         policy = TransferPolicy(
             connect_timeout=args.connect_timeout,
             read_timeout=args.timeout,
@@ -900,6 +1033,11 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
             deadline_seconds=args.deadline,
             ca_bundle=args.ca_bundle or environ.get("FOGLINE_CA_BUNDLE") or None,
         )
+        if args.cache_owner:
+            # Pinned before the fetch: another owner's eviction then keeps this entry while it
+            # is fetched, checked and copied to --dest, which happens outside the digest's lock.
+            args.cache_dir.mkdir(parents=True, exist_ok=True)
+            pin_digests(args.cache_dir, args.cache_owner, [args.digest, *(rollback or [])])
 
         def source_of() -> ArtifactSource:
             return resolve_source(args.uri, HttpTransport(policy), environ)
@@ -909,9 +1047,8 @@ def main(argv: list[str] | None = None, environ: dict[str, str] | None = None) -
             verify_provenance(entry, args.digest, args.signature_public_key, source_of)
         check_sealing(entry, args.model_key_file)
         manifest = install(entry, args.dest, args.digest)
-        for name in prune_cache(
-            args.cache_dir, args.digest, CacheLimits(args.cache_keep, args.cache_max_bytes)
-        ):
+        limits = CacheLimits(args.cache_keep, args.cache_max_bytes)
+        for name in prune_cache(args.cache_dir, args.digest, limits, rollback):
             log.info("cache: removed %s", name)
     except (ValueError, UsageError) as err:
         print(f"error: {err}", file=sys.stderr)

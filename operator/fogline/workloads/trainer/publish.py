@@ -114,6 +114,22 @@ def _publish_s3(folder: Path, uri: str, env: Mapping[str, str]) -> None:
         raise PublishError("PublishFailed", f"{uri}: {err}") from err
 
 
+def _auth_backend(host: str, insecure: bool) -> str:
+    """oras' backend for the scheme the registry's challenge names: `basic` for htpasswd
+    registries, `token` (the exchange Docker Hub, GHCR and Harbor ask for) otherwise. oras'
+    token backend would read a Basic realm as a token server's address."""
+    import requests
+
+    try:
+        reply = requests.get(
+            f"{'http' if insecure else 'https'}://{host}/v2/", timeout=10, verify=not insecure
+        )
+    except requests.RequestException:
+        return "token"  # the push itself reports the registry unreachable
+    challenge = reply.headers.get("WWW-Authenticate", "")
+    return "basic" if challenge.lower().startswith("basic") else "token"
+
+
 def _publish_oci(folder: Path, uri: str, env: Mapping[str, str]) -> None:
     """Push with oras: each file a layer titled with its name, manifest.json among them. Its
     blob digest is the artifact digest, which is how the edge pulls it without a tag."""
@@ -124,7 +140,19 @@ def _publish_oci(folder: Path, uri: str, env: Mapping[str, str]) -> None:
     repository = parts.path.strip("/")
     manifest = read_manifest(folder)
     insecure = env.get("FOGLINE_OCI_PLAIN_HTTP", "") == "1"
-    registry = oras.provider.Registry(parts.netloc, insecure=insecure, tls_verify=not insecure)
+    backend = _auth_backend(parts.netloc, insecure)
+    if backend == "basic" and not env.get("FOGLINE_OCI_USERNAME"):
+        raise PublishError(
+            "AccessDenied",
+            f"{uri}: the registry asks for credentials; name a Secret holding "
+            "FOGLINE_OCI_USERNAME and FOGLINE_OCI_PASSWORD in spec.output.access.credentialsSecret",
+        )
+    registry = oras.provider.Registry(
+        parts.netloc,
+        insecure=insecure,
+        tls_verify=not insecure,
+        auth_backend=backend,
+    )
     if env.get("FOGLINE_OCI_USERNAME"):
         registry.login(
             env["FOGLINE_OCI_USERNAME"], env.get("FOGLINE_OCI_PASSWORD", ""), hostname=parts.netloc
