@@ -441,9 +441,16 @@ def test_edge_pods_restart_with_the_store_gone_from_the_node_cache_and_the_pod_c
     local_cluster.devcluster.restart_component(NODE_AGENT, signum=signal.SIGTERM)
 
     def restarted() -> dict[str, Any] | None:
+        # The pod's Ready condition may still be the one from before the restart while the
+        # agent starts it again: only a server on the new port that answers counts.
         pod = ready_pod(local_cluster, pod_cached)
-        moved = pod["metadata"]["annotations"][LOCAL_PORT_ANNOTATION] != port
-        return pod if moved else None
+        if pod["metadata"]["annotations"][LOCAL_PORT_ANNOTATION] == port:
+            return None
+        try:
+            infer(pod)
+        except OSError:
+            return None
+        return pod
 
     again = wait_for(restarted, timeout=120, interval=0.5, what="the pod to run again")
     assert not left.parent.exists()
