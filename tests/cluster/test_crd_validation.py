@@ -532,17 +532,6 @@ BAD_CREATES = [
         ("spec.model.delivery", "checked by the fetch step", "use delivery Fetch"),
     ),
     Bad(
-        "ed-signature-from-oci",
-        ED_URI,
-        spec(
-            model={
-                "uri": "oci://registry.example/models/digits",
-                "signature": {"publicKeyConfigMap": "signer"},
-            }
-        ),
-        ("spec.model.signature", "not yet from oci://"),
-    ),
-    Bad(
         "ed-signature-without-config-map",
         ED,
         spec(model={"signature": {"key": "public.pem"}}),

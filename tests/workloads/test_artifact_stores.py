@@ -72,13 +72,13 @@ def trained(
     trainer_keys: dict[str, Path],
 ) -> dict[str, TrainerRun]:
     """One short training published to the bucket, signed and encrypted (the trainer's
-    spec.output.signing and spec.output.encryption), one plain to the registry."""
+    spec.output.signing and spec.output.encryption), one signed to the registry."""
     runs = {}
-    protected = ["--signing-key", str(trainer_keys["private"])]
-    protected += ["--encryption-key", str(trainer_keys["model"])]
+    signed = ["--signing-key", str(trainer_keys["private"])]
+    protected = [*signed, "--encryption-key", str(trainer_keys["model"])]
     for scheme, uri, extra in (
         ("s3", f"s3://{artifact_stores.bucket}/trainings/digits/run-1", protected),
-        ("oci", f"oci://{artifact_stores.registry}/models/digits", []),
+        ("oci", f"oci://{artifact_stores.registry}/models/digits", signed),
     ):
         output = tmp_path_factory.mktemp(scheme) / "artifact"
         run = trainer_runner(
@@ -157,7 +157,7 @@ def test_trainer_pushes_an_oci_artifact_with_a_layer_per_file_and_a_real_config(
     titles = {
         layer["annotations"]["org.opencontainers.image.title"] for layer in manifest["layers"]
     }
-    assert titles == {"manifest.json", *run.manifest["files"]}
+    assert titles == {"manifest.json", "model.sig", *run.manifest["files"]}
     by_title = {
         layer["annotations"]["org.opencontainers.image.title"]: layer["digest"]
         for layer in manifest["layers"]
@@ -172,6 +172,40 @@ def test_edge_pulls_the_oci_artifact_by_digest(
     env = reader_env(artifact_stores, tmp_path)
     assert fetch(artifact["uri"], artifact["digest"], tmp_path, env) == 0
     assert verify_artifact(tmp_path / "dest", artifact["digest"]).digest == artifact["digest"]
+
+
+def test_edge_verifies_the_signature_layer_of_the_oci_artifact(
+    tmp_path: Path,
+    trained: dict[str, TrainerRun],
+    artifact_stores: StoreEndpoints,
+    trainer_keys: dict[str, Path],
+) -> None:
+    """The signature travels as the image manifest's model.sig layer: the trainer's key
+    verifies it, another key is refused, and a digest pushed without one is missing it."""
+    artifact = trained["oci"].termination["artifact"]
+    good, other = tmp_path / "good", tmp_path / "other"
+    env = reader_env(artifact_stores, good)
+    checks = ["--signature-public-key", str(trainer_keys["public"])]
+    assert fetch(artifact["uri"], artifact["digest"], good, env, *checks) == 0
+
+    _, stranger = write_key_pair(tmp_path, "stranger")
+    env = reader_env(artifact_stores, other)
+    assert (
+        fetch(
+            artifact["uri"], artifact["digest"], other, env, "--signature-public-key", str(stranger)
+        )
+        == 1
+    )
+    assert reason(other) == "SignatureInvalid"
+
+    unsigned = tmp_path / "unsigned"
+    digest = write_artifact(unsigned, seed=3)
+    uri = f"oci://{artifact_stores.registry}/models/unsigned"
+    publish(unsigned, uri, writer_env(artifact_stores))
+    missing = tmp_path / "missing"
+    env = reader_env(artifact_stores, missing)
+    assert fetch(uri, digest, missing, env, *checks) == 1
+    assert reason(missing) == "SignatureMissing"
 
 
 def test_object_changed_in_the_bucket_after_publishing_is_refused_by_digest(

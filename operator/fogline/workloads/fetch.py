@@ -33,6 +33,7 @@ from urllib3.exceptions import HTTPError as TransportError
 from urllib3.exceptions import MaxRetryError
 from urllib3.util import Retry, Timeout
 
+from fogline.api.digests import is_digest, oci_tag
 from fogline.workloads import encryption, signatures
 from fogline.workloads.manifest import (
     MANIFEST_FILE,
@@ -163,13 +164,13 @@ class HttpTransport:
             read=min(self.policy.read_timeout, left),
         )
 
-    def read_small(self, url: str, limit: int) -> bytes:
+    def read_small(self, url: str, limit: int, accept: str | None = None) -> bytes:
         """A whole small document (a manifest), refused when longer than limit."""
         retry = self.policy.retry()
         while True:
             sink = _BytesSink()
             try:
-                self._get(url, sink, offset=0, size=None, limit=limit)
+                self._get(url, sink, offset=0, size=None, limit=limit, accept=accept)
                 return sink.getvalue()
             except (TransportError, ConnectionError) as err:
                 retry = self._next_attempt(retry, url, err)
@@ -244,11 +245,14 @@ class HttpTransport:
         size: int | None,
         limit: int | None = None,
         hasher: _Hasher | None = None,
+        accept: str | None = None,
     ) -> None:
         """One GET from offset into out. A resumed GET carries If-Range with the ETag the first
         answer gave, so an object changed in between comes whole (200) instead of spliced."""
         key = _redacted(url)
         headers = {"Accept-Encoding": "identity"}
+        if accept:
+            headers["Accept"] = accept
         if offset:
             headers["Range"] = f"bytes={offset}-"
             if key in self._etags:
@@ -545,6 +549,12 @@ class S3Source:
     def copy_to(self, name: str, entry: FileEntry, target: Path) -> str:
         url = self.presign(self.bucket, self._key(name))
         return self.transport.download(url, target, entry.size_bytes)
+
+
+# The OCI image spec's names: the manifest type a registry is asked for, and the layer
+# annotation that oras sets to each pushed file's name.
+OCI_MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+OCI_TITLE_ANNOTATION = "org.opencontainers.image.title"
 
 
 @dataclass
@@ -874,7 +884,7 @@ def install(entry: Path, dest: Path, digest: str) -> ArtifactManifest:
 # -- provenance and sealing: checked on the verified cache entry, before install ------------
 
 
-def read_signature(source: ArtifactSource) -> bytes | None:
+def read_signature(source: ArtifactSource, digest: str) -> bytes | None:
     """The artifact's model.sig from where it was published, or None when it has none. The
     signature is not part of the digest (see signatures.py), so it is read beside it."""
     name = signatures.SIGNATURE_FILE
@@ -884,22 +894,54 @@ def read_signature(source: ArtifactSource) -> bytes | None:
         if not path.is_file() or path.is_symlink() or path.stat().st_size > limit:
             return None
         return path.read_bytes()
-    if isinstance(source, HttpSource):
-        url = source._url_of(name)
-    elif isinstance(source, S3Source):
-        url = source.presign(source.bucket, source._key(name))
-    else:
-        raise FetchError(
-            f"{source.describe()}: signatures of oci:// artifacts are not read by the fetch "
-            "step; publish the artifact to s3:// or http(s):// to require a signature",
-            signatures.SIGNATURE_MISSING,
-        )
     try:
-        return source.transport.read_small(url, limit)
+        if isinstance(source, OciSource):
+            return _oci_signature(source, digest, limit)
+        if isinstance(source, HttpSource):
+            return source.transport.read_small(source._url_of(name), limit)
+        if isinstance(source, S3Source):
+            url = source.presign(source.bucket, source._key(name))
+            return source.transport.read_small(url, limit)
     except FetchError as err:
         if err.status == 404:
             return None
         raise
+    raise FetchError(f"{source.describe()}: no signature can be read from this source", UNREACHABLE)
+
+
+def _oci_signature(source: OciSource, digest: str, limit: int) -> bytes | None:
+    """The model.sig layer of the image manifest the trainer pushed under the digest's tag.
+    The tag is trusted only to find the layer: the signature itself names the digest it
+    signs, and verification refuses any other."""
+    raw = source.transport.read_small(
+        f"{source.base}/manifests/{oci_tag(digest)}", MANIFEST_MAX_BYTES, OCI_MANIFEST_MEDIA_TYPE
+    )
+    try:
+        layers = json.loads(raw).get("layers") or []
+        layer = next(
+            (
+                item
+                for item in layers
+                if (item.get("annotations") or {}).get(OCI_TITLE_ANNOTATION)
+                == signatures.SIGNATURE_FILE
+            ),
+            None,
+        )
+    except (ValueError, AttributeError, TypeError) as err:
+        raise FetchError(
+            f"{source.describe()}: the image manifest of {digest} is not OCI JSON: {err}",
+            UNREACHABLE,
+        ) from err
+    if layer is None:
+        return None
+    blob = str(layer.get("digest") or "")
+    if not is_digest(blob) or not isinstance(layer.get("size"), int) or layer["size"] > limit:
+        raise FetchError(
+            f"{source.describe()}: the model.sig layer of {digest} is malformed or over "
+            f"{limit:,} bytes",
+            signatures.SIGNATURE_INVALID,
+        )
+    return source.transport.read_small(f"{source.base}/blobs/{blob}", limit)
 
 
 def verify_provenance(
@@ -915,7 +957,7 @@ def verify_provenance(
         if cached.reason == signatures.SIGNER_KEY_MISSING:
             raise
         first = cached
-    bundle = read_signature(source_of())
+    bundle = read_signature(source_of(), digest)
     if bundle is None:
         raise first  # missing, or only the cached one that did not verify
     # Kept in the entry only once it verified: a forged signature never lands in the cache.

@@ -7,8 +7,6 @@ import functools
 from importlib import resources
 from typing import Any
 
-import yaml
-
 GROUP = "fogline.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -22,6 +20,10 @@ CRD_FILES: dict[str, str] = {
 
 @functools.cache
 def _load(file_name: str) -> dict[str, Any]:
+    # PyYAML is the operator's package: imported here, not at the top, so that the edge
+    # images can import the API's pure helpers (fogline.api.digests) without it.
+    import yaml
+
     text = resources.files(__name__).joinpath(file_name).read_text(encoding="utf-8")
     document = yaml.safe_load(text)
     if not isinstance(document, dict):
