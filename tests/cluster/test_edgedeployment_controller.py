@@ -479,3 +479,50 @@ def test_a_corrupt_rollout_memory_becomes_a_condition_and_the_documented_reset_h
         '{"status":{"rollout":null}}',
     )
     ed.wait_phase("amnesia", "Available", timeout=60)
+
+
+def test_pods_the_namespace_refuses_fail_the_site_with_the_admission_message_at_once(
+    ed: Edges,
+) -> None:
+    """DaemonSet status has no failure condition: the DaemonSet controller's FailedCreate
+    Event is what says Pod Security admission refused the pods. It becomes the site's state
+    and message within seconds, not "not Ready" at a progress deadline ten minutes away."""
+    ed.core.patch_namespace(
+        ed.namespace, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
+    )
+    ed.create(edge("refused", progressDeadlineSeconds=600))
+    status = wait_for(
+        lambda: (s := ed.status("refused")).get("phase") == "Failed" and s,
+        timeout=30,
+        what="refused Failed with the admission message",
+    )
+    assert "FailedCreate" in status["message"] and "violates PodSecurity" in status["message"]
+    failed = next(row for row in status["sites"] if row["name"] == status["failedSite"])
+    assert failed["state"] == "Failed" and "violates PodSecurity" in failed["message"]
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and "violates PodSecurity" in degraded["message"]
+    assert not ed.pods("refused")
+
+
+def test_a_pod_the_quota_refuses_after_the_rollout_degrades_its_site_with_the_quota_message(
+    ed: Edges,
+) -> None:
+    ed.create(edge("quota"))
+    ed.wait_phase("quota", "Available")
+    ed.core.create_namespaced_resource_quota(
+        ed.namespace, {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}
+    )
+    wait_for(
+        lambda: ed.core.read_namespaced_resource_quota("no-pods", ed.namespace).status.hard,
+        what="the quota to be counted",
+    )
+    victim = ed.pods("quota")[0]
+    ed.core.delete_namespaced_pod(victim.metadata.name, ed.namespace, grace_period_seconds=0)
+
+    def degraded_by_quota() -> Any:
+        status = ed.status("quota")
+        rows = [r for r in status.get("sites", []) if "exceeded quota" in r.get("message", "")]
+        return status.get("phase") == "Degraded" and rows and (status, rows)
+
+    status, rows = wait_for(degraded_by_quota, timeout=30, what="quota Degraded by the quota")
+    assert rows[0]["state"] == "Failed" and "exceeded quota" in status["message"]
