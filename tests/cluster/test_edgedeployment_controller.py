@@ -423,6 +423,38 @@ def test_from_training_rolls_out_the_artifact_that_passed_the_gate(ed: Edges) ->
     assert "waiting for ModelTraining 'digits'" in held["message"]
     assert held["currentDigest"] == NEWER  # what the sites serve stays on record
     assert {p.metadata.annotations["fogline.io/model-digest"] for p in ed.pods("follow")} == {NEWER}
+    # The gate is a pure function of the spec and the last run (status.lastRun): lowering
+    # the threshold again publishes the same artifact, still without the Job, and the
+    # follower is Available on it again without touching a site.
+    generations = {
+        d.metadata.name: d.metadata.generation
+        for d in ed.apps.list_namespaced_daemon_set(ed.namespace).items
+    }
+    ed.custom.patch_namespaced_custom_object(GROUP, VERSION, ed.namespace, "modeltrainings",
+                                             "digits", {"spec": {"evaluation": {"threshold": 0.9}}})  # fmt: skip
+    republished = wait_for(
+        lambda: (
+            (
+                t := ed.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, ed.namespace, "modeltrainings", "digits"
+                )["status"]
+            ).get("phase")
+            == "Succeeded"
+            and t
+        ),
+        what="the artifact published again",
+    )
+    assert republished["artifact"]["digest"] == NEWER
+    assert republished["artifact"]["uri"] == "file:///var/lib/fogline/artifacts/digits/r1"
+    assert not ed.batch.list_namespaced_job(
+        ed.namespace, label_selector="fogline.io/modeltraining=digits"
+    ).items
+    back = ed.wait_phase("follow", "Available")
+    assert back["currentDigest"] == NEWER and back["targetDigest"] == NEWER
+    assert {
+        d.metadata.name: d.metadata.generation
+        for d in ed.apps.list_namespaced_daemon_set(ed.namespace).items
+    } == generations
 
 
 def test_a_removed_site_leaves_the_status_and_the_status_then_stays_still(ed: Edges) -> None:
