@@ -294,10 +294,10 @@ def observe_sites(
                 pod=by_node.get(meta["name"]),
             )
         )
-    observed = []
+    result = []
     for site, site_nodes in sorted(sites.items()):
         refusal = refusals.get(daemonset_name(edge.name, site))
-        observed.append(
+        result.append(
             SiteObservation(
                 name=site,
                 nodes=tuple(sorted(site_nodes, key=lambda n: n.name)),
@@ -307,7 +307,7 @@ def observe_sites(
                 refused_at=refusal.at if refusal else None,
             )
         )
-    return observed
+    return result
 
 
 def build_status(
