@@ -22,6 +22,7 @@ from bench.fleet import (
     MeasuredCluster,
     audit_now,
     by_verb_and_resource,
+    events_relist,
     measured_cluster,
 )
 from kubernetes import client
@@ -283,8 +284,9 @@ def test_frozen_apiserver_and_restarted_etcd_are_survived_and_the_operator_goes_
     requests = rig.requests(since, audit_now())
     writes = [r for r in requests if r.is_write]
     assert writes == [], f"writes while idle: {by_verb_and_resource(writes)}"
-    reads = [r for r in requests if r.verb in ("get", "list")]
+    reads = [r for r in requests if r.verb in ("get", "list") and not events_relist(r)]
     assert reads == [], f"reads while idle: {by_verb_and_resource(reads)}"
+    assert sum(1 for r in requests if events_relist(r)) <= 1, by_verb_and_resource(requests)
 
 
 def _tracked(rig: MeasuredCluster) -> float:
