@@ -518,11 +518,14 @@ def test_pods_the_namespace_refuses_fail_the_site_with_the_admission_message_at_
 ) -> None:
     """DaemonSet status has no failure condition: the DaemonSet controller's FailedCreate
     Event is what says Pod Security admission refused the pods. It becomes the site's state
-    and message within seconds, not "not Ready" at a progress deadline ten minutes away."""
+    and message within seconds, not "not Ready" at a progress deadline ten minutes away. A
+    file:// artifact is a hostPath, which only the `privileged` level admits."""
     ed.core.patch_namespace(
         ed.namespace, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
     )
-    ed.create(edge("refused", progressDeadlineSeconds=600))
+    body = edge("refused", progressDeadlineSeconds=600)
+    body["spec"]["model"]["uri"] = "file:///var/lib/fogline/artifacts/digits/r1"
+    ed.create(body)
     status = wait_for(
         lambda: (s := ed.status("refused")).get("phase") == "Failed" and s,
         timeout=30,
