@@ -430,8 +430,10 @@ def test_from_training_rolls_out_the_artifact_that_passed_the_gate(ed: Edges) ->
         d.metadata.name: d.metadata.generation
         for d in ed.apps.list_namespaced_daemon_set(ed.namespace).items
     }
-    ed.custom.patch_namespaced_custom_object(GROUP, VERSION, ed.namespace, "modeltrainings",
-                                             "digits", {"spec": {"evaluation": {"threshold": 0.9}}})  # fmt: skip
+    lowered = {"spec": {"evaluation": {"threshold": 0.9}}}
+    ed.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, ed.namespace, "modeltrainings", "digits", lowered
+    )
     republished = wait_for(
         lambda: (
             (

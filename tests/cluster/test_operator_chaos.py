@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+import urllib3
 from bench.fleet import (
     GROUP,
     VERSION,
@@ -26,6 +27,7 @@ from bench.fleet import (
     measured_cluster,
 )
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 
 from fogline.devcluster import Topology
 from tests.conftest import wait_for
@@ -246,10 +248,15 @@ def test_frozen_apiserver_and_restarted_etcd_are_survived_and_the_operator_goes_
     # etcd is down for 20 s in the pause between two waves, longer than the pause: the next
     # wave is planned during the outage, and its deadline (25 s) must count from when its
     # DaemonSets were written, not from a `now` read before the calls that waited it out.
+    rollout = {"pauseSeconds": 2, "progressDeadlineSeconds": 25}
     api.custom.patch_namespaced_custom_object(
-        GROUP, VERSION, api.namespace, "edgedeployments", "steady",
-        {"spec": {"model": {"digest": THIRD}, "rollout": {"pauseSeconds": 2, "progressDeadlineSeconds": 25}}},
-    )  # fmt: skip
+        GROUP,
+        VERSION,
+        api.namespace,
+        "edgedeployments",
+        "steady",
+        {"spec": {"model": {"digest": THIRD}, "rollout": rollout}},
+    )
 
     def in_the_pause() -> Any:
         rollout = api.status("edgedeployments", "steady").get("rollout") or {}
@@ -316,12 +323,30 @@ def test_per_object_memory_returns_to_its_size_after_many_objects_come_and_go(
         list(pool.map(lambda i: api.create("edgedeployments", body(i)), range(CHURN)))
 
     def all_reconciled() -> bool:
-        items = api.custom.list_namespaced_custom_object(
-            GROUP, VERSION, api.namespace, "edgedeployments"
-        )["items"]
-        return len(items) == CHURN and all((i.get("status") or {}).get("phase") for i in items)
+        """Every one has a status, read in pages: one list of 2,000 objects is megabytes,
+        and a loaded machine may cut it short (then ask again)."""
+        seen, token = 0, None
+        try:
+            while True:
+                page = api.custom.list_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    api.namespace,
+                    "edgedeployments",
+                    limit=500,
+                    _continue=token,
+                    _request_timeout=30,
+                )
+                if not all((i.get("status") or {}).get("phase") for i in page["items"]):
+                    return False
+                seen += len(page["items"])
+                token = page["metadata"].get("continue")
+                if not token:
+                    return seen == CHURN
+        except (ApiException, urllib3.exceptions.HTTPError):
+            return False
 
-    wait_for(all_reconciled, timeout=600, interval=5, what="every EdgeDeployment reconciled")
+    wait_for(all_reconciled, timeout=600, interval=10, what="every EdgeDeployment reconciled")
     assert _tracked(rig) >= before + CHURN
 
     def delete(index: int) -> None:

@@ -579,8 +579,8 @@ def test_a_new_run_keeps_the_last_good_artifact_only_while_it_passes() -> None:
 def finished(accuracy: float, threshold: float) -> dict[str, Any]:
     """The status of a run that completed with `accuracy`, judged at `threshold`."""
     t = training(threshold=threshold)
-    done = observe(t, job(("Complete", "CompletionsReached"), succeeded=1),
-                   [pod("Succeeded", success(accuracy))])  # fmt: skip
+    complete = job(("Complete", "CompletionsReached"), succeeded=1)
+    done = observe(t, complete, [pod("Succeeded", success(accuracy))])
     return done.status
 
 

@@ -411,8 +411,15 @@ def regate(
             f"{gate.metric} {value:.4f} reached the threshold {gate.threshold}; "
             f"artifact {short_digest(digest)} published"
         )
-        conditions = set_condition(current.get("conditions"), "Succeeded", True,
-                                   "EvaluationPassed", message, training.generation, now)  # fmt: skip
+        conditions = set_condition(
+            current.get("conditions"),
+            "Succeeded",
+            True,
+            "EvaluationPassed",
+            message,
+            training.generation,
+            now,
+        )
         status.update(
             phase="Succeeded",
             conditions=conditions,
