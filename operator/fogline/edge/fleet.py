@@ -174,11 +174,13 @@ def pod_essence(pod: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def daemonset_essence(daemonset: Mapping[str, Any]) -> dict[str, Any]:
-    """What the DaemonSet apply reads: name, generation, template hash, deletion."""
+    """What the DaemonSet apply reads: name, generation, template hash, deletion; and the
+    uid, which tells a refusal of this DaemonSet from one of an earlier one of its name."""
     meta = daemonset.get("metadata") or {}
     annotations = meta.get("annotations") or {}
     kept: dict[str, Any] = {
         "name": meta.get("name"),
+        "uid": meta.get("uid"),
         "generation": meta.get("generation"),
         "annotations": {k: annotations[k] for k in (TEMPLATE_HASH_ANNOTATION,) if k in annotations},
     }

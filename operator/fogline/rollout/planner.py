@@ -15,9 +15,10 @@ from fogline.rollout.observations import SiteObservation
 from fogline.rollout.policy import RolloutPolicy
 
 EventType = Literal["Normal", "Warning"]
-# Event timestamps have whole seconds: a refusal stamped within this much before a wave
-# started may still be about that wave.
-REFUSAL_SLACK = timedelta(seconds=2)
+# A wave's start is stamped once all its DaemonSets are written, and those writes may wait
+# on a slow API server (up to the client's 30 s read timeout): a refusal of a DaemonSet the
+# wave wrote first can predate the stamp by that much (Event times have whole seconds too).
+REFUSAL_SLACK = timedelta(seconds=32)
 SiteState = Literal[
     "Pending", "Updating", "Ready", "Failed", "Skipped", "Paused", "Unreachable", "RolledBack"
 ]
@@ -444,7 +445,7 @@ class _Work:
         """The workload's refusal to create a pod of this wave: it fails the wave at once,
         with the refusal's words, instead of at the progress deadline as "not Ready". A
         refusal older than the wave (one that was fixed before the wave took the site) does
-        not count; Event times have whole seconds, hence the slack."""
+        not count (REFUSAL_SLACK says how much older a refusal of this wave can look)."""
         blocked = site.blocked
         if blocked is None or self.wave_started_at is None or site.refused_at is None:
             return blocked
