@@ -501,4 +501,3 @@ def test_a_site_carries_the_refusal_of_its_own_daemonset() -> None:
     sites = observe_sites(edge(), nodes, [], {refusal.daemonset: refusal})
     assert [(s.name, s.refusal) for s in sites] == [("s1", refusal.message), ("s2", None)]
     assert sites[0].blocked == refusal.message  # n1 has no pod
-
