@@ -356,3 +356,11 @@ def percentile(samples: list[float], q: float) -> float:
 
 def ms(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms"
+
+
+def events_relist(request: ApiRequest) -> bool:
+    """The apiserver keeps no watch cache for Events (kube-apiserver's default), so the
+    watch on Warnings about DaemonSets gets no bookmarks: kopf reopens it after 70 s of
+    silence, and lists it again once its resourceVersion is compacted (every 5 min at
+    most). A periodic read of one filtered list, not a reconcile's."""
+    return request.verb == "list" and request.resource == "events"

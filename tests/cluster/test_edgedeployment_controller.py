@@ -423,6 +423,40 @@ def test_from_training_rolls_out_the_artifact_that_passed_the_gate(ed: Edges) ->
     assert "waiting for ModelTraining 'digits'" in held["message"]
     assert held["currentDigest"] == NEWER  # what the sites serve stays on record
     assert {p.metadata.annotations["fogline.io/model-digest"] for p in ed.pods("follow")} == {NEWER}
+    # The gate is a pure function of the spec and the last run (status.lastRun): lowering
+    # the threshold again publishes the same artifact, still without the Job, and the
+    # follower is Available on it again without touching a site.
+    generations = {
+        d.metadata.name: d.metadata.generation
+        for d in ed.apps.list_namespaced_daemon_set(ed.namespace).items
+    }
+    lowered = {"spec": {"evaluation": {"threshold": 0.9}}}
+    ed.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, ed.namespace, "modeltrainings", "digits", lowered
+    )
+    republished = wait_for(
+        lambda: (
+            (
+                t := ed.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, ed.namespace, "modeltrainings", "digits"
+                )["status"]
+            ).get("phase")
+            == "Succeeded"
+            and t
+        ),
+        what="the artifact published again",
+    )
+    assert republished["artifact"]["digest"] == NEWER
+    assert republished["artifact"]["uri"] == "file:///var/lib/fogline/artifacts/digits/r1"
+    assert not ed.batch.list_namespaced_job(
+        ed.namespace, label_selector="fogline.io/modeltraining=digits"
+    ).items
+    back = ed.wait_phase("follow", "Available")
+    assert back["currentDigest"] == NEWER and back["targetDigest"] == NEWER
+    assert {
+        d.metadata.name: d.metadata.generation
+        for d in ed.apps.list_namespaced_daemon_set(ed.namespace).items
+    } == generations
 
 
 def test_a_removed_site_leaves_the_status_and_the_status_then_stays_still(ed: Edges) -> None:
@@ -479,3 +513,53 @@ def test_a_corrupt_rollout_memory_becomes_a_condition_and_the_documented_reset_h
         '{"status":{"rollout":null}}',
     )
     ed.wait_phase("amnesia", "Available", timeout=60)
+
+
+def test_pods_the_namespace_refuses_fail_the_site_with_the_admission_message_at_once(
+    ed: Edges,
+) -> None:
+    """DaemonSet status has no failure condition: the DaemonSet controller's FailedCreate
+    Event is what says Pod Security admission refused the pods. It becomes the site's state
+    and message within seconds, not "not Ready" at a progress deadline ten minutes away. A
+    file:// artifact is a hostPath, which only the `privileged` level admits."""
+    ed.core.patch_namespace(
+        ed.namespace, {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}}
+    )
+    body = edge("refused", progressDeadlineSeconds=600)
+    body["spec"]["model"]["uri"] = "file:///var/lib/fogline/artifacts/digits/r1"
+    ed.create(body)
+    status = wait_for(
+        lambda: (s := ed.status("refused")).get("phase") == "Failed" and s,
+        timeout=30,
+        what="refused Failed with the admission message",
+    )
+    assert "FailedCreate" in status["message"] and "violates PodSecurity" in status["message"]
+    failed = next(row for row in status["sites"] if row["name"] == status["failedSite"])
+    assert failed["state"] == "Failed" and "violates PodSecurity" in failed["message"]
+    degraded = next(c for c in status["conditions"] if c["type"] == "Degraded")
+    assert degraded["status"] == "True" and "violates PodSecurity" in degraded["message"]
+    assert not ed.pods("refused")
+
+
+def test_a_pod_the_quota_refuses_after_the_rollout_degrades_its_site_with_the_quota_message(
+    ed: Edges,
+) -> None:
+    ed.create(edge("quota"))
+    ed.wait_phase("quota", "Available")
+    ed.core.create_namespaced_resource_quota(
+        ed.namespace, {"metadata": {"name": "no-pods"}, "spec": {"hard": {"pods": "0"}}}
+    )
+    wait_for(
+        lambda: ed.core.read_namespaced_resource_quota("no-pods", ed.namespace).status.hard,
+        what="the quota to be counted",
+    )
+    victim = ed.pods("quota")[0]
+    ed.core.delete_namespaced_pod(victim.metadata.name, ed.namespace, grace_period_seconds=0)
+
+    def degraded_by_quota() -> Any:
+        status = ed.status("quota")
+        rows = [r for r in status.get("sites", []) if "exceeded quota" in r.get("message", "")]
+        return status.get("phase") == "Degraded" and rows and (status, rows)
+
+    status, rows = wait_for(degraded_by_quota, timeout=30, what="quota Degraded by the quota")
+    assert rows[0]["state"] == "Failed" and "exceeded quota" in status["message"]

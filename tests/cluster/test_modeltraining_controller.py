@@ -564,3 +564,29 @@ def test_a_poisoned_progress_annotation_warns_once_and_never_freezes_the_status(
     mt.cluster.steer_pod(mt.namespace, pod.metadata.name, "succeed", summary(0.97))
     mt.wait_phase("poisoned", "Succeeded")
     assert ignored() == 1  # one Warning per pod, however often it writes rubbish
+
+
+def test_a_deleted_trainer_identity_is_applied_again_without_a_restart(mt: Trainings) -> None:
+    """Someone deletes the trainer's ServiceAccount, Role and RoleBinding while a run is
+    under way: they come back, and a new run's pods start, with the operator running on."""
+    mt.create(training("first"))
+    mt.running_pod("first")
+    rbac = client.RbacAuthorizationV1Api(mt.cluster.api)
+    mt.core.delete_namespaced_service_account("fogline-trainer", mt.namespace)
+    rbac.delete_namespaced_role("fogline-trainer", mt.namespace)
+    rbac.delete_namespaced_role_binding("fogline-trainer", mt.namespace)
+
+    def identity() -> bool:
+        try:
+            mt.core.read_namespaced_service_account("fogline-trainer", mt.namespace)
+            rbac.read_namespaced_role("fogline-trainer", mt.namespace)
+            rbac.read_namespaced_role_binding("fogline-trainer", mt.namespace)
+        except ApiException as err:
+            if err.status == 404:
+                return False
+            raise
+        return True
+
+    wait_for(identity, timeout=20, what="the trainer identity applied again")
+    mt.create(training("second"))
+    mt.running_pod("second")  # its pods run as the trainer ServiceAccount

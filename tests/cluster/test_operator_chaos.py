@@ -3,7 +3,8 @@ one-node edge sites) so that no other test shares its faults; the operator runs 
 ServiceAccount, so the apiserver's audit log tells its requests apart. Every fault is
 bounded and undone by the test itself: the operator is killed with SIGKILL and started
 again, the apiserver is frozen with SIGSTOP for 20 s and resumed, etcd is killed and
-started again; only processes this module's cluster started are signalled, by PID."""
+started again 20 s later; only processes this module's cluster started are signalled, by
+PID. The long parts are what the proof needs: a 60 s idle soak and 2,000 objects."""
 
 from __future__ import annotations
 
@@ -11,18 +12,22 @@ import json
 import signal
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
+import urllib3
 from bench.fleet import (
     GROUP,
     VERSION,
     MeasuredCluster,
     audit_now,
     by_verb_and_resource,
+    events_relist,
     measured_cluster,
 )
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 
 from fogline.devcluster import Topology
 from tests.conftest import wait_for
@@ -34,7 +39,10 @@ NEW = "sha256:" + "b2" * 32
 DIGEST = "sha256:" + "ab" * 32
 SITES = ["site-01", "site-02", "site-03"]
 FREEZE_SECONDS = 20
-SOAK_SECONDS = 20  # the issue asks for 60 s; 20 s keeps the suite's budget
+THIRD = "sha256:" + "c3" * 32
+SOAK_SECONDS = 60
+ETCD_DOWN_SECONDS = 20
+CHURN = 2000
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +233,6 @@ def test_frozen_apiserver_and_restarted_etcd_are_survived_and_the_operator_goes_
         time.sleep(FREEZE_SECONDS)  # the fault itself, not a wait for a result
     finally:
         devcluster.signal_component("kube-apiserver", signal.SIGCONT)
-    devcluster.restart_component("etcd", down_seconds=3)
     wait_for(lambda: _api_answers(api), timeout=60, what="the API server to answer again")
 
     # A CR created after the outage gets its Job within seconds.
@@ -237,6 +244,40 @@ def test_frozen_apiserver_and_restarted_etcd_are_survived_and_the_operator_goes_
     assert status["currentDigest"] == NEW
     assert "RolledBack" not in api.reasons("steady")
     assert set(api.daemonset_generations("steady").values()) == {2}
+
+    # etcd is down for 20 s in the pause between two waves, longer than the pause: the next
+    # wave is planned during the outage, and its deadline (25 s) must count from when its
+    # DaemonSets were written, not from a `now` read before the calls that waited it out.
+    rollout = {"pauseSeconds": 2, "progressDeadlineSeconds": 25}
+    api.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        api.namespace,
+        "edgedeployments",
+        "steady",
+        {"spec": {"model": {"digest": THIRD}, "rollout": rollout}},
+    )
+
+    def in_the_pause() -> Any:
+        rollout = api.status("edgedeployments", "steady").get("rollout") or {}
+        pausing = (
+            rollout.get("targetDigest") == THIRD
+            and rollout.get("completedSites")
+            and not rollout.get("waveSites")
+            and rollout.get("nextWaveNotBefore")
+        )
+        return pausing and rollout
+
+    pause = wait_for(in_the_pause, interval=0.05, timeout=60, what="the pause after the canary")
+    devcluster.restart_component("etcd", down_seconds=ETCD_DOWN_SECONDS)
+    wait_for(lambda: _api_answers(api), timeout=60, what="the API server to answer after etcd")
+    assert pause["completedSites"] == SITES[:1]  # the outage began between two waves
+    status = wait_for(
+        lambda: available_on(api, "steady", THIRD), timeout=120, what="steady Available on THIRD"
+    )
+    reasons = api.reasons("steady")
+    assert "WaveFailed" not in reasons and "RolledBack" not in reasons, reasons
+    assert set(api.daemonset_generations("steady").values()) == {3}
 
     # Back to idle: the training goes, then nothing the operator watches changes, and the
     # operator writes nothing and reads nothing (its watches carry on).
@@ -250,8 +291,9 @@ def test_frozen_apiserver_and_restarted_etcd_are_survived_and_the_operator_goes_
     requests = rig.requests(since, audit_now())
     writes = [r for r in requests if r.is_write]
     assert writes == [], f"writes while idle: {by_verb_and_resource(writes)}"
-    reads = [r for r in requests if r.verb in ("get", "list")]
+    reads = [r for r in requests if r.verb in ("get", "list") and not events_relist(r)]
     assert reads == [], f"reads while idle: {by_verb_and_resource(reads)}"
+    assert sum(1 for r in requests if events_relist(r)) <= 1, by_verb_and_resource(requests)
 
 
 def _tracked(rig: MeasuredCluster) -> float:
@@ -264,30 +306,60 @@ def _tracked(rig: MeasuredCluster) -> float:
 def test_per_object_memory_returns_to_its_size_after_many_objects_come_and_go(
     rig: MeasuredCluster,
 ) -> None:
-    """100 EdgeDeployments (2,000 would take minutes here): half find no site, half wait
-    for a training that does not exist (a held status and an Event each)."""
+    """2,000 EdgeDeployments, created and deleted by a pool of threads: half find no site,
+    half wait for a training that does not exist (a held status and an Event each)."""
     api = Api(rig, "chaos-churn")
     before = _tracked(rig)
-    for index in range(100):
-        body = edge(f"e{index:03d}")
+
+    def body(index: int) -> dict[str, Any]:
+        created = edge(f"e{index:04d}")
         if index % 2:
-            body["spec"]["model"] = {"fromTraining": "missing"}
+            created["spec"]["model"] = {"fromTraining": "missing"}
         else:
-            body["spec"]["placement"] = {"sites": ["nowhere"]}
-        api.create("edgedeployments", body)
+            created["spec"]["placement"] = {"sites": ["nowhere"]}
+        return created
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda i: api.create("edgedeployments", body(i)), range(CHURN)))
 
     def all_reconciled() -> bool:
-        items = api.custom.list_namespaced_custom_object(
-            GROUP, VERSION, api.namespace, "edgedeployments"
-        )["items"]
-        return len(items) == 100 and all((i.get("status") or {}).get("phase") for i in items)
+        """Every one has a status, read in pages: one list of 2,000 objects is megabytes,
+        and a loaded machine may cut it short (then ask again)."""
+        seen, token = 0, None
+        try:
+            while True:
+                page = api.custom.list_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    api.namespace,
+                    "edgedeployments",
+                    limit=500,
+                    _continue=token,
+                    _request_timeout=30,
+                )
+                if not all((i.get("status") or {}).get("phase") for i in page["items"]):
+                    return False
+                seen += len(page["items"])
+                token = page["metadata"].get("continue")
+                if not token:
+                    return seen == CHURN
+        except (ApiException, urllib3.exceptions.HTTPError):
+            return False
 
-    wait_for(all_reconciled, timeout=120, what="every EdgeDeployment reconciled")
-    assert _tracked(rig) >= before + 100
-    api.custom.delete_collection_namespaced_custom_object(
-        GROUP, VERSION, api.namespace, "edgedeployments"
-    )
+    wait_for(all_reconciled, timeout=600, interval=10, what="every EdgeDeployment reconciled")
+    assert _tracked(rig) >= before + CHURN
+
+    def delete(index: int) -> None:
+        api.custom.delete_namespaced_custom_object(
+            GROUP, VERSION, api.namespace, "edgedeployments", f"e{index:04d}"
+        )
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(delete, range(CHURN)))
     # Back to what it was (objects of the earlier tests may only have settled further).
     wait_for(
-        lambda: _tracked(rig) <= before, timeout=60, what=f"per-object memory back to {before}"
+        lambda: _tracked(rig) <= before,
+        timeout=300,
+        interval=1,
+        what=f"per-object memory back to {before}",
     )

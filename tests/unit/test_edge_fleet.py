@@ -11,7 +11,7 @@ import pytest
 
 from fogline.api.conditions import rfc3339
 from fogline.api.edgedeployment import EdgeDeployment
-from fogline.edge.daemonsets import DIGEST_ANNOTATION, ModelRef
+from fogline.edge.daemonsets import DIGEST_ANNOTATION, ModelRef, daemonset_name
 from fogline.edge.fleet import (
     MAINTENANCE_LABEL,
     UPDATE_LOCK_ANNOTATION,
@@ -20,6 +20,7 @@ from fogline.edge.fleet import (
     pod_failure,
     resolve_model,
     rollback_targets,
+    workload_refusal,
 )
 from fogline.rollout import NodeObservation, PodObservation, SiteObservation
 
@@ -447,3 +448,56 @@ def test_a_withdrawn_artifact_holds_the_fleet_on_what_it_serves() -> None:
 def test_a_published_artifact_is_the_model() -> None:
     training = {"status": {"artifact": {"uri": "pvc://models/r1", "digest": B}}}
     assert resolve_model(follower(), training) == ModelRef(uri="pvc://models/r1", digest=B)
+
+
+# --- refusals of the DaemonSet controller ---------------------------------------------------
+
+
+def daemonset_event(**overrides: Any) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        "metadata": {"name": "shop-s1.17f", "uid": "e-1"},
+        "involvedObject": {"kind": "DaemonSet", "name": "shop-s1-1a2b3c4d", "uid": "ds-1"},
+        "type": "Warning",
+        "reason": "FailedCreate",
+        "message": 'Error creating: pods "shop-s1-x" is forbidden:\n violates PodSecurity',
+        "source": {"component": "daemonset-controller"},
+        "lastTimestamp": "2026-03-01T12:00:07Z",
+    }
+    event.update(overrides)
+    return event
+
+
+def test_a_daemonset_controller_warning_becomes_a_refusal_with_its_words_and_time() -> None:
+    refusal = workload_refusal(daemonset_event())
+    assert refusal is not None
+    assert refusal.daemonset == "shop-s1-1a2b3c4d" and refusal.daemonset_uid == "ds-1"
+    assert refusal.message == (
+        'DaemonSet shop-s1-1a2b3c4d FailedCreate: Error creating: pods "shop-s1-x" is '
+        "forbidden: violates PodSecurity"
+    )
+    assert refusal.at == T0 + timedelta(seconds=7)
+    series = daemonset_event(series={"lastObservedTime": "2026-03-01T12:01:00.123456Z"})
+    assert (later := workload_refusal(series)) is not None and later.newer_than(refusal)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        pytest.param({"type": "Normal"}, id="normal"),
+        pytest.param({"source": {"component": "kubelet"}}, id="other-component"),
+        pytest.param({"involvedObject": {"kind": "Pod", "name": "p"}}, id="not-a-daemonset"),
+    ],
+)
+def test_other_events_are_no_refusal(overrides: dict[str, Any]) -> None:
+    assert workload_refusal(daemonset_event(**overrides)) is None
+
+
+def test_a_site_carries_the_refusal_of_its_own_daemonset() -> None:
+    refusal = workload_refusal(
+        daemonset_event(involvedObject={"kind": "DaemonSet", "name": daemonset_name("shop", "s1")})
+    )
+    assert refusal is not None
+    nodes = [node("n1", "s1"), node("n2", "s2")]
+    sites = observe_sites(edge(), nodes, [], {refusal.daemonset: refusal})
+    assert [(s.name, s.refusal) for s in sites] == [("s1", refusal.message), ("s2", None)]
+    assert sites[0].blocked == refusal.message  # n1 has no pod

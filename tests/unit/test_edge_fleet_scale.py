@@ -252,6 +252,7 @@ def test_a_daemonset_essence_keeps_what_the_apply_compares() -> None:
     body = {
         "metadata": {
             "name": "shop-site-0",
+            "uid": "ds-1",
             "generation": 7,
             "managedFields": MANAGED,
             "annotations": {
@@ -266,6 +267,7 @@ def test_a_daemonset_essence_keeps_what_the_apply_compares() -> None:
     assert daemonset_essence(body) == {
         "metadata": {
             "name": "shop-site-0",
+            "uid": "ds-1",
             "generation": 7,
             "annotations": {TEMPLATE_HASH_ANNOTATION: "h1"},
             "deletionTimestamp": "2026-03-01T12:00:00Z",

@@ -671,3 +671,42 @@ def test_converging_site_whose_pods_fail_keeps_its_slot() -> None:
     assert digests(sites)["s3-0"] == A
     assert plans[-1].phase == "Degraded"
     assert plans[-1].memory.converging_sites == ("s2",)
+
+
+# -- workloads that cannot create their pods ------------------------------------------
+
+REFUSED = 'DaemonSet shop-s1 FailedCreate: pods "x" is forbidden: violates PodSecurity "restricted"'
+
+
+def test_a_refused_pod_fails_the_wave_at_once_with_the_refusal_not_at_the_deadline() -> None:
+    sites = fleet(["s1", "s2"], digest=None)
+    policy = RolloutPolicy(progress_deadline_seconds=600)
+    started = plan_rollout(sites, policy, RolloutMemory(), A, at(0))
+    assert started.memory.wave_sites == ("s1", "s2")
+    refused = with_site(sites, "s1", refusal=REFUSED, refused_at=at(1))
+    plan = plan_rollout(refused, policy, started.memory, A, at(3))
+    assert plan.phase == "Failed"
+    assert plan.message == f"site s1: {REFUSED}"
+    assert (state(plan, "s1"), row_message(plan, "s1")) == ("Failed", plan.message)
+    assert [e.reason for e in plan.events] == ["WaveFailed", "RolloutFailed"]
+
+
+def test_a_refusal_from_before_the_wave_does_not_fail_it_but_shows_on_the_site() -> None:
+    sites = fleet(["s1"], digest=None)
+    started = plan_rollout(sites, RolloutPolicy(), RolloutMemory(), A, at(100))
+    stale = with_site(sites, "s1", refusal=REFUSED, refused_at=at(10))
+    plan = plan_rollout(stale, RolloutPolicy(), started.memory, A, at(101))
+    assert plan.phase == "Progressing"
+    assert (state(plan, "s1"), row_message(plan, "s1")) == ("Failed", REFUSED)
+
+
+def test_a_refusal_counts_only_while_a_node_lacks_its_pod() -> None:
+    sites = fleet(["s1", "s2"])
+    memory = available(A, sites)
+    served = with_site(sites, "s1", refusal=REFUSED, refused_at=at(1))
+    plan = plan_rollout(served, RolloutPolicy(), memory, A, at(2))
+    assert plan.phase == "Available" and state(plan, "s1") == "Ready"
+    missing = with_node(served, "s1-0", pod=None)
+    plan = plan_rollout(missing, RolloutPolicy(), memory, A, at(3))
+    assert plan.phase == "Degraded" and f"site s1: {REFUSED}" in plan.message
+    assert (state(plan, "s1"), row_message(plan, "s1")) == ("Failed", REFUSED)

@@ -574,3 +574,57 @@ def test_a_new_run_keeps_the_last_good_artifact_only_while_it_passes() -> None:
     assert "artifact" not in kept  # the merge patch leaves it in place
     withdrawn, _ = regate(training(threshold=0.99, status=PUBLISHED), running, NOW)
     assert withdrawn["artifact"] is None and withdrawn["phase"] == "Running"
+
+
+def finished(accuracy: float, threshold: float) -> dict[str, Any]:
+    """The status of a run that completed with `accuracy`, judged at `threshold`."""
+    t = training(threshold=threshold)
+    complete = job(("Complete", "CompletionsReached"), succeeded=1)
+    done = observe(t, complete, [pod("Succeeded", success(accuracy))])
+    return done.status
+
+
+def merged(status: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    out = {**status, **patch}
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def test_the_last_run_is_kept_in_status_whether_it_passed_or_not() -> None:
+    for accuracy in (0.95, 0.85):
+        last = finished(accuracy, threshold=0.9)["lastRun"]
+        assert last["jobName"] == plan_run(training()).job_name
+        assert last["artifact"]["digest"] == DIGEST
+        assert last["artifact"]["metric"] == {"name": "accuracy", "value": accuracy}
+
+
+def test_lowering_the_threshold_again_after_the_job_is_gone_publishes_the_artifact() -> None:
+    published = finished(0.93, threshold=0.9)
+    assert published["artifact"]["digest"] == DIGEST
+    raised, _ = regate(training(threshold=0.95, status=published), {}, NOW)
+    withdrawn = merged(published, raised)
+    assert "artifact" not in withdrawn and withdrawn["phase"] == "Failed"
+    # The Job is gone (ttl): the gate is judged from status.lastRun alone.
+    lowered, events = regate(training(threshold=0.9, status=withdrawn), {}, NOW)
+    assert lowered["phase"] == "Succeeded"
+    assert lowered["artifact"] == published["artifact"]
+    assert lowered["artifactDigestShort"] == DIGEST[7:19]
+    succeeded = next(c for c in lowered["conditions"] if c["type"] == "Succeeded")
+    assert succeeded["status"] == "True" and succeeded["reason"] == "EvaluationPassed"
+    assert [e.reason for e in events] == ["EvaluationPassed"]
+    # Published once: judged again, it changes nothing.
+    again = merged(withdrawn, lowered)
+    assert regate(training(threshold=0.9, status=again), {}, NOW) == ({}, ())
+
+
+def test_a_run_that_failed_the_gate_publishes_when_the_threshold_comes_down_to_it() -> None:
+    failing = finished(0.85, threshold=0.9)
+    assert failing["phase"] == "Failed" and "artifact" not in failing
+    lowered, _ = regate(training(threshold=0.8, status=failing), {}, NOW)
+    assert lowered["phase"] == "Succeeded" and lowered["artifact"]["digest"] == DIGEST
+
+
+def test_the_last_run_of_an_older_job_is_never_published_for_the_current_one() -> None:
+    failing = finished(0.85, threshold=0.9)
+    newer = {**failing, "jobName": "digits-ffffffff", "phase": "Failed"}
+    lowered, events = regate(training(threshold=0.8, status=newer), {}, NOW)
+    assert lowered == {} and events == ()

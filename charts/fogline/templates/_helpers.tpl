@@ -72,13 +72,14 @@ the operator never uses.
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch, get, patch, delete]
-# The per-namespace trainer identity: ServiceAccount, Role and RoleBinding, applied server-side.
+# The per-namespace trainer identity: ServiceAccount, Role and RoleBinding, applied
+# server-side; watched (only ours, by label) so that a deleted one is applied again.
 - apiGroups: [""]
   resources: [serviceaccounts]
-  verbs: [create, patch]
+  verbs: [list, watch, create, patch]
 - apiGroups: [rbac.authorization.k8s.io]
   resources: [roles, rolebindings]
-  verbs: [create, patch]
+  verbs: [list, watch, create, patch]
 # One inference DaemonSet per edge site.
 - apiGroups: [apps]
   resources: [daemonsets]
@@ -88,10 +89,12 @@ the operator never uses.
 - apiGroups: [networking.k8s.io]
   resources: [networkpolicies]
   verbs: [list, watch, create, patch]
-# Events on the CRs.
+# Events on the CRs; the DaemonSet controller's Warnings about our DaemonSets are watched
+# (a pod it cannot create: Pod Security admission, a quota), since DaemonSet status has no
+# condition that says so.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list, watch]
 {{- end -}}
 
 {{/* Cluster-scoped reads, needed whichever namespaces are watched. */}}

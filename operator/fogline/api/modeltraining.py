@@ -305,6 +305,15 @@ class ArtifactStatus:
 
 
 @dataclass(frozen=True)
+class LastRunStatus:
+    """status.lastRun: the last run that finished with an artifact and a metric, passed or
+    not, so that the gate can be judged again without the run's Job."""
+
+    job_name: str | None = None
+    artifact: ArtifactStatus | None = None
+
+
+@dataclass(frozen=True)
 class CompressionBudgetStatus:
     """status.compression.budget: the limits the candidates were judged against."""
 
@@ -352,6 +361,7 @@ class ModelTrainingStatus:
     progress: TrainingProgress | None = None
     metrics: Mapping[str, float] | None = None
     artifact: ArtifactStatus | None = None
+    last_run: LastRunStatus | None = None
     artifact_digest_short: str | None = None
     compression: CompressionStatus | None = None
 

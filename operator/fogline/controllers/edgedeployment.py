@@ -35,6 +35,7 @@ from fogline.edge.daemonsets import (
 from fogline.edge.fleet import (
     MAINTENANCE_LABEL,
     UPDATE_LOCK_ANNOTATION,
+    WorkloadRefusal,
     build_status,
     daemonset_essence,
     next_history,
@@ -45,6 +46,7 @@ from fogline.edge.fleet import (
     progress_only,
     resolve_model,
     rollback_targets,
+    workload_refusal,
 )
 from fogline.edge.networkpolicy import build_edge_network_policy
 from fogline.kube import GROUP, VERSION
@@ -94,6 +96,13 @@ def edge_policies(
     namespace: str | None, labels: Mapping[str, str], body: kopf.Body, **_: Any
 ) -> dict[Any, Any]:
     return {(namespace, labels.get(EDGE_LABEL)): body}
+
+
+@kopf.index("apps", "v1", "daemonsets", labels=EDGE_SELECTOR)
+def edge_daemonset_owners(
+    namespace: str | None, name: str, labels: Mapping[str, str], **_: Any
+) -> dict[Any, Any]:
+    return {(namespace, name): labels.get(EDGE_LABEL)}
 
 
 def kick(state: OperatorState, namespace: str, name: str, delay: float | None = None) -> None:
@@ -184,7 +193,8 @@ async def _reconcile(state: OperatorState, kopf_body: kopf.Body) -> float | None
     # Index entries are read in place: copying 1,000 nodes on every reconcile buys nothing.
     pods = list(state.indexes["edge_pods"].get(key, []))
     nodes = [node for bodies in state.indexes["edge_nodes"].values() for node in bodies]
-    sites = observe_sites(edge, nodes, pods)
+    daemonsets = list(state.indexes["edge_daemonsets"].get(key, []))
+    sites = observe_sites(edge, nodes, pods, _refusals(state, edge.namespace, daemonsets))
     rollout = edge.spec.rollout
     policy = RolloutPolicy(
         canary_sites=rollout.canary_sites,
@@ -266,6 +276,20 @@ async def _write_status(
     stale = {resource_version, *(earlier[0] | {earlier[1]} if earlier else ())} - {version}
     state.edge.status_written[key] = (frozenset(v for v in stale if v), version, after)
     return None
+
+
+def _refusals(
+    state: OperatorState, namespace: str, daemonsets: Sequence[Mapping[str, Any]]
+) -> dict[str, WorkloadRefusal]:
+    """The refusals of the DaemonSets as they exist now: one about an earlier DaemonSet of
+    the same name (deleted and created again) is no longer true."""
+    found = {}
+    for daemonset in daemonsets:
+        meta = daemonset["metadata"]
+        refusal = state.edge.refusals.get((namespace, meta["name"]))
+        if refusal is not None and refusal.daemonset_uid in ("", meta.get("uid")):
+            found[meta["name"]] = refusal
+    return found
 
 
 def _resolve_model(state: OperatorState, edge: EdgeDeployment) -> ModelRef | tuple[str, str]:
@@ -431,12 +455,46 @@ async def edge_event(
 @kopf.on.event("apps", "v1", "daemonsets", labels=EDGE_SELECTOR)
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=EDGE_SELECTOR)
 async def edge_child_changed(
-    namespace: str | None, labels: Mapping[str, str], memo: Any, **kwargs: Any
+    namespace: str | None,
+    name: str,
+    labels: Mapping[str, str],
+    body: kopf.Body,
+    type: str | None,
+    memo: Any,
+    **kwargs: Any,
 ) -> None:
     state = state_of(memo)
     state.remember_indexes(kwargs)
+    if type == "DELETED" and body.get("kind") == "DaemonSet":
+        state.edge.forget_refusal(namespace or "", name)
     if owner := labels.get(EDGE_LABEL):
         kick(state, namespace or "", owner)
+
+
+# DaemonSet status has no condition for pods it cannot create: the DaemonSet controller
+# says so only in Warning Events (FailedCreate: Pod Security admission, a quota, a webhook).
+# The watch is filtered on the server to Warnings about DaemonSets (runtime.configure); only
+# those about our DaemonSets are kept, the newest per DaemonSet.
+@kopf.on.event("", "v1", "events", field="involvedObject.kind", value="DaemonSet")
+async def daemonset_warned(
+    namespace: str | None, body: kopf.Body, type: str | None, memo: Any, **kwargs: Any
+) -> None:
+    state = state_of(memo)
+    state.remember_indexes(kwargs)
+    refusal = workload_refusal(body)
+    if refusal is None:
+        return
+    namespace = namespace or ""
+    owners: kopf.Index[Any, Any] = kwargs["edge_daemonset_owners"]
+    owner = next(iter(owners.get((namespace, refusal.daemonset), [])), None)
+    if type == "DELETED":
+        changed = state.edge.forget_refusal(namespace, refusal.daemonset, refusal.event_uid)
+    elif owner is None:
+        return  # not one of ours (or already gone)
+    else:
+        changed = state.edge.remember_refusal(namespace, refusal)
+    if changed and owner:
+        kick(state, namespace, owner)
 
 
 def _node_essence(body: Mapping[str, Any], type_: str | None) -> str:

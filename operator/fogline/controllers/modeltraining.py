@@ -121,6 +121,10 @@ async def _reconcile(
         await _create_run(body, training, state, teacher)
         return  # the Job's own event brings us back with it in the index
     if job is not None:
+        if training.status.phase not in TERMINAL_PHASES:
+            # A run under way needs its trainer identity: pods it creates from now on (a
+            # retry, another worker) run as it. A no-op unless it was deleted.
+            await _ensure_trainer_rbac(state, training.namespace)
         await _sync_suspend(training, job, state)
     current = dict(body.get("status") or {})
     if job is None:
@@ -202,13 +206,7 @@ async def _create_run(
 ) -> None:
     settings = state.settings
     run = plan_run(training)
-    # Many trainings can arrive in one namespace at once: one of them grants the RBAC,
-    # the others wait for it instead of applying the same three objects again.
-    async with state.training.rbac_lock:
-        if training.namespace not in state.training.rbac_ready:
-            for obj in build_trainer_rbac(training.namespace, settings):
-                await state.kube.apply(obj)
-            state.training.rbac_ready.add(training.namespace)
+    await _ensure_trainer_rbac(state, training.namespace)
     if training.spec.distributed.is_distributed:
         service = build_rendezvous_service(training, run)
         kopf.adopt(service, owner=body)
@@ -238,6 +236,18 @@ async def _create_run(
         "JobCreated",
         f"created Job {run.job_name}{where}",
     )
+
+
+async def _ensure_trainer_rbac(state: OperatorState, namespace: str) -> None:
+    """Apply the trainer's ServiceAccount, Role and RoleBinding once per namespace. Many
+    trainings can arrive in one namespace at once: one of them grants the RBAC, the others
+    wait for it instead of applying the same three objects again. The watch on those
+    objects forgets the namespace when one of them is deleted (`trainer_rbac_deleted`)."""
+    async with state.training.rbac_lock:
+        if namespace not in state.training.rbac_ready:
+            for obj in build_trainer_rbac(namespace, state.settings):
+                await state.kube.apply(obj)
+            state.training.rbac_ready.add(namespace)
 
 
 async def _sync_suspend(
@@ -311,3 +321,24 @@ async def training_child_changed(
     owner = labels.get(TRAINING_LABEL, "")
     if (namespace, owner) in owners:
         state.enqueue(KIND, namespace or "", owner)
+
+
+@kopf.on.event("", "v1", "serviceaccounts", labels=MANAGED_BY)
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "roles", labels=MANAGED_BY)
+@kopf.on.event("rbac.authorization.k8s.io", "v1", "rolebindings", labels=MANAGED_BY)
+async def trainer_rbac_deleted(
+    namespace: str | None, name: str, type: str | None, memo: Any, **kwargs: Any
+) -> None:
+    """Someone deleted part of a namespace's trainer identity: forget that it is in place
+    and reconcile the namespace's trainings, which apply it again (a run under way at
+    once, a new run when it starts). The watch is filtered on the server to our objects."""
+    state = state_of(memo)
+    state.remember_indexes(kwargs)
+    if type != "DELETED" or name != state.settings.trainer_service_account:
+        return
+    namespace = namespace or ""
+    state.training.rbac_ready.discard(namespace)
+    trainings: kopf.Index[Any, Any] = kwargs["trainings_by_name"]
+    for owner_namespace, owner in list(trainings.keys()):
+        if owner_namespace == namespace:
+            state.enqueue(KIND, namespace, owner)

@@ -18,10 +18,12 @@ import kopf
 from fogline.controllers.announcer import Announcer
 from fogline.controllers.metrics import OperatorMetrics, serve_metrics
 from fogline.controllers.workqueue import Key, WorkQueue
+from fogline.edge.fleet import WorkloadRefusal
 from fogline.kube import KubeClient
 from fogline.settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
+OWNED_SELECTOR = "app.kubernetes.io/managed-by=fogline"
 
 
 @dataclass
@@ -61,12 +63,33 @@ class EdgeCache:
 
     # Pods deleted to be replaced that the watch still shows, by EdgeDeployment.
     deleted_pods: dict[Key, set[str]] = field(default_factory=dict)
+    # The newest refusal of each of our DaemonSets, by (namespace, name): one at most per
+    # DaemonSet, dropped when its Event expires or the DaemonSet goes.
+    refusals: dict[tuple[str, str], WorkloadRefusal] = field(default_factory=dict)
 
     def forget(self, key: Key) -> None:
         self.applied_generations.pop(key, None)
         self.progress_since.pop(key, None)
         self.status_written.pop(key, None)
         self.deleted_pods.pop(key, None)
+
+    def remember_refusal(self, namespace: str, refusal: WorkloadRefusal) -> bool:
+        """Keep the newer of this and what is known; True when it changed."""
+        key = (namespace, refusal.daemonset)
+        known = self.refusals.get(key)
+        if known is not None and (known == refusal or not refusal.newer_than(known)):
+            return False
+        self.refusals[key] = refusal
+        return True
+
+    def forget_refusal(self, namespace: str, daemonset: str, event_uid: str | None = None) -> bool:
+        """Drop a DaemonSet's refusal (only the one of that Event when `event_uid` is
+        given); True when one was dropped."""
+        known = self.refusals.get((namespace, daemonset))
+        if known is None or (event_uid is not None and known.event_uid != event_uid):
+            return False
+        del self.refusals[(namespace, daemonset)]
+        return True
 
 
 Reconciler = Callable[["OperatorState", str, str], Awaitable[float | None]]
@@ -116,6 +139,7 @@ class OperatorState:
         fleet, not objects that come and go with CRs)."""
         edge = len(self.edge.applied_generations) + len(self.edge.progress_since)
         edge += len(self.edge.status_written) + len(self.edge.deleted_pods)
+        edge += len(self.edge.refusals)
         return self.queue.tracked() + self.announcer.tracked() + edge
 
     def announce(self, key: Key, body: kopf.Body, type: str, reason: str, message: str) -> None:
@@ -154,6 +178,18 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = 30
     settings.networking.connect_timeout = 10
     settings.batching.error_delays = [1, 2, 5, 10, 30]
+    # Server-side filters: of all Events only the Warnings about DaemonSets (a pod the
+    # DaemonSet controller could not create), and of ServiceAccounts, Roles and
+    # RoleBindings only ours (the trainer identity, re-applied when someone deletes it).
+    settings.watching.field_selectors["", "v1", "events"] = (
+        "involvedObject.kind=DaemonSet,type=Warning"
+    )
+    for resource in (
+        ("", "v1", "serviceaccounts"),
+        ("rbac.authorization.k8s.io", "v1", "roles"),
+        ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+    ):
+        settings.watching.label_selectors[resource] = OWNED_SELECTOR
     metrics = OperatorMetrics()
     kube = KubeClient(metrics=metrics)
     state = OperatorState(

@@ -6,13 +6,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from fogline.api.conditions import rfc3339, set_condition
 from fogline.api.digests import is_digest, short_digest
 from fogline.api.edgedeployment import EdgeDeployment, sites_ready_text
-from fogline.edge.daemonsets import DIGEST_ANNOTATION, TEMPLATE_HASH_ANNOTATION, ModelRef
+from fogline.edge.daemonsets import (
+    DIGEST_ANNOTATION,
+    TEMPLATE_HASH_ANNOTATION,
+    ModelRef,
+    daemonset_name,
+)
 from fogline.rollout import NodeObservation, PodObservation, RolloutPlan, SiteObservation
 
 UPDATE_LOCK_ANNOTATION = "fogline.io/update-lock"
@@ -168,11 +174,13 @@ def pod_essence(pod: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def daemonset_essence(daemonset: Mapping[str, Any]) -> dict[str, Any]:
-    """What the DaemonSet apply reads: name, generation, template hash, deletion."""
+    """What the DaemonSet apply reads: name, generation, template hash, deletion; and the
+    uid, which tells a refusal of this DaemonSet from one of an earlier one of its name."""
     meta = daemonset.get("metadata") or {}
     annotations = meta.get("annotations") or {}
     kept: dict[str, Any] = {
         "name": meta.get("name"),
+        "uid": meta.get("uid"),
         "generation": meta.get("generation"),
         "annotations": {k: annotations[k] for k in (TEMPLATE_HASH_ANNOTATION,) if k in annotations},
     }
@@ -189,10 +197,77 @@ def observe_pod(pod: Mapping[str, Any]) -> PodObservation | None:
     return PodObservation(digest=digest, ready=pod_ready(pod), failure=pod_failure(pod))
 
 
+# Who writes the Warnings that say a DaemonSet cannot create its pods.
+DAEMONSET_CONTROLLER = "daemonset-controller"
+REFUSAL_MESSAGE_LIMIT = 1024
+
+
+@dataclass(frozen=True)
+class WorkloadRefusal:
+    """The newest Warning the DaemonSet controller gave about one DaemonSet (FailedCreate:
+    Pod Security admission, a quota, a webhook), as the site's status shows it."""
+
+    daemonset: str
+    daemonset_uid: str
+    event_uid: str
+    message: str
+    at: datetime | None
+
+    def newer_than(self, other: WorkloadRefusal) -> bool:
+        if self.at is None or other.at is None:
+            return other.at is None
+        return self.at >= other.at
+
+
+def _event_time(event: Mapping[str, Any]) -> datetime | None:
+    series = event.get("series") or {}
+    for value in (
+        series.get("lastObservedTime"),
+        event.get("lastTimestamp"),
+        event.get("eventTime"),
+        event.get("firstTimestamp"),
+    ):
+        if isinstance(value, str) and value:
+            try:
+                return datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                continue
+    return None
+
+
+def workload_refusal(event: Mapping[str, Any]) -> WorkloadRefusal | None:
+    """A core v1 Event as a refusal, when it is a Warning of the DaemonSet controller about
+    a DaemonSet; None for anything else."""
+    involved = event.get("involvedObject") or {}
+    component = (event.get("source") or {}).get("component") or event.get("reportingComponent")
+    if (
+        event.get("type") != "Warning"
+        or involved.get("kind") != "DaemonSet"
+        or component != DAEMONSET_CONTROLLER
+        or not involved.get("name")
+    ):
+        return None
+    reason = str(event.get("reason") or "Warning")
+    text = " ".join(str(event.get("message") or "").split())[:REFUSAL_MESSAGE_LIMIT]
+    return WorkloadRefusal(
+        daemonset=str(involved["name"]),
+        daemonset_uid=str(involved.get("uid") or ""),
+        event_uid=str((event.get("metadata") or {}).get("uid") or ""),
+        message=f"DaemonSet {involved['name']} {reason}: {text}",
+        at=_event_time(event),
+    )
+
+
 def observe_sites(
-    edge: EdgeDeployment, nodes: Iterable[Mapping[str, Any]], pods: Iterable[Mapping[str, Any]]
+    edge: EdgeDeployment,
+    nodes: Iterable[Mapping[str, Any]],
+    pods: Iterable[Mapping[str, Any]],
+    refusals: Mapping[str, WorkloadRefusal] | None = None,
 ) -> list[SiteObservation]:
-    """The selected edge nodes grouped into sites, each node with its inference pod."""
+    """The selected edge nodes grouped into sites, each node with its inference pod and
+    each site with the refusal of its DaemonSet, if any (`refusals` by DaemonSet name,
+    already matched to the DaemonSet that exists now)."""
+    refusals = refusals or {}
     placement = edge.spec.placement
     wanted_sites = set(placement.sites) if placement.sites else None
     paused_sites = set(edge.spec.rollout.paused_sites or ())
@@ -221,15 +296,20 @@ def observe_sites(
                 pod=by_node.get(meta["name"]),
             )
         )
-    return [
-        SiteObservation(
-            name=site,
-            nodes=tuple(sorted(site_nodes, key=lambda n: n.name)),
-            paused=site in paused_sites,
-            maintenance=site in maintenance,
+    result = []
+    for site, site_nodes in sorted(sites.items()):
+        refusal = refusals.get(daemonset_name(edge.name, site))
+        result.append(
+            SiteObservation(
+                name=site,
+                nodes=tuple(sorted(site_nodes, key=lambda n: n.name)),
+                paused=site in paused_sites,
+                maintenance=site in maintenance,
+                refusal=refusal.message if refusal else None,
+                refused_at=refusal.at if refusal else None,
+            )
         )
-        for site, site_nodes in sorted(sites.items())
-    ]
+    return result
 
 
 def build_status(

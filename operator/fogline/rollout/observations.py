@@ -5,6 +5,7 @@ controller's job."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 
 @dataclass(frozen=True)
@@ -48,13 +49,17 @@ class SiteObservation:
     """A site: the edge nodes sharing one site label value.
 
     ``paused`` comes from ``spec.rollout.pausedSites``; ``maintenance`` is true while any of
-    its nodes is labelled ``fogline.io/maintenance=true``.
+    its nodes is labelled ``fogline.io/maintenance=true``. ``refusal`` is the newest Warning
+    the workload's controller gave about the site's workload (a pod it could not create:
+    Pod Security admission, a quota), and ``refused_at`` when it gave it last.
     """
 
     name: str
     nodes: tuple[NodeObservation, ...] = ()
     paused: bool = False
     maintenance: bool = False
+    refusal: str | None = None
+    refused_at: datetime | None = None
 
     @property
     def held(self) -> bool:
@@ -65,6 +70,15 @@ class SiteObservation:
     def reachable(self) -> bool:
         """A site is disconnected when it has nodes and none of them is Ready."""
         return not self.nodes or any(node.ready for node in self.nodes)
+
+    @property
+    def blocked(self) -> str | None:
+        """The refusal, while a Ready, unlocked node still has no pod: the workload cannot
+        place its pods, and waiting will not change that. None once every such node has one
+        (a refusal that was fixed, or one about a pod that is there now)."""
+        if self.refusal is None or all(n.pod is not None for n in self.workable_nodes()):
+            return None
+        return self.refusal
 
     def workable_nodes(self) -> tuple[NodeObservation, ...]:
         """Ready, unlocked nodes in name order: the only ones whose pods may be replaced."""

@@ -15,6 +15,10 @@ from fogline.rollout.observations import SiteObservation
 from fogline.rollout.policy import RolloutPolicy
 
 EventType = Literal["Normal", "Warning"]
+# A wave's start is stamped once all its DaemonSets are written, and those writes may wait
+# on a slow API server (up to the client's 30 s read timeout): a refusal of a DaemonSet the
+# wave wrote first can predate the stamp by that much (Event times have whole seconds too).
+REFUSAL_SLACK = timedelta(seconds=32)
 SiteState = Literal[
     "Pending", "Updating", "Ready", "Failed", "Skipped", "Paused", "Unreachable", "RolledBack"
 ]
@@ -405,7 +409,7 @@ class _Work:
                 else:
                     self.skip(name)
                 continue
-            failure = _failure(site, self.target)
+            failure = self.refused_in_wave(site) or _failure(site, self.target)
             if failure is not None:
                 self.fail(name, failure)
                 return False
@@ -436,6 +440,18 @@ class _Work:
         for site in unfinished:
             self.replace(site, self.target)
         return False
+
+    def refused_in_wave(self, site: SiteObservation) -> str | None:
+        """The workload's refusal to create a pod of this wave: it fails the wave at once,
+        with the refusal's words, instead of at the progress deadline as "not Ready". A
+        refusal older than the wave (one that was fixed before the wave took the site) does
+        not count (REFUSAL_SLACK says how much older a refusal of this wave can look)."""
+        blocked = site.blocked
+        if blocked is None or self.wave_started_at is None or site.refused_at is None:
+            return blocked
+        if site.refused_at < self.wave_started_at - REFUSAL_SLACK:
+            return None
+        return blocked
 
     def succeed_wave(self) -> None:
         done = [
@@ -665,6 +681,8 @@ class _Work:
             return "Unreachable", "every node NotReady; it converges when it returns"
         if self.stage == "Failed" and name == self.failed_site:
             return "Failed", self.failure_message or ""
+        if (blocked := site.blocked) is not None:
+            return "Failed", blocked
         for node in sorted(site.nodes, key=lambda n: n.name):
             if node.ready and node.pod is not None and node.pod.failure:
                 return "Failed", f"node {node.name}: pod {node.pod.failure}"
@@ -722,6 +740,7 @@ class _Work:
         )
         if failing:
             problems.append(f"{failing} pod(s) failing")
+        problems += [f"site {s.name}: {s.blocked}" for s in unheld if s.reachable and s.blocked]
         # Running but not Ready (a probe that fails, a model that stopped answering): the
         # rollout is done, but these nodes do not serve.
         unready = sum(

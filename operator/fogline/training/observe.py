@@ -201,6 +201,19 @@ def _success(training: ModelTraining, summary: _Summary) -> _Verdict:
             ignored,
         )
     metric = {"name": gate.metric, "value": value}
+    record = {
+        "uri": found.get("uri"),
+        "digest": digest,
+        "format": DEPLOYABLE_FORMAT,
+        "sizeBytes": found.get("sizeBytes"),
+        "quantized": found.get("quantized", False),
+        "metric": metric,
+        "generation": training.generation,
+    }
+    record = {k: v for k, v in record.items() if v is not None}
+    if found.get("format") == DEPLOYABLE_FORMAT:
+        # Kept whether it passes or not: the gate is judged again from it (regate).
+        fields["lastRun"] = {"artifact": record}
     if not gate.passes(value):
         return _Verdict(
             "Failed",
@@ -219,16 +232,7 @@ def _success(training: ModelTraining, summary: _Summary) -> _Verdict:
             fields,
             ignored,
         )
-    fields["artifact"] = {
-        "uri": found.get("uri"),
-        "digest": digest,
-        "format": DEPLOYABLE_FORMAT,
-        "sizeBytes": found.get("sizeBytes"),
-        "quantized": found.get("quantized", False),
-        "metric": metric,
-        "generation": training.generation,
-    }
-    fields["artifact"] = {k: v for k, v in fields["artifact"].items() if v is not None}
+    fields["artifact"] = dict(record)
     fields["artifactDigestShort"] = short_digest(digest)
     # The table describes the published artifact; a run without compression clears it
     # (None deletes the key in the merge patch).
@@ -347,6 +351,8 @@ def observe_training(
     if progress:
         status["progress"] = progress
     status.update(verdict.fields)
+    if "lastRun" in status:
+        status["lastRun"] = {"jobName": run.job_name, **status["lastRun"]}
 
     # One Event per verdict; the controller posts it once per change of reason. A pod's
     # report that was ignored gets one Warning of its own, once per pod.
@@ -360,40 +366,90 @@ def observe_training(
     return TrainingObservation(status=status, events=tuple(events), phase=phase)
 
 
-def regate(
-    training: ModelTraining, desired: Mapping[str, Any], now: datetime
-) -> tuple[dict[str, Any], tuple[TrainingEvent, ...]]:
-    """The gate as a pure function of the spec and the artifact's own metric, whether or
-    not the run's Job still exists: an artifact that no longer passes spec.evaluation (the
-    threshold was raised, the metric changed) is withdrawn from status.artifact, with a
-    Warning. EdgeDeployments that follow the training then hold: they stop any rollout
-    toward it and keep serving the digest they serve (see the README)."""
-    previous = training.status.to_dict()
-    artifact = desired["artifact"] if "artifact" in desired else previous.get("artifact")
-    if not artifact:
-        return dict(desired), ()
+def _passing_value(training: ModelTraining, artifact: Mapping[str, Any]) -> float | None:
+    """The artifact's metric when it passes spec.evaluation now, else None."""
     gate = training.spec.evaluation
     metric = artifact.get("metric") or {}
     value = metric.get("value") if metric.get("name") == gate.metric else None
     if isinstance(value, int | float) and gate.passes(float(value)):
-        return dict(desired), ()
-    measured = (
-        f"{gate.metric} {float(value):.4f}"
-        if isinstance(value, int | float)
+        return float(value)
+    return None
+
+
+def regate(
+    training: ModelTraining, desired: Mapping[str, Any], now: datetime
+) -> tuple[dict[str, Any], tuple[TrainingEvent, ...]]:
+    """The gate as a pure function of the spec and the last run's result (status.lastRun),
+    whether or not the run's Job still exists.
+
+    - The current run finished with an artifact that passes spec.evaluation now (the
+      threshold was lowered again): its artifact is published in status.artifact and the
+      run is Succeeded.
+    - status.artifact no longer passes spec.evaluation (the threshold was raised, the metric
+      changed): it is withdrawn, with a Warning.
+
+    EdgeDeployments that follow the training hold while there is no artifact (they stop any
+    rollout toward it and keep serving the digest they serve) and roll out the artifact
+    once it is published again (see the README and docs/rollout.md)."""
+    previous = training.status.to_dict()
+    status: dict[str, Any] = dict(desired)
+    events: list[TrainingEvent] = []
+    current = {**previous, **desired}
+    gate = training.spec.evaluation
+    last = current.get("lastRun") or {}
+    last_artifact = last.get("artifact") or {}
+    published = current.get("artifact") or {}
+    value = _passing_value(training, last_artifact) if last_artifact else None
+    if (
+        value is not None
+        and last.get("jobName") == current.get("jobName")
+        and current.get("phase") in TERMINAL_PHASES
+        and published.get("digest") != last_artifact.get("digest")
+    ):
+        digest = str(last_artifact.get("digest") or "")
+        message = (
+            f"{gate.metric} {value:.4f} reached the threshold {gate.threshold}; "
+            f"artifact {short_digest(digest)} published"
+        )
+        conditions = set_condition(
+            current.get("conditions"),
+            "Succeeded",
+            True,
+            "EvaluationPassed",
+            message,
+            training.generation,
+            now,
+        )
+        status.update(
+            phase="Succeeded",
+            conditions=conditions,
+            observedGeneration=training.generation,
+            artifact=dict(last_artifact),
+            artifactDigestShort=short_digest(digest),
+            # The table of a run with compression describes its own artifact; a run whose
+            # gate can move without retraining has none.
+            compression=None,
+        )
+        return status, (TrainingEvent("Normal", "EvaluationPassed", message),)
+    if not published or _passing_value(training, published) is not None:
+        return status, tuple(events)
+    metric = published.get("metric") or {}
+    measured = metric.get("value") if metric.get("name") == gate.metric else None
+    said = (
+        f"{gate.metric} {float(measured):.4f}"
+        if isinstance(measured, int | float)
         else f"no {gate.metric}"
     )
-    digest = str(artifact.get("digest") or "")
+    digest = str(published.get("digest") or "")
     message = (
-        f"artifact {short_digest(digest) if is_digest(digest) else digest!r} has {measured}, "
+        f"artifact {short_digest(digest) if is_digest(digest) else digest!r} has {said}, "
         f"below spec.evaluation.threshold {gate.threshold}; it is withdrawn from "
         "status.artifact"
     )
-    status: dict[str, Any] = {**desired, "artifact": None, "artifactDigestShort": None}
-    phase = desired.get("phase", previous.get("phase"))
-    if phase == "Succeeded":
-        conditions = desired.get("conditions", previous.get("conditions"))
+    status.update(artifact=None, artifactDigestShort=None)
+    if current.get("phase") == "Succeeded":
         conditions = set_condition(
-            conditions,
+            current.get("conditions"),
             "Succeeded",
             False,
             "EvaluationBelowThreshold",
