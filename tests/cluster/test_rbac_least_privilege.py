@@ -43,7 +43,7 @@ JUSTIFIED_UNUSED: dict[Access, str] = {
 }
 # Rules that only the EdgeDeployment controller exercises: required to be used once it exists.
 EDGE_ONLY: set[Access] = {
-    *((GROUP, "edgedeployments", verb) for verb in ("list", "watch", "patch")),
+    *((GROUP, "edgedeployments", verb) for verb in ("list", "watch")),
     (GROUP, "edgedeployments/status", "patch"),
     *(("apps", "daemonsets", verb) for verb in ("list", "watch", "create", "patch", "delete")),
     ("", "nodes", "list"),

@@ -51,10 +51,11 @@ least-privilege test (tests/cluster/test_rbac_least_privilege.py), which fails o
 the operator never uses.
 */}}
 {{- define "fogline.namespacedRules" -}}
-# Watch the two kinds; patch adds finalizers and kopf's progress annotations.
+# Watch the two kinds; the operator writes only their status (no finalizers, no
+# annotations: its handlers are all event handlers, which keep no state on the object).
 - apiGroups: [fogline.io]
   resources: [modeltrainings, edgedeployments]
-  verbs: [list, watch, patch]
+  verbs: [list, watch]
 - apiGroups: [fogline.io]
   resources: [modeltrainings/status, edgedeployments/status]
   verbs: [patch]

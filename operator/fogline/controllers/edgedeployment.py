@@ -20,7 +20,7 @@ from fogline.api.conditions import set_condition
 from fogline.api.edgedeployment import EdgeDeployment, validate_edgedeployment
 from fogline.api.errors import SpecError
 from fogline.api.status import status_patch
-from fogline.controllers.runtime import OperatorState, state_of, utcnow
+from fogline.controllers.runtime import OperatorState, spec_may_have_changed, state_of, utcnow
 from fogline.controllers.workqueue import Key
 from fogline.edge.admission import admission_problems
 from fogline.edge.daemonsets import (
@@ -431,24 +431,16 @@ async def _hold(
 # -- triggers --------------------------------------------------------------------------------
 
 
-@kopf.on.resume(GROUP, VERSION, "edgedeployments")
-@kopf.on.create(GROUP, VERSION, "edgedeployments")
-@kopf.on.update(GROUP, VERSION, "edgedeployments", field="spec")
-async def edge_changed(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
-    state = state_of(memo)
-    state.remember_indexes(kwargs)
-    kick(state, namespace or "", name, delay=0)
-
-
 @kopf.on.event(GROUP, VERSION, "edgedeployments")
 async def edge_event(
-    namespace: str | None, name: str, type: str | None, memo: Any, **kwargs: Any
+    namespace: str | None, name: str, type: str | None, body: kopf.Body, memo: Any, **kwargs: Any
 ) -> None:
-    """A deleted EdgeDeployment is reconciled once more, so that its memory is dropped."""
-    if type == "DELETED":
+    """Reconciled when listed, created, deleted (so that its memory is dropped) or its spec
+    changes; its own status writes change nothing it reads."""
+    if spec_may_have_changed(type, body):
         state = state_of(memo)
         state.remember_indexes(kwargs)
-        kick(state, namespace or "", name)
+        kick(state, namespace or "", name, delay=0)
 
 
 @kopf.on.event("", "v1", "pods", labels=EDGE_SELECTOR)

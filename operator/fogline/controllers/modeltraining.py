@@ -14,7 +14,7 @@ import kopf
 from fogline.api.errors import SpecError
 from fogline.api.modeltraining import ModelTraining, validate_modeltraining
 from fogline.api.status import status_patch
-from fogline.controllers.runtime import OperatorState, state_of, utcnow
+from fogline.controllers.runtime import OperatorState, spec_may_have_changed, state_of, utcnow
 from fogline.kube import GROUP, VERSION
 from fogline.training.jobs import (
     COMPONENT_LABEL,
@@ -285,26 +285,18 @@ async def _report_invalid(body: kopf.Body, state: OperatorState, errors: list[Sp
 # -- triggers --------------------------------------------------------------------------------
 
 
-@kopf.on.resume(GROUP, VERSION, "modeltrainings")
-@kopf.on.create(GROUP, VERSION, "modeltrainings")
-@kopf.on.update(GROUP, VERSION, "modeltrainings", field="spec")
-async def training_changed(namespace: str | None, name: str, memo: Any, **kwargs: Any) -> None:
-    state = state_of(memo)
-    state.remember_indexes(kwargs)
-    state.enqueue(KIND, namespace or "", name, delay=0)
-
-
 @kopf.on.event(GROUP, VERSION, "modeltrainings")
 async def training_event(
-    namespace: str | None, name: str, type: str | None, memo: Any, **kwargs: Any
+    namespace: str | None, name: str, type: str | None, body: kopf.Body, memo: Any, **kwargs: Any
 ) -> None:
-    """A deleted training is reconciled once more, so that its memory is dropped; the
+    """A training is reconciled when it is listed, created, deleted (so that its memory is
+    dropped) or its spec changes; its own status writes change nothing it reads. The
     students of a teacher are reconciled when it changes, so that they start once it has
     published an artifact."""
     state = state_of(memo)
     state.remember_indexes(kwargs)
-    if type == "DELETED":
-        state.enqueue(KIND, namespace or "", name)
+    if spec_may_have_changed(type, body):
+        state.enqueue(KIND, namespace or "", name, delay=0)
     students: kopf.Index[Any, Any] = kwargs["students_by_teacher"]
     for student in students.get((namespace, name), []):
         state.enqueue(KIND, namespace or "", student)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -151,6 +151,17 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def spec_may_have_changed(event_type: str | None, body: Mapping[str, Any]) -> bool:
+    """Whether a watch event of one of our kinds needs a reconcile: kopf's initial listing
+    (type None), ADDED and DELETED always do; a MODIFIED only while the status has not
+    answered the object's generation, which the API server bumps on every spec change. So
+    the operator's own status writes (which leave the generation alone) wake nothing."""
+    if event_type != "MODIFIED":
+        return True
+    generation = (body.get("metadata") or {}).get("generation")
+    return generation != (body.get("status") or {}).get("observedGeneration")
+
+
 def state_of(memo: Any) -> OperatorState:
     state: OperatorState = memo.fogline
     return state
@@ -158,11 +169,9 @@ def state_of(memo: Any) -> OperatorState:
 
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
-    settings.persistence.finalizer = "fogline.io/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="fogline.io")
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix="fogline.io", key="last-handled-configuration"
-    )
+    # Every handler is an event handler that puts a key in the work queue: kopf keeps no
+    # state on the objects (no finalizer, no progress or diff-base annotation), so the
+    # operator writes nothing but their status, and a CR stays deletable while it is down.
     settings.posting.level = logging.WARNING
     # How long a silent replica still counts as alive; a standby takes over after that.
     settings.peering.lifetime = int(os.environ.get("FOGLINE_PEERING_LIFETIME", "60"))
