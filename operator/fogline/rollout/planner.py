@@ -8,101 +8,26 @@ from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Literal
 
 from fogline.rollout.memory import Phase, RolloutMemory, Stage
+from fogline.rollout.messages import short_digest, site_names_text
 from fogline.rollout.observations import SiteObservation
+from fogline.rollout.plan import (
+    EventType,
+    PlanEvent,
+    RolloutCounts,
+    RolloutPlan,
+    SiteState,
+    SiteStatus,
+)
 from fogline.rollout.policy import RolloutPolicy
-
-EventType = Literal["Normal", "Warning"]
-# A wave's start is stamped once all its DaemonSets are written, and those writes may wait
-# on a slow API server (up to the client's 30 s read timeout): a refusal of a DaemonSet the
-# wave wrote first can predate the stamp by that much (Event times have whole seconds too).
-REFUSAL_SLACK = timedelta(seconds=32)
-SiteState = Literal[
-    "Pending", "Updating", "Ready", "Failed", "Skipped", "Paused", "Unreachable", "RolledBack"
-]
-
-
-@dataclass(frozen=True)
-class PlanEvent:
-    """An Event for the EdgeDeployment; emitted only on a transition."""
-
-    type: EventType
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class SiteStatus:
-    """One row of ``status.sites``. ``digest`` is the site's template digest (None: no
-    workload yet); ``updated`` counts pods on it, ``ready`` the Ready ones on Ready nodes."""
-
-    name: str
-    digest: str | None
-    state: SiteState
-    desired: int
-    updated: int
-    ready: int
-    reachable: bool
-    message: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "digest": self.digest or "",
-            "state": self.state,
-            "desired": self.desired,
-            "updated": self.updated,
-            "ready": self.ready,
-            "reachable": self.reachable,
-            "message": self.message,
-        }
-
-
-@dataclass(frozen=True)
-class RolloutCounts:
-    """``status.counts``. Updated means running the target digest; a ready site has every
-    node Ready with a Ready pod on its template digest."""
-
-    sites: int
-    sites_updated: int
-    sites_ready: int
-    nodes: int
-    nodes_updated: int
-    nodes_ready: int
-
-    def to_dict(self) -> dict[str, int]:
-        return {
-            "sites": self.sites,
-            "sitesUpdated": self.sites_updated,
-            "sitesReady": self.sites_ready,
-            "nodes": self.nodes,
-            "nodesUpdated": self.nodes_updated,
-            "nodesReady": self.nodes_ready,
-        }
-
-
-@dataclass(frozen=True)
-class RolloutPlan:
-    """What the controller does now.
-
-    ``site_digests``: the digest each site's workload template must carry; a site absent
-    here has no workload (held before it ever got one, or removed). ``replace_pods_on``:
-    nodes whose pod must be deleted now so that it comes back from its site's template.
-    ``memory``: persist it and pass it back next time. ``requeue_after``: seconds until the
-    planner wants to be asked again even if nothing changes (end of a pause, a deadline).
-    """
-
-    site_digests: dict[str, str]
-    replace_pods_on: tuple[str, ...]
-    memory: RolloutMemory
-    phase: Phase
-    sites: tuple[SiteStatus, ...]
-    events: tuple[PlanEvent, ...]
-    requeue_after: float | None
-    counts: RolloutCounts
-    message: str
+from fogline.rollout.sites import (
+    converged,
+    needs_replacement,
+    pod_failure,
+    refused_in_wave,
+    replacements,
+)
 
 
 def plan_rollout(
@@ -149,62 +74,6 @@ def plan_rollout(
             work.converge(work.stable)
         work.template_unplaced_sites()
     return work.finish()
-
-
-# Messages name at most this many sites: a first deployment's wave may hold every site, and
-# status.message (4 KiB in the CRD) and Events must stay short at any fleet size.
-MESSAGE_SITES = 10
-
-
-def site_names_text(names: Sequence[str], limit: int = MESSAGE_SITES) -> str:
-    """`a, b, c`, or the first `limit` names and how many more."""
-    if len(names) <= limit:
-        return ", ".join(names)
-    return f"{', '.join(names[:limit])} and {len(names) - limit} more"
-
-
-def short_digest(digest: str | None) -> str:
-    """``sha256:`` and the first 12 hex digits, as ``kubectl get ed`` shows it."""
-    if digest is None:
-        return "none"
-    algorithm, _, value = digest.partition(":")
-    return f"{algorithm}:{value[:12]}" if value else digest[:19]
-
-
-def _failure(site: SiteObservation, digest: str) -> str | None:
-    """The first pod on ``digest`` (on a Ready node) that reports it will not become healthy."""
-    for node in sorted(site.nodes, key=lambda n: n.name):
-        if node.ready and node.pod is not None and node.pod.digest == digest and node.pod.failure:
-            return f"node {node.name}: pod {node.pod.failure} on {short_digest(digest)}"
-    return None
-
-
-def _converged(site: SiteObservation, digest: str) -> bool:
-    """Every Ready, unlocked node serves ``digest`` (vacuously true for a site with none)."""
-    return all(node.serves(digest) for node in site.workable_nodes())
-
-
-def _needs_replacement(site: SiteObservation, digest: str) -> bool:
-    return any(n.pod is not None and n.pod.digest != digest for n in site.workable_nodes())
-
-
-def _replacements(site: SiteObservation, digest: str) -> tuple[str, ...]:
-    """The nodes of ``site`` whose pods move to ``digest`` now.
-
-    Pods that are not Ready serve nothing, so all of them go at once; Ready pods go one at
-    a time, and only while no pod of the site is still coming up on ``digest``.
-    """
-    nodes = site.workable_nodes()
-    behind = [n for n in nodes if n.pod is not None and n.pod.digest != digest]
-    idle = [n.name for n in behind if n.pod is not None and not n.pod.ready]
-    serving = [n.name for n in behind if n.pod is not None and n.pod.ready]
-    coming_up = any(
-        n.pod is None or (n.pod.digest == digest and not n.pod.ready and not n.pod.failure)
-        for n in nodes
-    )
-    if serving and not coming_up:
-        return (*idle, serving[0])
-    return tuple(idle)
 
 
 @dataclass
@@ -283,7 +152,7 @@ class _Work:
         return self.policy.width(sum(1 for site in self.sites.values() if not site.held))
 
     def replace(self, site: SiteObservation, digest: str) -> None:
-        nodes = _replacements(site, digest)
+        nodes = replacements(site, digest)
         if nodes:
             self.replacements[site.name] = nodes
 
@@ -356,7 +225,7 @@ class _Work:
         moving = [
             name
             for name in self.wave_sites
-            if previous is not None and not _converged(self.sites[name], previous)
+            if previous is not None and not converged(self.sites[name], previous)
         ]
         self.converging = list(dict.fromkeys([*self.converging, *moving]))
         self.stage = "Rollout"
@@ -409,11 +278,11 @@ class _Work:
                 else:
                     self.skip(name)
                 continue
-            failure = self.refused_in_wave(site) or _failure(site, self.target)
+            failure = refused_in_wave(site, self.wave_started_at) or pod_failure(site, self.target)
             if failure is not None:
                 self.fail(name, failure)
                 return False
-            if not _converged(site, self.target):
+            if not converged(site, self.target):
                 unfinished.append(site)
         if not unfinished and not waiting:
             self.succeed_wave()
@@ -440,18 +309,6 @@ class _Work:
         for site in unfinished:
             self.replace(site, self.target)
         return False
-
-    def refused_in_wave(self, site: SiteObservation) -> str | None:
-        """The workload's refusal to create a pod of this wave: it fails the wave at once,
-        with the refusal's words, instead of at the progress deadline as "not Ready". A
-        refusal older than the wave (one that was fixed before the wave took the site) does
-        not count (REFUSAL_SLACK says how much older a refusal of this wave can look)."""
-        blocked = site.blocked
-        if blocked is None or self.wave_started_at is None or site.refused_at is None:
-            return blocked
-        if site.refused_at < self.wave_started_at - REFUSAL_SLACK:
-            return None
-        return blocked
 
     def succeed_wave(self) -> None:
         done = [
@@ -484,7 +341,7 @@ class _Work:
         # went back to a digest they still run).
         for name in pending:
             site = self.sites[name]
-            if site.workable_nodes() and _converged(site, self.target):
+            if site.workable_nodes() and converged(site, self.target):
                 self.templates[name] = self.target
                 self.completed.add(name)
         pending = [name for name in pending if name not in self.completed]
@@ -594,7 +451,7 @@ class _Work:
             and self.sites[name].reachable
             # A site whose new pods fail keeps its slot: a digest that fails on the sites
             # it converges never takes down more than W of them.
-            and not _converged(self.sites[name], digest)
+            and not converged(self.sites[name], digest)
         ]
         admitted = set(self.converging)
         for name, site in self.sites.items():
@@ -607,7 +464,7 @@ class _Work:
                 site.reachable
                 and name not in admitted
                 and len(self.converging) < width
-                and _needs_replacement(site, digest)
+                and needs_replacement(site, digest)
             ):
                 self.converging.append(name)
                 admitted.add(name)
@@ -689,7 +546,7 @@ class _Work:
         if digest is None:
             return "Pending", "no workload yet"
         if name in wave:
-            if _converged(site, self.target):
+            if converged(site, self.target):
                 return "Ready", f"{self.wave_label()} done"
             return "Updating", f"{self.wave_label()}"
         if name in converging:
@@ -701,9 +558,9 @@ class _Work:
         if self.stage == "Failed" and digest != self.target:
             return "Pending", f"rollout held after failure at site {self.failed_site}"
         desired = self.desired_digest() if self.stage != "Failed" else digest
-        if desired is not None and (digest != desired or _needs_replacement(site, desired)):
+        if desired is not None and (digest != desired or needs_replacement(site, desired)):
             return "Pending", "waits for a free slot (maxUnavailable)"
-        if not _converged(site, digest):
+        if not converged(site, digest):
             return "Updating", "pods coming up"
         if self.stage == "RolledBack" and name in self.rolled_back:
             return "RolledBack", f"back on {short_digest(digest)}"
