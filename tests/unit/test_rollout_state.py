@@ -48,12 +48,12 @@ def test_what_is_recalled_is_remembered_unchanged() -> None:
 
 def test_the_clock_adds_the_time_it_stood_still_to_the_wave_budget() -> None:
     """The worked example of ``resume_clock``: stopped 12:00:10, resumed 12:01:40."""
-    progress = Progress.recall(inputs(fleet(["s1"]), mid_wave(fleet(["s1"]), ("s1",))))
-    stopped = progress.stop_clock(at(10))
+    memory = replace(mid_wave(fleet(["s1"]), ("s1",)), wave_stopped_seconds=15.0)
+    stopped = Progress.recall(inputs(fleet(["s1"]), memory)).stop_clock(at(10))
     assert stopped.stop_clock(at(50)).clock_stopped_at == at(10)
     resumed = stopped.resume_clock(at(100))
     assert resumed.clock_stopped_at is None
-    assert resumed.wave_stopped_seconds == 90.0
+    assert resumed.wave_stopped_seconds == 15.0 + 90.0
     assert resumed.resume_clock(at(200)) == resumed
 
 
