@@ -16,6 +16,7 @@ from fogline.rollout import (
     SiteObservation,
     plan_rollout,
 )
+from fogline.rollout.state import PlanInputs
 
 A = "sha256:" + "a" * 64
 B = "sha256:" + "b" * 64
@@ -164,3 +165,39 @@ def drive(
 
 def reasons(plans: Iterable[RolloutPlan]) -> list[str]:
     return [event.reason for plan in plans for event in plan.events]
+
+
+def inputs(
+    sites: list[SiteObservation],
+    memory: RolloutMemory | None = None,
+    policy: RolloutPolicy | None = None,
+    target: str = B,
+    now: float = 0.0,
+) -> PlanInputs:
+    """One planner call's inputs, for tests of a single rule or check."""
+    return PlanInputs.of(
+        sites, policy or RolloutPolicy(), memory or RolloutMemory(), target, at(now)
+    )
+
+
+def mid_wave(
+    sites: Iterable[SiteObservation],
+    wave: tuple[str, ...],
+    *,
+    stable: str | None = A,
+    target: str = B,
+    started: float = 0.0,
+    wave_index: int = 0,
+) -> RolloutMemory:
+    """Memory of a rollout of ``target`` whose wave ``wave`` started at ``started``."""
+    names = [s.name for s in sites]
+    return RolloutMemory(
+        target_digest=target,
+        stable_digest=stable,
+        phase="Progressing",
+        stage="Rollout",
+        wave_index=wave_index,
+        wave_sites=wave,
+        wave_started_at=at(started),
+        site_digests={n: target if n in wave else (stable or target) for n in names},
+    )
