@@ -61,17 +61,39 @@ def serve_uvicorn(port: int) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": ANSWER})
 
-    uvicorn.run(app, host="127.0.0.1", port=port, http="httptools", log_level="warning",
-                access_log=False, lifespan="off")  # fmt: skip
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+    )
 
 
 def load(port: int, body_file: Path, duration: float, clients: int) -> Figures:
     done = subprocess.run(
-        [sys.executable, str(Path(__file__).parent / "bench_server.py"), "--client", "--port",
-         str(port), "--path", "/v2/models/digits/infer", "--body-file", str(body_file),
-         "--duration", str(duration), "--concurrency", str(clients)],
-        capture_output=True, text=True, timeout=duration + 60, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            str(Path(__file__).parent / "bench_server.py"),
+            "--client",
+            "--port",
+            str(port),
+            "--path",
+            "/v2/models/digits/infer",
+            "--body-file",
+            str(body_file),
+            "--duration",
+            str(duration),
+            "--concurrency",
+            str(clients),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+        check=False,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"load client failed: {done.stderr[-2000:]}")
     result = json.loads(done.stdout)

@@ -132,11 +132,15 @@ def build_cnn_artifact(folder: Path) -> None:
     features = CNN_SIDE * CNN_SIDE
     initializers = [
         numpy_helper.from_array(np.array([-1, 1, CNN_SIDE, CNN_SIDE], dtype=np.int64), "image"),
-        weight("c1w", 16, 1, 3, 3), weight("c1b", 16),
-        weight("c2w", 32, 16, 3, 3), weight("c2b", 32),
-        weight("l1w", CNN_HIDDEN, 32 * pooled * pooled), weight("l1b", CNN_HIDDEN),
-        weight("l2w", CLASSES, CNN_HIDDEN), weight("l2b", CLASSES),
-    ]  # fmt: skip
+        weight("c1w", 16, 1, 3, 3),
+        weight("c1b", 16),
+        weight("c2w", 32, 16, 3, 3),
+        weight("c2b", 32),
+        weight("l1w", CNN_HIDDEN, 32 * pooled * pooled),
+        weight("l1b", CNN_HIDDEN),
+        weight("l2w", CLASSES, CNN_HIDDEN),
+        weight("l2b", CLASSES),
+    ]
     nodes = [
         helper.make_node("Reshape", ["input", "image"], ["x0"]),
         helper.make_node("Conv", ["x0", "c1w", "c1b"], ["x1"], pads=[1, 1, 1, 1]),
@@ -427,12 +431,31 @@ def load_from_client_process(
 ) -> Figures:
     cpu_before = cpu_seconds(server_pid) if server_pid is not None else 0.0
     done = subprocess.run(
-        pinned(CLIENT_CPU, [sys.executable, __file__, "--client", "--port", str(port), "--path",
-         f"/v2/models/{MODEL}/infer", "--body-file", str(body_file), "--duration",
-         str(duration), "--concurrency", str(concurrency), "--header-length",
-         str(header_length)]),
-        capture_output=True, text=True, timeout=duration + 60, check=True,
-    )  # fmt: skip
+        pinned(
+            CLIENT_CPU,
+            [
+                sys.executable,
+                __file__,
+                "--client",
+                "--port",
+                str(port),
+                "--path",
+                f"/v2/models/{MODEL}/infer",
+                "--body-file",
+                str(body_file),
+                "--duration",
+                str(duration),
+                "--concurrency",
+                str(concurrency),
+                "--header-length",
+                str(header_length),
+            ],
+        ),
+        capture_output=True,
+        text=True,
+        timeout=duration + 60,
+        check=True,
+    )
     result = json.loads(done.stdout)
     cpu_ms = None
     if server_pid is not None and result["sent"]:

@@ -64,8 +64,12 @@ def training(name: str, namespace: str) -> dict[str, Any]:
 def direct_job(name: str, namespace: str, settings: OperatorSettings) -> dict[str, Any]:
     """The Job the operator would build for this CR, built by the same builder; only the
     ownerReference is missing (there is no CR to own it)."""
-    parsed = ModelTraining.from_body({**training(name, namespace), "metadata": {
-        "name": name, "namespace": namespace, "generation": 1, "uid": "none"}})  # fmt: skip
+    parsed = ModelTraining.from_body(
+        {
+            **training(name, namespace),
+            "metadata": {"name": name, "namespace": namespace, "generation": 1, "uid": "none"},
+        }
+    )
     return build_training_job(parsed, plan_run(parsed), settings)
 
 
@@ -84,12 +88,16 @@ def latency(rig: MeasuredCluster, samples: int) -> None:
     direct_call: list[float] = []
     with FirstSeen(batch.list_namespaced_job, label(TRAINING_LABEL), namespace=namespace) as jobs:
         # A warm-up run: the first CR of a namespace also gets the trainer's RBAC.
-        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, training("warmup", namespace))  # fmt: skip
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, training("warmup", namespace)
+        )
         jobs.wait(["warmup"], timeout=60)
         for i in range(samples):
             name = f"cr-{i:03d}"
             started = time.monotonic()
-            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, training(name, namespace))  # fmt: skip
+            custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, training(name, namespace)
+            )
             via_operator.append(jobs.wait([name], timeout=60)[name] - started)
 
             name = f"direct-{i:03d}"
@@ -106,11 +114,15 @@ def latency(rig: MeasuredCluster, samples: int) -> None:
         ("Job create call round trip", direct_call),
     ]
     for title, values in rows:
-        print(f"  {title:<40} p50 {ms(percentile(values, 50)):>10}   p95 {ms(percentile(values, 95)):>10}")  # fmt: skip
+        print(
+            f"  {title:<40} p50 {ms(percentile(values, 50)):>10}   p95 {ms(percentile(values, 95)):>10}"
+        )
     for q in (50, 95):
         ratio = percentile(via_operator, q) / percentile(direct_seen, q)
         call = percentile(via_operator, q) / percentile(direct_call, q)
-        print(f"  ratio p{q}: operator / direct-in-watch {ratio:.1f}x, operator / create call {call:.1f}x")  # fmt: skip
+        print(
+            f"  ratio p{q}: operator / direct-in-watch {ratio:.1f}x, operator / create call {call:.1f}x"
+        )
 
 
 def throughput(rig: MeasuredCluster, burst: int) -> None:
@@ -122,23 +134,40 @@ def throughput(rig: MeasuredCluster, burst: int) -> None:
     names = [f"run-{i:03d}" for i in range(burst)]
     with (
         FirstSeen(batch.list_namespaced_job, label(TRAINING_LABEL), namespace=namespace) as jobs,
-        FirstSeen(custom.list_namespaced_custom_object, object_name, has_phase, group=GROUP,
-                  version=VERSION, namespace=namespace, plural=PLURAL) as phases,
-    ):  # fmt: skip
+        FirstSeen(
+            custom.list_namespaced_custom_object,
+            object_name,
+            has_phase,
+            group=GROUP,
+            version=VERSION,
+            namespace=namespace,
+            plural=PLURAL,
+        ) as phases,
+    ):
         since = audit_now()
         started = time.monotonic()
         with ThreadPoolExecutor(16) as pool:
-            list(pool.map(lambda n: custom.create_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, training(n, namespace)), names))  # fmt: skip
+            list(
+                pool.map(
+                    lambda n: custom.create_namespaced_custom_object(
+                        GROUP, VERSION, namespace, PLURAL, training(n, namespace)
+                    ),
+                    names,
+                )
+            )
         created = time.monotonic() - started
         all_jobs = max(jobs.wait(names, timeout=300).values()) - started
         all_phases = max(phases.wait(names, timeout=300).values()) - started
         until = audit_now()
     requests = rig.requests(since, until)
     print(f"\n(b) throughput, {burst} ModelTrainings created at once (16 threads)")
-    print(f"  all CRs created                  {created:6.2f} s  ({burst / created:6.1f} CRs/s offered)")  # fmt: skip
+    print(
+        f"  all CRs created                  {created:6.2f} s  ({burst / created:6.1f} CRs/s offered)"
+    )
     print(f"  all Jobs exist                   {all_jobs:6.2f} s  ({burst / all_jobs:6.1f} CRs/s)")
-    print(f"  all statuses show a phase        {all_phases:6.2f} s  ({burst / all_phases:6.1f} CRs/s)")  # fmt: skip
+    print(
+        f"  all statuses show a phase        {all_phases:6.2f} s  ({burst / all_phases:6.1f} CRs/s)"
+    )
     print(f"  operator requests: {len(requests)} ({len(requests) / burst:.1f} a CR)")
     print(f"    {format_counts(by_verb_and_resource(requests))}")
 
@@ -151,8 +180,10 @@ def main() -> int:
     os.environ.update(OPERATOR_ENV)
     started = time.monotonic()
     with measured_cluster(TOPOLOGY) as rig:
-        print(f"dev cluster up: {TOPOLOGY.gpu_nodes} GPU nodes x {TOPOLOGY.gpus_per_node} GPUs; "
-              f"operator as {rig.user}")  # fmt: skip
+        print(
+            f"dev cluster up: {TOPOLOGY.gpu_nodes} GPU nodes x {TOPOLOGY.gpus_per_node} GPUs; "
+            f"operator as {rig.user}"
+        )
         latency(rig, args.samples)
         throughput(rig, args.burst)
     print(f"\ntotal {time.monotonic() - started:.0f} s, cluster included")

@@ -124,22 +124,44 @@ def _operator_kubeconfig(devcluster: DevCluster, api: client.ApiClient, path: Pa
     core.create_namespaced_service_account(
         OPERATOR_NAMESPACE, {"metadata": {"name": OPERATOR_ACCOUNT}}
     )
-    client.RbacAuthorizationV1Api(api).create_cluster_role_binding({
-        "metadata": {"name": "fogline-bench-operator"},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-        "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NAMESPACE}],
-    })  # fmt: skip
+    client.RbacAuthorizationV1Api(api).create_cluster_role_binding(
+        {
+            "metadata": {"name": "fogline-bench-operator"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "cluster-admin",
+            },
+            "subjects": [
+                {
+                    "kind": "ServiceAccount",
+                    "name": OPERATOR_ACCOUNT,
+                    "namespace": OPERATOR_NAMESPACE,
+                }
+            ],
+        }
+    )
     token = core.create_namespaced_service_account_token(
         OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, {"spec": {"expirationSeconds": 7200}}
     )
     admin: dict[str, Any] = yaml.safe_load(devcluster.kubeconfig.read_text())
-    path.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "fogline-dev", "cluster": admin["clusters"][0]["cluster"]}],
-        "users": [{"name": OPERATOR_USER, "user": {"token": token.status.token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "fogline-dev", "user": OPERATOR_USER}}],
-        "current-context": "operator",
-    }))  # fmt: skip
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fogline-dev", "cluster": admin["clusters"][0]["cluster"]}],
+                "users": [{"name": OPERATOR_USER, "user": {"token": token.status.token}}],
+                "contexts": [
+                    {
+                        "name": "operator",
+                        "context": {"cluster": "fogline-dev", "user": OPERATOR_USER},
+                    }
+                ],
+                "current-context": "operator",
+            }
+        )
+    )
     return path
 
 
@@ -150,7 +172,9 @@ def create_namespace(api: client.ApiClient, name: str) -> None:
 # -- waiting -------------------------------------------------------------------------------
 
 
-def poll_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:  # fmt: skip
+def poll_until(
+    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2
+) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if value := predicate():
@@ -197,9 +221,13 @@ class Informer:
                     self._apply("ADDED", item)
                 self._ready.set()
             # The server ends each watch after a while; the loop then resumes from there.
-            stream = self._watch.stream(self._list_call, **self._list_args,
-                                        resource_version=resource_version, timeout_seconds=30,
-                                        allow_watch_bookmarks=True)  # fmt: skip
+            stream = self._watch.stream(
+                self._list_call,
+                **self._list_args,
+                resource_version=resource_version,
+                timeout_seconds=30,
+                allow_watch_bookmarks=True,
+            )
             try:
                 for event in stream:
                     obj = event.get("raw_object") or {}
@@ -311,10 +339,14 @@ def read_requests(audit_log: Path, user: str, since: str, until: str) -> list[Ap
             resource = ref.get("resource", "")
             if ref.get("subresource"):
                 resource += "/" + ref["subresource"]
-            found.append(ApiRequest(
-                verb=event["verb"], resource=resource, user_agent=event.get("userAgent", ""),
-                code=int((event.get("responseStatus") or {}).get("code", 0)),
-            ))  # fmt: skip
+            found.append(
+                ApiRequest(
+                    verb=event["verb"],
+                    resource=resource,
+                    user_agent=event.get("userAgent", ""),
+                    code=int((event.get("responseStatus") or {}).get("code", 0)),
+                )
+            )
     return found
 
 

@@ -59,10 +59,21 @@ def kubernetes_version() -> str:
 
 def render(helm: Path | None = None) -> str:
     result = subprocess.run(
-        [str(helm or helm_binary()), "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
-         "--include-crds", "--kube-version", kubernetes_version()],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        [
+            str(helm or helm_binary()),
+            "template",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            NAMESPACE,
+            "--include-crds",
+            "--kube-version",
+            kubernetes_version(),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if result.returncode != 0:
         raise SystemExit(f"error: helm template failed:\n{result.stderr}")
     return HEADER + result.stdout

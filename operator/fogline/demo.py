@@ -99,9 +99,16 @@ class Demo:
 
     def helm(self, *args: str) -> None:
         result = subprocess.run(
-            [str(self.cluster.tools_dir / "helm"), *args, f"--kubeconfig={self.cluster.kubeconfig}"],
-            capture_output=True, text=True, check=False, timeout=300,
-        )  # fmt: skip
+            [
+                str(self.cluster.tools_dir / "helm"),
+                *args,
+                f"--kubeconfig={self.cluster.kubeconfig}",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
         if result.returncode != 0:
             raise DemoError(f"helm {args[0]} failed: {result.stderr.strip()}")
 
@@ -121,12 +128,20 @@ class Demo:
                 Topology(gpu_nodes=0, edge_sites=3, nodes_per_site=2), local_nodes=True, stores=True
             )
         with self.step("Install Fogline with the Helm chart"):
-            self.helm("install", "fogline", str(self.root / "charts" / "fogline"),
-                      f"--namespace={SYSTEM_NAMESPACE}", "--create-namespace",
-                      # The operator runs on this machine below, as the chart's ServiceAccount.
-                      "--set", "replicaCount=0",
-                      "--set", f"settings.trainerImage={TRAINER_IMAGE}",
-                      "--set", f"settings.serverImage={SERVER_IMAGE}")  # fmt: skip
+            self.helm(
+                "install",
+                "fogline",
+                str(self.root / "charts" / "fogline"),
+                f"--namespace={SYSTEM_NAMESPACE}",
+                "--create-namespace",
+                # The operator runs on this machine below, as the chart's ServiceAccount.
+                "--set",
+                "replicaCount=0",
+                "--set",
+                f"settings.trainerImage={TRAINER_IMAGE}",
+                "--set",
+                f"settings.serverImage={SERVER_IMAGE}",
+            )
         with self.step("Run the operator as the chart's ServiceAccount"):
             self.start_operator()
         with self.step("Create the store's Secrets and apply the S3 samples"):
@@ -149,13 +164,20 @@ class Demo:
         kubeconfig = self.cluster.service_account_kubeconfig(
             SYSTEM_NAMESPACE, "fogline", self.workdir / "operator.kubeconfig"
         )
-        env = {**os.environ, "KUBECONFIG": str(kubeconfig), "FOGLINE_TRAINER_IMAGE": TRAINER_IMAGE,
-               "FOGLINE_SERVER_IMAGE": SERVER_IMAGE}  # fmt: skip
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "FOGLINE_TRAINER_IMAGE": TRAINER_IMAGE,
+            "FOGLINE_SERVER_IMAGE": SERVER_IMAGE,
+        }
         log = (self.workdir / "operator.log").open("ab")
         self.operator = subprocess.Popen(
             [sys.executable, "-m", "fogline.cli", "run", "--all-namespaces", "--peering=fogline"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         (self.workdir / "operator.pid").write_text(str(self.operator.pid))
 
@@ -171,8 +193,15 @@ class Demo:
             raise DemoError("the artifact stores did not start; see the cluster's stores/logs")
         core = client.CoreV1Api(self.api)
         core.create_namespace({"metadata": {"name": DEMO_NAMESPACE}})
-        wait(lambda: core.list_namespaced_service_account(DEMO_NAMESPACE, field_selector="metadata.name=default").items,
-             30, "the namespace's default ServiceAccount")  # fmt: skip
+        wait(
+            lambda: (
+                core.list_namespaced_service_account(
+                    DEMO_NAMESPACE, field_selector="metadata.name=default"
+                ).items
+            ),
+            30,
+            "the namespace's default ServiceAccount",
+        )
         for name, (key, secret) in {
             "artifact-writer": (stores.writer_access_key, stores.writer_secret_key),
             "artifact-reader": (stores.reader_access_key, stores.reader_secret_key),
@@ -186,8 +215,12 @@ class Demo:
 
     def follow_training(self) -> None:
         started = time.monotonic()
-        columns = (TextColumn("[bold]Train {task.fields[phase]:<9}"), BarColumn(), TextColumn("{task.description}"),
-                   TimeElapsedColumn())  # fmt: skip
+        columns = (
+            TextColumn("[bold]Train {task.fields[phase]:<9}"),
+            BarColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+        )
         with Progress(*columns, console=self.console, transient=False) as progress:
             task = progress.add_task("waiting for the training pod", total=None, phase="Pending")
             deadline = time.monotonic() + 900
@@ -237,8 +270,10 @@ class Demo:
         self.summary.seconds["Train digits-mlp on the local GPU node"] = round(
             time.monotonic() - started, 1
         )
-        self.console.print(f"[green]✓[/] Trained: accuracy {artifact['metric']['value']:.4f} "
-                           f"(gate {self.summary.training['threshold']}), artifact {artifact['digest'][:19]}…")  # fmt: skip
+        self.console.print(
+            f"[green]✓[/] Trained: accuracy {artifact['metric']['value']:.4f} "
+            f"(gate {self.summary.training['threshold']}), artifact {artifact['digest'][:19]}…"
+        )
 
     def follow_rollout(self) -> None:
         started = time.monotonic()
@@ -290,10 +325,21 @@ class Demo:
             metadata = json.load(reply)
         digits = load_digits()
         index = 1234 % len(digits.target)
-        request = {"inputs": [{"name": metadata["inputs"][0]["name"], "shape": [1, 64], "datatype": "FP32",
-                               "data": [float(v) for v in digits.data[index]]}]}  # fmt: skip
-        posted = urllib.request.Request(f"{base}/v2/models/{SERVED_NAME}/infer", data=json.dumps(request).encode(),
-                                        headers={"Content-Type": "application/json"})  # fmt: skip
+        request = {
+            "inputs": [
+                {
+                    "name": metadata["inputs"][0]["name"],
+                    "shape": [1, 64],
+                    "datatype": "FP32",
+                    "data": [float(v) for v in digits.data[index]],
+                }
+            ]
+        }
+        posted = urllib.request.Request(
+            f"{base}/v2/models/{SERVED_NAME}/infer",
+            data=json.dumps(request).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(posted, timeout=10) as reply:
             answer = json.load(reply)
         scores = answer["outputs"][0]["data"]
@@ -333,8 +379,11 @@ class Demo:
     def report(self) -> None:
         s = self.summary
         table = Table(title="Fogline demo", show_header=False)
-        table.add_row("Training", f"{s.training['phase']}: accuracy {s.training['accuracy']:.4f} "
-                      f"≥ gate {s.training['threshold']}, INT8 {s.training['quantized']}, {s.training['sizeBytes']} bytes")  # fmt: skip
+        table.add_row(
+            "Training",
+            f"{s.training['phase']}: accuracy {s.training['accuracy']:.4f} "
+            f"≥ gate {s.training['threshold']}, INT8 {s.training['quantized']}, {s.training['sizeBytes']} bytes",
+        )
         table.add_row("Artifact", f"{s.training['digest']}\n{s.training['uri']}")
         table.add_row("Rollout", f"{s.rollout['phase']} on {s.rollout['sitesReady']} sites")
         for site in s.rollout["sites"]:
@@ -342,8 +391,11 @@ class Demo:
                 "", f"{site['name']}: {site['state']} {site['ready']}/{site['desired']} pods"
             )
         verdict = "correct" if s.inference["correct"] else "wrong"
-        table.add_row("Inference", f"digit {s.inference['label']} → predicted {s.inference['predicted']} ({verdict}) "
-                      f"by {s.inference['pod']} on {s.inference['node']}")  # fmt: skip
+        table.add_row(
+            "Inference",
+            f"digit {s.inference['label']} → predicted {s.inference['predicted']} ({verdict}) "
+            f"by {s.inference['pod']} on {s.inference['node']}",
+        )
         match = (
             "equals"
             if s.inference["servedManifestSha256"] == s.training["digest"]

@@ -94,8 +94,14 @@ class KubeClient:
         self.metrics = metrics
         self.timeout = timeout
 
-    async def _call(self, method: str, path: str, body: Any = None, query: list[tuple[str, str]] | None = None,
-                    content_type: str = "application/json") -> Any:  # fmt: skip
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
         self.calls += 1
         if self.metrics is not None:
             self.metrics.api_requests.inc()
@@ -145,8 +151,14 @@ class KubeClient:
         )
         return result
 
-    async def patch(self, api_version: str, kind: str, namespace: str | None, name: str,
-                    patch: Mapping[str, Any]) -> dict[str, Any]:  # fmt: skip
+    async def patch(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        patch: Mapping[str, Any],
+    ) -> dict[str, Any]:
         """A JSON merge patch: for single fields whose owner is not us alone (a Job's suspend)."""
         result: dict[str, Any] = await self._call(
             "PATCH",
@@ -169,12 +181,21 @@ class KubeClient:
             raise
         return result
 
-    async def delete(self, api_version: str, kind: str, namespace: str | None, name: str,
-                     propagation: str = "Background") -> bool:  # fmt: skip
+    async def delete(
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str | None,
+        name: str,
+        propagation: str = "Background",
+    ) -> bool:
         """Delete an object; False when it was already gone."""
         try:
-            await self._call("DELETE", _path(api_version, kind, namespace, name),
-                             {"propagationPolicy": propagation})  # fmt: skip
+            await self._call(
+                "DELETE",
+                _path(api_version, kind, namespace, name),
+                {"propagationPolicy": propagation},
+            )
         except ApiException as err:
             if err.status == 404:
                 return False
@@ -193,8 +214,9 @@ class KubeClient:
         version = ((result or {}).get("metadata") or {}).get("resourceVersion")
         return str(version) if version is not None else None
 
-    async def list(self, api_version: str, kind: str, namespace: str | None,
-                   label_selector: str | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    async def list(
+        self, api_version: str, kind: str, namespace: str | None, label_selector: str | None = None
+    ) -> list[dict[str, Any]]:
         query = [("labelSelector", label_selector)] if label_selector else []
         result = await self._call("GET", _path(api_version, kind, namespace), query=query)
         items: list[dict[str, Any]] = result.get("items") or []

@@ -20,6 +20,7 @@ GROUP, VERSION = "fogline.io", "v1alpha1"
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 # Condition types that report a problem when True; any other condition does when False.
 NEGATIVE_CONDITIONS = frozenset({"Degraded", "Failed", "Stalled", "RolledBack"})
+# A table of one colour a row (the formatter would give each state a line of its own).
 PHASE_STYLES = {
     "Succeeded": "green", "Available": "green", "Ready": "green",
     "Running": "cyan", "Progressing": "cyan", "Updating": "cyan", "Queued": "blue",
@@ -99,7 +100,7 @@ def training_summary(obj: Mapping[str, Any], now: datetime) -> dict[str, Any]:
         "ageSeconds": _seconds_since(meta.get("creationTimestamp"), now),
         "message": failing_message(status.get("conditions")),
         "compression": status.get("compression"),
-    }  # fmt: skip
+    }
 
 
 def _sites_ready(status: Mapping[str, Any]) -> tuple[int | None, int | None]:
@@ -121,13 +122,16 @@ def deployment_summary(obj: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     ready, total = _sites_ready(status)
     sites = [
         {
-            "site": site.get("name"), "state": site.get("state") or "Pending",
-            "digest": site.get("digest"), "ready": site.get("ready"),
-            "desired": site.get("desired"), "reachable": site.get("reachable"),
+            "site": site.get("name"),
+            "state": site.get("state") or "Pending",
+            "digest": site.get("digest"),
+            "ready": site.get("ready"),
+            "desired": site.get("desired"),
+            "reachable": site.get("reachable"),
             "message": site.get("message"),
         }
         for site in status.get("sites") or []
-    ]  # fmt: skip
+    ]
     return {
         "namespace": meta.get("namespace"),
         "name": meta.get("name"),
@@ -171,8 +175,15 @@ def trainings_table(rows: Sequence[Mapping[str, Any]], all_namespaces: bool) -> 
         metric_text = f"{metric['name']} {metric['value']:.3f}" if metric else "-"
         age = "-" if row["ageSeconds"] is None else duration(row["ageSeconds"])
         message = Text(row["message"] or "", style="red")
-        cells = [row["name"], _phase(row["phase"]), progress, metric_text,
-                 short_digest(row["digest"]), age, message]  # fmt: skip
+        cells = [
+            row["name"],
+            _phase(row["phase"]),
+            progress,
+            metric_text,
+            short_digest(row["digest"]),
+            age,
+            message,
+        ]
         table.add_row(*([row["namespace"]] if all_namespaces else []), *cells)
     return table
 
@@ -231,15 +242,26 @@ def sites_table(row: Mapping[str, Any]) -> Table:
         reachable = {True: Text("yes"), False: Text("no", style="red")}.get(
             site["reachable"], Text("-")
         )
-        table.add_row(site["site"], _phase(site["state"]), short_digest(site["digest"]), ready,
-                      reachable, site["message"] or "")  # fmt: skip
+        table.add_row(
+            site["site"],
+            _phase(site["state"]),
+            short_digest(site["digest"]),
+            ready,
+            reachable,
+            site["message"] or "",
+        )
     if omitted := row.get("sitesOmitted"):
         table.caption = f"{omitted} more sites not listed: status keeps those that need a look"
     return table
 
 
-def render(trainings: Sequence[Mapping[str, Any]], deployments: Sequence[Mapping[str, Any]],
-           now: datetime, scope: str, all_namespaces: bool) -> Group:  # fmt: skip
+def render(
+    trainings: Sequence[Mapping[str, Any]],
+    deployments: Sequence[Mapping[str, Any]],
+    now: datetime,
+    scope: str,
+    all_namespaces: bool,
+) -> Group:
     """Everything `fogline status` prints for these objects, as one renderable."""
     parts: list[Any] = []
     training_rows = [training_summary(t, now) for t in trainings]
@@ -257,8 +279,9 @@ def render(trainings: Sequence[Mapping[str, Any]], deployments: Sequence[Mapping
     return Group(*parts)
 
 
-def as_json(trainings: Sequence[Mapping[str, Any]], deployments: Sequence[Mapping[str, Any]],
-            now: datetime) -> dict[str, Any]:  # fmt: skip
+def as_json(
+    trainings: Sequence[Mapping[str, Any]], deployments: Sequence[Mapping[str, Any]], now: datetime
+) -> dict[str, Any]:
     return {
         "modelTrainings": [training_summary(t, now) for t in trainings],
         "edgeDeployments": [deployment_summary(d, now) for d in deployments],
@@ -321,10 +344,12 @@ class ClusterReader:
         try:
             if namespace is None:
                 reply = self.objects.list_cluster_custom_object(
-                    GROUP, VERSION, plural, _request_timeout=10)  # fmt: skip
+                    GROUP, VERSION, plural, _request_timeout=10
+                )
             else:
                 reply = self.objects.list_namespaced_custom_object(
-                    GROUP, VERSION, namespace, plural, _request_timeout=10)  # fmt: skip
+                    GROUP, VERSION, namespace, plural, _request_timeout=10
+                )
         except ApiException as err:
             if err.status == 404:
                 raise StatusError(
@@ -351,8 +376,11 @@ def main(argv: list[str] | None = None) -> int:
         scope = "in any namespace" if namespace is None else f"in namespace {namespace}"
 
         def snapshot() -> tuple[list[dict[str, Any]], list[dict[str, Any]], datetime]:
-            return (reader.list("modeltrainings", namespace),
-                    reader.list("edgedeployments", namespace), datetime.now(UTC))  # fmt: skip
+            return (
+                reader.list("modeltrainings", namespace),
+                reader.list("edgedeployments", namespace),
+                datetime.now(UTC),
+            )
 
         if args.output == "json":
             print(json.dumps(as_json(*snapshot()), indent=2))

@@ -20,29 +20,46 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the Fogline operator: reconcile ModelTrainings and EdgeDeployments.",
     )
     scope = parser.add_mutually_exclusive_group()
-    scope.add_argument("-n", "--namespace", action="append", default=[],
-                       help="watch this namespace (repeatable; globs like team-* work)")  # fmt: skip
+    scope.add_argument(
+        "-n",
+        "--namespace",
+        action="append",
+        default=[],
+        help="watch this namespace (repeatable; globs like team-* work)",
+    )
     scope.add_argument(
         "-A", "--all-namespaces", action="store_true", help="watch every namespace (default)"
     )
-    parser.add_argument("--peering", default="fogline",
-                        help="peering object shared by replicas; only the highest-priority one acts")  # fmt: skip
     parser.add_argument(
-        "--priority", default="0", metavar="N|auto",
+        "--peering",
+        default="fogline",
+        help="peering object shared by replicas; only the highest-priority one acts",
+    )
+    parser.add_argument(
+        "--priority",
+        default="0",
+        metavar="N|auto",
         help="this replica's peering priority; `auto` derives a distinct one from the pod "
         "name, so that of several replicas exactly one acts and the others stand by",
-    )  # fmt: skip
+    )
     parser.add_argument(
         "--standalone",
         action="store_true",
         help="no peering (a single replica, e.g. for development)",
     )
-    parser.add_argument("--liveness", default=None, metavar="URL",
-                        help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz")  # fmt: skip
     parser.add_argument(
-        "--metrics-port", type=int, default=None, metavar="PORT",
+        "--liveness",
+        default=None,
+        metavar="URL",
+        help="serve a liveness endpoint, e.g. http://0.0.0.0:8080/healthz",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
         help="serve Prometheus metrics at http://0.0.0.0:PORT/metrics",
-    )  # fmt: skip
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -106,8 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     import fogline.controllers.modeltraining
     import fogline.controllers.runtime  # noqa: F401 - registers the handlers
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     if not args.standalone and (problem := _peering_problem(args.peering, args.namespace)):
         print(f"error: {problem}", file=sys.stderr)
         return 2

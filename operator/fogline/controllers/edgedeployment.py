@@ -225,8 +225,13 @@ async def _reconcile(state: OperatorState, kopf_body: kopf.Body) -> float | None
         )
 
     stable = plan.memory.stable_digest
-    history = next_history(history_in, stable, uris.get(stable or "") or model.uri,
-                           edge.spec.revision_history_limit, written)  # fmt: skip
+    history = next_history(
+        history_in,
+        stable,
+        uris.get(stable or "") or model.uri,
+        edge.spec.revision_history_limit,
+        written,
+    )
     status = build_status(edge, plan, model.uri, history, written)
     current = dict(body.get("status") or {})
     flush_in = await _write_status(
@@ -414,11 +419,26 @@ async def _hold(
     status = dict(body.get("status") or {})
     if status.get("phase") == phase and status.get("message") == message:
         return
-    conditions = set_condition(status.get("conditions"), condition[0], condition[1],
-                               reason, message, meta.get("generation"), now)  # fmt: skip
-    await state.kube.patch_status(KIND, meta["namespace"], meta["name"], {
-        "phase": phase, "observedGeneration": meta.get("generation"), "conditions": conditions, "message": message,
-    })  # fmt: skip
+    conditions = set_condition(
+        status.get("conditions"),
+        condition[0],
+        condition[1],
+        reason,
+        message,
+        meta.get("generation"),
+        now,
+    )
+    await state.kube.patch_status(
+        KIND,
+        meta["namespace"],
+        meta["name"],
+        {
+            "phase": phase,
+            "observedGeneration": meta.get("generation"),
+            "conditions": conditions,
+            "message": message,
+        },
+    )
     state.announce(
         (KIND, meta["namespace"], meta["name"]),
         body,

@@ -259,8 +259,13 @@ async def _sync_suspend(
     actual = bool((job.get("spec") or {}).get("suspend"))
     if wanted == actual or (actual and training.spec.queue_name):
         return
-    await state.kube.patch("batch/v1", "Job", training.namespace, job["metadata"]["name"],
-                           {"spec": {"suspend": wanted}})  # fmt: skip
+    await state.kube.patch(
+        "batch/v1",
+        "Job",
+        training.namespace,
+        job["metadata"]["name"],
+        {"spec": {"suspend": wanted}},
+    )
 
 
 async def _report_invalid(body: kopf.Body, state: OperatorState, errors: list[SpecError]) -> None:
@@ -274,11 +279,25 @@ async def _report_invalid(body: kopf.Body, state: OperatorState, errors: list[Sp
         return
     from fogline.api.conditions import set_condition
 
-    conditions = set_condition(status.get("conditions"), "Succeeded", False, "InvalidSpec", message,
-                               meta.get("generation"), utcnow())  # fmt: skip
-    await state.kube.patch_status(KIND, meta["namespace"], meta["name"], {
-        "phase": "Failed", "observedGeneration": meta.get("generation"), "conditions": conditions,
-    })  # fmt: skip
+    conditions = set_condition(
+        status.get("conditions"),
+        "Succeeded",
+        False,
+        "InvalidSpec",
+        message,
+        meta.get("generation"),
+        utcnow(),
+    )
+    await state.kube.patch_status(
+        KIND,
+        meta["namespace"],
+        meta["name"],
+        {
+            "phase": "Failed",
+            "observedGeneration": meta.get("generation"),
+            "conditions": conditions,
+        },
+    )
     state.announce((KIND, meta["namespace"], meta["name"]), body, "Warning", "InvalidSpec", message)
 
 

@@ -174,29 +174,48 @@ class DevCluster:
             etcd_url = self._start_etcd(state)
             self._start(state, "kube-apiserver", self._apiserver_args(pki, api_port, etcd_url))
             self._wait_healthy(state, pki, deadline=started + timeout)
-            self._start(state, "kube-controller-manager", [
-                f"--kubeconfig={kubeconfigs['controller-manager']}",
-                "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
-                "--leader-elect=false", "--use-service-account-credentials=true",
-                f"--service-account-private-key-file={pki.sa_private_key}",
-                f"--root-ca-file={pki.ca_cert}", "--cluster-name=fogline-dev",
-                "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle",
-            ])  # fmt: skip
-            self._start(state, "kube-scheduler", [
-                f"--kubeconfig={kubeconfigs['scheduler']}", "--leader-elect=false",
-                "--bind-address=127.0.0.1", f"--secure-port={free_port()}",
-            ])  # fmt: skip
+            self._start(
+                state,
+                "kube-controller-manager",
+                [
+                    f"--kubeconfig={kubeconfigs['controller-manager']}",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={free_port()}",
+                    "--leader-elect=false",
+                    "--use-service-account-credentials=true",
+                    f"--service-account-private-key-file={pki.sa_private_key}",
+                    f"--root-ca-file={pki.ca_cert}",
+                    "--cluster-name=fogline-dev",
+                    "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle",
+                ],
+            )
+            self._start(
+                state,
+                "kube-scheduler",
+                [
+                    f"--kubeconfig={kubeconfigs['scheduler']}",
+                    "--leader-elect=false",
+                    "--bind-address=127.0.0.1",
+                    f"--secure-port={free_port()}",
+                ],
+            )
             stages = self.directory / "kwok-stages.yaml"
             stages.write_text(
                 resources.files("fogline.devcluster").joinpath("stages.yaml").read_text()
             )
-            self._start(state, "kwok", [
-                f"--kubeconfig={kubeconfigs['kwok']}", f"--config={stages}",
-                "--manage-all-nodes=false",
-                "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                "--node-lease-duration-seconds=40", "--cidr=10.244.0.0/16",
-                f"--server-address=127.0.0.1:{free_port()}",
-            ])  # fmt: skip
+            self._start(
+                state,
+                "kwok",
+                [
+                    f"--kubeconfig={kubeconfigs['kwok']}",
+                    f"--config={stages}",
+                    "--manage-all-nodes=false",
+                    "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+                    "--node-lease-duration-seconds=40",
+                    "--cidr=10.244.0.0/16",
+                    f"--server-address=127.0.0.1:{free_port()}",
+                ],
+            )
             # Admin credentials are written last: their presence means the cluster is usable.
             shutil.copyfile(kubeconfigs["admin"], self.kubeconfig)
             self._create_nodes(topology, deadline=started + timeout)
@@ -231,8 +250,10 @@ class DevCluster:
         state = state or self.read_state()
         if state is None:
             return False
-        return all(_pid_alive(state.pids.get(name, -1)) for name in (*COMPONENTS, *(
-            [NODE_AGENT] if NODE_AGENT in state.pids else [])))  # fmt: skip
+        return all(
+            _pid_alive(state.pids.get(name, -1))
+            for name in (*COMPONENTS, *([NODE_AGENT] if NODE_AGENT in state.pids else []))
+        )
 
     def status(self) -> dict[str, Any]:
         state = self.read_state()
@@ -361,14 +382,23 @@ class DevCluster:
         client_port, peer_port = free_port(), free_port()
         client_url = f"http://127.0.0.1:{client_port}"
         peer_url = f"http://127.0.0.1:{peer_port}"
-        self._start(state, "etcd", [
-            "--name=fogline-dev", f"--data-dir={self.directory / 'etcd-data'}",
-            f"--listen-client-urls={client_url}", f"--advertise-client-urls={client_url}",
-            f"--listen-peer-urls={peer_url}", f"--initial-advertise-peer-urls={peer_url}",
-            f"--initial-cluster=fogline-dev={peer_url}",
-            # A throwaway cluster: durability buys nothing and fsync costs seconds.
-            "--unsafe-no-fsync=true", "--log-level=warn", "--quota-backend-bytes=2147483648",
-        ])  # fmt: skip
+        self._start(
+            state,
+            "etcd",
+            [
+                "--name=fogline-dev",
+                f"--data-dir={self.directory / 'etcd-data'}",
+                f"--listen-client-urls={client_url}",
+                f"--advertise-client-urls={client_url}",
+                f"--listen-peer-urls={peer_url}",
+                f"--initial-advertise-peer-urls={peer_url}",
+                f"--initial-cluster=fogline-dev={peer_url}",
+                # A throwaway cluster: durability buys nothing and fsync costs seconds.
+                "--unsafe-no-fsync=true",
+                "--log-level=warn",
+                "--quota-backend-bytes=2147483648",
+            ],
+        )
         return client_url
 
     @property
@@ -378,24 +408,41 @@ class DevCluster:
 
     def _apiserver_args(self, pki: ClusterPKI, port: int, etcd_url: str) -> list[str]:
         policy = self.directory / "pki" / "audit-policy.yaml"
-        policy.write_text(yaml.safe_dump({
-            "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
-            "rules": [{"level": "None", "userGroups": ["system:nodes"]}, {"level": "Metadata"}],
-        }))  # fmt: skip
+        policy.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "audit.k8s.io/v1",
+                    "kind": "Policy",
+                    "omitStages": ["RequestReceived"],
+                    "rules": [
+                        {"level": "None", "userGroups": ["system:nodes"]},
+                        {"level": "Metadata"},
+                    ],
+                }
+            )
+        )
         return [
-            f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
-            "--audit-log-format=json", "--audit-log-maxsize=200",
-            f"--etcd-servers={etcd_url}", "--bind-address=127.0.0.1",
-            "--advertise-address=127.0.0.1", f"--secure-port={port}",
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-maxsize=200",
+            f"--etcd-servers={etcd_url}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={port}",
             f"--cert-dir={self.directory / 'pki'}",
-            f"--tls-cert-file={pki.serving.cert}", f"--tls-private-key-file={pki.serving.key}",
-            f"--client-ca-file={pki.ca_cert}", "--authorization-mode=RBAC",
+            f"--tls-cert-file={pki.serving.cert}",
+            f"--tls-private-key-file={pki.serving.key}",
+            f"--client-ca-file={pki.ca_cert}",
+            "--authorization-mode=RBAC",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki.sa_public_key}",
             f"--service-account-signing-key-file={pki.sa_private_key}",
-            f"--service-cluster-ip-range={SERVICE_CIDR}", "--allow-privileged=true",
-            "--profiling=false", "--enable-priority-and-fairness=false",
-        ]  # fmt: skip
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--enable-priority-and-fairness=false",
+        ]
 
     def _wait_healthy(self, state: ClusterState, pki: ClusterPKI, deadline: float) -> None:
         context = ssl.create_default_context(cafile=str(pki.ca_cert))
@@ -422,11 +469,18 @@ class DevCluster:
     def _start_node_agent(self, state: ClusterState, deadline: float) -> None:
         """Run the agent (as this Python) and wait until it has registered its Ready nodes."""
         sites = Topology(**state.topology).local_site_names() or ["site-01"]
-        self._start(state, NODE_AGENT, [
-            "-m", "fogline.devcluster.nodeagent",
-            f"--kubeconfig={self.directory / 'kubeconfigs' / 'admin.yaml'}",
-            f"--root={self.local_root}", *(f"--site={site}" for site in sites),
-        ], program=sys.executable)  # fmt: skip
+        self._start(
+            state,
+            NODE_AGENT,
+            [
+                "-m",
+                "fogline.devcluster.nodeagent",
+                f"--kubeconfig={self.directory / 'kubeconfigs' / 'admin.yaml'}",
+                f"--root={self.local_root}",
+                *(f"--site={site}" for site in sites),
+            ],
+            program=sys.executable,
+        )
         self._wait_nodes_ready({n["metadata"]["name"] for n in local_nodes(*sites)}, deadline)
 
     def _create_nodes(self, topology: Topology, deadline: float) -> None:

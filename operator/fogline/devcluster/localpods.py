@@ -250,8 +250,9 @@ def rewrite_ports(args: Sequence[str], ports: Mapping[int, int]) -> list[str]:
     return out
 
 
-def probe_port(probe_action: Mapping[str, Any], container: Mapping[str, Any],
-               ports: Mapping[int, int]) -> int:  # fmt: skip
+def probe_port(
+    probe_action: Mapping[str, Any], container: Mapping[str, Any], ports: Mapping[int, int]
+) -> int:
     """The local port a probe's httpGet/tcpSocket targets (a number or a named port)."""
     port = probe_action.get("port")
     if isinstance(port, str):
@@ -268,9 +269,10 @@ def probe_port(probe_action: Mapping[str, Any], container: Mapping[str, Any],
 
 
 def pod_phase(
-    restart_policy: str, init_statuses: Sequence[Mapping[str, Any]],
+    restart_policy: str,
+    init_statuses: Sequence[Mapping[str, Any]],
     statuses: Sequence[Mapping[str, Any]],
-) -> str:  # fmt: skip
+) -> str:
     """The pod phase the kubelet would report for these container statuses."""
     for status in init_statuses:
         done = status["state"].get("terminated")
@@ -290,9 +292,12 @@ def pod_phase(
 
 
 def pod_conditions(
-    existing: Sequence[Mapping[str, Any]], phase: str,
-    init_statuses: Sequence[Mapping[str, Any]], statuses: Sequence[Mapping[str, Any]], now: str,
-) -> list[dict[str, Any]]:  # fmt: skip
+    existing: Sequence[Mapping[str, Any]],
+    phase: str,
+    init_statuses: Sequence[Mapping[str, Any]],
+    statuses: Sequence[Mapping[str, Any]],
+    now: str,
+) -> list[dict[str, Any]]:
     """The pod's conditions: those of others (PodScheduled) kept, the kubelet's recomputed,
     lastTransitionTime moved only when a condition flips."""
     initialized = all(s["state"].get("terminated", {}).get("exitCode") == 0 for s in init_statuses)

@@ -63,8 +63,16 @@ SHUTDOWN_GRACE_SECONDS = 5.0
 TERMINATION_MESSAGE_LIMIT = 4096
 MERGE_PATCH = "application/merge-patch+json"
 # Variables of the agent's own environment that a local process needs to work at all.
-PASSED_THROUGH = ("HOME", "LANG", "LC_ALL", "TZ", "USER", "LD_LIBRARY_PATH",
-                  "CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES")  # fmt: skip
+PASSED_THROUGH = (
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "TZ",
+    "USER",
+    "LD_LIBRARY_PATH",
+    "CUDA_VISIBLE_DEVICES",
+    "NVIDIA_VISIBLE_DEVICES",
+)
 
 
 def _now() -> str:
@@ -122,15 +130,28 @@ class LocalContainer:
         self.broken = True
         if restart_policy == "Never":
             self.finished = True
-            self.state = {"terminated": {"exitCode": 128, "reason": err.reason,
-                                         "message": err.message, "finishedAt": _now()}}  # fmt: skip
+            self.state = {
+                "terminated": {
+                    "exitCode": 128,
+                    "reason": err.reason,
+                    "message": err.message,
+                    "finishedAt": _now(),
+                }
+            }
         else:
             self.state = {"waiting": {"reason": err.reason, "message": err.message}}
 
     def status(self) -> dict[str, Any]:
-        result = {"name": self.name, "image": self.spec.get("image", ""), "imageID": "",
-                  "state": self.state, "lastState": self.last_state, "ready": self.ready,
-                  "restartCount": self.restarts, "started": "running" in self.state}  # fmt: skip
+        result = {
+            "name": self.name,
+            "image": self.spec.get("image", ""),
+            "imageID": "",
+            "state": self.state,
+            "lastState": self.last_state,
+            "ready": self.ready,
+            "restartCount": self.restarts,
+            "started": "running" in self.state,
+        }
         if self.process is not None:
             result["containerID"] = f"local://{self.process.pid}"
         return result
@@ -166,8 +187,11 @@ class PodRunner(threading.Thread):
         try:
             self._prepare()
         except (PodSpecError, ApiException, OSError) as err:
-            failure = err if isinstance(err, PodSpecError) else PodSpecError(
-                "CreateContainerConfigError", f"preparing the pod failed: {err}")  # fmt: skip
+            failure = (
+                err
+                if isinstance(err, PodSpecError)
+                else PodSpecError("CreateContainerConfigError", f"preparing the pod failed: {err}")
+            )
             for container in [*self.inits, *self.mains]:
                 if not container.broken:
                     container.fail(failure, self.restart_policy)
@@ -192,10 +216,14 @@ class PodRunner(threading.Thread):
             kubeconfig.write_text(yaml.safe_dump(self.agent.pod_kubeconfig(token)))
         self.ports = {port: _free_port() for port in pod_ports(self.pod)}
         if self.ports:
-            self.agent.annotate(self.namespace, self.pod_name, {
-                LOCAL_PORT_ANNOTATION: str(next(iter(self.ports.values()))),
-                LOCAL_PORTS_ANNOTATION: json.dumps({str(k): v for k, v in self.ports.items()}),
-            })  # fmt: skip
+            self.agent.annotate(
+                self.namespace,
+                self.pod_name,
+                {
+                    LOCAL_PORT_ANNOTATION: str(next(iter(self.ports.values()))),
+                    LOCAL_PORTS_ANNOTATION: json.dumps({str(k): v for k, v in self.ports.items()}),
+                },
+            )
         host, _, port = self.agent.config.server.removeprefix("https://").partition(":")
         service_env = {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port or "443"}
         for container in [*self.inits, *self.mains]:
@@ -224,13 +252,19 @@ class PodRunner(threading.Thread):
             except ApiException as err:
                 if err.status == 404 and ref.get("optional"):
                     continue
-                raise PodSpecError("CreateContainerConfigError",
-                                   f"envFrom {ref['name']!r}: {err.reason}") from None  # fmt: skip
+                raise PodSpecError(
+                    "CreateContainerConfigError", f"envFrom {ref['name']!r}: {err.reason}"
+                ) from None
             values |= {prefix + k: v for k, v in data.items()}
         return values
 
-    def _plan(self, c: LocalContainer, volumes: Mapping[str, Path],
-              service_env: Mapping[str, str], kubeconfig: Path | None) -> None:  # fmt: skip
+    def _plan(
+        self,
+        c: LocalContainer,
+        volumes: Mapping[str, Path],
+        service_env: Mapping[str, str],
+        kubeconfig: Path | None,
+    ) -> None:
         image = c.spec.get("image", "")
         kind = image_kind(image, self.agent.config.configured_images)
         if kind is None:
@@ -241,8 +275,9 @@ class PodRunner(threading.Thread):
         view = PodView(root, [m["mountPath"] for m in mounts] + [termination_path])
         for mount in sorted(mounts, key=lambda m: len(m["mountPath"])):
             if mount["name"] not in volumes:
-                raise PodSpecError("CreateContainerConfigError",
-                                   f"volumeMount {mount['name']!r}: no such volume")  # fmt: skip
+                raise PodSpecError(
+                    "CreateContainerConfigError", f"volumeMount {mount['name']!r}: no such volume"
+                )
             link = Path(view.local(mount["mountPath"]))
             link.parent.mkdir(parents=True, exist_ok=True)
             if not link.is_symlink():
@@ -251,10 +286,12 @@ class PodRunner(threading.Thread):
         c.termination_file.parent.mkdir(parents=True, exist_ok=True)
         env = container_env(self.pod, c.spec, service_env, self._env_from(c.spec))
         command = c.spec.get("command") or list(IMAGE_ENTRYPOINTS[kind])
-        argv = rewrite_ports([expand(a, env) for a in [*command, *(c.spec.get("args") or [])]],
-                             self.ports)  # fmt: skip
-        c.argv = resolve_command([view.rewrite_arg(a) for a in argv],
-                                 self.agent.config.python, self.agent.config.bin_dir)  # fmt: skip
+        argv = rewrite_ports(
+            [expand(a, env) for a in [*command, *(c.spec.get("args") or [])]], self.ports
+        )
+        c.argv = resolve_command(
+            [view.rewrite_arg(a) for a in argv], self.agent.config.python, self.agent.config.bin_dir
+        )
         local_env = {k: view.rewrite_value(v) for k, v in env.items()}
         local_env.setdefault("FOGLINE_PVC_ROOT", str(root) + "/mnt/pvc")
         local_env.setdefault("FOGLINE_TERMINATION_LOG", str(c.termination_file))
@@ -302,9 +339,14 @@ class PodRunner(threading.Thread):
         with c.log_file.open("ab") as log_file:
             try:
                 c.process = subprocess.Popen(
-                    c.argv, env=c.env, cwd=c.cwd, stdout=log_file, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, start_new_session=True,
-                )  # fmt: skip
+                    c.argv,
+                    env=c.env,
+                    cwd=c.cwd,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
             except OSError as err:
                 c.fail(PodSpecError("StartError", f"{c.argv[0]}: {err}"), self.restart_policy)
                 return
@@ -327,9 +369,12 @@ class PodRunner(threading.Thread):
         ):
             message = c.log_file.read_bytes()[-2048:].decode(errors="replace")
         terminated: dict[str, Any] = {
-            "exitCode": exit_code, "reason": "Completed" if exit_code == 0 else "Error",
-            "startedAt": c.started_at, "finishedAt": _now(), "containerID": f"local://{c.process.pid}",
-        }  # fmt: skip
+            "exitCode": exit_code,
+            "reason": "Completed" if exit_code == 0 else "Error",
+            "startedAt": c.started_at,
+            "finishedAt": _now(),
+            "containerID": f"local://{c.process.pid}",
+        }
         if message:
             terminated["message"] = message
         c.process, c.ready = None, False
@@ -413,12 +458,14 @@ class PodRunner(threading.Thread):
         status = {
             "phase": phase,
             "conditions": pod_conditions(existing, phase, init_statuses, statuses, _now()),
-            "hostIP": LOCALHOST, "hostIPs": [{"ip": LOCALHOST}],
-            "podIP": LOCALHOST, "podIPs": [{"ip": LOCALHOST}],
+            "hostIP": LOCALHOST,
+            "hostIPs": [{"ip": LOCALHOST}],
+            "podIP": LOCALHOST,
+            "podIPs": [{"ip": LOCALHOST}],
             "startTime": self.start_time,
             "initContainerStatuses": init_statuses,
             "containerStatuses": statuses,
-        }  # fmt: skip
+        }
         if status == self.published:
             return
         try:
@@ -493,28 +540,45 @@ class NodeAgent:
     # -- nodes -----------------------------------------------------------------------------
     def _node_status(self, node: Mapping[str, Any]) -> dict[str, Any]:
         now = _now()
-        checks = (("MemoryPressure", "False", "KubeletHasSufficientMemory"),
-                  ("DiskPressure", "False", "KubeletHasNoDiskPressure"),
-                  ("PIDPressure", "False", "KubeletHasSufficientPID"),
-                  ("Ready", "True", "KubeletReady"))  # fmt: skip
+        checks = (
+            ("MemoryPressure", "False", "KubeletHasSufficientMemory"),
+            ("DiskPressure", "False", "KubeletHasNoDiskPressure"),
+            ("PIDPressure", "False", "KubeletHasSufficientPID"),
+            ("Ready", "True", "KubeletReady"),
+        )
         conditions = [
-            {"type": kind, "status": status, "reason": reason, "lastHeartbeatTime": now,
-             "message": "the dev node agent runs this node's pods as local processes",
-             "lastTransitionTime": self.started}
+            {
+                "type": kind,
+                "status": status,
+                "reason": reason,
+                "lastHeartbeatTime": now,
+                "message": "the dev node agent runs this node's pods as local processes",
+                "lastTransitionTime": self.started,
+            }
             for kind, status, reason in checks
-        ]  # fmt: skip
+        ]
         name = node["metadata"]["name"]
         return {
             **node["status"],
             "conditions": conditions,
-            "addresses": [{"type": "InternalIP", "address": LOCALHOST},
-                          {"type": "Hostname", "address": name}],
+            "addresses": [
+                {"type": "InternalIP", "address": LOCALHOST},
+                {"type": "Hostname", "address": name},
+            ],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
-            "nodeInfo": {"kubeletVersion": "v0.0.0-fogline-local", "kubeProxyVersion": "",
-                         "containerRuntimeVersion": "local-process://", "operatingSystem": "linux",
-                         "architecture": "amd64", "osImage": "local", "kernelVersion": "",
-                         "machineID": "", "systemUUID": "", "bootID": ""},
-        }  # fmt: skip
+            "nodeInfo": {
+                "kubeletVersion": "v0.0.0-fogline-local",
+                "kubeProxyVersion": "",
+                "containerRuntimeVersion": "local-process://",
+                "operatingSystem": "linux",
+                "architecture": "amd64",
+                "osImage": "local",
+                "kernelVersion": "",
+                "machineID": "",
+                "systemUUID": "",
+                "bootID": "",
+            },
+        }
 
     def register_nodes(self) -> None:
         for node in self.nodes:
@@ -543,11 +607,22 @@ class NodeAgent:
             if err.status != 404:
                 raise
             uid = self.core.read_node(name).metadata.uid
-            self.coordination.create_namespaced_lease("kube-node-lease", {
-                "metadata": {"name": name, "ownerReferences": [
-                    {"apiVersion": "v1", "kind": "Node", "name": name, "uid": uid}]},
-                "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": renew},
-            })  # fmt: skip
+            self.coordination.create_namespaced_lease(
+                "kube-node-lease",
+                {
+                    "metadata": {
+                        "name": name,
+                        "ownerReferences": [
+                            {"apiVersion": "v1", "kind": "Node", "name": name, "uid": uid}
+                        ],
+                    },
+                    "spec": {
+                        "holderIdentity": name,
+                        "leaseDurationSeconds": 40,
+                        "renewTime": renew,
+                    },
+                },
+            )
 
     def _heartbeat(self) -> None:
         while not self.stopped.wait(HEARTBEAT_SECONDS):
@@ -570,9 +645,11 @@ class NodeAgent:
                     self.sync(pod)
                 self._forget_missing(node, {p["metadata"]["uid"] for p in listing["items"]})
                 stream = watch.Watch().stream(
-                    self.core.list_pod_for_all_namespaces, field_selector=selector,
-                    resource_version=listing["metadata"]["resourceVersion"], timeout_seconds=30,
-                )  # fmt: skip
+                    self.core.list_pod_for_all_namespaces,
+                    field_selector=selector,
+                    resource_version=listing["metadata"]["resourceVersion"],
+                    timeout_seconds=30,
+                )
                 for event in stream:
                     if event["type"] == "ERROR":
                         break
@@ -627,9 +704,11 @@ class NodeAgent:
 
     def annotate(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
         self.core.patch_namespaced_pod(
-            name, namespace, {"metadata": {"annotations": dict(annotations)}},
+            name,
+            namespace,
+            {"metadata": {"annotations": dict(annotations)}},
             _content_type=MERGE_PATCH,
-        )  # fmt: skip
+        )
 
     # -- volumes ---------------------------------------------------------------------------
     def materialize_volumes(
@@ -663,9 +742,13 @@ class NodeAgent:
                     token = self._project(pod, source, path) or token
             else:
                 kind = next((k for k in volume if k != "name"), "?")
-                raise PodSpecError("CreateContainerConfigError", (
-                    f"volume {name!r}: {kind} volumes do not run locally; use emptyDir, hostPath, "
-                    "persistentVolumeClaim, configMap, secret, projected or image"))  # fmt: skip
+                raise PodSpecError(
+                    "CreateContainerConfigError",
+                    (
+                        f"volume {name!r}: {kind} volumes do not run locally; use emptyDir, hostPath, "
+                        "persistentVolumeClaim, configMap, secret, projected or image"
+                    ),
+                )
             paths[name] = path
         return paths, token
 
@@ -701,8 +784,11 @@ class NodeAgent:
 
         host = reference.split("/", 1)[0]
         if not host.startswith(("127.0.0.1:", "localhost:")):
-            raise PodSpecError("ErrImagePull", f"image volume {reference!r}: only a registry "
-                               "on loopback (the dev cluster's) is reached locally")  # fmt: skip
+            raise PodSpecError(
+                "ErrImagePull",
+                f"image volume {reference!r}: only a registry "
+                "on loopback (the dev cluster's) is reached locally",
+            )
         folder = self.config.root / "images" / hashlib.sha256(reference.encode()).hexdigest()[:16]
         if folder.is_dir():
             return folder
@@ -756,8 +842,11 @@ class NodeAgent:
             ):
                 data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
         elif ref := source.get("downwardAPI"):
-            data = {item["path"]: field_value(pod, item["fieldRef"]["fieldPath"]).encode()
-                    for item in ref.get("items") or [] if "fieldRef" in item}  # fmt: skip
+            data = {
+                item["path"]: field_value(pod, item["fieldRef"]["fieldPath"]).encode()
+                for item in ref.get("items") or []
+                if "fieldRef" in item
+            }
             ref = {"items": [{"key": k, "path": k} for k in data]}
         items = ref.get("items") if ref else None
         for key, relative in (
@@ -773,13 +862,24 @@ class NodeAgent:
     def request_token(self, pod: Mapping[str, Any], audience: str | None, seconds: int) -> str:
         """A real token for the pod's ServiceAccount, bound to the pod (the TokenRequest API)."""
         meta = pod["metadata"]
-        body = {"spec": {"audiences": [audience] if audience else [], "expirationSeconds": seconds,
-                         "boundObjectRef": {"apiVersion": "v1", "kind": "Pod",
-                                            "name": meta["name"], "uid": meta["uid"]}}}  # fmt: skip
+        body = {
+            "spec": {
+                "audiences": [audience] if audience else [],
+                "expirationSeconds": seconds,
+                "boundObjectRef": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                },
+            }
+        }
         reply = self.core.create_namespaced_service_account_token(
-            pod["spec"].get("serviceAccountName") or "default", meta["namespace"], body,
+            pod["spec"].get("serviceAccountName") or "default",
+            meta["namespace"],
+            body,
             _preload_content=False,
-        )  # fmt: skip
+        )
         token: str = json.loads(reply.data)["status"]["token"]
         return token
 
@@ -787,12 +887,21 @@ class NodeAgent:
         """In-cluster config reads fixed paths a local process cannot have; a kubeconfig with
         the pod's own token gives it the same identity."""
         return {
-            "apiVersion": "v1", "kind": "Config", "current-context": "pod",
-            "clusters": [{"name": "dev", "cluster": {
-                "server": self.config.server, "certificate-authority": self.config.ca_file}}],
+            "apiVersion": "v1",
+            "kind": "Config",
+            "current-context": "pod",
+            "clusters": [
+                {
+                    "name": "dev",
+                    "cluster": {
+                        "server": self.config.server,
+                        "certificate-authority": self.config.ca_file,
+                    },
+                }
+            ],
             "users": [{"name": "pod", "user": {"token": token}}],
             "contexts": [{"name": "pod", "context": {"cluster": "dev", "user": "pod"}}],
-        }  # fmt: skip
+        }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -812,13 +921,19 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     configuration = client.Configuration()
     config.load_kube_config(config_file=args.kubeconfig, client_configuration=configuration)
-    images = {os.environ[var]: kind for var, kind in (
-        ("FOGLINE_TRAINER_IMAGE", "trainer"), ("FOGLINE_SERVER_IMAGE", "server"))
-        if os.environ.get(var)}  # fmt: skip
-    agent_config = AgentConfig(root=args.root.resolve(), server=configuration.host,
-                               ca_file=configuration.ssl_ca_cert,
-                               sites=tuple(args.site or ("site-01",)),
-                               gpus=args.gpus, configured_images=images)  # fmt: skip
+    images = {
+        os.environ[var]: kind
+        for var, kind in (("FOGLINE_TRAINER_IMAGE", "trainer"), ("FOGLINE_SERVER_IMAGE", "server"))
+        if os.environ.get(var)
+    }
+    agent_config = AgentConfig(
+        root=args.root.resolve(),
+        server=configuration.host,
+        ca_file=configuration.ssl_ca_cert,
+        sites=tuple(args.site or ("site-01",)),
+        gpus=args.gpus,
+        configured_images=images,
+    )
     agent = NodeAgent(agent_config, client.ApiClient(configuration))
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: agent.stopped.set())

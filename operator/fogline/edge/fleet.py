@@ -24,10 +24,19 @@ from fogline.rollout import NodeObservation, PodObservation, RolloutPlan, SiteOb
 UPDATE_LOCK_ANNOTATION = "fogline.io/update-lock"
 MAINTENANCE_LABEL = "fogline.io/maintenance"
 # Container states from which a pod will not become healthy by waiting.
-FAILING_REASONS = frozenset({
-    "CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "InvalidImageName",
-    "CreateContainerConfigError", "CreateContainerError", "RunContainerError", "UnknownImage",
-})  # fmt: skip
+FAILING_REASONS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "ErrImageNeverPull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+        "UnknownImage",
+    }
+)
 
 
 def selects(node: Mapping[str, Any], selector: Mapping[str, str]) -> bool:
@@ -325,8 +334,15 @@ def build_status(
     previous = [c.to_dict() for c in edge.status.conditions or ()]
     generation = edge.generation
     available = plan.phase in ("Available", "Degraded")
-    conditions = set_condition(previous, "ModelResolved", True, "ArtifactResolved",
-                               f"serving {short_digest(memory.target_digest)} from {target_uri}", generation, now)  # fmt: skip
+    conditions = set_condition(
+        previous,
+        "ModelResolved",
+        True,
+        "ArtifactResolved",
+        f"serving {short_digest(memory.target_digest)} from {target_uri}",
+        generation,
+        now,
+    )
     conditions = set_condition(
         conditions, "Available", available, plan.phase, plan.message or plan.phase, generation, now
     )

@@ -280,9 +280,12 @@ def _verdict(
     if _job_condition(job, "Complete") or _job_condition(job, "SuccessCriteriaMet"):
         summary = _summary(pods, "Succeeded")
         if summary is None:
-            return _Verdict("Failed", "ResultMissing",
-                            "the training Job completed but its rank-0 pod left no termination "
-                            "message; is the image a Fogline trainer?")  # fmt: skip
+            return _Verdict(
+                "Failed",
+                "ResultMissing",
+                "the training Job completed but its rank-0 pod left no termination "
+                "message; is the image a Fogline trainer?",
+            )
         return _success(training, summary)
     if _job_condition(job, "Failed") or _job_condition(job, "FailureTarget"):
         return _failure(job, pods)
@@ -292,8 +295,11 @@ def _verdict(
                 "Suspended", "Suspended", "spec.runPolicy.suspend is true; the Job is paused"
             )
         if training.spec.queue_name:
-            return _Verdict("Queued", "Queued",
-                            f"waiting for Kueue to admit the Job in queue {training.spec.queue_name!r}")  # fmt: skip
+            return _Verdict(
+                "Queued",
+                "Queued",
+                f"waiting for Kueue to admit the Job in queue {training.spec.queue_name!r}",
+            )
     if message := _unschedulable(pods):
         return _Verdict("Pending", "Unschedulable", message)
     if any((p.get("status") or {}).get("phase") == "Running" for p in pods):
@@ -317,17 +323,29 @@ def observe_training(
 
     scheduled = verdict.reason != "Unschedulable"
     if job is not None or not scheduled:
-        conditions = set_condition(conditions, "Scheduled", scheduled,
-                                   "Scheduled" if scheduled else "Unschedulable",
-                                   "training pods were placed" if scheduled else verdict.message,
-                                   generation, now)  # fmt: skip
+        conditions = set_condition(
+            conditions,
+            "Scheduled",
+            scheduled,
+            "Scheduled" if scheduled else "Unschedulable",
+            "training pods were placed" if scheduled else verdict.message,
+            generation,
+            now,
+        )
     progressing = phase in ("Pending", "Queued", "Running")
     conditions = set_condition(
         conditions, "Progressing", progressing, verdict.reason, verdict.message, generation, now
     )
     succeeded: bool | str = {"Succeeded": True, "Failed": False}.get(phase, "Unknown")
-    conditions = set_condition(conditions, "Succeeded", succeeded if succeeded != "Unknown" else "Unknown",  # type: ignore[arg-type]
-                               verdict.reason, verdict.message, generation, now)  # fmt: skip
+    conditions = set_condition(
+        conditions,
+        "Succeeded",
+        succeeded if succeeded != "Unknown" else "Unknown",  # type: ignore[arg-type]
+        verdict.reason,
+        verdict.message,
+        generation,
+        now,
+    )
 
     job_status = (job or {}).get("status") or {}
     started = parse_time(job_status.get("startTime"))
