@@ -24,11 +24,11 @@ from kubernetes import client, config, watch
 from tests.operator_process import OperatorProcess
 from urllib3.exceptions import ProtocolError
 
+from fogline.api.crds import GROUP
 from fogline.devcluster import DevCluster, Topology
 
 REPO = Path(__file__).resolve().parents[1]
 CRD_DIR = REPO / "crds"
-GROUP, VERSION = "fogline.io", "v1alpha1"
 OPERATOR_NAMESPACE = "fogline-system"
 OPERATOR_ACCOUNT = "fogline-operator"
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"

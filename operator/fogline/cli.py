@@ -1,12 +1,25 @@
 """The `fogline` command: one entry point whose subcommands forward to the room that owns
-them. This module parses only the first word; each room parses its own flags."""
+them. This module parses only the first word; each room parses its own flags, with the
+`UsageParser` below. Standard library only: every image runs through this module."""
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
+
+EXIT_USAGE = 2
+
+
+class UsageParser(argparse.ArgumentParser):
+    """argparse whose bad flags end as one `error: ...` line and exit status 2, without the
+    usage block (the subcommand's `--help` has it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {message}\n")
 
 
 @dataclass(frozen=True)
@@ -57,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = SUBCOMMANDS.get(args[0])
     if sub is None:
         print(f"error: unknown command {args[0]!r}\n\n{usage()}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     try:
         module = importlib.import_module(sub.module)
         entry: Callable[[list[str]], int] = module.main

@@ -16,12 +16,12 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.utils.keepalive import tcp_keepalive_socket_options
 
+from fogline.api.crds import GROUP, VERSION
+
 if TYPE_CHECKING:
     from fogline.controllers.metrics import OperatorMetrics
 
 FIELD_MANAGER = "fogline"
-GROUP = "fogline.io"
-VERSION = "v1alpha1"
 
 # apiVersion/kind -> (path prefix, plural, namespaced) for the kinds the operator manages.
 _KINDS: dict[tuple[str, str], tuple[str, str, bool]] = {

@@ -10,13 +10,18 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any
 
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-GROUP, VERSION = "fogline.io", "v1alpha1"
+from fogline.api.crds import GROUP, VERSION
+from fogline.api.digests import SHORT_LENGTH, is_digest
+from fogline.api.digests import short_digest as _short_form
+from fogline.api.timestamps import parse_time
+from fogline.cli import UsageParser
+
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 # Condition types that report a problem when True; any other condition does when False.
 NEGATIVE_CONDITIONS = frozenset({"Degraded", "Failed", "Stalled", "RolledBack"})
@@ -36,15 +41,6 @@ class StatusError(Exception):
 # -- pure summaries ------------------------------------------------------------------------
 
 
-def parse_time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
 def duration(seconds: float) -> str:
     """kubectl-style: 45s, 3m12s, 2h5m, 3d4h."""
     seconds = max(0, int(seconds))
@@ -58,7 +54,11 @@ def duration(seconds: float) -> str:
 
 
 def short_digest(digest: str | None) -> str:
-    return digest.removeprefix("sha256:")[:12] if digest else "-"
+    """A digest cell: the one short form (fogline.api.digests), "-" for none, and a value
+    that is no digest cut to the same width rather than failing the whole table."""
+    if not digest:
+        return "-"
+    return _short_form(digest) if is_digest(digest) else digest[:SHORT_LENGTH]
 
 
 def failing_message(conditions: Sequence[Mapping[str, Any]] | None) -> str | None:
@@ -291,13 +291,8 @@ def as_json(
 # -- the command -----------------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = UsageParser(
         prog="fogline status",
         description="Show ModelTrainings and EdgeDeployments (with per-site rollout state).",
         epilog="Exit codes: 0 shown, 1 the cluster could not be read, 2 bad flags.",

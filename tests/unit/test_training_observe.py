@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 
 from fogline.api.conditions import rfc3339
+from fogline.api.labels import PROGRESS_ANNOTATION
 from fogline.api.modeltraining import ModelTraining
-from fogline.training.jobs import PROGRESS_ANNOTATION, plan_run
+from fogline.training.jobs import plan_run
 from fogline.training.observe import (
     COMPLETION_INDEX_ANNOTATION,
     TrainingObservation,

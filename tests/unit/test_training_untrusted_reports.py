@@ -14,8 +14,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fogline.api.conditions import is_reason, rfc3339
+from fogline.api.labels import PROGRESS_ANNOTATION
 from fogline.api.modeltraining import ModelTraining
-from fogline.training.jobs import PROGRESS_ANNOTATION, plan_run
+from fogline.training.jobs import plan_run
 from fogline.training.observe import (
     COMPLETION_INDEX_ANNOTATION,
     REPORT_IGNORED,

@@ -1,7 +1,7 @@
 """Typed views of the fogline.io/v1alpha1 custom resources: parsing with the CRD's defaults,
 checks the CRD cannot make, status models and conditions. No I/O beyond reading the CRDs."""
 
-from fogline.api.conditions import Condition, find_condition, rfc3339, set_condition
+from fogline.api.conditions import Condition, find_condition, set_condition
 from fogline.api.crds import API_VERSION, GROUP, VERSION, load_crd, load_crds, openapi_schema
 from fogline.api.edgedeployment import (
     EdgeDeployment,
@@ -18,6 +18,7 @@ from fogline.api.modeltraining import (
     parse_modeltraining,
     validate_modeltraining,
 )
+from fogline.api.timestamps import parse_time, rfc3339
 
 __all__ = [
     "API_VERSION",
@@ -37,6 +38,7 @@ __all__ = [
     "openapi_schema",
     "parse_edgedeployment",
     "parse_modeltraining",
+    "parse_time",
     "rfc3339",
     "set_condition",
     "validate_edgedeployment",

@@ -6,10 +6,11 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from fogline.api.codec import decode_object, encode
+from fogline.api.timestamps import rfc3339
 
 ConditionStatus = Literal["True", "False", "Unknown"]
 
@@ -44,13 +45,6 @@ class Condition:
 def is_reason(value: str) -> bool:
     """True for a reason a condition accepts: CamelCase, as metav1.Condition requires."""
     return _REASON.match(value) is not None
-
-
-def rfc3339(now: datetime) -> str:
-    """`now` as the RFC 3339 UTC timestamp with second precision that metav1.Time uses."""
-    if now.tzinfo is None:
-        raise ValueError("now must be timezone-aware; pass datetime.now(UTC)")
-    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _as_condition(value: Condition | Mapping[str, Any]) -> Condition:

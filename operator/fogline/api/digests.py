@@ -1,10 +1,17 @@
 """Artifact digests as the contract writes them: sha256:<64 lowercase hex> of the artifact's
 canonical manifest. Parsing, shortening and naming only; computing digests belongs to the
-workloads."""
+workloads.
+
+The short form, `short_digest`, is the one way a digest is shown to people: its first 12 hex
+characters without the `sha256:` prefix (as `docker images` shows image IDs). The printer
+columns (`artifactDigestShort`, `currentDigestShort`), `fogline status`, and the messages and
+Events of training and of the edge status use it. The rollout planner, which imports no other
+room, still writes `sha256:` and 12 hex characters in its own messages."""
 
 from __future__ import annotations
 
 import re
+from typing import overload
 
 DIGEST_PATTERN = re.compile(r"^sha256:[a-f0-9]{64}$")
 SHORT_LENGTH = 12
@@ -23,8 +30,12 @@ def oci_tag(digest: str) -> str:
     return digest.replace(":", "-")
 
 
+@overload
+def short_digest(digest: str) -> str: ...
+@overload
+def short_digest(digest: None) -> None: ...
 def short_digest(digest: str | None) -> str | None:
-    """The first 12 hex characters of a digest, for printer columns; None stays None."""
+    """The short form of a digest (12 hex characters, no prefix); None stays None."""
     if digest is None:
         return None
     if not is_digest(digest):

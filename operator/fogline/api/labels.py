@@ -1,5 +1,10 @@
-"""Label syntax (qualified keys and values) and the node labels and annotations Fogline
-reads at the edge and in the GPU pool. Checks only; nothing here talks to the API."""
+"""Label syntax (qualified keys and values) and the labels and annotations that Fogline reads
+but others write: on nodes at the edge and in the GPU pool, and the trainer's progress on
+its pod. This is their one home in the operator; the labels Fogline stamps on the objects
+it builds live beside their builder (`edge/daemonsets.py`, `training/jobs.py`). The trainer
+image and the dev cluster spell their side of the same keys themselves (they import no
+operator room); tests/unit/test_label_contract.py holds the two sides together. Checks
+only; nothing here talks to the API."""
 
 from __future__ import annotations
 

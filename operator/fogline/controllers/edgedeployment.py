@@ -17,8 +17,10 @@ from typing import Any
 import kopf
 
 from fogline.api.conditions import set_condition
+from fogline.api.crds import GROUP, VERSION
 from fogline.api.edgedeployment import EdgeDeployment, validate_edgedeployment
 from fogline.api.errors import SpecError
+from fogline.api.labels import MAINTENANCE_LABEL, UPDATE_LOCK_ANNOTATION
 from fogline.api.status import status_patch
 from fogline.controllers.runtime import OperatorState, spec_may_have_changed, state_of, utcnow
 from fogline.controllers.workqueue import Key
@@ -33,8 +35,6 @@ from fogline.edge.daemonsets import (
     daemonset_name,
 )
 from fogline.edge.fleet import (
-    MAINTENANCE_LABEL,
-    UPDATE_LOCK_ANNOTATION,
     WorkloadRefusal,
     build_status,
     daemonset_essence,
@@ -49,7 +49,6 @@ from fogline.edge.fleet import (
     workload_refusal,
 )
 from fogline.edge.networkpolicy import build_edge_network_policy
-from fogline.kube import GROUP, VERSION
 from fogline.rollout import RolloutMemory, RolloutPolicy, plan_rollout
 
 logger = logging.getLogger(__name__)

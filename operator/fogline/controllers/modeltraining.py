@@ -11,11 +11,11 @@ from typing import Any
 
 import kopf
 
+from fogline.api.crds import GROUP, VERSION
 from fogline.api.errors import SpecError
 from fogline.api.modeltraining import ModelTraining, validate_modeltraining
 from fogline.api.status import status_patch
 from fogline.controllers.runtime import OperatorState, spec_may_have_changed, state_of, utcnow
-from fogline.kube import GROUP, VERSION
 from fogline.training.jobs import (
     COMPONENT_LABEL,
     MANAGED_BY,

@@ -10,9 +10,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from fogline.api.conditions import rfc3339, set_condition
+from fogline.api.conditions import set_condition
 from fogline.api.digests import is_digest, short_digest
 from fogline.api.edgedeployment import EdgeDeployment, sites_ready_text
+from fogline.api.labels import MAINTENANCE_LABEL, UPDATE_LOCK_ANNOTATION
+from fogline.api.timestamps import parse_time, rfc3339
 from fogline.edge.daemonsets import (
     DIGEST_ANNOTATION,
     TEMPLATE_HASH_ANNOTATION,
@@ -21,8 +23,6 @@ from fogline.edge.daemonsets import (
 )
 from fogline.rollout import NodeObservation, PodObservation, RolloutPlan, SiteObservation
 
-UPDATE_LOCK_ANNOTATION = "fogline.io/update-lock"
-MAINTENANCE_LABEL = "fogline.io/maintenance"
 # Container states from which a pod will not become healthy by waiting.
 FAILING_REASONS = frozenset(
     {
@@ -236,11 +236,8 @@ def _event_time(event: Mapping[str, Any]) -> datetime | None:
         event.get("eventTime"),
         event.get("firstTimestamp"),
     ):
-        if isinstance(value, str) and value:
-            try:
-                return datetime.fromisoformat(value.replace("Z", "+00:00"))
-            except ValueError:
-                continue
+        if isinstance(value, str) and (moment := parse_time(value)) is not None:
+            return moment
     return None
 
 

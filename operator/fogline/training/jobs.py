@@ -18,7 +18,6 @@ TRAINING_LABEL = "fogline.io/modeltraining"
 RUN_LABEL = "fogline.io/run"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 KUEUE_QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
-PROGRESS_ANNOTATION = "fogline.io/progress"
 PVC_ROOT = "/mnt/pvc"
 # Where a run to be published (s3://, oci://) is packaged before the upload: a scratch volume.
 STAGING_ROOT = "/var/lib/fogline/artifact"

@@ -9,11 +9,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from fogline.api.conditions import is_reason, rfc3339, set_condition
+from fogline.api.conditions import is_reason, set_condition
 from fogline.api.digests import is_digest, short_digest
+from fogline.api.labels import PROGRESS_ANNOTATION
 from fogline.api.modeltraining import ModelTraining
+from fogline.api.timestamps import parse_time, rfc3339
 from fogline.training import reports
-from fogline.training.jobs import PROGRESS_ANNOTATION, TrainingRun
+from fogline.training.jobs import TrainingRun
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
@@ -59,12 +61,6 @@ class _Summary:
     document: Mapping[str, Any] | None
     excerpt: str | None = None
     problems: tuple[str, ...] = ()
-
-
-def parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
 def _job_condition(job: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:

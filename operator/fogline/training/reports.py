@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from fogline.api.conditions import is_reason, rfc3339
+from fogline.api.conditions import is_reason
 from fogline.api.digests import is_digest
+from fogline.api.timestamps import rfc3339
 
 # The kubelet keeps at most 4096 bytes of a termination message; an annotation the trainer
 # writes is about 200 bytes. Anything much larger is not a report worth parsing.

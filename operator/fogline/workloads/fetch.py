@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import IO, Any, NoReturn, Protocol
+from typing import IO, Any, Protocol
 from urllib.parse import quote, unquote, urlsplit
 from urllib.request import getproxies, proxy_bypass
 
@@ -34,6 +34,7 @@ from urllib3.exceptions import MaxRetryError
 from urllib3.util import Retry, Timeout
 
 from fogline.api.digests import is_digest, oci_tag
+from fogline.cli import UsageParser
 from fogline.workloads import encryption, signatures
 from fogline.workloads.manifest import (
     MANIFEST_FILE,
@@ -1002,13 +1003,8 @@ def write_termination_message(reason: str, message: str, environ: dict[str, str]
         path.write_text(document)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = UsageParser(
         prog="fogline fetch",
         description="Fetch an artifact into a digest-keyed cache, verify it, copy it to --dest.",
     )

@@ -16,8 +16,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import NoReturn
 
+from fogline.cli import UsageParser
 from fogline.workloads.manifest import ArtifactError, parse_digest
 from fogline.workloads.server.batching import InferenceRunner
 from fogline.workloads.server.dataplane import DataPlane
@@ -49,11 +49,6 @@ class ServeConfig:
     model_key_file: Path | None = None
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"error: {message}\n")
-
-
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -76,7 +71,7 @@ def _positive_seconds(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = UsageParser(
         prog="fogline serve",
         description="Serve a verified ONNX artifact over the Open Inference Protocol v2 (REST).",
     )
