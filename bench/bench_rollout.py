@@ -28,9 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import kopf
 from bench.fleet import (
-    GROUP,
     OPERATOR_ENV,
-    VERSION,
     ApiRequest,
     FirstSeen,
     Informer,
@@ -46,6 +44,7 @@ from bench.fleet import (
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
+from fogline.api.crds import GROUP, VERSION
 from fogline.api.edgedeployment import EdgeDeployment
 from fogline.devcluster import Topology
 from fogline.edge.daemonsets import (

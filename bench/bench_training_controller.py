@@ -18,9 +18,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fleet import (
-    GROUP,
     OPERATOR_ENV,
-    VERSION,
     FirstSeen,
     MeasuredCluster,
     audit_now,
@@ -35,6 +33,7 @@ from bench.fleet import (
 )
 from kubernetes import client
 
+from fogline.api.crds import GROUP, VERSION
 from fogline.api.modeltraining import ModelTraining
 from fogline.devcluster import Topology
 from fogline.settings import OperatorSettings

@@ -11,8 +11,6 @@ from typing import Any, NamedTuple
 
 import pytest
 from bench.fleet import (
-    GROUP,
-    VERSION,
     ApiRequest,
     FirstSeen,
     MeasuredCluster,
@@ -24,6 +22,7 @@ from bench.fleet import (
 )
 from kubernetes import client
 
+from fogline.api.crds import GROUP, VERSION
 from fogline.devcluster import Topology
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

@@ -18,8 +18,6 @@ from typing import Any
 import pytest
 import urllib3
 from bench.fleet import (
-    GROUP,
-    VERSION,
     MeasuredCluster,
     audit_now,
     by_verb_and_resource,
@@ -29,6 +27,7 @@ from bench.fleet import (
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from fogline.api.crds import GROUP, VERSION
 from fogline.devcluster import Topology
 from tests.conftest import wait_for
 
