@@ -54,7 +54,7 @@ from fogline.edge.daemonsets import (
     build_site_daemonset,
     daemonset_name,
 )
-from fogline.edge.fleet import pod_ready
+from fogline.edge.observe import pod_ready
 from fogline.kube import FIELD_MANAGER
 from fogline.rollout import wave_width
 from fogline.settings import OperatorSettings

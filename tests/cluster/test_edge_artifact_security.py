@@ -25,7 +25,7 @@ from kubernetes import client
 
 from fogline.devcluster.stores import StoreEndpoints
 from fogline.edge.daemonsets import EDGE_LABEL
-from fogline.edge.fleet import observe_sites, pod_failure
+from fogline.edge.observe import observe_sites, pod_failure
 from fogline.rollout import RolloutMemory, RolloutPolicy, plan_rollout
 from fogline.workloads import signatures
 from fogline.workloads.manifest import manifest_digest

@@ -32,7 +32,7 @@ from fogline.devcluster.nodeagent import container_log_path
 from fogline.devcluster.stores import ArtifactStores, StoreEndpoints
 from fogline.devcluster.topology import EDGE_TAINT, LOCAL_EDGE_NODE
 from fogline.edge.daemonsets import EDGE_LABEL, ModelRef, build_site_daemonset
-from fogline.edge.fleet import observe_sites, pod_failure
+from fogline.edge.observe import observe_sites, pod_failure
 from fogline.kube import GROUP, VERSION
 from fogline.rollout import RolloutMemory, RolloutPolicy, plan_rollout
 from fogline.settings import OperatorSettings

@@ -11,17 +11,10 @@ import pytest
 
 from fogline.api.conditions import rfc3339
 from fogline.api.edgedeployment import EdgeDeployment
+from fogline.api.labels import MAINTENANCE_LABEL, UPDATE_LOCK_ANNOTATION
 from fogline.edge.daemonsets import DIGEST_ANNOTATION, ModelRef, daemonset_name
-from fogline.edge.fleet import (
-    MAINTENANCE_LABEL,
-    UPDATE_LOCK_ANNOTATION,
-    next_history,
-    observe_sites,
-    pod_failure,
-    resolve_model,
-    rollback_targets,
-    workload_refusal,
-)
+from fogline.edge.observe import observe_sites, pod_failure, resolve_model, workload_refusal
+from fogline.edge.status import next_history, rollback_targets
 from fogline.rollout import NodeObservation, PodObservation, SiteObservation
 
 pytestmark = pytest.mark.unit

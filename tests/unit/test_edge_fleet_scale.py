@@ -11,19 +11,10 @@ from typing import Any
 import pytest
 
 from fogline.api.edgedeployment import EdgeDeployment
+from fogline.api.labels import MAINTENANCE_LABEL, UPDATE_LOCK_ANNOTATION
 from fogline.edge.daemonsets import DIGEST_ANNOTATION, TEMPLATE_HASH_ANNOTATION
-from fogline.edge.fleet import (
-    MAINTENANCE_LABEL,
-    MAX_SITE_ROWS,
-    UPDATE_LOCK_ANNOTATION,
-    bounded_site_rows,
-    build_status,
-    daemonset_essence,
-    node_essence,
-    observe_sites,
-    pod_essence,
-    progress_only,
-)
+from fogline.edge.observe import daemonset_essence, node_essence, observe_sites, pod_essence
+from fogline.edge.status import MAX_SITE_ROWS, bounded_site_rows, build_status, progress_only
 from fogline.rollout import RolloutMemory, RolloutPolicy, plan_rollout
 from fogline.rollout.planner import site_names_text
 

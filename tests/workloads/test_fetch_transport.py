@@ -23,7 +23,7 @@ import pytest
 
 from fogline.api.edgedeployment import EdgeDeployment
 from fogline.edge.daemonsets import ModelRef, build_site_daemonset
-from fogline.edge.fleet import next_history, rollback_targets
+from fogline.edge.status import next_history, rollback_targets
 from fogline.settings import OperatorSettings
 from fogline.workloads.fetch import _locked, main
 from fogline.workloads.manifest import manifest_digest, verify_artifact

@@ -34,22 +34,20 @@ from fogline.edge.daemonsets import (
     build_site_daemonset,
     daemonset_name,
 )
-from fogline.edge.fleet import (
+from fogline.edge.networkpolicy import build_edge_network_policy
+from fogline.edge.observe import (
     WorkloadRefusal,
-    build_status,
     daemonset_essence,
-    next_history,
     node_essence,
     node_ready,
     observe_sites,
     pod_essence,
-    progress_only,
     resolve_model,
-    rollback_targets,
+    rollout_policy,
     workload_refusal,
 )
-from fogline.edge.networkpolicy import build_edge_network_policy
-from fogline.rollout import RolloutMemory, RolloutPolicy, plan_rollout
+from fogline.edge.status import build_status, next_history, progress_only, rollback_targets
+from fogline.rollout import RolloutMemory, plan_rollout
 
 logger = logging.getLogger(__name__)
 EDGE_SELECTOR = {**MANAGED_BY, COMPONENT_LABEL: "edge-server"}
@@ -194,25 +192,14 @@ async def _reconcile(state: OperatorState, kopf_body: kopf.Body) -> float | None
     nodes = [node for bodies in state.indexes["edge_nodes"].values() for node in bodies]
     daemonsets = list(state.indexes["edge_daemonsets"].get(key, []))
     sites = observe_sites(edge, nodes, pods, _refusals(state, edge.namespace, daemonsets))
-    rollout = edge.spec.rollout
-    policy = RolloutPolicy(
-        canary_sites=rollout.canary_sites,
-        max_unavailable=rollout.max_unavailable,
-        pause_seconds=float(rollout.pause_seconds),
-        progress_deadline_seconds=float(rollout.progress_deadline_seconds),
-        auto_rollback=rollout.auto_rollback,
-        paused=rollout.paused,
-        disconnected=rollout.disconnected_sites,
-        retry=rollout.retry,
-    )
-    plan = plan_rollout(sites, policy, memory, model.digest, now)
+    plan = plan_rollout(sites, rollout_policy(edge.spec.rollout), memory, model.digest, now)
 
     history_in = list((body.get("status") or {}).get("history") or [])
     uris = {h.get("digest"): h.get("uri") for h in history_in if h.get("digest")}
     uris[model.digest] = model.uri
 
     await _apply_daemonsets(state, kopf_body, edge, plan.site_digests, uris, history_in)
-    if rollout.replace_in_place:
+    if edge.spec.rollout.replace_in_place:
         await _replace_pods(state, edge, pods, plan.replace_pods_on)
     # The calls above may have waited out an API outage: a wave this plan starts starts
     # when its DaemonSets were written, not when the plan was made, or the outage would

@@ -18,7 +18,7 @@ import kopf
 from fogline.controllers.announcer import Announcer
 from fogline.controllers.metrics import OperatorMetrics, serve_metrics
 from fogline.controllers.workqueue import Key, WorkQueue
-from fogline.edge.fleet import WorkloadRefusal
+from fogline.edge.observe import WorkloadRefusal
 from fogline.kube import KubeClient
 from fogline.settings import OperatorSettings
 

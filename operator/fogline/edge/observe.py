@@ -1,27 +1,28 @@
-"""From what the API shows (Nodes, the inference pods) to what the rollout planner reads
-(sites of nodes, each with its pod's digest and health), and from the planner's plan to
-the EdgeDeployment's status. Pure functions of their inputs; `now` is passed in."""
+"""What the rollout planner reads, from what the API shows: the selected edge Nodes grouped
+into sites, each node with its inference pod's digest and health and each site with the
+refusal of its DaemonSet; the artifact the spec resolves to; spec.rollout as the planner's
+policy; and the slim copies of Nodes, pods and DaemonSets that the operator's indexes keep.
+Pure functions of their inputs; edge/status.py turns the plan into status."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from fogline.api.conditions import set_condition
 from fogline.api.digests import is_digest, short_digest
-from fogline.api.edgedeployment import EdgeDeployment, sites_ready_text
+from fogline.api.edgedeployment import EdgeDeployment, RolloutSpec
 from fogline.api.labels import MAINTENANCE_LABEL, UPDATE_LOCK_ANNOTATION
-from fogline.api.timestamps import parse_time, rfc3339
+from fogline.api.timestamps import parse_time
 from fogline.edge.daemonsets import (
     DIGEST_ANNOTATION,
     TEMPLATE_HASH_ANNOTATION,
     ModelRef,
     daemonset_name,
 )
-from fogline.rollout import NodeObservation, PodObservation, RolloutPlan, SiteObservation
+from fogline.rollout import NodeObservation, PodObservation, RolloutPolicy, SiteObservation
 
 # Container states from which a pod will not become healthy by waiting.
 FAILING_REASONS = frozenset(
@@ -208,6 +209,8 @@ def observe_pod(pod: Mapping[str, Any]) -> PodObservation | None:
 
 # Who writes the Warnings that say a DaemonSet cannot create its pods.
 DAEMONSET_CONTROLLER = "daemonset-controller"
+
+
 REFUSAL_MESSAGE_LIMIT = 1024
 
 
@@ -318,140 +321,21 @@ def observe_sites(
     return result
 
 
-def build_status(
-    edge: EdgeDeployment,
-    plan: RolloutPlan,
-    target_uri: str,
-    history: Sequence[Mapping[str, Any]],
-    now: datetime,
-) -> dict[str, Any]:
-    """The status merge patch for a plan."""
-    memory = plan.memory
-    counts = plan.counts
-    previous = [c.to_dict() for c in edge.status.conditions or ()]
-    generation = edge.generation
-    available = plan.phase in ("Available", "Degraded")
-    conditions = set_condition(
-        previous,
-        "ModelResolved",
-        True,
-        "ArtifactResolved",
-        f"serving {short_digest(memory.target_digest)} from {target_uri}",
-        generation,
-        now,
+def rollout_policy(spec: RolloutSpec) -> RolloutPolicy:
+    """spec.rollout as the planner reads it: the one place where the API's fields meet the
+    planner's (`disconnectedSites` is its `disconnected`; `pausedSites` and `replaceInPlace`
+    are not the planner's to read: observe_sites marks the paused sites and the controller
+    replaces the pods)."""
+    return RolloutPolicy(
+        canary_sites=spec.canary_sites,
+        max_unavailable=spec.max_unavailable,
+        pause_seconds=float(spec.pause_seconds),
+        progress_deadline_seconds=float(spec.progress_deadline_seconds),
+        auto_rollback=spec.auto_rollback,
+        paused=spec.paused,
+        disconnected=spec.disconnected_sites,
+        retry=spec.retry,
     )
-    conditions = set_condition(
-        conditions, "Available", available, plan.phase, plan.message or plan.phase, generation, now
-    )
-    progressing = plan.phase in ("Progressing", "Pending")
-    conditions = set_condition(
-        conditions,
-        "Progressing",
-        progressing,
-        plan.phase,
-        plan.message or plan.phase,
-        generation,
-        now,
-    )
-    degraded = plan.phase in ("Degraded", "RolledBack", "Failed")
-    conditions = set_condition(
-        conditions, "Degraded", degraded, plan.phase, plan.message or plan.phase, generation, now
-    )
-    rows, omitted = bounded_site_rows([site.to_dict() for site in plan.sites])
-    status: dict[str, Any] = {
-        "phase": plan.phase,
-        "observedGeneration": generation,
-        "conditions": conditions,
-        "currentDigest": memory.stable_digest,
-        "currentDigestShort": short_digest(memory.stable_digest) if memory.stable_digest else None,
-        "targetDigest": memory.target_digest,
-        "targetUri": target_uri,
-        "sitesReady": sites_ready_text(counts.sites_ready, counts.sites),
-        "counts": counts.to_dict(),
-        "sites": rows,
-        "sitesOmitted": omitted or None,
-        "wave": {
-            "index": memory.wave_index,
-            # The first deployment's wave is every site: the list is bounded like status.sites.
-            "sites": list(memory.wave_sites[:MAX_SITE_ROWS]),
-            "siteCount": len(memory.wave_sites),
-            "startedAt": rfc3339(memory.wave_started_at) if memory.wave_started_at else None,
-        },
-        "failedSite": memory.failed_site,
-        "message": plan.message,
-        "history": list(history),
-        "rollout": memory.to_dict(),
-    }
-    return status
-
-
-# Status keys that move with every pod transition (a node's pod goes, its new one becomes
-# Ready) and that nothing reads back: the planner's memory lives in status.rollout. A
-# change confined to these may wait a little, so that one patch carries many transitions.
-PROGRESS_KEYS = frozenset({"counts", "sitesReady", "sites", "sitesOmitted"})
-
-
-def progress_only(patch: Mapping[str, Any]) -> bool:
-    """Whether a status patch changes only progress figures (PROGRESS_KEYS): such a patch
-    may be coalesced with the next ones; any other change (phase, wave, conditions, the
-    planner's memory, history) is written at once, carrying the progress with it."""
-    return bool(patch) and patch.keys() <= PROGRESS_KEYS
-
-
-# status.sites lists at most this many sites (the CRD allows 1,024 items): the ones that
-# need a look first (failing, updating, unreachable, pending, ...), then Ready ones by name.
-# status.counts covers every site and status.sitesOmitted says how many were left out, so
-# the object stays small at any fleet size.
-MAX_SITE_ROWS = 100
-_ROW_ORDER = {
-    state: rank
-    for rank, state in enumerate(
-        ("Failed", "Unreachable", "Updating", "RolledBack", "Skipped", "Paused", "Pending", "Ready")
-    )
-}
-
-
-def bounded_site_rows(
-    rows: Sequence[Mapping[str, Any]], limit: int = MAX_SITE_ROWS
-) -> tuple[list[dict[str, Any]], int]:
-    """At most `limit` site rows, the ones that need attention first, listed by name; and
-    how many were left out."""
-    if len(rows) <= limit:
-        return [dict(r) for r in rows], 0
-    ranked = sorted(rows, key=lambda r: (_ROW_ORDER.get(str(r.get("state")), 8), str(r["name"])))
-    kept = sorted(ranked[:limit], key=lambda r: str(r["name"]))
-    return [dict(r) for r in kept], len(rows) - limit
-
-
-def next_history(
-    history: Sequence[Mapping[str, Any]],
-    stable_digest: str | None,
-    uri: str,
-    limit: int,
-    now: datetime,
-) -> list[dict[str, Any]]:
-    """Revision history: a new entry when a digest becomes the stable one, newest first,
-    at most `limit` entries."""
-    entries = [dict(h) for h in history]
-    if not stable_digest or (entries and entries[0].get("digest") == stable_digest):
-        return entries[:limit]
-    revision = max((int(h.get("revision") or 0) for h in entries), default=0) + 1
-    entry = {"revision": revision, "digest": stable_digest, "uri": uri, "deployedAt": rfc3339(now)}
-    return [entry, *entries][:limit]
-
-
-def rollback_targets(
-    history: Sequence[Mapping[str, Any]], digest: str, limit: int
-) -> tuple[str, ...]:
-    """The digests a site serving `digest` could roll back to, most recent first, at most
-    `limit`: what status.history lists as deployed before `digest` first was. Counting from its
-    oldest entry keeps the answer the same when `digest` becomes stable (a new entry on top), so
-    the DaemonSet's template, which carries the answer, does not change then."""
-    digests = [h.get("digest") for h in history]
-    if digest in digests:
-        digests = digests[len(digests) - digests[::-1].index(digest) :]
-    older = [d for d in digests if isinstance(d, str) and d != digest]
-    return tuple(dict.fromkeys(older))[:limit]
 
 
 def resolve_model(

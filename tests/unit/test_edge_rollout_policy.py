@@ -1,0 +1,57 @@
+"""spec.rollout becomes the planner's policy in one place (edge/observe.py): every knob the
+planner reads arrives, from the CR as the API parses it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fogline.api.edgedeployment import EdgeDeploymentSpec
+from fogline.edge.observe import rollout_policy
+from fogline.rollout import RolloutPolicy
+
+pytestmark = pytest.mark.unit
+
+DIGEST = "sha256:" + "a" * 64
+
+
+def spec(**rollout: object) -> EdgeDeploymentSpec:
+    model = {"uri": "https://models.example/m", "digest": DIGEST}
+    return EdgeDeploymentSpec.from_dict({"model": model, "rollout": rollout})
+
+
+def test_the_crds_defaults_are_the_planners_defaults() -> None:
+    assert rollout_policy(spec().rollout) == RolloutPolicy()
+
+
+def test_every_rollout_knob_reaches_the_planner() -> None:
+    chosen = spec(
+        canarySites=2,
+        maxUnavailable="30%",
+        pauseSeconds=45,
+        progressDeadlineSeconds=120,
+        autoRollback=False,
+        paused=True,
+        disconnectedSites="Wait",
+        retry=3,
+    )
+    policy = rollout_policy(chosen.rollout)
+    assert policy == RolloutPolicy(
+        canary_sites=2,
+        max_unavailable="30%",
+        pause_seconds=45.0,
+        progress_deadline_seconds=120.0,
+        auto_rollback=False,
+        paused=True,
+        disconnected="Wait",
+        retry=3,
+    )
+    # Each field differs from its default, so a knob that were dropped would show here.
+    defaults = RolloutPolicy()
+    unchanged = [
+        f.name
+        for f in dataclasses.fields(RolloutPolicy)
+        if getattr(policy, f.name) == getattr(defaults, f.name)
+    ]
+    assert unchanged == []
