@@ -22,8 +22,13 @@ def _free_port() -> int:
 
 
 class OperatorProcess:
-    def __init__(self, kubeconfig: Path, log_dir: Path, extra_env: dict[str, str] | None = None,
-                 args: tuple[str, ...] = ("--standalone", "-A")) -> None:  # fmt: skip
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log_dir: Path,
+        extra_env: dict[str, str] | None = None,
+        args: tuple[str, ...] = ("--standalone", "-A"),
+    ) -> None:
         self.kubeconfig = kubeconfig
         self.log_dir = log_dir
         self.extra_env = extra_env or {}
@@ -43,11 +48,20 @@ class OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), **self.extra_env}
         log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "fogline.cli", "run", *self.args,
-             f"--liveness=http://127.0.0.1:{port}/healthz",
-             f"--metrics-port={self.metrics_url.split(':')[2].split('/')[0]}"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "fogline.cli",
+                "run",
+                *self.args,
+                f"--liveness=http://127.0.0.1:{port}/healthz",
+                f"--metrics-port={self.metrics_url.split(':')[2].split('/')[0]}",
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -17,8 +17,11 @@ def helm(
 ) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [str(cluster.bin_dir / "helm"), *args, "--kubeconfig", str(cluster.kubeconfig)],
-        capture_output=True, text=True, check=False, timeout=180,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=180,
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
     return result

@@ -50,8 +50,11 @@ def namespace(cluster: ClusterHandle) -> Iterator[str]:
     core.delete_namespace(name)
     # Wait until it is gone, so that one test's pods never hold another's GPUs, and so that
     # anything that blocks deletion (a finalizer nobody removes) fails loudly here.
-    wait_for(lambda: not core.list_namespace(field_selector=f"metadata.name={name}").items,
-             timeout=60, what=f"namespace {name} to be deleted")  # fmt: skip
+    wait_for(
+        lambda: not core.list_namespace(field_selector=f"metadata.name={name}").items,
+        timeout=60,
+        what=f"namespace {name} to be deleted",
+    )
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,21 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 def test_demo_trains_rolls_out_and_serves_for_real(tmp_path: Path) -> None:
     summary_path = tmp_path / "summary.json"
     result = subprocess.run(
-        [sys.executable, "-m", "fogline.cli", "demo", "--dir", str(tmp_path / "demo"), "--summary", str(summary_path)],
-        capture_output=True, text=True, check=False, timeout=900,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "fogline.cli",
+            "demo",
+            "--dir",
+            str(tmp_path / "demo"),
+            "--summary",
+            str(summary_path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
     assert result.returncode == 0, f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     summary = json.loads(summary_path.read_text())
     training, rollout, inference = summary["training"], summary["rollout"], summary["inference"]

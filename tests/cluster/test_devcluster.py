@@ -198,8 +198,12 @@ def test_node_annotated_not_ready_stops_reporting_ready_and_comes_back(
 def test_an_inference_pods_model_digest_decides_its_simulated_health(
     cluster: ClusterHandle, ns: str, digest: str, ready: str, waiting: str | None
 ) -> None:
-    pod = _pod("server", tolerations=[EDGE_TOLERATION], nodeSelector={"node-role.kubernetes.io/edge": "true"},
-               annotations={"fogline.io/model-digest": digest})  # fmt: skip
+    pod = _pod(
+        "server",
+        tolerations=[EDGE_TOLERATION],
+        nodeSelector={"node-role.kubernetes.io/edge": "true"},
+        annotations={"fogline.io/model-digest": digest},
+    )
     client.CoreV1Api(cluster.api).create_namespaced_pod(ns, pod)
     seen = wait_for(
         lambda: (p := _read_pod(cluster, ns, "server")).status.phase == "Running" and p,

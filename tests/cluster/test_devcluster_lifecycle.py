@@ -37,14 +37,29 @@ def _alive(pid: int) -> bool:
 
 def test_up_status_down_leaves_no_process_and_no_file(tmp_path: Path) -> None:
     folder = tmp_path / "dc"
-    up = _fogline("devcluster", "up", "--dir", str(folder), "--gpu-nodes", "1", "--edge-sites", "1",
-                  "--nodes-per-site", "1", "--json")  # fmt: skip
+    up = _fogline(
+        "devcluster",
+        "up",
+        "--dir",
+        str(folder),
+        "--gpu-nodes",
+        "1",
+        "--edge-sites",
+        "1",
+        "--nodes-per-site",
+        "1",
+        "--json",
+    )
     assert up.returncode == 0, up.stderr
     status = json.loads(up.stdout)
     assert status["running"] is True
     assert set(status["processes"]) == {
-        "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"
-    }  # fmt: skip
+        "etcd",
+        "kube-apiserver",
+        "kube-controller-manager",
+        "kube-scheduler",
+        "kwok",
+    }
     assert (folder / "kubeconfig").exists()
     pids = json.loads((folder / "state.json").read_text())["pids"]
     # The artifact stores beside it: a bucket the writer can fill and the reader can read.

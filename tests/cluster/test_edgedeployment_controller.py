@@ -64,8 +64,11 @@ class Edges:
         return result
 
     def wait_phase(self, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:
-        return wait_for(lambda: (s := self.status(name)).get("phase") == phase and s, timeout=timeout,
-                        what=f"{name} phase {phase}")  # fmt: skip
+        return wait_for(
+            lambda: (s := self.status(name)).get("phase") == phase and s,
+            timeout=timeout,
+            what=f"{name} phase {phase}",
+        )
 
     def pods(self, name: str) -> list[Any]:
         items = self.core.list_namespaced_pod(
@@ -205,8 +208,13 @@ def test_model_that_never_becomes_ready_is_rolled_back_everywhere(ed: Edges) -> 
     status = ed.wait_phase("bad", "RolledBack", timeout=120)
     assert status["failedSite"] == "site-01"
     assert "site-01" in status["message"]
-    wait_for(lambda: all(p.metadata.annotations["fogline.io/model-digest"] == GOOD for p in ed.pods("bad"))
-             and len(ed.pods("bad")) == 6, what="every pod back on the good digest")  # fmt: skip
+    wait_for(
+        lambda: (
+            all(p.metadata.annotations["fogline.io/model-digest"] == GOOD for p in ed.pods("bad"))
+            and len(ed.pods("bad")) == 6
+        ),
+        what="every pod back on the good digest",
+    )
     assert ed.status("bad")["currentDigest"] == GOOD
     # Events are posted apart from the status patch that reports the rollback: they may lag it.
     wait_for(
@@ -224,11 +232,19 @@ def test_disconnected_site_is_skipped_and_converges_when_it_returns(ed: Edges) -
             node, {"metadata": {"annotations": {"sim.fogline.io/node-state": "NotReady"}}}
         )
     try:
-        wait_for(lambda: any(s["name"] == "site-02" and not s.get("reachable", True) for s in ed.status("offline").get("sites", [])),
-                 what="site-02 unreachable")  # fmt: skip
+        wait_for(
+            lambda: any(
+                s["name"] == "site-02" and not s.get("reachable", True)
+                for s in ed.status("offline").get("sites", [])
+            ),
+            what="site-02 unreachable",
+        )
         ed.patch_spec("offline", {"model": {"digest": NEWER}})
-        status = wait_for(lambda: (s := ed.status("offline")).get("currentDigest") == NEWER and s, timeout=90,
-                          what="the rollout to finish without site-02")  # fmt: skip
+        status = wait_for(
+            lambda: (s := ed.status("offline")).get("currentDigest") == NEWER and s,
+            timeout=90,
+            what="the rollout to finish without site-02",
+        )
         site02 = next(s for s in status["sites"] if s["name"] == "site-02")
         assert site02["state"] == "Unreachable" and site02["updated"] == 0
         on_site02 = [p for p in ed.pods("offline") if p.spec.node_name in offline]
@@ -238,8 +254,15 @@ def test_disconnected_site_is_skipped_and_converges_when_it_returns(ed: Edges) -
             ed.core.patch_node(
                 node, {"metadata": {"annotations": {"sim.fogline.io/node-state": None}}}
             )
-    wait_for(lambda: next(s for s in ed.status("offline")["sites"] if s["name"] == "site-02").get("ready") == 2
-             and ed.status("offline")["phase"] == "Available", timeout=90, what="site-02 converged")  # fmt: skip
+    wait_for(
+        lambda: (
+            next(s for s in ed.status("offline")["sites"] if s["name"] == "site-02").get("ready")
+            == 2
+            and ed.status("offline")["phase"] == "Available"
+        ),
+        timeout=90,
+        what="site-02 converged",
+    )
     assert {p.metadata.annotations["fogline.io/model-digest"] for p in ed.pods("offline")} == {
         NEWER
     }
@@ -264,8 +287,16 @@ def test_locked_node_defers_its_update_until_unlocked(ed: Edges) -> None:
         ed.core.patch_node(
             "edge-site-03-2", {"metadata": {"annotations": {"fogline.io/update-lock": None}}}
         )
-    wait_for(lambda: all(p.metadata.annotations["fogline.io/model-digest"] == NEWER for p in ed.pods("locks"))
-             and len(ed.pods("locks")) == 6, timeout=60, what="the unlocked node updated")  # fmt: skip
+    wait_for(
+        lambda: (
+            all(
+                p.metadata.annotations["fogline.io/model-digest"] == NEWER for p in ed.pods("locks")
+            )
+            and len(ed.pods("locks")) == 6
+        ),
+        timeout=60,
+        what="the unlocked node updated",
+    )
 
 
 def test_new_site_gets_the_current_digest_and_deleting_cleans_up(ed: Edges) -> None:
@@ -277,15 +308,29 @@ def test_new_site_gets_the_current_digest_and_deleting_cleans_up(ed: Edges) -> N
         "metadata": {
             "name": "edge-site-99-1",
             "annotations": {"kwok.x-k8s.io/node": "fake"},
-            "labels": {"node-role.kubernetes.io/edge": "true", "topology.fogline.io/site": "site-99",
-                       "node.kubernetes.io/instance-type": "k3s", "type": "kwok"},
+            "labels": {
+                "node-role.kubernetes.io/edge": "true",
+                "topology.fogline.io/site": "site-99",
+                "node.kubernetes.io/instance-type": "k3s",
+                "type": "kwok",
+            },
         },
-        "spec": {"taints": [{"key": "node-role.kubernetes.io/edge", "value": "true", "effect": "NoSchedule"}]},
-    }  # fmt: skip
+        "spec": {
+            "taints": [
+                {"key": "node-role.kubernetes.io/edge", "value": "true", "effect": "NoSchedule"}
+            ]
+        },
+    }
     ed.core.create_node(node)
     try:
-        wait_for(lambda: any(p.spec.node_name == "edge-site-99-1" and p.status.phase == "Running" for p in ed.pods("grow")),
-                 timeout=60, what="a pod on the new site")  # fmt: skip
+        wait_for(
+            lambda: any(
+                p.spec.node_name == "edge-site-99-1" and p.status.phase == "Running"
+                for p in ed.pods("grow")
+            ),
+            timeout=60,
+            what="a pod on the new site",
+        )
         pod = next(p for p in ed.pods("grow") if p.spec.node_name == "edge-site-99-1")
         assert pod.metadata.annotations["fogline.io/model-digest"] == GOOD
         wait_for(
@@ -295,8 +340,12 @@ def test_new_site_gets_the_current_digest_and_deleting_cleans_up(ed: Edges) -> N
         ed.custom.delete_namespaced_custom_object(
             GROUP, VERSION, ed.namespace, "edgedeployments", "grow"
         )
-        wait_for(lambda: not ed.apps.list_namespaced_daemon_set(ed.namespace).items and not ed.pods("grow"),
-                 what="DaemonSets and pods garbage-collected")  # fmt: skip
+        wait_for(
+            lambda: (
+                not ed.apps.list_namespaced_daemon_set(ed.namespace).items and not ed.pods("grow")
+            ),
+            what="DaemonSets and pods garbage-collected",
+        )
     finally:
         ed.core.delete_node("edge-site-99-1")
 
@@ -305,10 +354,20 @@ def test_drift_on_a_daemonset_is_corrected(ed: Edges) -> None:
     ed.create(edge("drift"))
     ed.wait_phase("drift", "Available")
     name = daemonset_name("drift", "site-01")
-    ed.apps.patch_namespaced_daemon_set(name, ed.namespace,
-                                        {"spec": {"template": {"spec": {"containers": [{"name": "server", "image": "evil:1"}]}}}})  # fmt: skip
-    wait_for(lambda: ed.apps.read_namespaced_daemon_set(name, ed.namespace).spec.template.spec.containers[0].image
-             == "registry.example/fogline-server:test", what="the operator to restore the template")  # fmt: skip
+    ed.apps.patch_namespaced_daemon_set(
+        name,
+        ed.namespace,
+        {"spec": {"template": {"spec": {"containers": [{"name": "server", "image": "evil:1"}]}}}},
+    )
+    wait_for(
+        lambda: (
+            ed.apps.read_namespaced_daemon_set(name, ed.namespace)
+            .spec.template.spec.containers[0]
+            .image
+            == "registry.example/fogline-server:test"
+        ),
+        what="the operator to restore the template",
+    )
 
 
 @pytest.mark.parametrize(
@@ -349,10 +408,16 @@ def test_what_the_settings_do_not_allow_is_refused_and_nothing_is_scheduled(
 
 def test_from_training_rolls_out_the_artifact_that_passed_the_gate(ed: Edges) -> None:
     training = {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelTraining", "metadata": {"name": "digits"},
-        "spec": {"model": {"architecture": "mlp"}, "dataset": {"uri": "builtin:digits"},
-                 "evaluation": {"threshold": 0.9}, "output": {"uri": "file:///var/lib/fogline/artifacts"}},
-    }  # fmt: skip
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ModelTraining",
+        "metadata": {"name": "digits"},
+        "spec": {
+            "model": {"architecture": "mlp"},
+            "dataset": {"uri": "builtin:digits"},
+            "evaluation": {"threshold": 0.9},
+            "output": {"uri": "file:///var/lib/fogline/artifacts"},
+        },
+    }
     ed.custom.create_namespaced_custom_object(
         GROUP, VERSION, ed.namespace, "modeltrainings", training
     )
@@ -361,17 +426,35 @@ def test_from_training_rolls_out_the_artifact_that_passed_the_gate(ed: Edges) ->
     ed.create(body)
     waiting = ed.wait_phase("follow", "Pending")
     assert "waiting for ModelTraining 'digits'" in waiting["message"]
-    pod = wait_for(lambda: next(iter(ed.core.list_namespaced_pod(ed.namespace, label_selector="fogline.io/modeltraining=digits").items), None),
-                   what="the training pod")  # fmt: skip
+    pod = wait_for(
+        lambda: next(
+            iter(
+                ed.core.list_namespaced_pod(
+                    ed.namespace, label_selector="fogline.io/modeltraining=digits"
+                ).items
+            ),
+            None,
+        ),
+        what="the training pod",
+    )
     wait_for(
         lambda: (
             ed.core.read_namespaced_pod(pod.metadata.name, ed.namespace).status.phase == "Running"
         ),
         what="Running",
     )
-    summary = {"phase": "Succeeded", "metrics": {"accuracy": 0.97}, "evaluation": {"metric": "accuracy", "value": 0.97},
-               "artifact": {"uri": "file:///var/lib/fogline/artifacts/digits/r1", "digest": NEWER, "format": "onnx",
-                            "sizeBytes": 1000, "quantized": True}}  # fmt: skip
+    summary = {
+        "phase": "Succeeded",
+        "metrics": {"accuracy": 0.97},
+        "evaluation": {"metric": "accuracy", "value": 0.97},
+        "artifact": {
+            "uri": "file:///var/lib/fogline/artifacts/digits/r1",
+            "digest": NEWER,
+            "format": "onnx",
+            "sizeBytes": 1000,
+            "quantized": True,
+        },
+    }
     ed.cluster.steer_pod(ed.namespace, pod.metadata.name, "succeed", summary)
     status = wait_for(
         lambda: (s := ed.status("follow")).get("phase") == "Available" and s,

@@ -49,10 +49,14 @@ def edge(namespace: str) -> dict[str, Any]:
         "metadata": {"name": "fleet", "namespace": namespace},
         "spec": {
             "model": {"uri": "https://models.example/digits", "digest": OLD},
-            "rollout": {"canarySites": 1, "maxUnavailable": "20%", "pauseSeconds": 0,
-                        "progressDeadlineSeconds": 600},
+            "rollout": {
+                "canarySites": 1,
+                "maxUnavailable": "20%",
+                "pauseSeconds": 0,
+                "progressDeadlineSeconds": 600,
+            },
         },
-    }  # fmt: skip
+    }
 
 
 def available_on(digest: str) -> Any:
@@ -65,8 +69,15 @@ def available_on(digest: str) -> Any:
 
 def wait_available(rig: MeasuredCluster, namespace: str, digest: str, change: Any = None) -> None:
     custom = client.CustomObjectsApi(rig.api)
-    with FirstSeen(custom.list_namespaced_custom_object, object_name, available_on(digest),
-                   group=GROUP, version=VERSION, namespace=namespace, plural="edgedeployments") as seen:  # fmt: skip
+    with FirstSeen(
+        custom.list_namespaced_custom_object,
+        object_name,
+        available_on(digest),
+        group=GROUP,
+        version=VERSION,
+        namespace=namespace,
+        plural="edgedeployments",
+    ) as seen:
         if change is not None:
             change()
         seen.wait(["fleet"], timeout=240)
@@ -88,11 +99,24 @@ def rollout(rig: MeasuredCluster) -> Rollout:
     namespace = "scale"
     client.CoreV1Api(rig.api).create_namespace({"metadata": {"name": namespace}})
     custom = client.CustomObjectsApi(rig.api)
-    custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "edgedeployments", edge(namespace))  # fmt: skip
+    custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "edgedeployments", edge(namespace)
+    )
     wait_available(rig, namespace, OLD)
     since, started = audit_now(), time.monotonic()
-    wait_available(rig, namespace, NEW, lambda: custom.patch_namespaced_custom_object(
-        GROUP, VERSION, namespace, "edgedeployments", "fleet", {"spec": {"model": {"digest": NEW}}}))  # fmt: skip
+    wait_available(
+        rig,
+        namespace,
+        NEW,
+        lambda: custom.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "edgedeployments",
+            "fleet",
+            {"spec": {"model": {"digest": NEW}}},
+        ),
+    )
     until, seconds = audit_now(), time.monotonic() - started
     # An observation window, not a wait: a settled rollout must stay silent through it.
     time.sleep(5)

@@ -28,8 +28,18 @@ KUBE_VERSION = "1.36.3"
 def template(
     cluster: ClusterHandle, *args: str, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    return helm(cluster, "template", "hf", str(CHART), "--namespace", "fogline-system",
-                "--kube-version", KUBE_VERSION, *args, check=check)  # fmt: skip
+    return helm(
+        cluster,
+        "template",
+        "hf",
+        str(CHART),
+        "--namespace",
+        "fogline-system",
+        "--kube-version",
+        KUBE_VERSION,
+        *args,
+        check=check,
+    )
 
 
 def documents(text: str) -> list[dict[str, Any]]:
@@ -66,20 +76,32 @@ def test_install_manifest_and_argocd_patch_are_fresh_renders() -> None:
 
 
 def test_operator_pod_is_hardened_and_its_settings_parse(cluster: ClusterHandle) -> None:
-    docs = documents(template(cluster, "--set", "settings.siteLabel=example.com/site",
-                              "--set", "settings.requireModelSignature=true",
-                              "--set-json", 'settings.gpuNodeSelector={"pool":"a100"}',
-                              "--set", "settings.edgeCacheKeep=5",
-                              "--set", "settings.edgeCacheMaxBytes=21474836480").stdout)  # fmt: skip
+    docs = documents(
+        template(
+            cluster,
+            "--set",
+            "settings.siteLabel=example.com/site",
+            "--set",
+            "settings.requireModelSignature=true",
+            "--set-json",
+            'settings.gpuNodeSelector={"pool":"a100"}',
+            "--set",
+            "settings.edgeCacheKeep=5",
+            "--set",
+            "settings.edgeCacheMaxBytes=21474836480",
+        ).stdout
+    )
     pod = one(docs, "Deployment")["spec"]["template"]["spec"]
     assert (
         pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] > 0
     )
     container = pod["containers"][0]
     assert container["securityContext"] == {
-        "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "privileged": False,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "privileged": False,
         "capabilities": {"drop": ["ALL"]},
-    }  # fmt: skip
+    }
     assert (
         container["args"][:2] == ["run", "--all-namespaces"]
         and "--peering=fogline" in container["args"]
@@ -158,8 +180,16 @@ def wait_established(cluster: ClusterHandle, *names: str) -> None:
 
 
 def _server_dry_run(cluster: ClusterHandle, text: str) -> str:
-    result = cluster.kubectl("apply", "--server-side", "--dry-run=server", "--field-manager=fogline-tests",
-                             "-f", "-", input=text, check=False)  # fmt: skip
+    result = cluster.kubectl(
+        "apply",
+        "--server-side",
+        "--dry-run=server",
+        "--field-manager=fogline-tests",
+        "-f",
+        "-",
+        input=text,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -182,12 +212,23 @@ def test_every_rendering_validates_against_the_real_apiserver(
     variants = {
         "defaults": [],
         "namespaced": ["--set-json", f'watchNamespaces=["{namespace}"]'],
-        "everything": ["--set", "podDisruptionBudget.enabled=true", "--set", "verbose=true",
-                       "--set", "image.digest=sha256:" + "a" * 64, "--set-json",
-                       'extraEnv=[{"name":"X","value":"1"}]', "--set", "priorityClassName=system-cluster-critical",
-                       "--set", "networkPolicy.enabled=true", "--set-json",
-                       'networkPolicy.metricsFrom=[{"namespaceSelector":{"matchLabels":{"team":"obs"}}}]'],
-    }  # fmt: skip
+        "everything": [
+            "--set",
+            "podDisruptionBudget.enabled=true",
+            "--set",
+            "verbose=true",
+            "--set",
+            "image.digest=sha256:" + "a" * 64,
+            "--set-json",
+            'extraEnv=[{"name":"X","value":"1"}]',
+            "--set",
+            "priorityClassName=system-cluster-critical",
+            "--set",
+            "networkPolicy.enabled=true",
+            "--set-json",
+            'networkPolicy.metricsFrom=[{"namespaceSelector":{"matchLabels":{"team":"obs"}}}]',
+        ],
+    }
     for name, args in variants.items():
         out = _server_dry_run(cluster, template(cluster, *args).stdout)
         assert "serverside-applied (server dry run)" in out, f"{name}: {out}"
@@ -235,8 +276,17 @@ def test_helm_install_upgrade_and_uninstall(cluster: ClusterHandle, chart_crds: 
     release, namespace = "hf", f"fogline-{uuid.uuid4().hex[:6]}"
     peering = f"hf-{uuid.uuid4().hex[:6]}"
     apps = client.AppsV1Api(cluster.api)
-    helm(cluster, "install", release, str(CHART), "--namespace", namespace, "--create-namespace",
-         "--set", f"peering.name={peering}")  # fmt: skip
+    helm(
+        cluster,
+        "install",
+        release,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--create-namespace",
+        "--set",
+        f"peering.name={peering}",
+    )
     try:
         names = {
             r.name
@@ -256,8 +306,17 @@ def test_helm_install_upgrade_and_uninstall(cluster: ClusterHandle, chart_crds: 
             "kopf.dev", "v1", "clusterkopfpeerings", peering
         )
 
-        helm(cluster, "upgrade", release, str(CHART), "--namespace", namespace, "--reuse-values",
-             "--set", "settings.siteLabel=example.com/site")  # fmt: skip
+        helm(
+            cluster,
+            "upgrade",
+            release,
+            str(CHART),
+            "--namespace",
+            namespace,
+            "--reuse-values",
+            "--set",
+            "settings.siteLabel=example.com/site",
+        )
 
         def site_label() -> str:
             d = apps.read_namespaced_deployment(f"{release}-fogline", namespace)
@@ -265,8 +324,18 @@ def test_helm_install_upgrade_and_uninstall(cluster: ClusterHandle, chart_crds: 
             return str(env["FOGLINE_SITE_LABEL"])
 
         assert site_label() == "example.com/site"
-        refused = helm(cluster, "upgrade", release, str(CHART), "--namespace", namespace, "--reuse-values",
-                       "--set", "replicaCount=5", check=False)  # fmt: skip
+        refused = helm(
+            cluster,
+            "upgrade",
+            release,
+            str(CHART),
+            "--namespace",
+            namespace,
+            "--reuse-values",
+            "--set",
+            "replicaCount=5",
+            check=False,
+        )
         assert refused.returncode != 0 and "/replicaCount" in refused.stderr
         assert "deployed" in helm(cluster, "status", release, "--namespace", namespace).stdout
     finally:
@@ -289,8 +358,19 @@ def test_kubectl_apply_of_the_install_manifest_installs_the_same_objects(
 ) -> None:
     manifest = (REPO / "manifests" / "install.yaml").read_text()
     docs = documents(manifest)
-    rendered = documents(helm(cluster, "template", "fogline", str(CHART), "--namespace", "fogline-system",
-                              "--include-crds", "--kube-version", KUBE_VERSION).stdout)  # fmt: skip
+    rendered = documents(
+        helm(
+            cluster,
+            "template",
+            "fogline",
+            str(CHART),
+            "--namespace",
+            "fogline-system",
+            "--include-crds",
+            "--kube-version",
+            KUBE_VERSION,
+        ).stdout
+    )
     assert [d for d in docs if d["kind"] != "Namespace"] == rendered
     out = cluster.kubectl(
         "apply", "--server-side", "--field-manager=fogline-tests", "-f", "-", input=manifest
@@ -298,8 +378,12 @@ def test_kubectl_apply_of_the_install_manifest_installs_the_same_objects(
     try:
         for doc in docs:
             assert f"{doc['kind'].lower()}" in out.lower()
-        wait_for(lambda: client.AppsV1Api(cluster.api).read_namespaced_deployment("fogline", "fogline-system"),
-                 what="the operator Deployment")  # fmt: skip
+        wait_for(
+            lambda: client.AppsV1Api(cluster.api).read_namespaced_deployment(
+                "fogline", "fogline-system"
+            ),
+            what="the operator Deployment",
+        )
         samples = cluster.kubectl(
             "apply", "--dry-run=server", "-n", namespace, "-f", str(REPO / "manifests" / "samples")
         )
@@ -310,8 +394,14 @@ def test_kubectl_apply_of_the_install_manifest_installs_the_same_objects(
         # Everything but the CRDs and the namespace-wide objects other tests share.
         kept = {"CustomResourceDefinition", "Namespace"}
         rest = [d for d in docs if d["kind"] not in kept]
-        cluster.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", "-",
-                        input=yaml.safe_dump_all(rest))  # fmt: skip
+        cluster.kubectl(
+            "delete",
+            "--ignore-not-found",
+            "--wait=false",
+            "-f",
+            "-",
+            input=yaml.safe_dump_all(rest),
+        )
 
 
 def _argocd_application_crd(tmp_path: Path) -> Path:
@@ -320,8 +410,14 @@ def _argocd_application_crd(tmp_path: Path) -> Path:
     if go is None:
         pytest.skip("needs Go to fetch Argo CD's Application CRD from the Go module proxy")
     version = (REPO / "tools" / "argocd-version").read_text().strip()
-    result = subprocess.run([go, "mod", "download", "-json", f"github.com/argoproj/argo-cd/v3@{version}"],
-                            capture_output=True, text=True, cwd=tmp_path, timeout=300, check=False)  # fmt: skip
+    result = subprocess.run(
+        [go, "mod", "download", "-json", f"github.com/argoproj/argo-cd/v3@{version}"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     crd = Path(json.loads(result.stdout)["Dir"]) / "manifests" / "crds" / "application-crd.yaml"
     assert crd.is_file(), f"no Application CRD in Argo CD {version}"

@@ -82,8 +82,11 @@ class Trainings:
         return self.get(name).get("status") or {}
 
     def wait_phase(self, name: str, phase: str, timeout: float = 60) -> dict[str, Any]:
-        return wait_for(lambda: (s := self.status(name)).get("phase") == phase and s, timeout=timeout,
-                        what=f"{name} phase {phase}")  # fmt: skip
+        return wait_for(
+            lambda: (s := self.status(name)).get("phase") == phase and s,
+            timeout=timeout,
+            what=f"{name} phase {phase}",
+        )
 
     def jobs(self, name: str) -> list[Any]:
         return self.batch.list_namespaced_job(
@@ -107,8 +110,14 @@ class Trainings:
 
     def describe(self, name: str) -> str:
         """What the API shows about a training, for a failing test's message."""
-        pods = [(p.metadata.name, p.status.phase, [(c.type, c.status, c.message) for c in p.status.conditions or []])
-                for p in self.pods(name)]  # fmt: skip
+        pods = [
+            (
+                p.metadata.name,
+                p.status.phase,
+                [(c.type, c.status, c.message) for c in p.status.conditions or []],
+            )
+            for p in self.pods(name)
+        ]
         jobs = [(j.metadata.name, j.spec.suspend, j.status.to_dict()) for j in self.jobs(name)]
         return f"status={self.status(name)}\njobs={jobs}\npods={pods}\nevents={self.events(name)}"
 
@@ -139,12 +148,23 @@ def test_training_runs_on_a_gpu_node_reports_progress_and_publishes_the_artifact
     assert job.metadata.owner_references[0].kind == "ModelTraining"
 
     # The trainer reports progress on its own pod; the operator surfaces it with an ETA.
-    progress = {"epoch": 2, "epochs": 4, "loss": 0.2, "metric": {"name": "accuracy", "value": 0.9},
-                "samplesPerSecond": 5000.0, "updatedAt": "2030-01-01T00:00:00Z"}  # fmt: skip
-    mt.core.patch_namespaced_pod(pod.metadata.name, mt.namespace,
-                                 {"metadata": {"annotations": {"fogline.io/progress": json.dumps(progress)}}})  # fmt: skip
-    shown = wait_for(lambda: mt.status("digits").get("progress", {}).get("epoch") == 2 and mt.status("digits"),
-                     what="progress in status")  # fmt: skip
+    progress = {
+        "epoch": 2,
+        "epochs": 4,
+        "loss": 0.2,
+        "metric": {"name": "accuracy", "value": 0.9},
+        "samplesPerSecond": 5000.0,
+        "updatedAt": "2030-01-01T00:00:00Z",
+    }
+    mt.core.patch_namespaced_pod(
+        pod.metadata.name,
+        mt.namespace,
+        {"metadata": {"annotations": {"fogline.io/progress": json.dumps(progress)}}},
+    )
+    shown = wait_for(
+        lambda: mt.status("digits").get("progress", {}).get("epoch") == 2 and mt.status("digits"),
+        what="progress in status",
+    )
     assert shown["phase"] == "Running"
     assert shown["progress"]["epochs"] == 4 and "eta" in shown["progress"]
 
@@ -155,8 +175,12 @@ def test_training_runs_on_a_gpu_node_reports_progress_and_publishes_the_artifact
     assert status["metrics"]["accuracy_int8"] == 0.97
     assert status["artifactDigestShort"] == DIGEST[7:19]
     assert status["observedGeneration"] == 1
-    wait_for(lambda: {"JobCreated", "Training", "EvaluationPassed"} <= {r for _, r in mt.events("digits")},
-             what="an Event for each transition")  # fmt: skip
+    wait_for(
+        lambda: (
+            {"JobCreated", "Training", "EvaluationPassed"} <= {r for _, r in mt.events("digits")}
+        ),
+        what="an Event for each transition",
+    )
 
 
 def test_operator_exposes_its_reconciles_and_events_as_metrics(
@@ -210,9 +234,16 @@ def test_failing_pods_exhaust_backoff_and_report_the_reason(mt: Trainings) -> No
 
 def test_more_gpus_than_any_node_has_reports_unschedulable(mt: Trainings) -> None:
     mt.create(training("huge", resources={"gpus": 16}))
-    status = wait_for(lambda: any(c["type"] == "Scheduled" and c["status"] == "False"
-                                  for c in mt.status("huge").get("conditions", [])) and mt.status("huge"),
-                      what="Scheduled=False")  # fmt: skip
+    status = wait_for(
+        lambda: (
+            any(
+                c["type"] == "Scheduled" and c["status"] == "False"
+                for c in mt.status("huge").get("conditions", [])
+            )
+            and mt.status("huge")
+        ),
+        what="Scheduled=False",
+    )
     scheduled = next(c for c in status["conditions"] if c["type"] == "Scheduled")
     assert scheduled["reason"] == "Unschedulable"
     assert "Insufficient nvidia.com/gpu" in scheduled["message"]
@@ -269,12 +300,19 @@ def test_suspend_pauses_and_resumes_the_same_job(mt: Trainings) -> None:
     mt.create(training("pausable"))
     mt.running_pod("pausable")
     job_name = mt.jobs("pausable")[0].metadata.name
-    mt.custom.patch_namespaced_custom_object(GROUP, VERSION, mt.namespace, PLURAL, "pausable",
-                                             {"spec": {"runPolicy": {"suspend": True}}})  # fmt: skip
+    mt.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, mt.namespace, PLURAL, "pausable", {"spec": {"runPolicy": {"suspend": True}}}
+    )
     mt.wait_phase("pausable", "Suspended")
     wait_for(lambda: not mt.pods("pausable", "Running"), what="pods stopped")
-    mt.custom.patch_namespaced_custom_object(GROUP, VERSION, mt.namespace, PLURAL, "pausable",
-                                             {"spec": {"runPolicy": {"suspend": False}}})  # fmt: skip
+    mt.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        mt.namespace,
+        PLURAL,
+        "pausable",
+        {"spec": {"runPolicy": {"suspend": False}}},
+    )
     mt.wait_phase("pausable", "Running")
     assert [j.metadata.name for j in mt.jobs("pausable")] == [job_name]
 
@@ -296,8 +334,9 @@ def test_spec_change_after_success_starts_a_new_run(mt: Trainings) -> None:
     pod = mt.running_pod("rerun")
     mt.cluster.steer_pod(mt.namespace, pod.metadata.name, "succeed", summary(0.95))
     first = mt.wait_phase("rerun", "Succeeded")
-    mt.custom.patch_namespaced_custom_object(GROUP, VERSION, mt.namespace, PLURAL, "rerun",
-                                             {"spec": {"hyperparameters": {"epochs": 8}}})  # fmt: skip
+    mt.custom.patch_namespaced_custom_object(
+        GROUP, VERSION, mt.namespace, PLURAL, "rerun", {"spec": {"hyperparameters": {"epochs": 8}}}
+    )
     second = wait_for(
         lambda: (s := mt.status("rerun")).get("jobName") != first["jobName"] and s, what="new run"
     )

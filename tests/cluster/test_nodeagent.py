@@ -57,17 +57,34 @@ def space(local_cluster: ClusterHandle) -> Iterator[str]:
     core.create_namespace({"metadata": {"name": name}})
     rbac = build_trainer_rbac(name, OperatorSettings())
     local_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(rbac))
-    core.create_persistent_volume({"metadata": {"name": f"pv-{name}"}, "spec": {
-        "capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
-        "storageClassName": "manual", "hostPath": {"path": "/unused"},
-        "claimRef": {"namespace": name, "name": CLAIM},
-    }})  # fmt: skip
-    core.create_namespaced_persistent_volume_claim(name, {"metadata": {"name": CLAIM}, "spec": {
-        "accessModes": ["ReadWriteMany"], "storageClassName": "manual",
-        "resources": {"requests": {"storage": "1Gi"}},
-    }})  # fmt: skip
-    wait_for(lambda: core.read_namespaced_persistent_volume_claim(CLAIM, name).status.phase
-             == "Bound", timeout=60, what="the claim to bind")  # fmt: skip
+    core.create_persistent_volume(
+        {
+            "metadata": {"name": f"pv-{name}"},
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "manual",
+                "hostPath": {"path": "/unused"},
+                "claimRef": {"namespace": name, "name": CLAIM},
+            },
+        }
+    )
+    core.create_namespaced_persistent_volume_claim(
+        name,
+        {
+            "metadata": {"name": CLAIM},
+            "spec": {
+                "accessModes": ["ReadWriteMany"],
+                "storageClassName": "manual",
+                "resources": {"requests": {"storage": "1Gi"}},
+            },
+        },
+    )
+    wait_for(
+        lambda: core.read_namespaced_persistent_volume_claim(CLAIM, name).status.phase == "Bound",
+        timeout=60,
+        what="the claim to bind",
+    )
     wait_for(lambda: core.read_namespaced_service_account("fogline-trainer", name), what="SA")
     yield name
     core.delete_namespace(name)
@@ -81,8 +98,10 @@ def _read(cluster: ClusterHandle, namespace: str, name: str) -> dict[str, Any]:
 
 
 def _condition(pod: dict[str, Any], kind: str) -> bool:
-    return any(c["type"] == kind and c["status"] == "True"
-               for c in pod.get("status", {}).get("conditions") or [])  # fmt: skip
+    return any(
+        c["type"] == kind and c["status"] == "True"
+        for c in pod.get("status", {}).get("conditions") or []
+    )
 
 
 def _pid(pod: dict[str, Any]) -> int:
@@ -104,31 +123,53 @@ def trained(local_cluster: ClusterHandle, space: str) -> dict[str, Any]:
         "name": "trainer",
         "image": "fogline.dev/trainer:local",
         "command": ["python", "-m", "fogline.workloads.trainer"],
-        "args": ["--model=mlp", "--dataset=builtin:digits", "--epochs=2", "--threads=1",
-                 "--output=/mnt/pvc/art/digits", f"--artifact-uri=pvc://{CLAIM}/digits",
-                 "--termination-log=/dev/termination-log"],
+        "args": [
+            "--model=mlp",
+            "--dataset=builtin:digits",
+            "--epochs=2",
+            "--threads=1",
+            "--output=/mnt/pvc/art/digits",
+            f"--artifact-uri=pvc://{CLAIM}/digits",
+            "--termination-log=/dev/termination-log",
+        ],
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-            {"name": "POD_NAMESPACE",
-             "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+            {
+                "name": "POD_NAMESPACE",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+            },
             {"name": "FOGLINE_PVC_ROOT", "value": "/mnt/pvc"},
             {"name": "FOGLINE_PROGRESS_INTERVAL", "value": "0"},
         ],
-        "volumeMounts": [{"name": "art", "mountPath": f"/mnt/pvc/{CLAIM}"},
-                         {"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [
+            {"name": "art", "mountPath": f"/mnt/pvc/{CLAIM}"},
+            {"name": "tmp", "mountPath": "/tmp"},
+        ],
         "terminationMessagePath": "/dev/termination-log",
         "terminationMessagePolicy": "FallbackToLogsOnError",
-    }  # fmt: skip
-    pod = _pod("trainer", LOCAL_GPU_NODE, [trainer], restartPolicy="Never",
-               serviceAccountName="fogline-trainer",
-               volumes=[{"name": "art", "persistentVolumeClaim": {"claimName": CLAIM}},
-                        {"name": "tmp", "emptyDir": {}}])  # fmt: skip
+    }
+    pod = _pod(
+        "trainer",
+        LOCAL_GPU_NODE,
+        [trainer],
+        restartPolicy="Never",
+        serviceAccountName="fogline-trainer",
+        volumes=[
+            {"name": "art", "persistentVolumeClaim": {"claimName": CLAIM}},
+            {"name": "tmp", "emptyDir": {}},
+        ],
+    )
     client.CoreV1Api(local_cluster.api).create_namespaced_pod(space, pod)
     finished: dict[str, Any] = wait_for(
-        lambda: (p := _read(local_cluster, space, "trainer"))["status"].get("phase")
-        in ("Succeeded", "Failed") and p,
-        timeout=240, interval=0.5, what="the trainer pod to finish",
-    )  # fmt: skip
+        lambda: (
+            (p := _read(local_cluster, space, "trainer"))["status"].get("phase")
+            in ("Succeeded", "Failed")
+            and p
+        ),
+        timeout=240,
+        interval=0.5,
+        what="the trainer pod to finish",
+    )
     return finished
 
 
@@ -157,35 +198,60 @@ def test_trainer_pod_really_trains_onto_the_claim(
 @pytest.fixture(scope="module")
 def server(local_cluster: ClusterHandle, space: str, trained: dict[str, Any]) -> str:
     """A fetch-then-serve pod on local-edge for the trained artifact; returns its name."""
-    digest = json.loads(trained["status"]["containerStatuses"][0]["state"]["terminated"][
-        "message"])["artifact"]["digest"]  # fmt: skip
+    digest = json.loads(
+        trained["status"]["containerStatuses"][0]["state"]["terminated"]["message"]
+    )["artifact"]["digest"]
     fetch = {
-        "name": "fetch", "image": "fogline.dev/server:local", "command": ["fogline", "fetch"],
-        "args": [f"--uri=pvc://{CLAIM}/digits", f"--digest={digest}",
-                 "--cache-dir=/var/lib/fogline/cache", "--dest=/models/current"],
-        "volumeMounts": [{"name": "art", "mountPath": f"/mnt/pvc/{CLAIM}", "readOnly": True},
-                         {"name": "cache", "mountPath": "/var/lib/fogline/cache"},
-                         {"name": "models", "mountPath": "/models"}],
-    }  # fmt: skip
+        "name": "fetch",
+        "image": "fogline.dev/server:local",
+        "command": ["fogline", "fetch"],
+        "args": [
+            f"--uri=pvc://{CLAIM}/digits",
+            f"--digest={digest}",
+            "--cache-dir=/var/lib/fogline/cache",
+            "--dest=/models/current",
+        ],
+        "volumeMounts": [
+            {"name": "art", "mountPath": f"/mnt/pvc/{CLAIM}", "readOnly": True},
+            {"name": "cache", "mountPath": "/var/lib/fogline/cache"},
+            {"name": "models", "mountPath": "/models"},
+        ],
+    }
     serve = {
-        "name": "server", "image": "fogline.dev/server:local", "command": ["fogline", "serve"],
-        "args": ["--model-dir=/models/current", "--name=digits", "--port", "8080",
-                 f"--expected-digest={digest}", "--shutdown-timeout=2"],
+        "name": "server",
+        "image": "fogline.dev/server:local",
+        "command": ["fogline", "serve"],
+        "args": [
+            "--model-dir=/models/current",
+            "--name=digits",
+            "--port",
+            "8080",
+            f"--expected-digest={digest}",
+            "--shutdown-timeout=2",
+        ],
         "ports": [{"name": "http", "containerPort": 8080}],
-        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"},
-                           "periodSeconds": 1},
+        "readinessProbe": {
+            "httpGet": {"path": "/v2/health/ready", "port": "http"},
+            "periodSeconds": 1,
+        },
         "volumeMounts": [{"name": "models", "mountPath": "/models"}],
-    }  # fmt: skip
+    }
     volumes = [
         {"name": "art", "persistentVolumeClaim": {"claimName": CLAIM, "readOnly": True}},
-        {"name": "cache", "hostPath": {"path": "/var/lib/fogline/cache",
-                                       "type": "DirectoryOrCreate"}},
+        {
+            "name": "cache",
+            "hostPath": {"path": "/var/lib/fogline/cache", "type": "DirectoryOrCreate"},
+        },
         {"name": "models", "emptyDir": {}},
-    ]  # fmt: skip
+    ]
     pod = _pod("server", LOCAL_EDGE_NODE, [serve], initContainers=[fetch], volumes=volumes)
     client.CoreV1Api(local_cluster.api).create_namespaced_pod(space, pod)
-    wait_for(lambda: _condition(_read(local_cluster, space, "server"), "Ready"), timeout=90,
-             interval=0.5, what="the server pod to become Ready")  # fmt: skip
+    wait_for(
+        lambda: _condition(_read(local_cluster, space, "server"), "Ready"),
+        timeout=90,
+        interval=0.5,
+        what="the server pod to become Ready",
+    )
     return "server"
 
 
@@ -194,12 +260,21 @@ def _infer(port: int) -> float:
 
     digits = load_digits()
     rows = digits.data[:64].astype("float32")
-    body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": list(rows.shape),
-                        "data": rows.ravel().tolist()}]}  # fmt: skip
+    body = {
+        "inputs": [
+            {
+                "name": "input",
+                "datatype": "FP32",
+                "shape": list(rows.shape),
+                "data": rows.ravel().tolist(),
+            }
+        ]
+    }
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v2/models/digits/infer", data=json.dumps(body).encode(),
+        f"http://127.0.0.1:{port}/v2/models/digits/infer",
+        data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json"},
-    )  # fmt: skip
+    )
     with urllib.request.urlopen(request, timeout=10) as reply:
         logits = json.loads(reply.read())["outputs"][0]["data"]
     predicted = [max(range(10), key=lambda k, i=i: logits[i * 10 + k]) for i in range(64)]
@@ -223,10 +298,18 @@ def test_crashed_server_restarts_and_becomes_ready_again(
 ) -> None:
     os.kill(_pid(_read(local_cluster, space, server)), signal.SIGKILL)
     restarted = wait_for(
-        lambda: (p := _read(local_cluster, space, server))["status"]["containerStatuses"][0][
-            "restartCount"] >= 1 and _condition(p, "Ready") and p,
-        timeout=60, interval=0.5, what="the server to restart and be Ready",
-    )  # fmt: skip
+        lambda: (
+            (p := _read(local_cluster, space, server))["status"]["containerStatuses"][0][
+                "restartCount"
+            ]
+            >= 1
+            and _condition(p, "Ready")
+            and p
+        ),
+        timeout=60,
+        interval=0.5,
+        what="the server to restart and be Ready",
+    )
     last = restarted["status"]["containerStatuses"][0]["lastState"]["terminated"]
     assert last["exitCode"] == 128 + signal.SIGKILL
     assert _infer(int(restarted["metadata"]["annotations"][LOCAL_PORT_ANNOTATION])) > 0.5
@@ -251,13 +334,17 @@ def test_deleting_a_running_pod_stops_its_process_and_removes_it(
 
 
 def test_unknown_image_fails_with_a_clear_reason(local_cluster: ClusterHandle, space: str) -> None:
-    pod = _pod("stranger", LOCAL_EDGE_NODE, [{"name": "web", "image": "nginx:1.27"}],
-               restartPolicy="Never")  # fmt: skip
+    pod = _pod(
+        "stranger", LOCAL_EDGE_NODE, [{"name": "web", "image": "nginx:1.27"}], restartPolicy="Never"
+    )
     client.CoreV1Api(local_cluster.api).create_namespaced_pod(space, pod)
     failed = wait_for(
-        lambda: (p := _read(local_cluster, space, "stranger"))["status"].get("phase") == "Failed"
-        and p, timeout=30, what="the pod of an unknown image to fail",
-    )  # fmt: skip
+        lambda: (
+            (p := _read(local_cluster, space, "stranger"))["status"].get("phase") == "Failed" and p
+        ),
+        timeout=30,
+        what="the pod of an unknown image to fail",
+    )
     terminated = failed["status"]["containerStatuses"][0]["state"]["terminated"]
     assert terminated["reason"] == "UnknownImage"
     assert "nginx:1.27" in terminated["message"] and "trainer" in terminated["message"]

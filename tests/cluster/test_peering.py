@@ -24,10 +24,15 @@ ACTED = "Handler 'training_changed' succeeded"
 
 def training(name: str) -> dict[str, object]:
     return {
-        "apiVersion": "fogline.io/v1alpha1", "kind": "ModelTraining", "metadata": {"name": name},
-        "spec": {"model": {"architecture": "mlp"}, "dataset": {"uri": "builtin:digits"},
-                 "output": {"uri": "file:///var/lib/fogline/artifacts"}},
-    }  # fmt: skip
+        "apiVersion": "fogline.io/v1alpha1",
+        "kind": "ModelTraining",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"architecture": "mlp"},
+            "dataset": {"uri": "builtin:digits"},
+            "output": {"uri": "file:///var/lib/fogline/artifacts"},
+        },
+    }
 
 
 @pytest.fixture
@@ -70,8 +75,15 @@ def test_one_replica_acts_and_the_other_takes_over(
     custom.create_namespaced_custom_object(
         "fogline.io", "v1alpha1", namespace, "modeltrainings", training("first")
     )
-    wait_for(lambda: batch.list_namespaced_job(namespace, label_selector="fogline.io/modeltraining=first").items,
-             timeout=60, what="the first Job")  # fmt: skip
+    wait_for(
+        lambda: (
+            batch.list_namespaced_job(
+                namespace, label_selector="fogline.io/modeltraining=first"
+            ).items
+        ),
+        timeout=60,
+        what="the first Job",
+    )
     wait_for(lambda: sum(ACTED in r.logs() for r in replicas) >= 1, what="a replica to act")
     acting = [r for r in replicas if ACTED in r.logs()]
     assert len(acting) == 1, "both replicas acted"
@@ -81,8 +93,15 @@ def test_one_replica_acts_and_the_other_takes_over(
     custom.create_namespaced_custom_object(
         "fogline.io", "v1alpha1", namespace, "modeltrainings", training("second")
     )
-    wait_for(lambda: batch.list_namespaced_job(namespace, label_selector="fogline.io/modeltraining=second").items,
-             timeout=90, what="the standby to take over and create the second Job")  # fmt: skip
+    wait_for(
+        lambda: (
+            batch.list_namespaced_job(
+                namespace, label_selector="fogline.io/modeltraining=second"
+            ).items
+        ),
+        timeout=90,
+        what="the standby to take over and create the second Job",
+    )
     assert ACTED in standby.logs()
     assert (
         len(

@@ -59,22 +59,66 @@ REFUSED_SAMPLE = [
     ("delete a node", lambda api, ns: client.CoreV1Api(api).delete_node("gpu-01")),
     ("read a secret", lambda api, ns: client.CoreV1Api(api).read_namespaced_secret("x", ns)),
     ("list secrets", lambda api, ns: client.CoreV1Api(api).list_secret_for_all_namespaces()),
-    ("create a secret", lambda api, ns: client.CoreV1Api(api).create_namespaced_secret(
-        ns, {"metadata": {"name": "x"}, "stringData": {"k": "v"}})),
-    ("create a pod", lambda api, ns: client.CoreV1Api(api).create_namespaced_pod(
-        ns, {"metadata": {"name": "x"}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}})),
-    ("create a Deployment", lambda api, ns: client.AppsV1Api(api).create_namespaced_deployment(
-        ns, {"metadata": {"name": "x"}, "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {
-            "metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}})),
-    ("bind cluster-admin", lambda api, ns: client.RbacAuthorizationV1Api(api).create_cluster_role_binding(
-        {"metadata": {"name": "x"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-         "name": "cluster-admin"}, "subjects": [{"kind": "ServiceAccount", "name": "x", "namespace": ns}]})),
-    ("delete a CRD", lambda api, ns: client.ApiextensionsV1Api(api).delete_custom_resource_definition(
-        "modeltrainings.fogline.io")),
-    ("update a ModelTraining", lambda api, ns: client.CustomObjectsApi(api).replace_namespaced_custom_object(
-        GROUP, VERSION, ns, "modeltrainings", "x", {"metadata": {"name": "x"}})),
+    (
+        "create a secret",
+        lambda api, ns: client.CoreV1Api(api).create_namespaced_secret(
+            ns, {"metadata": {"name": "x"}, "stringData": {"k": "v"}}
+        ),
+    ),
+    (
+        "create a pod",
+        lambda api, ns: client.CoreV1Api(api).create_namespaced_pod(
+            ns,
+            {
+                "metadata": {"name": "x"},
+                "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+            },
+        ),
+    ),
+    (
+        "create a Deployment",
+        lambda api, ns: client.AppsV1Api(api).create_namespaced_deployment(
+            ns,
+            {
+                "metadata": {"name": "x"},
+                "spec": {
+                    "selector": {"matchLabels": {"a": "b"}},
+                    "template": {
+                        "metadata": {"labels": {"a": "b"}},
+                        "spec": {"containers": [{"name": "c", "image": "busybox"}]},
+                    },
+                },
+            },
+        ),
+    ),
+    (
+        "bind cluster-admin",
+        lambda api, ns: client.RbacAuthorizationV1Api(api).create_cluster_role_binding(
+            {
+                "metadata": {"name": "x"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "ClusterRole",
+                    "name": "cluster-admin",
+                },
+                "subjects": [{"kind": "ServiceAccount", "name": "x", "namespace": ns}],
+            }
+        ),
+    ),
+    (
+        "delete a CRD",
+        lambda api, ns: client.ApiextensionsV1Api(api).delete_custom_resource_definition(
+            "modeltrainings.fogline.io"
+        ),
+    ),
+    (
+        "update a ModelTraining",
+        lambda api, ns: client.CustomObjectsApi(api).replace_namespaced_custom_object(
+            GROUP, VERSION, ns, "modeltrainings", "x", {"metadata": {"name": "x"}}
+        ),
+    ),
     ("delete a namespace", lambda api, ns: client.CoreV1Api(api).delete_namespace(ns)),
-]  # fmt: skip
+]
 
 
 @dataclass
@@ -151,10 +195,26 @@ def cluster_wide(
     """The chart in cluster-wide mode; the operator joins its ClusterKopfPeering."""
     namespace, release = f"fogline-{uuid.uuid4().hex[:6]}", "lp"
     peering = f"lp-{uuid.uuid4().hex[:6]}"
-    helm(cluster, "install", release, str(CHART), "--namespace", namespace, "--create-namespace",
-         "--set", f"peering.name={peering}", "--set", "replicaCount=0")  # fmt: skip
-    installed = _operator_for(cluster, tmp_path_factory.mktemp("lp-operator"), namespace, release,
-                              ("--all-namespaces", f"--peering={peering}"))  # fmt: skip
+    helm(
+        cluster,
+        "install",
+        release,
+        str(CHART),
+        "--namespace",
+        namespace,
+        "--create-namespace",
+        "--set",
+        f"peering.name={peering}",
+        "--set",
+        "replicaCount=0",
+    )
+    installed = _operator_for(
+        cluster,
+        tmp_path_factory.mktemp("lp-operator"),
+        namespace,
+        release,
+        ("--all-namespaces", f"--peering={peering}"),
+    )
     yield installed
     installed.operator.stop()
     installed.sa_api.close()
@@ -198,12 +258,20 @@ def run_training_lifecycle(cluster: ClusterHandle, namespace: str) -> None:
         custom.create_namespaced_custom_object(GROUP, VERSION, namespace, "modeltrainings", body)
 
     create(training("single", runPolicy={"backoffLimit": 0}))
-    create(training("ddp", resources={"gpus": 2},
-                    distributed={"workers": 2, "procsPerWorker": 2, "backend": "nccl"}))  # fmt: skip
+    create(
+        training(
+            "ddp",
+            resources={"gpus": 2},
+            distributed={"workers": 2, "procsPerWorker": 2, "backend": "nccl"},
+        )
+    )
     pod = wait_for(lambda: next(iter(running_pods("single")), None), what="the trainer pod")
     progress = {"epoch": 1, "epochs": 2, "loss": 0.3, "updatedAt": "2030-01-01T00:00:00Z"}
-    core.patch_namespaced_pod(pod.metadata.name, namespace,
-                              {"metadata": {"annotations": {"fogline.io/progress": json.dumps(progress)}}})  # fmt: skip
+    core.patch_namespaced_pod(
+        pod.metadata.name,
+        namespace,
+        {"metadata": {"annotations": {"fogline.io/progress": json.dumps(progress)}}},
+    )
     wait_for(lambda: status("single").get("progress"), what="progress in status")
     cluster.steer_pod(namespace, pod.metadata.name, "succeed", {"phase": "Succeeded", "epochs": 2})
     wait_for(
@@ -224,8 +292,14 @@ def run_training_lifecycle(cluster: ClusterHandle, namespace: str) -> None:
 
     for name in ("single", "ddp"):
         custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, "modeltrainings", name)
-    wait_for(lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "modeltrainings")["items"],
-             what="finalizers released")  # fmt: skip
+    wait_for(
+        lambda: (
+            not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "modeltrainings")[
+                "items"
+            ]
+        ),
+        what="finalizers released",
+    )
 
 
 def run_edge_lifecycle(cluster: ClusterHandle, namespace: str) -> None:
@@ -243,30 +317,54 @@ def run_edge_lifecycle(cluster: ClusterHandle, namespace: str) -> None:
         )
 
     body = {
-        "apiVersion": f"{GROUP}/{VERSION}", "kind": "EdgeDeployment", "metadata": {"name": "edge"},
-        "spec": {"model": {"uri": "https://models.example/m/1/", "digest": "sha256:" + "1" * 64},
-                 "rollout": {"canarySites": 1, "maxUnavailable": 2}},
-    }  # fmt: skip
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "EdgeDeployment",
+        "metadata": {"name": "edge"},
+        "spec": {
+            "model": {"uri": "https://models.example/m/1/", "digest": "sha256:" + "1" * 64},
+            "rollout": {"canarySites": 1, "maxUnavailable": 2},
+        },
+    }
     custom.create_namespaced_custom_object(GROUP, VERSION, namespace, plural, body)
     wait_for(
         lambda: status().get("phase") == "Available", timeout=180, what="first model Available"
     )
-    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, "edge",
-                                          {"spec": {"model": {"digest": "sha256:" + "2" * 64}}})  # fmt: skip
-    wait_for(lambda: (s := status()).get("observedGeneration") == 2 and s.get("phase") == "Available",
-             timeout=180, what="second model Available")  # fmt: skip
-    custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, plural, "edge",
-                                          {"spec": {"placement": {"sites": ["site-01"]}}})  # fmt: skip
-    wait_for(lambda: (s := status()).get("observedGeneration") == 3 and (s.get("counts") or {}).get("sites") == 1,
-             timeout=120, what="the EdgeDeployment narrowed to one site")  # fmt: skip
+    custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        plural,
+        "edge",
+        {"spec": {"model": {"digest": "sha256:" + "2" * 64}}},
+    )
+    wait_for(
+        lambda: (s := status()).get("observedGeneration") == 2 and s.get("phase") == "Available",
+        timeout=180,
+        what="second model Available",
+    )
+    custom.patch_namespaced_custom_object(
+        GROUP, VERSION, namespace, plural, "edge", {"spec": {"placement": {"sites": ["site-01"]}}}
+    )
+    wait_for(
+        lambda: (
+            (s := status()).get("observedGeneration") == 3
+            and (s.get("counts") or {}).get("sites") == 1
+        ),
+        timeout=120,
+        what="the EdgeDeployment narrowed to one site",
+    )
     apps = client.AppsV1Api(cluster.api)
     wait_for(
         lambda: len(apps.list_namespaced_daemon_set(namespace).items) == 1,
         what="other sites' DaemonSets deleted",
     )
     custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, plural, "edge")
-    wait_for(lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)["items"],
-             what="EdgeDeployment finalizer released")  # fmt: skip
+    wait_for(
+        lambda: (
+            not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, plural)["items"]
+        ),
+        what="EdgeDeployment finalizer released",
+    )
 
 
 def test_operator_as_the_chart_service_account_uses_exactly_what_it_is_granted(
@@ -307,8 +405,19 @@ def test_namespaced_mode_serves_a_training_with_a_role_only_in_its_namespaces(
     cluster: ClusterHandle, crds: list[str], namespace: str, tmp_path: Path
 ) -> None:
     home, release = f"fogline-{uuid.uuid4().hex[:6]}", "lpns"
-    helm(cluster, "install", release, str(CHART), "--namespace", home, "--create-namespace",
-         "--set", "replicaCount=0", "--set-json", f'watchNamespaces=["{namespace}"]')  # fmt: skip
+    helm(
+        cluster,
+        "install",
+        release,
+        str(CHART),
+        "--namespace",
+        home,
+        "--create-namespace",
+        "--set",
+        "replicaCount=0",
+        "--set-json",
+        f'watchNamespaces=["{namespace}"]',
+    )
     installed = _operator_for(
         cluster, tmp_path, home, release, (f"--namespace={namespace}", "--peering=fogline")
     )
@@ -317,13 +426,29 @@ def test_namespaced_mode_serves_a_training_with_a_role_only_in_its_namespaces(
         custom.create_namespaced_custom_object(
             GROUP, VERSION, namespace, "modeltrainings", training("scoped")
         )
-        wait_for(lambda: (custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "modeltrainings", "scoped")
-                          .get("status") or {}).get("phase") == "Running", what="scoped Running")  # fmt: skip
+        wait_for(
+            lambda: (
+                (
+                    custom.get_namespaced_custom_object(
+                        GROUP, VERSION, namespace, "modeltrainings", "scoped"
+                    ).get("status")
+                    or {}
+                ).get("phase")
+                == "Running"
+            ),
+            what="scoped Running",
+        )
         custom.delete_namespaced_custom_object(
             GROUP, VERSION, namespace, "modeltrainings", "scoped"
         )
-        wait_for(lambda: not custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "modeltrainings")["items"],
-                 what="finalizer released")  # fmt: skip
+        wait_for(
+            lambda: (
+                not custom.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, "modeltrainings"
+                )["items"]
+            ),
+            what="finalizer released",
+        )
         seen = audit_accesses(cluster.devcluster.audit_log, installed.user, installed.started_at)
         refused = sorted(access for access, codes in seen.items() if 403 in codes)
         assert not refused, f"the operator was refused {refused}; see {installed.operator.log_path}"

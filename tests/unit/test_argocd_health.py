@@ -48,6 +48,7 @@ FAILED = {
     "message": "pod failed 3 times",
 }
 
+# Case tables, one case a row: (case, status, expected health, words of its message).
 MODELTRAINING_CASES = [
     ("no status yet", None, "Progressing", "pick up"),
     ("Pending", {"phase": "Pending"}, "Progressing", "start"),
@@ -76,8 +77,11 @@ EDGEDEPLOYMENT_CASES = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("case", "status", "expected", "says"), MODELTRAINING_CASES,
-                         ids=[c[0] for c in MODELTRAINING_CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("case", "status", "expected", "says"),
+    MODELTRAINING_CASES,
+    ids=[c[0] for c in MODELTRAINING_CASES],
+)
 def test_modeltraining_health_follows_the_phase(
     case: str, status: Any, expected: str, says: str
 ) -> None:
@@ -87,8 +91,11 @@ def test_modeltraining_health_follows_the_phase(
     assert says in message
 
 
-@pytest.mark.parametrize(("case", "status", "expected", "says"), EDGEDEPLOYMENT_CASES,
-                         ids=[c[0] for c in EDGEDEPLOYMENT_CASES])  # fmt: skip
+@pytest.mark.parametrize(
+    ("case", "status", "expected", "says"),
+    EDGEDEPLOYMENT_CASES,
+    ids=[c[0] for c in EDGEDEPLOYMENT_CASES],
+)
 def test_edgedeployment_health_follows_the_phase(
     case: str, status: Any, expected: str, says: str
 ) -> None:
@@ -98,12 +105,19 @@ def test_edgedeployment_health_follows_the_phase(
     assert says in message
 
 
-@pytest.mark.parametrize(("kind", "file_name", "terminal"), [
-    ("ModelTraining", "modeltraining-health.lua", {"phase": "Succeeded", "artifact": {"digest": DIGEST}}),
-    ("ModelTraining", "modeltraining-health.lua", {"phase": "Failed", "conditions": [FAILED]}),
-    ("EdgeDeployment", "edgedeployment-health.lua", {"phase": "Available"}),
-    ("EdgeDeployment", "edgedeployment-health.lua", {"phase": "RolledBack"}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("kind", "file_name", "terminal"),
+    [
+        (
+            "ModelTraining",
+            "modeltraining-health.lua",
+            {"phase": "Succeeded", "artifact": {"digest": DIGEST}},
+        ),
+        ("ModelTraining", "modeltraining-health.lua", {"phase": "Failed", "conditions": [FAILED]}),
+        ("EdgeDeployment", "edgedeployment-health.lua", {"phase": "Available"}),
+        ("EdgeDeployment", "edgedeployment-health.lua", {"phase": "RolledBack"}),
+    ],
+)
 def test_a_spec_the_operator_has_not_observed_is_progressing_whatever_the_old_phase(
     kind: str, file_name: str, terminal: dict[str, Any]
 ) -> None:
@@ -118,7 +132,9 @@ def test_a_spec_the_operator_has_not_observed_is_progressing_whatever_the_old_ph
 def test_the_argocd_cm_patch_carries_the_scripts_unchanged() -> None:
     patch = yaml.safe_load((ARGOCD / "argocd-cm-patch.yaml").read_text())
     assert patch["metadata"] == {"name": "argocd-cm", "namespace": "argocd"}
-    for kind, file_name in (("ModelTraining", "modeltraining-health.lua"),
-                            ("EdgeDeployment", "edgedeployment-health.lua")):  # fmt: skip
+    for kind, file_name in (
+        ("ModelTraining", "modeltraining-health.lua"),
+        ("EdgeDeployment", "edgedeployment-health.lua"),
+    ):
         key = f"resource.customizations.health.fogline.io_{kind}"
         assert patch["data"][key] == (ARGOCD / file_name).read_text()

@@ -198,8 +198,12 @@ def test_probe_port_resolves_named_and_numbered_ports() -> None:
 
 
 def _status(state: dict[str, Any], ready: bool = False, last: bool = False) -> dict[str, Any]:
-    return {"name": "c", "state": state, "ready": ready,
-            "lastState": {"terminated": {"exitCode": 1}} if last else {}}  # fmt: skip
+    return {
+        "name": "c",
+        "state": state,
+        "ready": ready,
+        "lastState": {"terminated": {"exitCode": 1}} if last else {},
+    }
 
 
 WAITING = {"waiting": {"reason": "ContainerCreating"}}
@@ -259,8 +263,13 @@ def test_local_nodes_look_like_their_kwok_siblings_but_are_not_kwoks() -> None:
     for node, sibling in ((gpu, kwok_gpu), (edge, kwok_edge)):
         assert KWOK_NODE_ANNOTATION not in node["metadata"]["annotations"]
         assert node["spec"] == sibling["spec"]
-        ignored = {"kubernetes.io/hostname", "type", "devcluster.fogline.io/local", SITE_LABEL,
-                   "topology.kubernetes.io/zone"}  # fmt: skip
+        ignored = {
+            "kubernetes.io/hostname",
+            "type",
+            "devcluster.fogline.io/local",
+            SITE_LABEL,
+            "topology.kubernetes.io/zone",
+        }
         assert {k: v for k, v in node["metadata"]["labels"].items() if k not in ignored} == {
             k: v for k, v in sibling["metadata"]["labels"].items() if k not in ignored
         }

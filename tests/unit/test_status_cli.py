@@ -39,11 +39,15 @@ RUNNING_TRAINING = {
     "spec": {"hyperparameters": {"epochs": 20}},
     "status": {
         "phase": "Running",
-        "progress": {"epoch": 7, "epochs": 20, "metric": {"name": "accuracy", "value": 0.9412},
-                     "eta": "2026-05-01T12:03:10Z"},
+        "progress": {
+            "epoch": 7,
+            "epochs": 20,
+            "metric": {"name": "accuracy", "value": 0.9412},
+            "eta": "2026-05-01T12:03:10Z",
+        },
         "conditions": [{"type": "Succeeded", "status": "Unknown", "reason": "Running"}],
     },
-}  # fmt: skip
+}
 DONE_TRAINING = {
     "metadata": _meta("digits-cnn"),
     "status": {
@@ -58,11 +62,15 @@ FAILED_TRAINING = {
         "phase": "Failed",
         "conditions": [
             {"type": "Scheduled", "status": "True", "reason": "Scheduled"},
-            {"type": "Succeeded", "status": "False", "reason": "DatasetNotFound",
-             "message": "dataset /data/x.npz: no such file"},
+            {
+                "type": "Succeeded",
+                "status": "False",
+                "reason": "DatasetNotFound",
+                "message": "dataset /data/x.npz: no such file",
+            },
         ],
     },
-}  # fmt: skip
+}
 ROLLING_DEPLOYMENT = {
     "metadata": _meta("digits-edge"),
     "status": {
@@ -72,15 +80,34 @@ ROLLING_DEPLOYMENT = {
         "counts": {"sites": 3, "sitesReady": 1},
         "wave": {"index": 1},
         "sites": [
-            {"name": "site-01", "state": "Ready", "digest": DIGEST_B, "desired": 2, "ready": 2,
-             "reachable": True},
-            {"name": "site-02", "state": "Updating", "digest": DIGEST_A, "desired": 2,
-             "ready": 1, "reachable": True, "message": "1 of 2 pods on the new model"},
-            {"name": "site-03", "state": "Unreachable", "desired": 2, "ready": 0,
-             "reachable": False, "message": "no node heartbeat for 5m"},
+            {
+                "name": "site-01",
+                "state": "Ready",
+                "digest": DIGEST_B,
+                "desired": 2,
+                "ready": 2,
+                "reachable": True,
+            },
+            {
+                "name": "site-02",
+                "state": "Updating",
+                "digest": DIGEST_A,
+                "desired": 2,
+                "ready": 1,
+                "reachable": True,
+                "message": "1 of 2 pods on the new model",
+            },
+            {
+                "name": "site-03",
+                "state": "Unreachable",
+                "desired": 2,
+                "ready": 0,
+                "reachable": False,
+                "message": "no node heartbeat for 5m",
+            },
         ],
     },
-}  # fmt: skip
+}
 
 
 def _text(renderable: Any) -> str:
@@ -194,12 +221,20 @@ def test_unreachable_cluster_is_one_error_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     kubeconfig = tmp_path / "config"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "c",
-        "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:9"}}],
-        "users": [{"name": "u", "user": {"token": "t"}}],
-        "contexts": [{"name": "c", "context": {"cluster": "c", "user": "u", "namespace": "ml"}}],
-    }))  # fmt: skip
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "c",
+                "clusters": [{"name": "c", "cluster": {"server": "http://127.0.0.1:9"}}],
+                "users": [{"name": "u", "user": {"token": "t"}}],
+                "contexts": [
+                    {"name": "c", "context": {"cluster": "c", "user": "u", "namespace": "ml"}}
+                ],
+            }
+        )
+    )
     assert status.main(["--kubeconfig", str(kubeconfig), "-o", "json"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: cannot reach the cluster at http://127.0.0.1:9")

@@ -175,9 +175,24 @@ def test_module_entry_point_runs_the_same_program(
     folder, digest = published
     env = {**os.environ, "PYTHONPATH": str(REPO / "operator")}
     done = subprocess.run(
-        [sys.executable, "-m", "fogline.workloads.fetch", "--uri", str(folder), "--digest", digest,
-         "--cache-dir", str(tmp_path / "cache"), "--dest", str(tmp_path / "dest")],
-        capture_output=True, text=True, env=env, timeout=60, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "fogline.workloads.fetch",
+            "--uri",
+            str(folder),
+            "--digest",
+            digest,
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            "--dest",
+            str(tmp_path / "dest"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"{digest} model.onnx ready in {tmp_path / 'dest'}"

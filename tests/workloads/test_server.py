@@ -73,11 +73,28 @@ def start_server(
     env = {**os.environ, "PYTHONPATH": str(REPO / "operator")}
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            [*wrapper, sys.executable, "-m", "fogline.workloads.server", "--model-dir", str(model_dir),
-             "--name", MODEL, "--host", "127.0.0.1", "--port", "0", "--drain-seconds", "0",
-             *extra],
-            stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=REPO,
-        )  # fmt: skip
+            [
+                *wrapper,
+                sys.executable,
+                "-m",
+                "fogline.workloads.server",
+                "--model-dir",
+                str(model_dir),
+                "--name",
+                MODEL,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--drain-seconds",
+                "0",
+                *extra,
+            ],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+        )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         match = re.search(r"listening on https?://[\d.]+:(\d+)", log.read_text())

@@ -103,9 +103,15 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("server") / "server.log"
     running = start_server(
-        artifact, log, "--max-body-bytes", str(MAX_BODY),
-        "--request-head-timeout", str(HEAD_TIMEOUT), "--idle-timeout", "3",
-    )  # fmt: skip
+        artifact,
+        log,
+        "--max-body-bytes",
+        str(MAX_BODY),
+        "--request-head-timeout",
+        str(HEAD_TIMEOUT),
+        "--idle-timeout",
+        "3",
+    )
     try:
         wait_ready(running)
         yield running
@@ -122,9 +128,17 @@ LARGE_HEADERS = "".join(f"X-{i}: {'v' * 1000}\r\n" for i in range(90))  # 90 KB,
 
 def binary_request(shape: list[int], size: int) -> tuple[bytes, str]:
     header = json.dumps(
-        {"inputs": [{"name": "input", "datatype": "FP32", "shape": shape,
-                     "parameters": {"binary_data_size": size}}]}
-    ).encode()  # fmt: skip
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": shape,
+                    "parameters": {"binary_data_size": size},
+                }
+            ]
+        }
+    ).encode()
     return header + b"\0" * size, f"Inference-Header-Content-Length: {len(header)}\r\n"
 
 
@@ -145,13 +159,25 @@ OVERFLOW_BINARY, OVERFLOW_BINARY_HEADER = binary_request([2**62, 64], 256)
         (f"{HEAD}X-A: a\nX-B: b\r\nContent-Length: 2\r\n\r\n{{}}", 400, "malformed"),
         (f"{HEAD}X-A: a\x00b\r\nContent-Length: 2\r\n\r\n{{}}", 400, "malformed"),
         (f"{HEAD}Content-Length: \u0663\r\n\r\n{{}}", 400, "malformed"),
-        (f"{HEAD}Content-Length: 2\r\nContent-Encoding: gzip\r\nContent-Encoding: gzip\r\n\r\n{{}}", 400, "more than once"),
+        (
+            f"{HEAD}Content-Length: 2\r\nContent-Encoding: gzip\r\nContent-Encoding: gzip\r\n\r\n{{}}",
+            400,
+            "more than once",
+        ),
         (f"GET /{'a' * 9000} HTTP/1.1\r\nHost: x\r\n\r\n", 414, "--max-header-line-bytes"),
-        (f"{HEAD}X-Big: {'a' * 9000}\r\nContent-Length: 2\r\n\r\n{{}}", 431, "--max-header-line-bytes"),
+        (
+            f"{HEAD}X-Big: {'a' * 9000}\r\nContent-Length: 2\r\n\r\n{{}}",
+            431,
+            "--max-header-line-bytes",
+        ),
         (f"{HEAD}{MANY_HEADERS}Content-Length: 2\r\n\r\n{{}}", 431, "Too many headers"),
         (f"{HEAD}{LARGE_HEADERS}Content-Length: 2\r\n\r\n{{}}", 431, "--max-header-bytes"),
         (f"{HEAD}Content-Length: {MAX_BODY + 1}\r\n\r\n", 413, "--max-body-bytes"),
-        (f"{HEAD}Transfer-Encoding: chunked\r\n\r\n{MAX_BODY + 1:x}\r\n{'a' * (MAX_BODY + 1)}\r\n0\r\n\r\n", 413, "--max-body-bytes"),
+        (
+            f"{HEAD}Transfer-Encoding: chunked\r\n\r\n{MAX_BODY + 1:x}\r\n{'a' * (MAX_BODY + 1)}\r\n0\r\n\r\n",
+            413,
+            "--max-body-bytes",
+        ),
     ],
     ids=[
         "conflicting-content-length",
@@ -169,7 +195,7 @@ OVERFLOW_BINARY, OVERFLOW_BINARY_HEADER = binary_request([2**62, 64], 256)
         "body-over-limit",
         "chunked-body-over-limit",
     ],
-)  # fmt: skip
+)
 @pytest.mark.parametrize("trickled", [False, True], ids=["one-read", "trickled"])
 def test_bad_framing_is_refused_with_a_json_error_and_the_server_serves_on(
     server: ServerProcess, raw: str, status: int, names: str, trickled: bool
@@ -191,8 +217,16 @@ def test_bad_framing_is_refused_with_a_json_error_and_the_server_serves_on(
         (good_body().replace(b"0.5", b"NaN", 1), "", "not valid JSON"),
         (
             json.dumps(
-                {"inputs": [{"name": "input", "datatype": "FP32", "shape": [2**62, 64],
-                             "data": [0.5] * 64}]}
+                {
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "datatype": "FP32",
+                            "shape": [2**62, 64],
+                            "data": [0.5] * 64,
+                        }
+                    ]
+                }
             ).encode(),
             "",
             "needs",
@@ -200,7 +234,11 @@ def test_bad_framing_is_refused_with_a_json_error_and_the_server_serves_on(
         (OVERFLOW_BINARY, OVERFLOW_BINARY_HEADER, "does not match shape"),
         (good_body(), "Inference-Header-Content-Length: \u0661\u0662\r\n", "not a byte count"),
         (good_body(), "Inference-Header-Content-Length: -5\r\n", "not a byte count"),
-        (good_body(), "Inference-Header-Content-Length: 99999999999999999999999\r\n", "not a byte count"),
+        (
+            good_body(),
+            "Inference-Header-Content-Length: 99999999999999999999999\r\n",
+            "not a byte count",
+        ),
     ],
     ids=[
         "deeply-nested-json",
@@ -212,7 +250,7 @@ def test_bad_framing_is_refused_with_a_json_error_and_the_server_serves_on(
         "negative-inference-header-length",
         "huge-inference-header-length",
     ],
-)  # fmt: skip
+)
 def test_bad_inference_bodies_are_400_and_the_server_serves_on(
     server: ServerProcess, body: bytes, extra: str, names: str
 ) -> None:
@@ -339,9 +377,17 @@ def heavy(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 def heavy_body(rows: int = 256) -> bytes:
     array = np.random.default_rng(3).standard_normal((rows, 512)).astype(np.float32)
     header = json.dumps(
-        {"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, 512],
-                     "parameters": {"binary_data_size": array.nbytes}}]}
-    ).encode()  # fmt: skip
+        {
+            "inputs": [
+                {
+                    "name": "input",
+                    "datatype": "FP32",
+                    "shape": [rows, 512],
+                    "parameters": {"binary_data_size": array.nbytes},
+                }
+            ]
+        }
+    ).encode()
     return (
         (
             f"POST {INFER} HTTP/1.1\r\nHost: x\r\nInference-Header-Content-Length: {len(header)}\r\n"
@@ -411,9 +457,17 @@ def test_large_body_leaves_health_probes_answered(artifact: Path, tmp_path: Path
         wait_ready(server)
         rows = 60_000  # 60,000 x 64 floats: a 16 MB JSON body
         body = json.dumps(
-            {"inputs": [{"name": "input", "datatype": "FP32", "shape": [rows, 64],
-                         "data": [0.123] * (rows * 64)}]}
-        ).encode()  # fmt: skip
+            {
+                "inputs": [
+                    {
+                        "name": "input",
+                        "datatype": "FP32",
+                        "shape": [rows, 64],
+                        "data": [0.123] * (rows * 64),
+                    }
+                ]
+            }
+        ).encode()
         at_rest = peak_rss_kib(server)
         probes_during = 0
         with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
@@ -492,9 +546,15 @@ def test_tls_and_bearer_token_guard_inference_but_not_health(
     write_self_signed(cert, key)
     token.write_text("s3cret-token\n")
     server = start_server(
-        artifact, tmp_path / "server.log", "--tls-cert-file", str(cert), "--tls-key-file",
-        str(key), "--auth-token-file", str(token),
-    )  # fmt: skip
+        artifact,
+        tmp_path / "server.log",
+        "--tls-cert-file",
+        str(cert),
+        "--tls-key-file",
+        str(key),
+        "--auth-token-file",
+        str(token),
+    )
     context = ssl.create_default_context(cafile=str(cert))  # verified: the SAN is 127.0.0.1
 
     def call(path: str, body: bytes | None, headers: dict[str, str]) -> int:

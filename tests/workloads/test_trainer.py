@@ -31,15 +31,23 @@ def digits_run(
     output = tmp_path_factory.mktemp("digits") / "artifact"
     run = trainer_runner(
         output,
-        "--model", "mlp",
-        "--hidden-units", "256",
-        "--dataset", "builtin:digits",
-        "--epochs", str(EPOCHS),
-        "--seed", "7",
-        "--export", "onnx,torchscript",
-        "--quantize", "int8",
-        "--artifact-uri", "pvc://models/digits/run-1",
-    )  # fmt: skip
+        "--model",
+        "mlp",
+        "--hidden-units",
+        "256",
+        "--dataset",
+        "builtin:digits",
+        "--epochs",
+        str(EPOCHS),
+        "--seed",
+        "7",
+        "--export",
+        "onnx,torchscript",
+        "--quantize",
+        "int8",
+        "--artifact-uri",
+        "pvc://models/digits/run-1",
+    )
     assert run.returncode == 0, run.stderr
     return run
 
@@ -202,16 +210,32 @@ BAD_INPUTS = [
     pytest.param(["--batch-size", "0"], "InvalidArgument", 2, id="zero-batch"),
     pytest.param(["--validation-split", "0.9"], "InvalidArgument", 2, id="split-too-large"),
     pytest.param(["--epochs", "ten"], "InvalidArgument", 2, id="epochs-not-a-number"),
-    pytest.param(["--quantize", "int8", "--export", "torchscript"], "InvalidArgument", 2,
-                 id="int8-without-onnx"),
-    pytest.param(["--dataset", "data.npz", "--dataset-digest", "sha256:" + "0" * 64],
-                 "DatasetDigestMismatch", 2, id="digest-mismatch"),
-    pytest.param(["--dataset", "https://example.invalid/d.npz"], "DatasetDigestRequired", 2,
-                 id="http-without-digest"),
+    pytest.param(
+        ["--quantize", "int8", "--export", "torchscript"],
+        "InvalidArgument",
+        2,
+        id="int8-without-onnx",
+    ),
+    pytest.param(
+        ["--dataset", "data.npz", "--dataset-digest", "sha256:" + "0" * 64],
+        "DatasetDigestMismatch",
+        2,
+        id="digest-mismatch",
+    ),
+    pytest.param(
+        ["--dataset", "https://example.invalid/d.npz"],
+        "DatasetDigestRequired",
+        2,
+        id="http-without-digest",
+    ),
     pytest.param(["--dataset", "broken.csv"], "DatasetInvalid", 2, id="non-numeric-csv"),
-    pytest.param(["--dataset", "data.npz", "--model", "cnn"], "ArchitectureMismatch", 2,
-                 id="cnn-on-non-square-rows"),
-]  # fmt: skip
+    pytest.param(
+        ["--dataset", "data.npz", "--model", "cnn"],
+        "ArchitectureMismatch",
+        2,
+        id="cnn-on-non-square-rows",
+    ),
+]
 
 
 @pytest.mark.parametrize(("flags", "reason", "code"), BAD_INPUTS)

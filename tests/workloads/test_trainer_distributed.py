@@ -30,12 +30,16 @@ def test_two_process_torchrun_on_cpu_trains_and_writes_one_artifact(
     output = tmp_path / "artifact"
     run = trainer_runner(
         output,
-        "--model", "mlp",
-        "--dataset", "builtin:digits",
-        "--epochs", "3",
-        "--device", "cpu",
+        "--model",
+        "mlp",
+        "--dataset",
+        "builtin:digits",
+        "--epochs",
+        "3",
+        "--device",
+        "cpu",
         launcher=launcher,
-    )  # fmt: skip
+    )
     assert run.returncode == 0, run.stderr
     assert "2 processes (gloo)" in run.stdout
     assert [line.split(" epoch ")[1].split()[0] for line in run.epoch_lines()] == [
