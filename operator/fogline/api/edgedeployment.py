@@ -1,5 +1,6 @@
 """The typed view of an EdgeDeployment: frozen spec and status dataclasses parsed once from
-the CR with the CRD's own defaults, the wave-size arithmetic, and checks the CRD cannot make."""
+the CR with the CRD's own defaults, and checks the CRD cannot make. The wave arithmetic is
+the planner's (rollout/policy.py); edge/observe.py hands it spec.rollout."""
 
 from __future__ import annotations
 

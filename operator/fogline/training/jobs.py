@@ -1,6 +1,7 @@
 """Builders for what a ModelTraining becomes: a batch/v1 Job running the trainer (an Indexed
-Job with a headless Service and torchrun rendezvous when distributed), and the narrow RBAC
-that lets a trainer report progress on its own pod. Typed spec in, plain dicts out."""
+Job with a headless Service and torchrun rendezvous when distributed), and the RBAC that
+lets a trainer report progress: get and patch on the namespace's pods, which the chart's
+admission policy narrows to the trainer's own pod. Typed spec in, plain dicts out."""
 
 from __future__ import annotations
 

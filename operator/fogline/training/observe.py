@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from fogline.api.conditions import is_reason, set_condition
+from fogline.api.conditions import ConditionStatus, is_reason, set_condition
 from fogline.api.digests import is_digest, short_digest
 from fogline.api.labels import PROGRESS_ANNOTATION
 from fogline.api.modeltraining import ModelTraining
@@ -332,11 +332,11 @@ def observe_training(
     conditions = set_condition(
         conditions, "Progressing", progressing, verdict.reason, verdict.message, generation, now
     )
-    succeeded: bool | str = {"Succeeded": True, "Failed": False}.get(phase, "Unknown")
+    succeeded: ConditionStatus | bool = {"Succeeded": True, "Failed": False}.get(phase, "Unknown")
     conditions = set_condition(
         conditions,
         "Succeeded",
-        succeeded if succeeded != "Unknown" else "Unknown",  # type: ignore[arg-type]
+        succeeded,
         verdict.reason,
         verdict.message,
         generation,
