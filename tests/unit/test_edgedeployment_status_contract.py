@@ -18,8 +18,8 @@ from fogline.api.edgedeployment import (
     SiteStatus,
 )
 from fogline.rollout import Phase
+from fogline.rollout import SiteState as PlannedSiteState
 from fogline.rollout import SiteStatus as PlannedSite
-from fogline.rollout.planner import SiteState as PlannedSiteState
 
 pytestmark = pytest.mark.unit
 
