@@ -20,6 +20,7 @@ from fogline.edge.daemonsets import (
     daemonset_name,
 )
 from fogline.rollout import NodeObservation, PodObservation, RolloutPlan, SiteObservation
+from fogline.rollout.analysis import AnalysisRequest, PodTarget
 
 UPDATE_LOCK_ANNOTATION = "fogline.io/update-lock"
 MAINTENANCE_LABEL = "fogline.io/maintenance"
@@ -148,8 +149,9 @@ def _container_essence(container: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def pod_essence(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """What observe_sites and the pod replacement read of an edge pod: name, node, digest
-    annotation, deletion, phase, readiness and the reasons it may be failing."""
+    """What observe_sites, the pod replacement and the rollout analysis read of an edge pod:
+    name, node, digest annotation, deletion, phase, readiness, the reasons it may be
+    failing, and its address (where the analysis reads its metrics)."""
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
     annotations = meta.get("annotations") or {}
@@ -164,6 +166,7 @@ def pod_essence(pod: Mapping[str, Any]) -> dict[str, Any]:
         "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
         "status": {
             "phase": status.get("phase"),
+            "podIP": status.get("podIP"),
             "conditions": _ready_condition(status),
             **{
                 key: [_container_essence(c) for c in status.get(key) or []]
@@ -310,6 +313,63 @@ def observe_sites(
             )
         )
     return result
+
+
+def analysis_targets(
+    sites: Sequence[SiteObservation],
+    pods: Iterable[Mapping[str, Any]],
+    request: AnalysisRequest,
+    stable: str | None,
+    port: int,
+    max_pods: int,
+) -> tuple[PodTarget, ...]:
+    """The pods an analysis samples: Ready pods with an address on Ready nodes, at most
+    ``max_pods`` of the wave (on its digest) and as many of the baseline (on ``stable``),
+    taken one site at a time in turn so that every site is sampled before any site twice,
+    in site and pod name order (the same pods from one reconcile to the next)."""
+    node_site = {node.name: site.name for site in sites for node in site.nodes if node.ready}
+    chosen: list[PodTarget] = []
+    for baseline, names, digest in (
+        (False, request.sites, request.digest),
+        (True, request.baseline_sites, stable),
+    ):
+        wanted = set(names)
+        by_site: dict[str, list[Mapping[str, Any]]] = {}
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            site = node_site.get((pod.get("spec") or {}).get("nodeName") or "")
+            if (
+                site in wanted
+                and digest is not None
+                and (meta.get("annotations") or {}).get(DIGEST_ANNOTATION) == digest
+                and not meta.get("deletionTimestamp")
+                and pod_ready(pod)
+                and (pod.get("status") or {}).get("podIP")
+            ):
+                by_site.setdefault(site, []).append(pod)
+        queues = [
+            sorted(found, key=lambda p: str(p["metadata"]["name"]))
+            for _, found in sorted(by_site.items())
+        ]
+        sites_in_turn = [name for name, _ in sorted(by_site.items())]
+        taken = 0
+        depth = 0
+        while taken < max_pods and any(depth < len(q) for q in queues):
+            for site, queue in zip(sites_in_turn, queues, strict=True):
+                if depth < len(queue) and taken < max_pods:
+                    pod = queue[depth]
+                    chosen.append(
+                        PodTarget(
+                            name=str(pod["metadata"]["name"]),
+                            site=site,
+                            address=str(pod["status"]["podIP"]),
+                            port=port,
+                            baseline=baseline,
+                        )
+                    )
+                    taken += 1
+            depth += 1
+    return tuple(chosen)
 
 
 def build_status(
