@@ -31,7 +31,15 @@ from typing import Protocol
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from fogline.rollout.analysis import Counters, PodTarget, PodWindow, increase
+from fogline.rollout.analysis import (
+    AnalysisRequest,
+    AnalysisVerdict,
+    Counters,
+    PodTarget,
+    PodWindow,
+    WaveAnalysis,
+    increase,
+)
 
 SCRAPE_CONCURRENCY = 4
 SCRAPE_TIMEOUT_SECONDS = 2.0
@@ -209,3 +217,37 @@ class PodScrapeSource:
             # lost); later readings count from zero.
             self._first[entry] = _Reading(first.at, Counters(), None)
         return PodWindow(target.name, target.site, target.baseline, first.at, grown)
+
+
+def unread(targets: Sequence[PodTarget], why: str) -> list[PodWindow]:
+    """Every target as not read, for ``why`` (no source can read them)."""
+    return [PodWindow(t.name, t.site, t.baseline, None, None, why) for t in targets]
+
+
+@dataclass
+class AnalysisRun:
+    """The analysis of one wave, kept in the operator's memory while the planner asks for
+    it. Lost on a restart: the next reconcile opens it again, and its window with it."""
+
+    request: AnalysisRequest
+    opened_at: datetime
+    verdict: AnalysisVerdict | None = None
+
+    def key(self, namespace: str, name: str) -> tuple[str, str, int, str]:
+        return (namespace, name, self.request.wave, self.request.digest)
+
+    def about(self, wave: int, digest: str) -> bool:
+        return self.request.wave == wave and self.request.digest == digest
+
+    def given(self) -> WaveAnalysis | None:
+        """What the planner is handed: the verdict with the wave it is about."""
+        if self.verdict is None:
+            return None
+        return WaveAnalysis(self.request.wave, self.request.digest, self.verdict)
+
+
+def sample_interval(window_seconds: float) -> float:
+    """How often a wave under analysis is sampled: a few readings per window, never more
+    than one every 2 s (each is a scrape of up to 2 x maxPods pods) nor less than one
+    every 10 s."""
+    return min(10.0, max(2.0, window_seconds / 3))

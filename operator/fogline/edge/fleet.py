@@ -20,7 +20,7 @@ from fogline.edge.daemonsets import (
     daemonset_name,
 )
 from fogline.rollout import NodeObservation, PodObservation, RolloutPlan, SiteObservation
-from fogline.rollout.analysis import AnalysisRequest, PodTarget
+from fogline.rollout.analysis import AnalysisRequest, MetricResult, PodTarget, WaveAnalysis
 
 UPDATE_LOCK_ANNOTATION = "fogline.io/update-lock"
 MAINTENANCE_LABEL = "fogline.io/maintenance"
@@ -370,6 +370,79 @@ def analysis_targets(
                     taken += 1
             depth += 1
     return tuple(chosen)
+
+
+# status.analysis.waves keeps this many finished analyses, newest first.
+MAX_ANALYSED_WAVES = 20
+
+
+def _result_dict(result: MetricResult) -> dict[str, Any]:
+    row: dict[str, Any] = {"metric": result.metric, "threshold": result.threshold}
+    if result.value is not None:
+        row["value"] = round(result.value, 6)
+    if result.baseline is not None:
+        row["baseline"] = round(result.baseline, 6)
+    if result.site:
+        row["site"] = result.site
+    row["passed"] = result.passed
+    if result.message:
+        row["message"] = result.message[:256]
+    return row
+
+
+def analysis_status(
+    previous: Mapping[str, Any] | None,
+    analysis: WaveAnalysis | None,
+    finished: bool,
+    now: datetime,
+) -> dict[str, Any] | None:
+    """status.analysis: the verdict of the wave under analysis (or of the last one), and,
+    once ``finished`` (the planner no longer asks for it), that wave's summary first in
+    ``waves``. Without an analysis it stays as it was."""
+    if analysis is None:
+        return dict(previous) if previous else None
+    verdict = analysis.verdict
+    results = [_result_dict(r) for r in verdict.results]
+    phase = verdict.phase
+    message = verdict.message
+    if finished and phase == "Running":
+        # The wave ended (its deadline passed, a pod failed, a new rollout began) with the
+        # window still open: no answer came.
+        phase, message = "Inconclusive", f"the wave ended before its window did ({message})"
+    current: dict[str, Any] = {
+        "wave": analysis.wave,
+        "digest": analysis.digest,
+        "phase": phase,
+        "startedAt": rfc3339(verdict.started_at),
+        "requests": verdict.requests,
+        "pods": verdict.pods,
+        "baselinePods": verdict.baseline_pods,
+        "results": results,
+        "message": message[:1024],
+    }
+    if verdict.failure is not None:
+        failure = verdict.failure
+        current["failure"] = {
+            "site": failure.site,
+            "metric": failure.metric,
+            "value": round(failure.value, 6),
+            "threshold": failure.threshold,
+        }
+    waves = [dict(w) for w in (previous or {}).get("waves") or []]
+    if finished:
+        entry = {
+            "wave": analysis.wave,
+            "digest": analysis.digest,
+            "phase": phase,
+            "finishedAt": rfc3339(now),
+            "requests": verdict.requests,
+            "message": message[:1024],
+            "results": results,
+        }
+        waves = [entry, *waves][:MAX_ANALYSED_WAVES]
+    if waves:
+        current["waves"] = waves
+    return current
 
 
 def build_status(
