@@ -77,6 +77,10 @@ class MetricsSource(Protocol):
         """The analysis ``key`` is over: drop what was kept for it."""
         ...
 
+    async def close(self) -> None:
+        """The operator stops: release connections."""
+        ...
+
 
 def parse_exposition(text: str, counters: Sequence[str] = ()) -> Counters:
     """The inference counters in a server's Prometheus text exposition (prometheus_client's

@@ -390,26 +390,14 @@ def _result_dict(result: MetricResult) -> dict[str, Any]:
     return row
 
 
-def analysis_status(
-    previous: Mapping[str, Any] | None,
-    analysis: WaveAnalysis | None,
-    finished: bool,
-    now: datetime,
-) -> dict[str, Any] | None:
-    """status.analysis: the verdict of the wave under analysis (or of the last one), and,
-    once ``finished`` (the planner no longer asks for it), that wave's summary first in
-    ``waves``. Without an analysis it stays as it was."""
-    if analysis is None:
-        return dict(previous) if previous else None
+def _verdict_dict(analysis: WaveAnalysis, ended: bool) -> dict[str, Any]:
     verdict = analysis.verdict
-    results = [_result_dict(r) for r in verdict.results]
-    phase = verdict.phase
-    message = verdict.message
-    if finished and phase == "Running":
+    phase, message = verdict.phase, verdict.message
+    if ended and phase == "Running":
         # The wave ended (its deadline passed, a pod failed, a new rollout began) with the
         # window still open: no answer came.
         phase, message = "Inconclusive", f"the wave ended before its window did ({message})"
-    current: dict[str, Any] = {
+    shown: dict[str, Any] = {
         "wave": analysis.wave,
         "digest": analysis.digest,
         "phase": phase,
@@ -417,32 +405,42 @@ def analysis_status(
         "requests": verdict.requests,
         "pods": verdict.pods,
         "baselinePods": verdict.baseline_pods,
-        "results": results,
+        "results": [_result_dict(r) for r in verdict.results],
         "message": message[:1024],
     }
     if verdict.failure is not None:
         failure = verdict.failure
-        current["failure"] = {
+        shown["failure"] = {
             "site": failure.site,
             "metric": failure.metric,
             "value": round(failure.value, 6),
             "threshold": failure.threshold,
         }
+    return shown
+
+
+def analysis_status(
+    previous: Mapping[str, Any] | None,
+    ended: WaveAnalysis | None,
+    current: WaveAnalysis | None,
+    now: datetime,
+) -> dict[str, Any] | None:
+    """status.analysis: the verdict of the wave under analysis (``current``), else of the
+    one that just ended, else as it was; an ``ended`` analysis (the planner no longer asks
+    for it) goes first into ``waves``, which keeps MAX_ANALYSED_WAVES."""
+    if ended is None and current is None:
+        return dict(previous) if previous else None
     waves = [dict(w) for w in (previous or {}).get("waves") or []]
-    if finished:
-        entry = {
-            "wave": analysis.wave,
-            "digest": analysis.digest,
-            "phase": phase,
-            "finishedAt": rfc3339(now),
-            "requests": verdict.requests,
-            "message": message[:1024],
-            "results": results,
-        }
+    if ended is not None:
+        done = _verdict_dict(ended, ended=True)
+        entry = {key: done[key] for key in ("wave", "digest", "phase", "requests", "message")}
+        entry["finishedAt"] = rfc3339(now)
+        entry["results"] = done["results"]
         waves = [entry, *waves][:MAX_ANALYSED_WAVES]
+    shown = _verdict_dict(current, ended=False) if current is not None else done
     if waves:
-        current["waves"] = waves
-    return current
+        shown["waves"] = waves
+    return shown
 
 
 def build_status(
@@ -506,9 +504,10 @@ def build_status(
 
 
 # Status keys that move with every pod transition (a node's pod goes, its new one becomes
-# Ready) and that nothing reads back: the planner's memory lives in status.rollout. A
-# change confined to these may wait a little, so that one patch carries many transitions.
-PROGRESS_KEYS = frozenset({"counts", "sitesReady", "sites", "sitesOmitted"})
+# Ready) or every analysis sample, and that nothing reads back: the planner's memory lives
+# in status.rollout. A change confined to these may wait a little, so that one patch
+# carries many transitions; what an analysis decides moves the memory and goes at once.
+PROGRESS_KEYS = frozenset({"counts", "sitesReady", "sites", "sitesOmitted", "analysis"})
 
 
 def progress_only(patch: Mapping[str, Any]) -> bool:

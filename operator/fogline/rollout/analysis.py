@@ -33,6 +33,12 @@ ERROR_RATIO = "errorRatio"
 P99_LATENCY_MS = "p99LatencyMs"
 P99_LATENCY_RATIO = "p99LatencyRatio"
 QUANTILE = 0.99
+THRESHOLD_FIELDS = {
+    ERROR_RATIO: "maxErrorRatio",
+    P99_LATENCY_MS: "maxP99LatencyMs",
+    P99_LATENCY_RATIO: "maxP99LatencyRatio",
+}
+GateDecision = Literal["Pass", "Fail", "Wait"]
 
 
 @dataclass(frozen=True)
@@ -205,8 +211,16 @@ class AnalysisFailure:
     value: float
     threshold: float
 
+    def measure(self) -> str:
+        """``errorRatio 0.4 > 0.05 (spec.rollout.analysis.maxErrorRatio)``"""
+        field = THRESHOLD_FIELDS.get(self.metric, "customRatio.max")
+        return (
+            f"{self.metric} {_number(self.value)} > {_number(self.threshold)} "
+            f"(spec.rollout.analysis.{field})"
+        )
+
     def text(self) -> str:
-        return f"site {self.site}: {self.metric} {_number(self.value)} > {_number(self.threshold)}"
+        return f"site {self.site}: {self.measure()}"
 
 
 @dataclass(frozen=True)
@@ -314,6 +328,31 @@ def judge(
     if unmeasured:
         return ended("Inconclusive", "; ".join(f"{r.metric}: {r.message}" for r in unmeasured))
     return ended("Passed", f"every threshold held on {requests} request(s)")
+
+
+def gate(policy: AnalysisPolicy, verdict: AnalysisVerdict | None) -> GateDecision:
+    """What a verdict does to its wave: Passed passes it, Failed fails it, Inconclusive
+    fails it under ``inconclusive: Fail`` and otherwise waits (the progress deadline fails
+    it in the end); no verdict yet, or a window still open, waits. Nothing else passes."""
+    if verdict is None or verdict.phase == "Running":
+        return "Wait"
+    if verdict.phase == "Passed":
+        return "Pass"
+    if verdict.phase == "Failed" or policy.inconclusive == "Fail":
+        return "Fail"
+    return "Wait"
+
+
+def summary_text(verdict: AnalysisVerdict) -> str:
+    """``errorRatio 0.01 <= 0.05, p99LatencyMs 4.9 <= 50`` for Events and the CLI."""
+    parts = []
+    for r in verdict.results:
+        if r.value is None:
+            parts.append(f"{r.metric} not judged ({r.message})")
+        else:
+            sign = "<=" if r.passed else ">"
+            parts.append(f"{r.metric} {_number(r.value)} {sign} {_number(r.threshold)}")
+    return ", ".join(parts) or "no threshold"
 
 
 def _sites(windows: Sequence[PodWindow]) -> list[_Site]:
