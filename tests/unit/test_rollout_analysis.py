@@ -192,11 +192,26 @@ def test_an_unreachable_pod_is_inconclusive_not_a_pass() -> None:
     assert "a-2 (refused)" in verdict.message
 
 
+def test_errors_on_the_pods_that_answered_fail_the_wave_even_with_one_unread() -> None:
+    policy = AnalysisPolicy(max_error_ratio=0.05)
+    windows = [pod("a-1", "a", served(100, 50)), pod("a-2", "a", None)]
+    assert judge(policy, windows, T0, AFTER).phase == "Failed"
+
+
+def test_errors_on_fewer_than_min_requests_are_inconclusive_not_a_failure() -> None:
+    policy = AnalysisPolicy(max_error_ratio=0.05, min_requests=20)
+    verdict = judge(policy, [pod("a-1", "a", served(5, 5))], T0, AFTER)
+    assert verdict.phase == "Inconclusive"
+    assert "5 inference request(s)" in verdict.message
+
+
 def test_no_pod_reachable_is_inconclusive_once_the_window_ends() -> None:
     policy = AnalysisPolicy(max_error_ratio=0.05)
     windows = [pod("a-1", "a", None, since=None)]
     assert judge(policy, windows, T0, T0 + timedelta(seconds=5)).phase == "Running"
-    assert judge(policy, windows, T0, AFTER).phase == "Inconclusive"
+    verdict = judge(policy, windows, T0, AFTER)
+    assert verdict.phase == "Inconclusive"
+    assert verdict.message == "metrics not read from a-1 (refused)"
 
 
 def test_a_relative_threshold_without_any_baseline_site_is_not_judged() -> None:

@@ -310,20 +310,22 @@ def judge(
         return dataclasses.replace(running, message=f"window open, {math.ceil(left)}s left")
     if not wave:
         return ended("Inconclusive", "no pod of the wave to sample")
-    if requests < policy.min_requests:
-        return ended(
-            "Inconclusive",
-            f"{requests} inference request(s) in the window, fewer than minRequests "
-            f"{policy.min_requests}",
-        )
+    # What the pods that answered show can fail a wave (given enough requests); it can
+    # never pass one while a sampled pod did not answer.
     failure = _worst_failure(policy, sites, base)
-    if failure is not None:
+    if failure is not None and requests >= policy.min_requests:
         return ended("Failed", failure.text(), failure)
     unread = [w for w in wave + (baseline if _needs_baseline(policy) else []) if not w.read]
     if unread:
         names = ", ".join(f"{w.pod} ({w.problem or 'not read'})" for w in unread[:5])
         more = f" and {len(unread) - 5} more" if len(unread) > 5 else ""
         return ended("Inconclusive", f"metrics not read from {names}{more}")
+    if requests < policy.min_requests:
+        return ended(
+            "Inconclusive",
+            f"{requests} inference request(s) in the window, fewer than minRequests "
+            f"{policy.min_requests}",
+        )
     unmeasured = [r for r in results if r.value is None and not r.passed]
     if unmeasured:
         return ended("Inconclusive", "; ".join(f"{r.metric}: {r.message}" for r in unmeasured))
