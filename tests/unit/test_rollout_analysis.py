@@ -22,6 +22,7 @@ from fogline.rollout.analysis import (
     judge,
     merge,
 )
+from fogline.settings import OperatorSettings, SettingsError
 from fogline.workloads.server.metrics import LATENCY_BUCKETS, ServerMetrics
 
 pytestmark = pytest.mark.unit
@@ -304,3 +305,17 @@ def test_a_failure_names_the_site_furthest_over_a_broken_threshold(
     for other in verdict.results:
         if other.value is not None and other.value > other.threshold and other.threshold:
             assert other.value / other.threshold <= over
+
+
+# -- the operator settings that name a Prometheus -------------------------------------------
+
+
+def test_only_an_http_url_is_taken_for_the_prometheus_setting() -> None:
+    env = {"FOGLINE_ANALYSIS_PROMETHEUS_URL": "https://prometheus.monitoring:9090/"}
+    assert OperatorSettings.from_env(env).analysis_prometheus_url == (
+        "https://prometheus.monitoring:9090"
+    )
+    assert OperatorSettings.from_env({}).analysis_prometheus_url is None
+    for bad in ("file:///etc/passwd", "prometheus:9090", "https:///x"):
+        with pytest.raises(SettingsError, match="FOGLINE_ANALYSIS_PROMETHEUS_URL"):
+            OperatorSettings.from_env({"FOGLINE_ANALYSIS_PROMETHEUS_URL": bad})
