@@ -13,7 +13,13 @@ over its window as ``PodWindow`` values. Two sources implement it:
   scrape per pod per ``min_interval_seconds`` (a reconcile that comes sooner gets the last
   reading again). An operator restart loses the first readings: the window starts again.
 - a Prometheus query source (``source: Prometheus``) answers the same from the query API
-  the operator's settings name, with ``since`` the window's opening.
+  the operator's settings name (``analysis_prometheus_url``), with ``since`` the window's
+  opening. It is registered under "Prometheus" in ``OperatorState.analysis_sources``;
+  while none is, that source's analyses are inconclusive, saying why.
+
+To plug in a source: implement ``sample`` (the increase of each target's counters since
+``window.opened_at``, or since its own first reading), ``forget`` and ``close``, and add
+it to ``OperatorState.analysis_sources`` at start-up under the ``source`` name it serves.
 
 A pod that cannot be read is answered with ``counters=None`` and a ``problem``; a source
 never raises for one pod's failure.
