@@ -137,6 +137,10 @@ class OperatorState:
 
     def forget(self, key: Key) -> None:
         """The object is gone: drop every per-object memory of it."""
+        run = self.edge.analyses.get(key)
+        if run is not None:
+            for source in self.analysis_sources.values():
+                source.forget(run.key(key[1], key[2]))
         self.queue.forget(key)
         self.announcer.forget(key)
         self.edge.forget(key)
