@@ -188,6 +188,32 @@ def test_scrapes_are_bounded_per_pod_per_interval_and_in_concurrency(silent: Sil
     assert 1 <= silent.most <= 4
 
 
+def test_a_sample_that_runs_out_of_time_cuts_the_scrapes_left_and_reads_them_as_not_read(
+    silent: Silent,
+) -> None:
+    """Twelve pods that never answer, 4 at a time, 0.5 s each: three rounds of at least
+    0.5 s, and the sample may take 1.2 s, so the third round is cut."""
+    port = silent.server_address[1]
+    targets = window(*(target(f"stuck-{i:02}", f"s{i}", port) for i in range(12)))
+    outcomes: list[str] = []
+    source = PodScrapeSource(
+        timeout_seconds=0.5, concurrency=4, budget_seconds=1.2, on_scrape=outcomes.append
+    )
+
+    async def run() -> list[PodWindow]:
+        try:
+            return await source.sample(targets, T0)
+        finally:
+            await source.close()
+
+    read = asyncio.run(run())
+    assert all(w.counters is None for w in read)
+    cut = [w.pod for w in read if w.problem == "not read within the 1.2s a sample may take"]
+    assert len(cut) >= 4
+    assert outcomes.count("timeout") + outcomes.count("cut") == source.requests
+    assert source.requests <= 12
+
+
 def test_a_forgotten_analysis_starts_a_fresh_window(servers: list[ServerProcess]) -> None:
     """What an operator restart does too: the first readings are gone, the window opens at
     the next reading."""

@@ -9,9 +9,9 @@ over its window as ``PodWindow`` values. Two sources implement it:
   the increase since. The operator must reach pod IPs (the API server's pod proxy refuses
   loopback pod addresses, and would put every scrape through the API server); where it
   cannot, use the Prometheus source. Bounded: at most ``SCRAPE_CONCURRENCY`` scrapes at
-  once, ``SCRAPE_TIMEOUT_SECONDS`` each, ``MAX_EXPOSITION_BYTES`` read, and at most one
-  scrape per pod per ``min_interval_seconds`` (a reconcile that comes sooner gets the last
-  reading again). An operator restart loses the first readings: the window starts again.
+  once, ``SCRAPE_TIMEOUT_SECONDS`` each, ``SAMPLE_BUDGET_SECONDS`` for all of one sample,
+  ``MAX_EXPOSITION_BYTES`` read, and at most one scrape per pod per
+  ``min_interval_seconds`` (a reconcile that comes sooner gets the last reading again). An operator restart loses the first readings: the window starts again.
 - a Prometheus query source (``source: Prometheus``) answers the same from the query API
   the operator's settings name (``analysis_prometheus_url``), with ``since`` the window's
   opening. It is registered under "Prometheus" in ``OperatorState.analysis_sources``;
@@ -49,6 +49,10 @@ from fogline.rollout.analysis import (
 
 SCRAPE_CONCURRENCY = 4
 SCRAPE_TIMEOUT_SECONDS = 2.0
+# A sample holds up its EdgeDeployment's reconcile: with 2 x 50 pods that do not answer it
+# would take 50 s at 4 at once. Scrapes not done by then are cut, and their pods count as
+# not read (an inconclusive sample, never a pass).
+SAMPLE_BUDGET_SECONDS = 8.0
 # A server's whole exposition is a few kilobytes; more is not a server of ours.
 MAX_EXPOSITION_BYTES = 1 << 20
 REQUESTS_SAMPLE = "fogline_http_requests_total"
@@ -122,7 +126,8 @@ class PodScrapeSource:
     """``MetricsSource`` that reads the pods' own ``/metrics`` (see the module docstring).
 
     ``on_scrape`` is told the outcome of every HTTP request made (``ok``, ``error``,
-    ``timeout``): the operator counts them in ``fogline_analysis_scrapes``.
+    ``timeout``, ``cut`` by the sample's budget): the operator counts them in
+    ``fogline_analysis_scrapes``.
     """
 
     def __init__(
@@ -131,10 +136,12 @@ class PodScrapeSource:
         timeout_seconds: float = SCRAPE_TIMEOUT_SECONDS,
         concurrency: int = SCRAPE_CONCURRENCY,
         on_scrape: Callable[[str], None] | None = None,
+        budget_seconds: float = SAMPLE_BUDGET_SECONDS,
     ) -> None:
         self.min_interval_seconds = min_interval_seconds
         self.timeout_seconds = timeout_seconds
         self.concurrency = concurrency
+        self.budget_seconds = budget_seconds
         self.on_scrape = on_scrape
         self.requests = 0
         # (analysis key, pod) -> the reading the pod's window starts from / the last one.
@@ -164,9 +171,19 @@ class PodScrapeSource:
             for entry in [k for k in kept if k[0] == window.key and k not in wanted]:
                 del kept[entry]
         limit = asyncio.Semaphore(self.concurrency)
-        readings = await asyncio.gather(
-            *(self._reading(window, target, now, limit) for target in window.targets)
-        )
+        tasks = [
+            asyncio.ensure_future(self._reading(window, target, now, limit))
+            for target in window.targets
+        ]
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.budget_seconds)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+        cut = _Reading(now, None, f"not read within the {self.budget_seconds:g}s a sample may take")
+        readings = [
+            task.result() if task.done() and not task.cancelled() else cut for task in tasks
+        ]
         return [self._window(window, t, r) for t, r in zip(window.targets, readings, strict=True)]
 
     async def _reading(
@@ -200,6 +217,9 @@ class PodScrapeSource:
         except TimeoutError:
             outcome = "timeout"
             return _Reading(now, None, f"no answer within {self.timeout_seconds:g}s")
+        except asyncio.CancelledError:
+            outcome = "cut"  # the sample's budget ran out
+            raise
         except aiohttp.ClientError as err:
             return _Reading(now, None, f"cannot reach {url}: {type(err).__name__}")
         except ValueError as err:  # an exposition the parser refuses

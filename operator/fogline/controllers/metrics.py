@@ -81,7 +81,7 @@ class OperatorMetrics:
         self.analysis_scrapes = Counter(
             "fogline_analysis_scrapes",
             "Requests the rollout analysis made to edge servers' /metrics, by outcome "
-            "(ok, error, timeout).",
+            "(ok, error, timeout, cut: the sample's time ran out).",
             ["outcome"],
             registry=r,
         )
