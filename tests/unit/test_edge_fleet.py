@@ -19,6 +19,7 @@ from fogline.edge.fleet import (
     analysis_targets,
     next_history,
     observe_sites,
+    pod_essence,
     pod_failure,
     resolve_model,
     rollback_targets,
@@ -546,6 +547,9 @@ def test_analysis_samples_every_site_before_any_twice_up_to_max_pods() -> None:
     assert wave == [("a", "p-a-0"), ("b", "p-b-0"), ("a", "p-a-1")]
     assert baseline == [("c", "p-c-0"), ("d", "p-d-0"), ("c", "p-c-1")]
     assert {(t.address, t.port) for t in targets} == {("10.0.0.1", 8080)}
+    # The pod index keeps essences: they carry what the sampling reads.
+    kept = [pod_essence(p) for p in pods]
+    assert analysis_targets(sites, kept, request, STABLE_DIGEST, 8080, max_pods=3) == targets
 
 
 def test_analysis_samples_only_ready_pods_with_an_address_on_the_digest_of_their_role() -> None:
