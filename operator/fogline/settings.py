@@ -67,6 +67,13 @@ class OperatorSettings:
     # Every EdgeDeployment must name the key its artifacts are signed with
     # (spec.model.signature): the administrator's way to make unsigned models unservable.
     require_model_signature: bool = False
+    # The Prometheus query API that `spec.rollout.analysis.source: Prometheus` reads (an
+    # http(s) base URL such as https://prometheus.monitoring:9090), and the PEM file of the
+    # CAs its certificate is checked against (None: the system's). Only the administrator
+    # names it: a URL from a CR would let anyone who may create one make the operator fetch
+    # any address. None: the Prometheus source is refused with a condition.
+    analysis_prometheus_url: str | None = None
+    analysis_prometheus_ca_bundle: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -142,6 +149,10 @@ class OperatorSettings:
             require_model_signature=_flag(
                 "FOGLINE_REQUIRE_MODEL_SIGNATURE", env.get("FOGLINE_REQUIRE_MODEL_SIGNATURE")
             ),
+            analysis_prometheus_url=_http_url(
+                "FOGLINE_ANALYSIS_PROMETHEUS_URL", env.get("FOGLINE_ANALYSIS_PROMETHEUS_URL")
+            ),
+            analysis_prometheus_ca_bundle=env.get("FOGLINE_ANALYSIS_PROMETHEUS_CA_BUNDLE") or None,
         )
 
 
@@ -167,6 +178,17 @@ def _cidrs(name: str, values: list[Any]) -> tuple[str, ...]:
                 f"{name}: {value!r} is not a CIDR ({err}); e.g. 10.20.0.0/16 or 192.0.2.7/32"
             ) from None
     return tuple(values)
+
+
+def _http_url(name: str, raw: str | None) -> str | None:
+    if not raw:
+        return None
+    scheme, _, rest = raw.partition("://")
+    if scheme not in ("http", "https") or not rest or rest.startswith("/"):
+        raise SettingsError(
+            f"{name}: {raw!r} is not an http(s) URL; e.g. https://prometheus.monitoring:9090"
+        )
+    return raw.rstrip("/")
 
 
 def _flag(name: str, raw: str | None) -> bool:

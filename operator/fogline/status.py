@@ -31,6 +31,7 @@ PHASE_STYLES = {
     "Running": "cyan", "Progressing": "cyan", "Updating": "cyan", "Queued": "blue",
     "Failed": "bold red", "Degraded": "red", "RolledBack": "red", "Unreachable": "red",
     "Paused": "yellow", "Suspended": "yellow", "Skipped": "dim", "Pending": "dim",
+    "Passed": "green", "Inconclusive": "yellow",
 }  # fmt: skip
 
 
@@ -145,7 +146,27 @@ def deployment_summary(obj: Mapping[str, Any], now: datetime) -> dict[str, Any]:
         "message": failing_message(status.get("conditions")) or status.get("message"),
         "sites": sites,
         "sitesOmitted": int(status.get("sitesOmitted") or 0),
+        "analysis": _analysis_rows(status.get("analysis") or {}),
     }
+
+
+ANALYSIS_KEYS = ("wave", "digest", "phase", "requests", "message", "results")
+
+
+def _analysis_rows(analysis: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """status.analysis as one row per wave, the current (or last) one first: the verdict
+    with each threshold's measured value. The current wave also heads ``waves`` once it
+    ended, so it is listed once."""
+    rows: list[dict[str, Any]] = []
+    if analysis.get("phase"):
+        rows.append({key: analysis.get(key) for key in ANALYSIS_KEYS})
+    for wave in analysis.get("waves") or []:
+        row = {key: wave.get(key) for key in ANALYSIS_KEYS}
+        if rows and (rows[0]["wave"], rows[0]["digest"]) == (row["wave"], row["digest"]):
+            rows[0] = row
+            continue
+        rows.append(row)
+    return rows
 
 
 # -- tables --------------------------------------------------------------------------------
@@ -255,6 +276,38 @@ def sites_table(row: Mapping[str, Any]) -> Table:
     return table
 
 
+def _result_text(result: Mapping[str, Any]) -> Text:
+    """``p99LatencyRatio 3.4 > 1.2 at shop-a`` (green when within the threshold)."""
+    value, threshold = result.get("value"), result.get("threshold")
+    metric = str(result.get("metric") or "?")
+    if value is None:
+        why = result.get("message") or "not measured"
+        return Text(f"{metric} -: {why}", style="dim")
+    passed = bool(result.get("passed"))
+    where = f" at {result['site']}" if result.get("site") else ""
+    sign = "<=" if passed else ">"
+    text = f"{metric} {value:.4g} {sign} {threshold:.4g}{where}"
+    return Text(text, style="green" if passed else "red")
+
+
+def analysis_table(row: Mapping[str, Any]) -> Table:
+    """The metrics analysis of each wave, newest first."""
+    title = f"Analysis of {row['namespace']}/{row['name']}"
+    table = _table(title, ("WAVE", "DIGEST", "VERDICT", "REQUESTS", "RESULTS", "MESSAGE"), False)
+    for wave in row["analysis"]:
+        results = Text("\n").join(_result_text(r) for r in wave.get("results") or [])
+        requests = "-" if wave.get("requests") is None else str(wave["requests"])
+        table.add_row(
+            str(wave.get("wave", "-")),
+            short_digest(wave.get("digest")),
+            _phase(str(wave.get("phase") or "-")),
+            requests,
+            results,
+            str(wave.get("message") or ""),
+        )
+    return table
+
+
 def render(
     trainings: Sequence[Mapping[str, Any]],
     deployments: Sequence[Mapping[str, Any]],
@@ -273,7 +326,11 @@ def render(
         parts.append(Text(f"No ModelTrainings {scope}.", style="dim"))
     if deployment_rows:
         parts.append(deployments_table(deployment_rows, all_namespaces))
-        parts += [sites_table(row) for row in deployment_rows if row["sites"]]
+        for row in deployment_rows:
+            if row["sites"]:
+                parts.append(sites_table(row))
+            if row["analysis"]:
+                parts.append(analysis_table(row))
     else:
         parts.append(Text(f"No EdgeDeployments {scope}.", style="dim"))
     return Group(*parts)

@@ -916,3 +916,152 @@ def test_kubectl_explain_shows_the_compression_fields(
     text = " ".join(wait_for(explained, timeout=30, what=f"kubectl explain {resource}").split())
     for fragment in expected:
         assert fragment in text, f"{fragment!r} not in: {text}"
+
+
+# --- EdgeDeployment: spec.rollout.analysis -----------------------------------------------
+BAD_ANALYSIS = [
+    Bad(
+        "ed-analysis-without-threshold",
+        ED,
+        spec(rollout={"analysis": {"windowSeconds": 30, "minRequests": 50}}),
+        ("spec.rollout.analysis", "needs at least one threshold", "maxErrorRatio"),
+    ),
+    Bad(
+        "ed-analysis-window-past-deadline",
+        ED,
+        spec(
+            rollout={
+                "progressDeadlineSeconds": 60,
+                "analysis": {"windowSeconds": 60, "maxErrorRatio": 0.01},
+            }
+        ),
+        ("spec.rollout.analysis.windowSeconds", "shorter than", "progressDeadlineSeconds"),
+    ),
+    Bad(
+        "ed-analysis-error-ratio-over-one",
+        ED,
+        spec(rollout={"analysis": {"maxErrorRatio": 1.5}}),
+        ("spec.rollout.analysis.maxErrorRatio", "less than or equal to 1"),
+    ),
+    Bad(
+        "ed-analysis-latency-ratio-under-one",
+        ED,
+        spec(rollout={"analysis": {"maxP99LatencyRatio": 0.5}}),
+        ("spec.rollout.analysis.maxP99LatencyRatio", "greater than or equal to 1"),
+    ),
+    Bad(
+        "ed-analysis-zero-latency",
+        ED,
+        spec(rollout={"analysis": {"maxP99LatencyMs": 0}}),
+        ("spec.rollout.analysis.maxP99LatencyMs", "greater than 0"),
+    ),
+    Bad(
+        "ed-analysis-source-is-a-url",
+        ED,
+        spec(rollout={"analysis": {"maxErrorRatio": 0.01, "source": "http://10.0.0.1:9090"}}),
+        ("spec.rollout.analysis.source", "Unsupported value", '"Pods", "Prometheus"'),
+    ),
+    Bad(
+        "ed-analysis-custom-ratio-is-a-query",
+        ED,
+        spec(
+            rollout={
+                "analysis": {
+                    "customRatio": {
+                        "name": "rejected",
+                        "numerator": "rate(fogline_inference_queue_rejected_total[1m])",
+                        "denominator": "fogline_http_requests_total",
+                        "max": 0.1,
+                    }
+                }
+            }
+        ),
+        ("spec.rollout.analysis.customRatio.numerator", "should match"),
+    ),
+    Bad(
+        "ed-analysis-too-many-pods",
+        ED,
+        spec(rollout={"analysis": {"maxErrorRatio": 0.01, "maxPods": 500}}),
+        ("spec.rollout.analysis.maxPods", "less than or equal to 50"),
+    ),
+    Bad(
+        "ed-analysis-inconclusive-policy",
+        ED,
+        spec(rollout={"analysis": {"maxErrorRatio": 0.01, "inconclusive": "Pass"}}),
+        ("spec.rollout.analysis.inconclusive", 'Unsupported value: "Pass"'),
+    ),
+]
+
+
+@pytest.mark.parametrize("bad", BAD_ANALYSIS, ids=[bad.case for bad in BAD_ANALYSIS])
+def test_bad_analysis_is_rejected_with_a_message(
+    cluster: ClusterHandle, crds: list[str], refusals_namespace: str, bad: Bad
+) -> None:
+    body = merged(sample(bad.sample), bad.patch)
+    message = rejection(lambda: create(cluster, refusals_namespace, body))
+    for fragment in bad.expected:
+        assert fragment in message, f"{fragment!r} not in: {message}"
+
+
+def test_an_analysis_with_one_threshold_is_defaulted_like_the_python_model(
+    cluster: ClusterHandle, crds: list[str], namespace: str
+) -> None:
+    body = merged(sample(ED), spec(rollout={"analysis": {"maxP99LatencyRatio": 1.2}}))
+    stored = create(cluster, namespace, body)["spec"]
+    assert stored["rollout"]["analysis"] == {
+        "maxP99LatencyRatio": 1.2,
+        "windowSeconds": 30,
+        "minRequests": 20,
+        "source": "Pods",
+        "maxPods": 5,
+        "inconclusive": "Wait",
+    }
+    parsed = EdgeDeploymentSpec.from_dict(stored).rollout.analysis
+    assert parsed is not None and parsed.window_seconds == 30 and parsed.max_pods == 5
+
+
+def test_analysis_status_is_accepted_by_the_status_schema(
+    cluster: ClusterHandle, crds: list[str], namespace: str
+) -> None:
+    created = create(cluster, namespace, sample(ED))
+    result = {
+        "metric": "p99LatencyRatio",
+        "value": 3.4,
+        "threshold": 1.2,
+        "baseline": 1.0,
+        "site": "shop-a",
+        "passed": False,
+    }
+    analysis = {
+        "wave": 0,
+        "digest": DIGEST,
+        "phase": "Failed",
+        "startedAt": "2026-12-01T10:00:00Z",
+        "requests": 240,
+        "pods": 1,
+        "baselinePods": 2,
+        "results": [result],
+        "failure": {"site": "shop-a", "metric": "p99LatencyRatio", "value": 3.4, "threshold": 1.2},
+        "message": "site shop-a: p99LatencyRatio 3.4 > 1.2",
+        "waves": [
+            {
+                "wave": 0,
+                "digest": DIGEST,
+                "phase": "Failed",
+                "finishedAt": "2026-12-01T10:00:31Z",
+                "requests": 240,
+                "message": "site shop-a: p99LatencyRatio 3.4 > 1.2",
+                "results": [result],
+            }
+        ],
+    }
+    api = client.CustomObjectsApi(cluster.api)
+    stored = api.replace_namespaced_custom_object_status(
+        "fogline.io",
+        "v1alpha1",
+        namespace,
+        "edgedeployments",
+        created["metadata"]["name"],
+        merged(created, {"status": {"phase": "RolledBack", "analysis": analysis}}),
+    )
+    assert stored["status"]["analysis"] == analysis

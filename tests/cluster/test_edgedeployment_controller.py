@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from fogline.edge.daemonsets import daemonset_name
 from fogline.edge.networkpolicy import network_policy_name
@@ -646,3 +647,73 @@ def test_a_pod_the_quota_refuses_after_the_rollout_degrades_its_site_with_the_qu
 
     status, rows = wait_for(degraded_by_quota, timeout=30, what="quota Degraded by the quota")
     assert rows[0]["state"] == "Failed" and "exceeded quota" in status["message"]
+
+
+def analysis_scrapes(operator: OperatorProcess) -> float:
+    """The operator's count of the requests its rollout analysis made to edge servers."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(operator.metrics())
+        for sample in family.samples
+        if sample.name == "fogline_analysis_scrapes_total"
+    )
+
+
+def test_an_analysis_that_reads_no_metrics_waits_then_its_fail_policy_rolls_back(
+    ed: Edges, operator: OperatorProcess
+) -> None:
+    """kwok's pods have addresses nothing answers on: the canary's analysis cannot read a
+    metric, so it is inconclusive and the wave waits (inconclusive: Wait); switched to
+    Fail, the wave fails and is rolled back, naming the site. An operator restart opens
+    the window again. The scraping stays bounded: one pod of the wave and one of the
+    baseline (maxPods: 1), at most one request each per 2 s."""
+    ed.create(edge("gated", maxUnavailable=3, progressDeadlineSeconds=120))
+    ed.wait_phase("gated", "Available")
+    before, started = analysis_scrapes(operator), time.monotonic()
+    analysis = {"windowSeconds": 5, "maxErrorRatio": 0.05, "maxPods": 1}
+    ed.patch_spec("gated", {"model": {"digest": NEWER}, "rollout": {"analysis": analysis}})
+    status = wait_for(
+        lambda: (s := ed.status("gated")).get("analysis", {}).get("phase") == "Inconclusive" and s,
+        timeout=90,
+        what="an inconclusive analysis of the canary",
+    )
+    shown = status["analysis"]
+    assert (shown["wave"], shown["digest"], shown["pods"], shown["baselinePods"]) == (
+        0,
+        NEWER,
+        1,
+        1,
+    )
+    assert shown["message"].startswith("metrics not read from ")
+    assert status["phase"] == "Progressing"
+    canary = next(s for s in status["sites"] if s["name"] == "site-01")
+    assert canary["state"] == "Ready" and "metrics under analysis" in canary["message"]
+    assert all(s["digest"] == GOOD for s in status["sites"] if s["name"] != "site-01")
+    scrapes, elapsed = analysis_scrapes(operator) - before, time.monotonic() - started
+    assert 2 <= scrapes <= 2 * (elapsed / 2 + 1), (scrapes, elapsed)
+
+    # A restart loses the window's first readings (they live in the operator's memory):
+    # the analysis opens again, and status says since when.
+    opened = shown["startedAt"]
+    operator.restart()
+    restarted = time.monotonic()
+    wait_for(
+        lambda: ed.status("gated").get("analysis", {}).get("startedAt", "") > opened,
+        timeout=60,
+        what="the analysis window opened again after the restart",
+    )
+    assert ed.status("gated")["phase"] == "Progressing"
+
+    ed.patch_spec("gated", {"rollout": {"analysis": {"inconclusive": "Fail"}}})
+    status = ed.wait_phase("gated", "RolledBack", timeout=60)
+    assert status["failedSite"] == "site-01"
+    assert "site site-01: analysis inconclusive: metrics not read from" in status["message"]
+    assert status["analysis"]["waves"][0]["phase"] == "Inconclusive"
+    wait_for(
+        lambda: (
+            {"AnalysisFailed", "WaveFailed", "RolledBack"} <= {e.reason for e in ed.events("gated")}
+        ),
+        what="the AnalysisFailed, WaveFailed and RolledBack Events",
+    )
+    scrapes, elapsed = analysis_scrapes(operator), time.monotonic() - restarted
+    assert 2 <= scrapes <= 2 * (elapsed / 2 + 1), (scrapes, elapsed)

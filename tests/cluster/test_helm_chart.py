@@ -130,6 +130,27 @@ def test_edge_security_settings_reach_the_operator(cluster: ClusterHandle) -> No
     assert settings.edge_ingress_cidrs == ("10.20.0.0/16",)
 
 
+def test_analysis_settings_reach_the_operator_with_the_ca_mounted(cluster: ClusterHandle) -> None:
+    url = "https://prometheus.monitoring:9090"
+    args = ["--set", f"settings.analysis.prometheus.url={url}"]
+    args += ["--set-string", "settings.analysis.prometheus.caBundle=-----BEGIN CERTIFICATE-----"]
+    docs = documents(template(cluster, *args).stdout)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    settings = OperatorSettings.from_env(
+        {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    )
+    assert settings.analysis_prometheus_url == url
+    assert settings.analysis_prometheus_ca_bundle == "/etc/fogline/prometheus-ca/ca.crt"
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "prometheus-ca")
+    assert mount["mountPath"] == "/etc/fogline/prometheus-ca"
+    config = one(docs, "ConfigMap")
+    assert config["data"]["ca.crt"] == "-----BEGIN CERTIFICATE-----"
+    assert any(
+        v.get("configMap", {}).get("name") == config["metadata"]["name"] for v in pod["volumes"]
+    )
+
+
 BAD_VALUES = [
     (["--set", "replicaCount=4"], "/replicaCount"),
     (["--set", "peering.priority=first"], "/peering/priority"),
@@ -149,6 +170,7 @@ BAD_VALUES = [
     (["--set-json", 'settings.edgeIngressCIDRs=["everywhere"]'], "/settings/edgeIngressCIDRs/0"),
     (["--set", "sttings.siteLabel=typo"], "additional properties 'sttings'"),
     (["--set", "settings.requireModelSignature=yes"], "/settings/requireModelSignature"),
+    (["--set", "settings.analysis.prometheus.url=ftp://x"], "/settings/analysis/prometheus/url"),
     (
         ["--set-json", 'settings.gpuTolerations=[{"key":"a","operator":"Maybe"}]'],
         "/settings/gpuTolerations/0",

@@ -13,9 +13,17 @@ from fogline.api.conditions import rfc3339
 from fogline.api.edgedeployment import EdgeDeployment
 from fogline.api.labels import MAINTENANCE_LABEL, UPDATE_LOCK_ANNOTATION
 from fogline.edge.daemonsets import DIGEST_ANNOTATION, ModelRef, daemonset_name
-from fogline.edge.observe import observe_sites, pod_failure, resolve_model, workload_refusal
-from fogline.edge.status import next_history, rollback_targets
+from fogline.edge.observe import (
+    analysis_targets,
+    observe_sites,
+    pod_essence,
+    pod_failure,
+    resolve_model,
+    workload_refusal,
+)
+from fogline.edge.status import analysis_status, next_history, rollback_targets
 from fogline.rollout import NodeObservation, PodObservation, SiteObservation
+from fogline.rollout.analysis import AnalysisRequest, AnalysisVerdict, VerdictPhase, WaveAnalysis
 
 pytestmark = pytest.mark.unit
 
@@ -494,3 +502,84 @@ def test_a_site_carries_the_refusal_of_its_own_daemonset() -> None:
     sites = observe_sites(edge(), nodes, [], {refusal.daemonset: refusal})
     assert [(s.name, s.refusal) for s in sites] == [("s1", refusal.message), ("s2", None)]
     assert sites[0].blocked == refusal.message  # n1 has no pod
+
+
+# -- rollout analysis: which pods are sampled, and what status shows ------------------------
+
+WAVE_DIGEST = "sha256:" + "b" * 64
+STABLE_DIGEST = "sha256:" + "a" * 64
+
+
+def _edge_pod(
+    name: str, node: str, digest: str, ip: str | None = "10.0.0.1", ready: bool = True
+) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "annotations": {DIGEST_ANNOTATION: digest}},
+        "spec": {"nodeName": node},
+        "status": {
+            "podIP": ip,
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+def _sites(*names_and_nodes: tuple[str, int]) -> list[SiteObservation]:
+    return [
+        SiteObservation(name, tuple(NodeObservation(f"{name}-{i}", True) for i in range(count)))
+        for name, count in names_and_nodes
+    ]
+
+
+def test_analysis_samples_every_site_before_any_twice_up_to_max_pods() -> None:
+    sites = _sites(("a", 3), ("b", 1), ("c", 2), ("d", 2))
+    pods = [
+        _edge_pod(f"p-{node.name}", node.name, WAVE_DIGEST if s.name in "ab" else STABLE_DIGEST)
+        for s in sites
+        for node in s.nodes
+    ]
+    request = AnalysisRequest(1, WAVE_DIGEST, ("a", "b"), ("c", "d"))
+    targets = analysis_targets(sites, pods, request, STABLE_DIGEST, 8080, max_pods=3)
+    wave = [(t.site, t.name) for t in targets if not t.baseline]
+    baseline = [(t.site, t.name) for t in targets if t.baseline]
+    assert wave == [("a", "p-a-0"), ("b", "p-b-0"), ("a", "p-a-1")]
+    assert baseline == [("c", "p-c-0"), ("d", "p-d-0"), ("c", "p-c-1")]
+    assert {(t.address, t.port) for t in targets} == {("10.0.0.1", 8080)}
+    # The pod index keeps essences: they carry what the sampling reads.
+    kept = [pod_essence(p) for p in pods]
+    assert analysis_targets(sites, kept, request, STABLE_DIGEST, 8080, max_pods=3) == targets
+
+
+def test_analysis_samples_only_ready_pods_with_an_address_on_the_digest_of_their_role() -> None:
+    sites = _sites(("a", 4))
+    pods = [
+        _edge_pod("old", "a-0", STABLE_DIGEST),
+        _edge_pod("unready", "a-1", WAVE_DIGEST, ready=False),
+        _edge_pod("no-ip", "a-2", WAVE_DIGEST, ip=None),
+        _edge_pod("good", "a-3", WAVE_DIGEST),
+    ]
+    request = AnalysisRequest(0, WAVE_DIGEST, ("a",))
+    targets = analysis_targets(sites, pods, request, STABLE_DIGEST, 8080, max_pods=5)
+    assert [t.name for t in targets] == ["good"]
+
+
+def _analysis(wave: int, phase: VerdictPhase) -> WaveAnalysis:
+    verdict = AnalysisVerdict(phase, NOW, requests=40, pods=1, message=phase)
+    return WaveAnalysis(wave, WAVE_DIGEST, verdict)
+
+
+def test_analysis_status_keeps_the_last_twenty_finished_waves_newest_first() -> None:
+    status = None
+    for wave in range(25):
+        status = analysis_status(status, None, _analysis(wave, "Running"), NOW)
+        status = analysis_status(status, _analysis(wave, "Passed"), None, NOW)
+    assert status is not None
+    assert status["phase"] == "Passed" and status["wave"] == 24
+    assert [w["wave"] for w in status["waves"]] == list(range(24, 4, -1))
+
+
+def test_a_wave_that_ends_with_its_window_open_is_shown_inconclusive() -> None:
+    status = analysis_status(None, _analysis(0, "Running"), None, NOW)
+    assert status is not None
+    assert status["phase"] == "Inconclusive"
+    assert status["waves"][0]["phase"] == "Inconclusive"
+    assert status["message"].startswith("the wave ended before its window did")

@@ -10,6 +10,7 @@ import pytest
 from fogline.api.edgedeployment import EdgeDeploymentSpec
 from fogline.edge.observe import rollout_policy
 from fogline.rollout import RolloutPolicy
+from fogline.rollout.analysis import AnalysisPolicy, CustomRatioPolicy
 
 pytestmark = pytest.mark.unit
 
@@ -35,6 +36,21 @@ def test_every_rollout_knob_reaches_the_planner() -> None:
         paused=True,
         disconnectedSites="Wait",
         retry=3,
+        analysis={
+            "windowSeconds": 20,
+            "minRequests": 7,
+            "maxErrorRatio": 0.02,
+            "maxP99LatencyMs": 250,
+            "maxP99LatencyRatio": 1.5,
+            "customRatio": {
+                "name": "rejected",
+                "numerator": "fogline_inference_queue_rejected_total",
+                "denominator": "fogline_http_requests_total",
+                "max": 0.1,
+            },
+            "maxPods": 3,
+            "inconclusive": "Fail",
+        },
     )
     policy = rollout_policy(chosen.rollout)
     assert policy == RolloutPolicy(
@@ -46,6 +62,21 @@ def test_every_rollout_knob_reaches_the_planner() -> None:
         paused=True,
         disconnected="Wait",
         retry=3,
+        analysis=AnalysisPolicy(
+            window_seconds=20.0,
+            min_requests=7,
+            max_error_ratio=0.02,
+            max_p99_latency_ms=250.0,
+            max_p99_latency_ratio=1.5,
+            custom_ratio=CustomRatioPolicy(
+                "rejected",
+                "fogline_inference_queue_rejected_total",
+                "fogline_http_requests_total",
+                0.1,
+            ),
+            max_pods=3,
+            inconclusive="Fail",
+        ),
     )
     # Each field differs from its default, so a knob that were dropped would show here.
     defaults = RolloutPolicy()
@@ -55,3 +86,11 @@ def test_every_rollout_knob_reaches_the_planner() -> None:
         if getattr(policy, f.name) == getattr(defaults, f.name)
     ]
     assert unchanged == []
+    # The same for the analysis: every field of it differs from its default.
+    assert policy.analysis is not None
+    analysis_defaults = AnalysisPolicy()
+    assert [
+        f.name
+        for f in dataclasses.fields(AnalysisPolicy)
+        if getattr(policy.analysis, f.name) == getattr(analysis_defaults, f.name)
+    ] == []

@@ -11,6 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fogline.rollout import RolloutMemory, RolloutPlan, RolloutPolicy, SiteObservation, plan_rollout
+from fogline.rollout.analysis import (
+    AnalysisFailure,
+    AnalysisPolicy,
+    AnalysisRequest,
+    AnalysisVerdict,
+    VerdictPhase,
+    WaveAnalysis,
+)
 from tests.unit.rollout_fleet import A, B, C, apply_plan, at, available, fleet, healthy, tick
 
 pytestmark = pytest.mark.unit
@@ -265,3 +273,129 @@ def test_paused_policy_never_replaces_anything(shape: list[int], policy: Rollout
     sites, memory, _ = run(sites, paused, B, [], steps=8)
     assert memory.phase == "Paused"
     assert all(n.runs(A) for s in sites for n in s.nodes)
+
+
+# -- the analysis gate ------------------------------------------------------------------------
+
+VERDICT_PHASES: list[VerdictPhase | None] = [None, "Running", "Inconclusive", "Passed", "Failed"]
+gated_policies = st.builds(
+    lambda policy, inconclusive: replace(
+        policy,
+        analysis=AnalysisPolicy(window_seconds=20, max_error_ratio=0.05, inconclusive=inconclusive),
+    ),
+    policies,
+    st.sampled_from(["Wait", "Fail"]),
+)
+
+
+def judgeable(sites: list[SiteObservation], name: str) -> bool:
+    found = next(s for s in sites if s.name == name)
+    return not found.held and found.reachable and bool(found.workable_nodes())
+
+
+def wave_verdict(phase: VerdictPhase, request: AnalysisRequest, now_seconds: float) -> WaveAnalysis:
+    failure = (
+        AnalysisFailure(request.sites[0], "errorRatio", 0.5, 0.05) if phase == "Failed" else None
+    )
+    verdict = AnalysisVerdict(
+        phase=phase, started_at=at(now_seconds), requests=50, pods=1, failure=failure, message=phase
+    )
+    return WaveAnalysis(request.wave, request.digest, verdict)
+
+
+@PROPERTY_SETTINGS
+@given(
+    shapes,
+    gated_policies,
+    st.lists(st.sampled_from(VERDICT_PHASES), min_size=40, max_size=40),
+    disturbances(["ready", "lock", "slow"]),
+)
+def test_only_a_passed_analysis_promotes_a_wave_and_waves_stay_within_width(
+    shape: list[int],
+    policy: RolloutPolicy,
+    answers: list[VerdictPhase | None],
+    events: list[Disturbance],
+) -> None:
+    sites = build_fleet(shape)
+    memory = available(A, sites)
+    updating = UpdatingSites(policy, dict(memory.site_digests))
+    given_analysis: WaveAnalysis | None = None
+    for step, phase in enumerate(answers):
+        for d in (d for d in events if d.step == step):
+            sites = disturb(sites, d)
+        now = at(step * STEP_SECONDS)
+        plan = plan_rollout(sites, policy, memory, B, now, given_analysis)
+        updating.record(sites, plan, step)
+        given_phase = given_analysis.verdict.phase if given_analysis is not None else None
+        if memory.stage == "Rollout" and memory.target_digest == B:
+            promoted = plan.memory.wave_index > memory.wave_index or plan.memory.stage == "Complete"
+            # A wave none of whose sites can be judged (held, unreachable, every node
+            # locked) has nothing to analyse: it passes as it did without analysis.
+            judged = [name for name in memory.wave_sites if judgeable(sites, name)]
+            if promoted and judged:
+                assert given_analysis is not None and given_phase == "Passed", (
+                    f"step {step}: wave {memory.wave_index} promoted on {given_phase}"
+                )
+                assert given_analysis.wave == memory.wave_index
+            if given_phase == "Failed" and given_analysis is not None and plan.analyze is None:
+                assert plan.memory.stage != "Complete"
+        memory = plan.memory
+        request = plan.analyze
+        given_analysis = (
+            wave_verdict(phase, request, step * STEP_SECONDS)
+            if request is not None and phase is not None
+            else None
+        )
+        sites = tick(apply_plan(sites, plan))
+
+
+@PROPERTY_SETTINGS
+@given(shapes, gated_policies, st.integers(0, 20))
+def test_a_failed_or_inconclusive_fail_verdict_never_leaves_the_wave_running(
+    shape: list[int], policy: RolloutPolicy, answer_at: int
+) -> None:
+    """A Failed verdict (or an Inconclusive one under inconclusive: Fail) about the wave
+    in progress ends the rollout of that target at once: rolled back to the stable one;
+    an Inconclusive one under Wait keeps the wave waiting."""
+    assert policy.analysis is not None
+    sites = build_fleet(shape)
+    memory = available(A, sites)
+    phase: VerdictPhase = "Failed" if answer_at % 2 else "Inconclusive"
+    given_analysis: WaveAnalysis | None = None
+    answered = 0
+    for step in range(40):
+        plan = plan_rollout(sites, policy, memory, B, at(step * STEP_SECONDS), given_analysis)
+        if given_analysis is not None:
+            answered += 1
+            if phase == "Failed" or policy.analysis.inconclusive == "Fail":
+                assert plan.memory.stage == "RolledBack", plan.message
+                assert plan.memory.failed_site is not None
+                assert plan.memory.failed_site in memory.wave_sites
+                return
+            assert plan.memory.stage == "Rollout"
+            assert plan.memory.wave_index == memory.wave_index
+        memory = plan.memory
+        given_analysis = None
+        if plan.analyze is not None and step >= answer_at:
+            given_analysis = wave_verdict(phase, plan.analyze, step * STEP_SECONDS)
+        sites = tick(apply_plan(sites, plan))
+    assert answered > 0
+
+
+@PROPERTY_SETTINGS
+@given(shapes, gated_policies)
+def test_passed_analyses_complete_the_rollout(shape: list[int], policy: RolloutPolicy) -> None:
+    sites = build_fleet(shape)
+    memory = available(A, sites)
+    given_analysis: WaveAnalysis | None = None
+    plan = plan_rollout(sites, policy, memory, B, at(0))
+    for step in range(80):
+        plan = plan_rollout(sites, policy, memory, B, at(step * STEP_SECONDS), given_analysis)
+        memory = plan.memory
+        request = plan.analyze
+        given_analysis = wave_verdict("Passed", request, 0) if request is not None else None
+        sites = tick(apply_plan(sites, plan))
+        if plan.phase == "Available":
+            break
+    assert plan.phase == "Available", plan.message
+    assert all(n.serves(B) for s in sites for n in s.nodes)

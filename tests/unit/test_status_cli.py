@@ -256,3 +256,86 @@ def test_sites_left_out_of_status_are_counted_under_the_sites_table() -> None:
     row = as_json([], [deployment], NOW)["edgeDeployments"][0]
     assert row["sitesOmitted"] == 97
     assert "97 more sites not listed" in _text(render([], [deployment], NOW, "", False))
+
+
+ANALYSED_DEPLOYMENT = {
+    "metadata": _meta("digits-edge"),
+    "status": {
+        "phase": "RolledBack",
+        "failedSite": "site-02",
+        "analysis": {
+            "wave": 1,
+            "digest": DIGEST_B,
+            "phase": "Failed",
+            "requests": 240,
+            "results": [
+                {
+                    "metric": "errorRatio",
+                    "value": 0.0,
+                    "threshold": 0.05,
+                    "passed": True,
+                    "site": "site-02",
+                },
+                {
+                    "metric": "p99LatencyRatio",
+                    "value": 3.4,
+                    "threshold": 1.2,
+                    "baseline": 1.0,
+                    "site": "site-02",
+                    "passed": False,
+                },
+            ],
+            "failure": {
+                "site": "site-02",
+                "metric": "p99LatencyRatio",
+                "value": 3.4,
+                "threshold": 1.2,
+            },
+            "message": "site site-02: p99LatencyRatio 3.4 > 1.2",
+            "waves": [
+                {
+                    "wave": 1,
+                    "digest": DIGEST_B,
+                    "phase": "Failed",
+                    "requests": 240,
+                    "message": "site site-02: p99LatencyRatio 3.4 > 1.2",
+                    "results": [
+                        {
+                            "metric": "p99LatencyRatio",
+                            "value": 3.4,
+                            "threshold": 1.2,
+                            "site": "site-02",
+                            "passed": False,
+                        }
+                    ],
+                },
+                {
+                    "wave": 0,
+                    "digest": DIGEST_B,
+                    "phase": "Passed",
+                    "requests": 120,
+                    "message": "every threshold held on 120 request(s)",
+                    "results": [
+                        {
+                            "metric": "p99LatencyRatio",
+                            "value": 1.05,
+                            "threshold": 1.2,
+                            "site": "site-01",
+                            "passed": True,
+                        }
+                    ],
+                },
+            ],
+        },
+    },
+}
+
+
+def test_the_analysis_of_each_wave_shows_with_its_measured_values() -> None:
+    text = _text(render([], [ANALYSED_DEPLOYMENT], NOW, "in namespace ml", False))
+    assert "Analysis of ml/digits-edge" in text
+    assert "p99LatencyRatio 3.4 > 1.2 at site-02" in text
+    assert "p99LatencyRatio 1.05 <= 1.2 at site-01" in text
+    # The wave that ended heads status.analysis.waves too: it is listed once.
+    rows = deployment_summary(ANALYSED_DEPLOYMENT, NOW)["analysis"]
+    assert [(r["wave"], r["phase"]) for r in rows] == [(1, "Failed"), (0, "Passed")]

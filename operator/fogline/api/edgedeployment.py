@@ -28,6 +28,10 @@ SiteState = Literal[
     "Pending", "Updating", "Ready", "Failed", "Skipped", "Paused", "Unreachable", "RolledBack"
 ]
 DisconnectedSites = Literal["Skip", "Wait"]
+AnalysisSource = Literal["Pods", "Prometheus"]
+InconclusivePolicy = Literal["Wait", "Fail"]
+AnalysisPhase = Literal["Running", "Passed", "Failed", "Inconclusive"]
+FinishedAnalysisPhase = Literal["Passed", "Failed", "Inconclusive"]
 Delivery = Literal["Fetch", "ImageVolume"]
 
 
@@ -113,8 +117,33 @@ class EdgePlacement:
 
 
 @dataclass(frozen=True)
+class CustomRatio:
+    """spec.rollout.analysis.customRatio: increase of one counter over another's, per site."""
+
+    name: str
+    numerator: str
+    denominator: str
+    max: float
+
+
+@dataclass(frozen=True)
+class AnalysisSpec:
+    """spec.rollout.analysis: the metrics each wave is judged on once its pods are Ready."""
+
+    window_seconds: int = 30
+    min_requests: int = 20
+    max_error_ratio: float | None = None
+    max_p99_latency_ms: float | None = None
+    max_p99_latency_ratio: float | None = None
+    custom_ratio: CustomRatio | None = None
+    source: AnalysisSource = "Pods"
+    max_pods: int = 5
+    inconclusive: InconclusivePolicy = "Wait"
+
+
+@dataclass(frozen=True)
 class RolloutSpec:
-    """spec.rollout: canary, waves, pauses, deadline, rollback."""
+    """spec.rollout: canary, waves, pauses, deadline, rollback, analysis."""
 
     canary_sites: int = 1
     max_unavailable: int | str = 1
@@ -126,6 +155,7 @@ class RolloutSpec:
     disconnected_sites: DisconnectedSites = "Skip"
     replace_in_place: bool = True
     retry: int = 0
+    analysis: AnalysisSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -190,6 +220,59 @@ class WaveStatus:
 
 
 @dataclass(frozen=True)
+class AnalysisResultStatus:
+    """One entry of status.analysis.results: a threshold and what was measured."""
+
+    metric: str
+    value: float | None = None
+    threshold: float | None = None
+    baseline: float | None = None
+    site: str | None = None
+    passed: bool | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True)
+class AnalysisFailureStatus:
+    """status.analysis.failure: the threshold that failed the wave."""
+
+    site: str | None = None
+    metric: str | None = None
+    value: float | None = None
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class AnalysisWaveStatus:
+    """One entry of status.analysis.waves: a finished analysis."""
+
+    wave: int | None = None
+    digest: str | None = None
+    phase: FinishedAnalysisPhase | None = None
+    finished_at: str | None = None
+    requests: int | None = None
+    message: str | None = None
+    results: tuple[AnalysisResultStatus, ...] | None = None
+
+
+@dataclass(frozen=True)
+class AnalysisStatus:
+    """status.analysis: the current or last wave's analysis, and earlier waves' verdicts."""
+
+    wave: int | None = None
+    digest: str | None = None
+    phase: AnalysisPhase | None = None
+    started_at: str | None = None
+    requests: int | None = None
+    pods: int | None = None
+    baseline_pods: int | None = None
+    results: tuple[AnalysisResultStatus, ...] | None = None
+    failure: AnalysisFailureStatus | None = None
+    message: str | None = None
+    waves: tuple[AnalysisWaveStatus, ...] | None = None
+
+
+@dataclass(frozen=True)
 class HistoryEntry:
     """One entry of status.history: a model that was rolled out."""
 
@@ -218,6 +301,7 @@ class EdgeDeploymentStatus:
     wave: WaveStatus | None = None
     failed_site: str | None = None
     message: str | None = None
+    analysis: AnalysisStatus | None = None
     history: tuple[HistoryEntry, ...] | None = None
     rollout: Mapping[str, Any] | None = None
 

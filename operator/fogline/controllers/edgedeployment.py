@@ -22,6 +22,7 @@ from fogline.api.edgedeployment import EdgeDeployment, validate_edgedeployment
 from fogline.api.errors import SpecError
 from fogline.api.labels import MAINTENANCE_LABEL, UPDATE_LOCK_ANNOTATION
 from fogline.api.status import status_patch
+from fogline.controllers.analysis import AnalysisRun, AnalysisWindow, sample_interval, unread
 from fogline.controllers.runtime import OperatorState, spec_may_have_changed, state_of, utcnow
 from fogline.controllers.workqueue import Key
 from fogline.edge.admission import admission_problems
@@ -37,6 +38,7 @@ from fogline.edge.daemonsets import (
 from fogline.edge.networkpolicy import build_edge_network_policy
 from fogline.edge.observe import (
     WorkloadRefusal,
+    analysis_targets,
     daemonset_essence,
     node_essence,
     node_ready,
@@ -46,8 +48,15 @@ from fogline.edge.observe import (
     rollout_policy,
     workload_refusal,
 )
-from fogline.edge.status import build_status, next_history, progress_only, rollback_targets
-from fogline.rollout import RolloutMemory, plan_rollout
+from fogline.edge.status import (
+    analysis_status,
+    build_status,
+    next_history,
+    progress_only,
+    rollback_targets,
+)
+from fogline.rollout import RolloutMemory, RolloutPlan, SiteObservation, plan_rollout
+from fogline.rollout.analysis import AnalysisPolicy, AnalysisVerdict, WaveAnalysis, judge
 
 logger = logging.getLogger(__name__)
 EDGE_SELECTOR = {**MANAGED_BY, COMPONENT_LABEL: "edge-server"}
@@ -192,7 +201,20 @@ async def _reconcile(state: OperatorState, kopf_body: kopf.Body) -> float | None
     nodes = [node for bodies in state.indexes["edge_nodes"].values() for node in bodies]
     daemonsets = list(state.indexes["edge_daemonsets"].get(key, []))
     sites = observe_sites(edge, nodes, pods, _refusals(state, edge.namespace, daemonsets))
-    plan = plan_rollout(sites, rollout_policy(edge.spec.rollout), memory, model.digest, now)
+    policy = rollout_policy(edge.spec.rollout)
+    run = state.edge.analyses.get(object_key)
+    if (
+        run is not None
+        and policy.analysis is not None
+        and run.about(memory.wave_index, model.digest)
+    ):
+        run.verdict = await _sample(state, edge, run, policy.analysis, sites, pods, memory, now)
+    plan = plan_rollout(
+        sites, policy, memory, model.digest, now, run.given() if run is not None else None
+    )
+    ended, analysing, analysis_due = await _follow_analysis(
+        state, edge, plan, policy.analysis, sites, pods, now
+    )
 
     history_in = list((body.get("status") or {}).get("history") or [])
     uris = {h.get("digest"): h.get("uri") for h in history_in if h.get("digest")}
@@ -219,14 +241,97 @@ async def _reconcile(state: OperatorState, kopf_body: kopf.Body) -> float | None
         written,
     )
     status = build_status(edge, plan, model.uri, history, written)
+    previous = (body.get("status") or {}).get("analysis")
+    status["analysis"] = analysis_status(previous, ended, analysing, written)
     current = dict(body.get("status") or {})
     flush_in = await _write_status(
         state, object_key, current, status, body["metadata"].get("resourceVersion")
     )
     for event in plan.events:
         state.announce(object_key, kopf_body, event.type, event.reason, event.message)
-    later = [t for t in (plan.requeue_after, flush_in) if t is not None]
+    later = [t for t in (plan.requeue_after, flush_in, analysis_due) if t is not None]
     return max(0.5, min(later)) if later else None
+
+
+async def _sample(
+    state: OperatorState,
+    edge: EdgeDeployment,
+    run: AnalysisRun,
+    policy: AnalysisPolicy,
+    sites: Sequence[SiteObservation],
+    pods: Sequence[Mapping[str, Any]],
+    memory: RolloutMemory,
+    now: datetime,
+) -> AnalysisVerdict:
+    """Read the wave's and the baseline's sampled pods and judge them."""
+    spec = edge.spec
+    targets = analysis_targets(
+        sites, pods, run.request, memory.stable_digest, spec.runtime.port, policy.max_pods
+    )
+    window = AnalysisWindow(
+        key=run.key(edge.namespace, edge.name),
+        namespace=edge.namespace,
+        opened_at=run.opened_at,
+        window_seconds=policy.window_seconds,
+        targets=targets,
+        counters=policy.counters(),
+    )
+    source_name = spec.rollout.analysis.source if spec.rollout.analysis else "Pods"
+    source = state.analysis_sources.get(source_name)
+    if source_name == "Pods" and spec.runtime.tls is not None:
+        windows = unread(
+            targets,
+            "the Pods source reads /metrics over plain HTTP and these servers serve TLS "
+            "(spec.runtime.tls); use spec.rollout.analysis.source: Prometheus",
+        )
+    elif source is None:
+        windows = unread(
+            targets,
+            f"source {source_name} is not configured in the operator (for Prometheus, the "
+            "setting analysis.prometheus.url); use source: Pods or ask the administrator",
+        )
+    else:
+        windows = await source.sample(window, now)
+    return judge(policy, windows, run.opened_at, now)
+
+
+async def _follow_analysis(
+    state: OperatorState,
+    edge: EdgeDeployment,
+    plan: RolloutPlan,
+    policy: AnalysisPolicy | None,
+    sites: Sequence[SiteObservation],
+    pods: Sequence[Mapping[str, Any]],
+    now: datetime,
+) -> tuple[WaveAnalysis | None, WaveAnalysis | None, float | None]:
+    """Open, keep or close the wave analysis the plan asks for. Returns the analysis that
+    just ended (the planner stopped asking for it), the one under way, and when to sample
+    next."""
+    key = (KIND, edge.namespace, edge.name)
+    run = state.edge.analyses.get(key)
+    request = plan.analyze
+    ended = None
+    if run is not None and (request is None or not run.about(request.wave, request.digest)):
+        # The planner is done with it: passed, failed, or the wave ended another way.
+        state.edge.analyses.pop(key, None)
+        for source in state.analysis_sources.values():
+            source.forget(run.key(edge.namespace, edge.name))
+        ended, run = run.given(), None
+    if request is None or policy is None:
+        return ended, None, None
+    if run is None:
+        # A new wave to analyse, or one whose analysis a restart lost: its window opens now.
+        run = AnalysisRun(request, opened_at=now)
+        state.edge.analyses[key] = run
+        run.verdict = await _sample(state, edge, run, policy, sites, pods, plan.memory, now)
+    else:
+        run.request = request
+    interval = sample_interval(policy.window_seconds)
+    verdict = run.verdict
+    if verdict is not None and verdict.phase == "Running":
+        left = policy.window_seconds - (now - verdict.started_at).total_seconds()
+        interval = min(interval, max(0.5, left))
+    return ended, run.given(), interval
 
 
 # How long a status change that is only progress (counts, per-site rows) may wait for the

@@ -78,6 +78,13 @@ class OperatorMetrics:
             buckets=RECONCILE_BUCKETS,
             registry=r,
         )
+        self.analysis_scrapes = Counter(
+            "fogline_analysis_scrapes",
+            "Requests the rollout analysis made to edge servers' /metrics, by outcome "
+            "(ok, error, timeout, cut: the sample's time ran out).",
+            ["outcome"],
+            registry=r,
+        )
         self.tracked = Gauge(
             "fogline_tracked_objects",
             "Objects the operator keeps per-object memory of.",

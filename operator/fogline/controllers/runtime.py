@@ -15,6 +15,7 @@ from wsgiref.simple_server import WSGIServer
 
 import kopf
 
+from fogline.controllers.analysis import AnalysisRun, MetricsSource, PodScrapeSource
 from fogline.controllers.announcer import Announcer
 from fogline.controllers.metrics import OperatorMetrics, serve_metrics
 from fogline.controllers.workqueue import Key, WorkQueue
@@ -66,8 +67,12 @@ class EdgeCache:
     # The newest refusal of each of our DaemonSets, by (namespace, name): one at most per
     # DaemonSet, dropped when its Event expires or the DaemonSet goes.
     refusals: dict[tuple[str, str], WorkloadRefusal] = field(default_factory=dict)
+    # The wave analysis in progress, by EdgeDeployment (its window's first readings are in
+    # the source): lost on a restart, when the window starts again.
+    analyses: dict[Key, AnalysisRun] = field(default_factory=dict)
 
     def forget(self, key: Key) -> None:
+        self.analyses.pop(key, None)
         self.applied_generations.pop(key, None)
         self.progress_since.pop(key, None)
         self.status_written.pop(key, None)
@@ -111,6 +116,8 @@ class OperatorState:
     indexes: dict[str, Any] = field(default_factory=dict)
     training: TrainingCache = field(default_factory=TrainingCache)
     edge: EdgeCache = field(default_factory=EdgeCache)
+    # Where wave analyses read metrics, by spec.rollout.analysis.source.
+    analysis_sources: dict[str, MetricsSource] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.queue = WorkQueue(self._dispatch, metrics=self.metrics)
@@ -130,6 +137,10 @@ class OperatorState:
 
     def forget(self, key: Key) -> None:
         """The object is gone: drop every per-object memory of it."""
+        run = self.edge.analyses.get(key)
+        if run is not None:
+            for source in self.analysis_sources.values():
+                source.forget(run.key(key[1], key[2]))
         self.queue.forget(key)
         self.announcer.forget(key)
         self.edge.forget(key)
@@ -139,7 +150,7 @@ class OperatorState:
         fleet, not objects that come and go with CRs)."""
         edge = len(self.edge.applied_generations) + len(self.edge.progress_since)
         edge += len(self.edge.status_written) + len(self.edge.deleted_pods)
-        edge += len(self.edge.refusals)
+        edge += len(self.edge.refusals) + len(self.edge.analyses)
         return self.queue.tracked() + self.announcer.tracked() + edge
 
     def announce(self, key: Key, body: kopf.Body, type: str, reason: str, message: str) -> None:
@@ -211,6 +222,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     from fogline.controllers.modeltraining import reconcile_training
 
     state.reconcilers = {"ModelTraining": reconcile_training, "EdgeDeployment": reconcile_edge}
+    state.analysis_sources["Pods"] = PodScrapeSource(
+        on_scrape=lambda outcome: metrics.analysis_scrapes.labels(outcome).inc()
+    )
     metrics.tracked.set_function(state.tracked)
     memo.fogline = state
     if port := os.environ.get("FOGLINE_METRICS_PORT"):
@@ -222,6 +236,8 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
     state = getattr(memo, "fogline", None)
     if state is not None:
         await state.queue.close()
+        for source in state.analysis_sources.values():
+            await source.close()
     server: WSGIServer | None = getattr(memo, "metrics_server", None)
     if server is not None:
         server.shutdown()

@@ -7,13 +7,13 @@ Pure functions of their inputs; edge/status.py turns the plan into status."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from fogline.api.digests import is_digest, short_digest
-from fogline.api.edgedeployment import EdgeDeployment, RolloutSpec
+from fogline.api.edgedeployment import AnalysisSpec, EdgeDeployment, RolloutSpec
 from fogline.api.labels import MAINTENANCE_LABEL, UPDATE_LOCK_ANNOTATION
 from fogline.api.timestamps import parse_time
 from fogline.edge.daemonsets import (
@@ -23,6 +23,12 @@ from fogline.edge.daemonsets import (
     daemonset_name,
 )
 from fogline.rollout import NodeObservation, PodObservation, RolloutPolicy, SiteObservation
+from fogline.rollout.analysis import (
+    AnalysisPolicy,
+    AnalysisRequest,
+    CustomRatioPolicy,
+    PodTarget,
+)
 
 # Container states from which a pod will not become healthy by waiting.
 FAILING_REASONS = frozenset(
@@ -158,8 +164,9 @@ def _container_essence(container: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def pod_essence(pod: Mapping[str, Any]) -> dict[str, Any]:
-    """What observe_sites and the pod replacement read of an edge pod: name, node, digest
-    annotation, deletion, phase, readiness and the reasons it may be failing."""
+    """What observe_sites, the pod replacement and the rollout analysis read of an edge pod:
+    name, node, digest annotation, deletion, phase, readiness, the reasons it may be
+    failing, and its address (where the analysis reads its metrics)."""
     meta = pod.get("metadata") or {}
     status = pod.get("status") or {}
     annotations = meta.get("annotations") or {}
@@ -174,6 +181,7 @@ def pod_essence(pod: Mapping[str, Any]) -> dict[str, Any]:
         "spec": {"nodeName": (pod.get("spec") or {}).get("nodeName")},
         "status": {
             "phase": status.get("phase"),
+            "podIP": status.get("podIP"),
             "conditions": _ready_condition(status),
             **{
                 key: [_container_essence(c) for c in status.get(key) or []]
@@ -335,7 +343,86 @@ def rollout_policy(spec: RolloutSpec) -> RolloutPolicy:
         paused=spec.paused,
         disconnected=spec.disconnected_sites,
         retry=spec.retry,
+        analysis=analysis_policy(spec.analysis),
     )
+
+
+def analysis_policy(spec: AnalysisSpec | None) -> AnalysisPolicy | None:
+    """spec.rollout.analysis as the planner and the verdict read it (None: none asked)."""
+    if spec is None:
+        return None
+    custom = spec.custom_ratio
+    return AnalysisPolicy(
+        window_seconds=float(spec.window_seconds),
+        min_requests=spec.min_requests,
+        max_error_ratio=spec.max_error_ratio,
+        max_p99_latency_ms=spec.max_p99_latency_ms,
+        max_p99_latency_ratio=spec.max_p99_latency_ratio,
+        custom_ratio=CustomRatioPolicy(
+            custom.name, custom.numerator, custom.denominator, custom.max
+        )
+        if custom is not None
+        else None,
+        max_pods=spec.max_pods,
+        inconclusive=spec.inconclusive,
+    )
+
+
+def analysis_targets(
+    sites: Sequence[SiteObservation],
+    pods: Iterable[Mapping[str, Any]],
+    request: AnalysisRequest,
+    stable: str | None,
+    port: int,
+    max_pods: int,
+) -> tuple[PodTarget, ...]:
+    """The pods an analysis samples: Ready pods with an address on Ready nodes, at most
+    ``max_pods`` of the wave (on its digest) and as many of the baseline (on ``stable``),
+    taken one site at a time in turn so that every site is sampled before any site twice,
+    in site and pod name order (the same pods from one reconcile to the next)."""
+    node_site = {node.name: site.name for site in sites for node in site.nodes if node.ready}
+    chosen: list[PodTarget] = []
+    for baseline, names, digest in (
+        (False, request.sites, request.digest),
+        (True, request.baseline_sites, stable),
+    ):
+        wanted = set(names)
+        by_site: dict[str, list[Mapping[str, Any]]] = {}
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            site = node_site.get((pod.get("spec") or {}).get("nodeName") or "")
+            if (
+                site in wanted
+                and digest is not None
+                and (meta.get("annotations") or {}).get(DIGEST_ANNOTATION) == digest
+                and not meta.get("deletionTimestamp")
+                and pod_ready(pod)
+                and (pod.get("status") or {}).get("podIP")
+            ):
+                by_site.setdefault(site, []).append(pod)
+        queues = [
+            sorted(found, key=lambda p: str(p["metadata"]["name"]))
+            for _, found in sorted(by_site.items())
+        ]
+        sites_in_turn = [name for name, _ in sorted(by_site.items())]
+        taken = 0
+        depth = 0
+        while taken < max_pods and any(depth < len(q) for q in queues):
+            for site, queue in zip(sites_in_turn, queues, strict=True):
+                if depth < len(queue) and taken < max_pods:
+                    pod = queue[depth]
+                    chosen.append(
+                        PodTarget(
+                            name=str(pod["metadata"]["name"]),
+                            site=site,
+                            address=str(pod["status"]["podIP"]),
+                            port=port,
+                            baseline=baseline,
+                        )
+                    )
+                    taken += 1
+            depth += 1
+    return tuple(chosen)
 
 
 def resolve_model(

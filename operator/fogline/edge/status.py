@@ -1,6 +1,6 @@
 """The EdgeDeployment's status from the planner's plan: conditions, counts, the bounded
 list of sites, the wave, and the revision history (with the rollback digests it gives each
-site's DaemonSet). Pure: `now` is passed in; edge/observe.py reads the fleet for the plan."""
+site's DaemonSet), and the analysis verdicts of the waves. Pure: `now` is passed in; edge/observe.py reads the fleet for the plan."""
 
 from __future__ import annotations
 
@@ -13,6 +13,77 @@ from fogline.api.digests import short_digest
 from fogline.api.edgedeployment import EdgeDeployment, sites_ready_text
 from fogline.api.timestamps import rfc3339
 from fogline.rollout import RolloutPlan
+from fogline.rollout.analysis import MetricResult, WaveAnalysis
+
+# status.analysis.waves keeps this many finished analyses, newest first.
+MAX_ANALYSED_WAVES = 20
+
+
+def _result_dict(result: MetricResult) -> dict[str, Any]:
+    row: dict[str, Any] = {"metric": result.metric, "threshold": result.threshold}
+    if result.value is not None:
+        row["value"] = round(result.value, 6)
+    if result.baseline is not None:
+        row["baseline"] = round(result.baseline, 6)
+    if result.site:
+        row["site"] = result.site
+    row["passed"] = result.passed
+    if result.message:
+        row["message"] = result.message[:256]
+    return row
+
+
+def _verdict_dict(analysis: WaveAnalysis, ended: bool) -> dict[str, Any]:
+    verdict = analysis.verdict
+    phase, message = verdict.phase, verdict.message
+    if ended and phase == "Running":
+        # The wave ended (its deadline passed, a pod failed, a new rollout began) with the
+        # window still open: no answer came.
+        phase, message = "Inconclusive", f"the wave ended before its window did ({message})"
+    shown: dict[str, Any] = {
+        "wave": analysis.wave,
+        "digest": analysis.digest,
+        "phase": phase,
+        "startedAt": rfc3339(verdict.started_at),
+        "requests": verdict.requests,
+        "pods": verdict.pods,
+        "baselinePods": verdict.baseline_pods,
+        "results": [_result_dict(r) for r in verdict.results],
+        "message": message[:1024],
+    }
+    if verdict.failure is not None:
+        failure = verdict.failure
+        shown["failure"] = {
+            "site": failure.site,
+            "metric": failure.metric,
+            "value": round(failure.value, 6),
+            "threshold": failure.threshold,
+        }
+    return shown
+
+
+def analysis_status(
+    previous: Mapping[str, Any] | None,
+    ended: WaveAnalysis | None,
+    current: WaveAnalysis | None,
+    now: datetime,
+) -> dict[str, Any] | None:
+    """status.analysis: the verdict of the wave under analysis (``current``), else of the
+    one that just ended, else as it was; an ``ended`` analysis (the planner no longer asks
+    for it) goes first into ``waves``, which keeps MAX_ANALYSED_WAVES."""
+    if ended is None and current is None:
+        return dict(previous) if previous else None
+    waves = [dict(w) for w in (previous or {}).get("waves") or []]
+    if ended is not None:
+        done = _verdict_dict(ended, ended=True)
+        entry = {key: done[key] for key in ("wave", "digest", "phase", "requests", "message")}
+        entry["finishedAt"] = rfc3339(now)
+        entry["results"] = done["results"]
+        waves = [entry, *waves][:MAX_ANALYSED_WAVES]
+    shown = _verdict_dict(current, ended=False) if current is not None else done
+    if waves:
+        shown["waves"] = waves
+    return shown
 
 
 def build_status(
@@ -83,9 +154,10 @@ def build_status(
 
 
 # Status keys that move with every pod transition (a node's pod goes, its new one becomes
-# Ready) and that nothing reads back: the planner's memory lives in status.rollout. A
-# change confined to these may wait a little, so that one patch carries many transitions.
-PROGRESS_KEYS = frozenset({"counts", "sitesReady", "sites", "sitesOmitted"})
+# Ready) or every analysis sample, and that nothing reads back: the planner's memory lives
+# in status.rollout. A change confined to these may wait a little, so that one patch
+# carries many transitions; what an analysis decides moves the memory and goes at once.
+PROGRESS_KEYS = frozenset({"counts", "sitesReady", "sites", "sitesOmitted", "analysis"})
 
 
 def progress_only(patch: Mapping[str, Any]) -> bool:

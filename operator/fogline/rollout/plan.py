@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from fogline.rollout.analysis import AnalysisRequest
 from fogline.rollout.memory import Phase, RolloutMemory
 
 EventType = Literal["Normal", "Warning"]
@@ -82,6 +83,7 @@ class RolloutPlan:
     nodes whose pod must be deleted now so that it comes back from its site's template.
     ``memory``: persist it and pass it back next time. ``requeue_after``: seconds until the
     planner wants to be asked again even if nothing changes (end of a pause, a deadline).
+    ``analyze``: the wave analysis to run, its verdict to be handed to the next call.
     """
 
     site_digests: dict[str, str]
@@ -93,3 +95,4 @@ class RolloutPlan:
     requeue_after: float | None
     counts: RolloutCounts
     message: str
+    analyze: AnalysisRequest | None = None

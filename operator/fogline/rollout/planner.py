@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
+from fogline.rollout.analysis import WaveAnalysis
 from fogline.rollout.memory import RolloutMemory
 from fogline.rollout.messages import site_names_text
 from fogline.rollout.observations import SiteObservation
@@ -27,6 +28,7 @@ def plan_rollout(
     memory: RolloutMemory,
     target_digest: str,
     now: datetime,
+    analysis: WaveAnalysis | None = None,
 ) -> RolloutPlan:
     """Decide the next step of the rollout of ``target_digest``.
 
@@ -42,9 +44,13 @@ def plan_rollout(
     4. Inside a wave site, every Ready, unlocked node moves to the target: pods that are
        not Ready are replaced at once, Ready ones one at a time, and only when no pod of the
        site is still coming up, so a site keeps serving during its update.
-    5. A wave succeeds when every Ready, unlocked node of its sites serves the target.
-       It fails when a pod on the target reports a failure, when the workload refuses a
-       pod of the wave, or when the progress deadline passes first; the clock stops while a wave waits for a disconnected site (Wait).
+    5. A wave succeeds when every Ready, unlocked node of its sites serves the target
+       and, with ``policy.analysis``, ``analysis`` (the verdict on this wave's metrics,
+       asked for in ``RolloutPlan.analyze``) passed. It fails when a pod on the target
+       reports a failure, when the workload refuses a pod of the wave, when the analysis
+       fails (or ends inconclusive under ``inconclusive: Fail``), or when the progress
+       deadline passes first; the clock stops while a wave waits for a disconnected site
+       (Wait). An inconclusive wave is never promoted.
     6. On failure, with ``auto_rollback`` and a stable digest to return to, every site
        not on the stable digest converges back to it (phase RolledBack); otherwise the
        rollout holds (phase Failed).
@@ -53,7 +59,7 @@ def plan_rollout(
     8. A target becomes stable only once a site was seen serving it: with every remaining
        site unreachable, held or locked, the rollout waits rather than completes.
     """
-    inputs = PlanInputs.of(sites, policy, memory, target_digest, now)
+    inputs = PlanInputs.of(sites, policy, memory, target_digest, now, analysis)
     progress = Progress.recall(inputs)
     for rule in RULES:
         progress = rule(inputs, progress)

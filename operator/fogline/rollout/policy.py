@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from fogline.rollout.analysis import AnalysisPolicy
+
 DisconnectedPolicy = Literal["Skip", "Wait"]
 
 
@@ -40,7 +42,8 @@ def wave_width(max_unavailable: int | str, eligible_sites: int) -> int:
 
 @dataclass(frozen=True)
 class RolloutPolicy:
-    """``spec.rollout``: canary size, wave width, pacing, failure handling."""
+    """``spec.rollout``: canary size, wave width, pacing, failure handling, and the metrics
+    analysis a wave must pass once its pods are Ready (None: readiness is enough)."""
 
     canary_sites: int = 1
     max_unavailable: int | str = 1
@@ -50,6 +53,7 @@ class RolloutPolicy:
     paused: bool = False
     disconnected: DisconnectedPolicy = "Skip"
     retry: int = 0
+    analysis: AnalysisPolicy | None = None
 
     def width(self, eligible_sites: int) -> int:
         return wave_width(self.max_unavailable, eligible_sites)

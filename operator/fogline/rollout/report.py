@@ -70,6 +70,9 @@ def in_wave(view: SiteView) -> Answer | None:
     if view.site.name not in view.wave:
         return None
     label = view.progress.wave_label(view.inputs.policy)
+    analyze = view.progress.analyze
+    if analyze is not None and view.site.name in analyze.sites:
+        return "Ready", f"{label}: pods Ready, metrics under analysis"
     if converged(view.site, view.inputs.target):
         return "Ready", f"{label} done"
     return "Updating", label
@@ -269,4 +272,5 @@ def report(inputs: PlanInputs, progress: Progress) -> RolloutPlan:
         requeue_after=min(progress.requeue) if progress.requeue else None,
         counts=counts(inputs, progress),
         message=message,
+        analyze=progress.analyze,
     )

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 
+from fogline.rollout.analysis import AnalysisRequest, WaveAnalysis
 from fogline.rollout.memory import Phase, RolloutMemory, Stage
 from fogline.rollout.observations import SiteObservation
 from fogline.rollout.plan import EventType, PlanEvent
@@ -17,13 +18,15 @@ from fogline.rollout.policy import RolloutPolicy
 @dataclass(frozen=True)
 class PlanInputs:
     """One call's inputs: the sites by name in name order, the policy, the memory as it was
-    handed in, the target digest and the time."""
+    handed in, the target digest, the time, and the verdict of the wave analysis the last
+    plan asked for (``RolloutPlan.analyze``), if any."""
 
     sites: Mapping[str, SiteObservation]
     policy: RolloutPolicy
     memory: RolloutMemory
     target: str
     now: datetime
+    analysis: WaveAnalysis | None = None
 
     @classmethod
     def of(
@@ -33,11 +36,12 @@ class PlanInputs:
         memory: RolloutMemory,
         target: str,
         now: datetime,
+        analysis: WaveAnalysis | None = None,
     ) -> PlanInputs:
         by_name = {site.name: site for site in sorted(sites, key=lambda s: s.name)}
         if len(by_name) != len(sites):
             raise ValueError("sites: two observations share a site name")
-        return cls(by_name, policy, memory, target, now)
+        return cls(by_name, policy, memory, target, now, analysis)
 
     def width(self) -> int:
         """W: how many sites a wave or convergence may take at once (``wave_width`` of the
@@ -49,7 +53,8 @@ class PlanInputs:
 class Progress:
     """Where the rollout stands (the fields of ``RolloutMemory`` as the rules use them) and
     what the rules decided so far: ``events`` in order, ``replacements`` (site -> nodes whose
-    pods go now) and ``requeue`` (seconds after which the planner wants another look)."""
+    pods go now), ``requeue`` (seconds after which the planner wants another look) and
+    ``analyze`` (the wave analysis the controller is to run and report back)."""
 
     stable: str | None
     stage: Stage
@@ -71,6 +76,7 @@ class Progress:
     events: tuple[PlanEvent, ...] = ()
     replacements: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     requeue: tuple[float, ...] = ()
+    analyze: AnalysisRequest | None = None
 
     @classmethod
     def recall(cls, inputs: PlanInputs) -> Progress:

@@ -2,14 +2,15 @@
 failed, sites still updating or waited for), and what follows: the wave succeeds, fails
 (rolling back or holding), or goes on under its progress deadline.
 
-A wave's verdict is decided in one place, ``evaluate_wave``; a further gate on a wave whose
-sites are all Ready (before ``succeed_wave``) belongs there."""
+A wave's verdict is decided in one place, ``evaluate_wave``; a wave whose sites are all
+Ready passes the metrics analysis gate (``gate_wave``) before ``succeed_wave``."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
+from fogline.rollout.analysis import AnalysisRequest, GateDecision, gate, summary_text
 from fogline.rollout.messages import short_digest, site_names_text
 from fogline.rollout.sites import converged, pod_failure, refused_in_wave, replacements
 from fogline.rollout.state import PlanInputs, Progress
@@ -79,8 +80,13 @@ def evaluate_wave(inputs: PlanInputs, progress: Progress) -> tuple[Progress, boo
     progress = progress.pass_over(reading.passed_over)
     if reading.failure is not None:
         return fail_wave(inputs, progress, *reading.failure), False
+    analysing: str | None = None
     if reading.done:
-        return succeed_wave(inputs, progress), True
+        progress, decision, analysing = gate_wave(inputs, progress)
+        if decision == "Pass":
+            return succeed_wave(inputs, progress), True
+        if decision == "Fail":
+            return progress, False
     now, policy = inputs.now, inputs.policy
     if reading.waiting or progress.paused:
         progress = progress.stop_clock(now)
@@ -89,6 +95,13 @@ def evaluate_wave(inputs: PlanInputs, progress: Progress) -> tuple[Progress, boo
     if progress.clock_stopped_at is None and progress.wave_started_at is not None:
         budget = policy.progress_deadline_seconds + progress.wave_stopped_seconds
         deadline = progress.wave_started_at + timedelta(seconds=budget)
+        if now >= deadline and analysing is not None and progress.analyze is not None:
+            reason = (
+                f"analysis {analysing} within {policy.progress_deadline_seconds:g}s "
+                "(progressDeadlineSeconds)"
+            )
+            analysed = progress.analyze.sites[0]
+            return fail_wave(inputs, replace(progress, analyze=None), analysed, reason), False
         if now >= deadline:
             site = inputs.sites[reading.unfinished[0]]
             nodes = site.workable_nodes()
@@ -102,6 +115,81 @@ def evaluate_wave(inputs: PlanInputs, progress: Progress) -> tuple[Progress, boo
         progress = progress.requeue_in((deadline - now).total_seconds())
     moving = {name: replacements(inputs.sites[name], inputs.target) for name in reading.unfinished}
     return progress.with_replacements(moving), False
+
+
+def gate_wave(inputs: PlanInputs, progress: Progress) -> tuple[Progress, GateDecision, str | None]:
+    """The analysis gate of a wave whose sites all serve the target (``policy.analysis``;
+    without it, or with no site of the wave to judge, the wave passes as it always did).
+
+    The verdict counts only when it is about this wave and target (``inputs.analysis``):
+    Passed passes (Event AnalysisPassed); Failed fails the wave at the site that broke the
+    threshold, naming metric, value and threshold (Event AnalysisFailed); Inconclusive
+    fails it under ``inconclusive: Fail`` and otherwise waits, as does an open window or
+    no verdict yet. While it waits, ``progress.analyze`` asks for the analysis: the wave's
+    sites to judge and the baseline, the sites serving the stable digest. Returns what to
+    wait for with "Wait" (for the progress deadline's message)."""
+    policy, sites, target = inputs.policy.analysis, inputs.sites, inputs.target
+    judged = tuple(
+        name
+        for name in progress.wave_sites
+        if not sites[name].held and sites[name].reachable and sites[name].workable_nodes()
+    )
+    if policy is None or not judged:
+        return progress, "Pass", None
+    wave, stable = set(progress.wave_sites), progress.stable
+    baseline = tuple(
+        name
+        for name, site in sites.items()
+        if name not in wave
+        and stable is not None
+        and stable != target
+        and progress.templates.get(name) == stable
+        and not site.held
+        and site.reachable
+        and site.workable_nodes()
+        and converged(site, stable)
+    )
+    given = inputs.analysis
+    verdict = (
+        given.verdict
+        if given is not None and given.wave == progress.wave_index and given.digest == target
+        else None
+    )
+    decision = gate(policy, verdict)
+    label = progress.wave_label(inputs.policy)
+    if decision == "Pass" and verdict is not None:
+        progress = progress.emit(
+            "Normal",
+            "AnalysisPassed",
+            f"{label}: analysis passed on {verdict.requests} request(s) from "
+            f"{verdict.pods} pod(s): {summary_text(verdict)}",
+        )
+        return progress, "Pass", None
+    if decision == "Fail" and verdict is not None:
+        failure = verdict.failure
+        if failure is not None:
+            progress = progress.emit(
+                "Warning", "AnalysisFailed", f"{label}: analysis failed at {failure.text()}"
+            )
+            return (
+                fail_wave(inputs, progress, failure.site, f"analysis: {failure.measure()}"),
+                ("Fail"),
+                None,
+            )
+        progress = progress.emit(
+            "Warning",
+            "AnalysisFailed",
+            f"{label}: analysis inconclusive ({verdict.message}) and "
+            "spec.rollout.analysis.inconclusive is Fail",
+        )
+        reason = f"analysis inconclusive: {verdict.message}"
+        return fail_wave(inputs, progress, judged[0], reason), "Fail", None
+    progress = replace(
+        progress, analyze=AnalysisRequest(progress.wave_index, target, judged, baseline)
+    )
+    if verdict is None:
+        return progress, "Wait", "not started"
+    return progress, "Wait", f"{verdict.phase.lower()}: {verdict.message}"
 
 
 def succeed_wave(inputs: PlanInputs, progress: Progress) -> Progress:

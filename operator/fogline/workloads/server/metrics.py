@@ -19,6 +19,8 @@ from prometheus_client import (
 )
 
 CONTENT_TYPE = prometheus_client.CONTENT_TYPE_LATEST
+# From 0.1 ms to 10 s: rollout analysis takes the p99 from these buckets, and a model
+# several seconds slow must land in a finite bucket to be told from one just over 2.5 s.
 LATENCY_BUCKETS = (
     0.0001,
     0.00025,
@@ -34,6 +36,8 @@ LATENCY_BUCKETS = (
     0.5,
     1.0,
     2.5,
+    5.0,
+    10.0,
 )
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
