@@ -17,8 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fogline.api.crds import GROUP, VERSION
-from fogline.api.digests import SHORT_LENGTH, is_digest
-from fogline.api.digests import short_digest as _short_form
+from fogline.api.digests import digest_text
 from fogline.api.timestamps import parse_time
 from fogline.cli import UsageParser
 
@@ -55,11 +54,8 @@ def duration(seconds: float) -> str:
 
 
 def short_digest(digest: str | None) -> str:
-    """A digest cell: the one short form (fogline.api.digests), "-" for none, and a value
-    that is no digest cut to the same width rather than failing the whole table."""
-    if not digest:
-        return "-"
-    return _short_form(digest) if is_digest(digest) else digest[:SHORT_LENGTH]
+    """A digest cell: the one short form, "-" for none."""
+    return digest_text(digest)
 
 
 def failing_message(conditions: Sequence[Mapping[str, Any]] | None) -> str | None:

@@ -92,7 +92,7 @@ def test_a_site_no_wave_took_yet_waits_for_one() -> None:
     sites = [site("s1", A), site("s2", A, ready=False)]
     memory = replace(mid_wave(sites, ()), skipped_sites=("s2",))
     call = inputs(sites, memory)
-    assert awaiting_wave(view(call, "s1")) == ("Pending", "waits for a wave to sha256:bbbbbbbbbbbb")
+    assert awaiting_wave(view(call, "s1")) == ("Pending", "waits for a wave to bbbbbbbbbbbb")
     assert awaiting_wave(view(call, "s2"))[0] == "Skipped"
 
 
@@ -114,7 +114,7 @@ def test_the_last_check_tells_coming_up_from_rolled_back_from_ready() -> None:
     )
     assert settled(view(inputs(back, memory), "s1")) == (
         "RolledBack",
-        "back on sha256:aaaaaaaaaaaa",
+        "back on aaaaaaaaaaaa",
     )
     assert settled(view(inputs(back, available(A, back), target=A), "s1")) == ("Ready", "")
 
@@ -183,7 +183,7 @@ def test_a_completed_rollout_is_degraded_by_what_keeps_sites_from_serving() -> N
     call = inputs(healthy, available(B, healthy))
     assert phase(call, Progress.recall(call)) == (
         "Available",
-        "sha256:bbbbbbbbbbbb on every reachable site",
+        "bbbbbbbbbbbb on every reachable site",
     )
 
 

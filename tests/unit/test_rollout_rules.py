@@ -115,7 +115,7 @@ def test_the_next_wave_takes_carried_sites_first_then_site_name_order() -> None:
     assert progress.converging == ()
     assert progress.wave_started_at == at(5)
     assert progress.templates["s3"] == progress.templates["s1"] == B
-    assert progress.events[-1].message == "wave 1: updating s3, s1 to sha256:bbbbbbbbbbbb"
+    assert progress.events[-1].message == "wave 1: updating s3, s1 to bbbbbbbbbbbb"
 
 
 def test_sites_already_serving_the_target_need_no_wave() -> None:
@@ -148,7 +148,7 @@ def test_a_rollout_completes_only_once_a_site_served_the_target() -> None:
     assert progress.stage == "Complete"
     assert progress.stable == B
     assert progress.events[-1].message == (
-        "sha256:bbbbbbbbbbbb is the current digest on 1 site(s); "
+        "bbbbbbbbbbbb is the current digest on 1 site(s); "
         "1 unreachable site(s) follow when they return"
     )
 

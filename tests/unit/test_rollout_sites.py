@@ -47,8 +47,8 @@ def test_pod_failure_names_the_first_failing_node_on_the_digest() -> None:
         node("n1", B, failure="ImagePullBackOff"),
         node("n0", A, failure="Error"),
     )
-    assert pod_failure(site, B) == "node n1: pod ImagePullBackOff on sha256:bbbbbbbbbbbb"
-    assert pod_failure(site, A) == "node n0: pod Error on sha256:aaaaaaaaaaaa"
+    assert pod_failure(site, B) == "node n1: pod ImagePullBackOff on bbbbbbbbbbbb"
+    assert pod_failure(site, A) == "node n0: pod Error on aaaaaaaaaaaa"
 
 
 def test_a_failing_pod_on_a_notready_node_does_not_count() -> None:

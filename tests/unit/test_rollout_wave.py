@@ -43,7 +43,7 @@ def test_read_wave_stops_at_the_first_failure() -> None:
     reading = read_wave(*wave_call(sites, ("s1", "s2", "s3")))
     assert reading.passed_over == ("s1",)
     assert reading.unfinished == ()
-    assert reading.failure == ("s2", "node s2-0: pod CrashLoopBackOff on sha256:bbbbbbbbbbbb")
+    assert reading.failure == ("s2", "node s2-0: pod CrashLoopBackOff on bbbbbbbbbbbb")
     assert not reading.done
 
 
@@ -114,8 +114,7 @@ def test_the_deadline_counts_the_time_the_clock_stood_still() -> None:
     after, _ = evaluate_wave(*wave_call(sites, ("s1",), now=690, policy=policy, memory=memory))
     assert after.stage == "RolledBack"
     assert after.failure_message == (
-        "site s1: 1 of 1 nodes not Ready on sha256:bbbbbbbbbbbb within 600s "
-        "(progressDeadlineSeconds)"
+        "site s1: 1 of 1 nodes not Ready on bbbbbbbbbbbb within 600s (progressDeadlineSeconds)"
     )
 
 

@@ -5,8 +5,8 @@ workloads.
 The short form, `short_digest`, is the one way a digest is shown to people: its first 12 hex
 characters without the `sha256:` prefix (as `docker images` shows image IDs). The printer
 columns (`artifactDigestShort`, `currentDigestShort`), `fogline status`, and the messages and
-Events of training and of the edge status use it. The rollout planner, which imports no other
-room, still writes `sha256:` and 12 hex characters in its own messages."""
+Events of training, of the edge status and of the rollout planner use it; `digest_text` is
+the same form for any value a table or a message may meet."""
 
 from __future__ import annotations
 
@@ -41,3 +41,16 @@ def short_digest(digest: str | None) -> str | None:
     if not is_digest(digest):
         raise ValueError(f"{digest!r} is not a digest; expected sha256:<64 lowercase hex>")
     return digest.removeprefix("sha256:")[:SHORT_LENGTH]
+
+
+def digest_text(digest: str | None, missing: str = "-") -> str:
+    """The short form for a table cell or a message, whatever the value: ``missing`` for
+    none, and a value that is no digest cut to the same width rather than failing::
+
+        "sha256:0123456789abcdef..." -> "0123456789ab"
+        None                         -> "-" (or ``missing``)
+        "latest-and-more"            -> "latest-and-m"
+    """
+    if not digest:
+        return missing
+    return short_digest(digest) if is_digest(digest) else digest[:SHORT_LENGTH]

@@ -27,8 +27,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
-InconclusivePolicy = Literal["Wait", "Fail"]
-VerdictPhase = Literal["Running", "Passed", "Failed", "Inconclusive"]
+from fogline.api.edgedeployment import AnalysisPhase as VerdictPhase
+from fogline.api.edgedeployment import InconclusivePolicy
+
 ERROR_RATIO = "errorRatio"
 P99_LATENCY_MS = "p99LatencyMs"
 P99_LATENCY_RATIO = "p99LatencyRatio"

@@ -7,7 +7,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal, cast, get_args
 
-Phase = Literal["Pending", "Progressing", "Available", "Degraded", "Paused", "RolledBack", "Failed"]
+from fogline.api.edgedeployment import DeploymentPhase
+from fogline.api.timestamps import parse_time
+
+Phase = DeploymentPhase  # the CRD's status.phase, as the planner decides it
+
 # Where the planner stands, independent of how it is shown: "Rollout" covers the first
 # deploy and every wave; "Complete" converges to the stable digest; "RolledBack" converges
 # back to it after a failure; "Failed" holds.
@@ -110,7 +114,9 @@ def _format_time(value: datetime | None) -> str | None:
 
 
 def _parse_time(value: str | None) -> datetime | None:
-    if not value:
-        return None
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    """Strict, unlike parse_time: an unreadable time in the memory is a corrupt memory (which
+    the controller reports), never a time that was not stamped."""
+    parsed = parse_time(value)
+    if value and parsed is None:
+        raise ValueError(f"{value!r} is not an RFC 3339 time")
+    return parsed

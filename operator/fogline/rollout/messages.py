@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from fogline.api.digests import digest_text
+
 # Messages name at most this many sites: a first deployment's wave may hold every site, and
 # status.message (4 KiB in the CRD) and Events must stay short at any fleet size.
 MESSAGE_SITES = 10
@@ -22,13 +24,10 @@ def site_names_text(names: Sequence[str], limit: int = MESSAGE_SITES) -> str:
 
 
 def short_digest(digest: str | None) -> str:
-    """``sha256:`` and the first 12 hex digits, as ``kubectl get ed`` shows it::
+    """The one short form of a digest (fogline.api.digests) in a planner message, "none"
+    when the rollout has no digest::
 
-    "sha256:0123456789abcdef..." -> "sha256:0123456789ab"
-    None                         -> "none"
-    "latest" (no algorithm)      -> "latest" (cut at 19 characters)
+        "sha256:0123456789abcdef..." -> "0123456789ab"
+        None                         -> "none"
     """
-    if digest is None:
-        return "none"
-    algorithm, _, value = digest.partition(":")
-    return f"{algorithm}:{value[:12]}" if value else digest[:19]
+    return digest_text(digest, missing="none")

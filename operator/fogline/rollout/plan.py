@@ -6,13 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from fogline.api.edgedeployment import SiteState
+
+__all__ = ["EventType", "PlanEvent", "RolloutCounts", "RolloutPlan", "SiteState", "SiteStatus"]
 from fogline.rollout.analysis import AnalysisRequest
 from fogline.rollout.memory import Phase, RolloutMemory
 
 EventType = Literal["Normal", "Warning"]
-SiteState = Literal[
-    "Pending", "Updating", "Ready", "Failed", "Skipped", "Paused", "Unreachable", "RolledBack"
-]
 
 
 @dataclass(frozen=True)
