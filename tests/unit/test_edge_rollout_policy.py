@@ -7,10 +7,9 @@ import dataclasses
 
 import pytest
 
-from fogline.api.edgedeployment import EdgeDeploymentSpec
+from fogline.api.edgedeployment import AnalysisSpec, CustomRatio, EdgeDeploymentSpec
 from fogline.edge.observe import rollout_policy
 from fogline.rollout import RolloutPolicy
-from fogline.rollout.analysis import AnalysisPolicy, CustomRatioPolicy
 
 pytestmark = pytest.mark.unit
 
@@ -48,6 +47,7 @@ def test_every_rollout_knob_reaches_the_planner() -> None:
                 "denominator": "fogline_http_requests_total",
                 "max": 0.1,
             },
+            "source": "Prometheus",
             "maxPods": 3,
             "inconclusive": "Fail",
         },
@@ -62,18 +62,19 @@ def test_every_rollout_knob_reaches_the_planner() -> None:
         paused=True,
         disconnected="Wait",
         retry=3,
-        analysis=AnalysisPolicy(
+        analysis=AnalysisSpec(
             window_seconds=20.0,
             min_requests=7,
             max_error_ratio=0.02,
             max_p99_latency_ms=250.0,
             max_p99_latency_ratio=1.5,
-            custom_ratio=CustomRatioPolicy(
+            custom_ratio=CustomRatio(
                 "rejected",
                 "fogline_inference_queue_rejected_total",
                 "fogline_http_requests_total",
                 0.1,
             ),
+            source="Prometheus",
             max_pods=3,
             inconclusive="Fail",
         ),
@@ -88,9 +89,9 @@ def test_every_rollout_knob_reaches_the_planner() -> None:
     assert unchanged == []
     # The same for the analysis: every field of it differs from its default.
     assert policy.analysis is not None
-    analysis_defaults = AnalysisPolicy()
+    analysis_defaults = AnalysisSpec()
     assert [
         f.name
-        for f in dataclasses.fields(AnalysisPolicy)
+        for f in dataclasses.fields(AnalysisSpec)
         if getattr(policy.analysis, f.name) == getattr(analysis_defaults, f.name)
     ] == []

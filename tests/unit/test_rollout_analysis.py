@@ -11,17 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fogline.api.edgedeployment import AnalysisSpec, CustomRatio
 from fogline.controllers.analysis import parse_exposition
-from fogline.rollout.analysis import (
-    AnalysisPolicy,
-    Counters,
-    CustomRatioPolicy,
-    PodWindow,
-    histogram_quantile,
-    increase,
-    judge,
-    merge,
-)
+from fogline.rollout.analysis import Counters, PodWindow, histogram_quantile, increase, judge, merge
 from fogline.settings import OperatorSettings, SettingsError
 from fogline.workloads.server.metrics import LATENCY_BUCKETS, ServerMetrics
 
@@ -122,7 +114,7 @@ def test_the_exposition_of_a_real_server_registry_parses_to_inference_counters()
 
 
 def test_a_wave_within_every_threshold_passes() -> None:
-    policy = AnalysisPolicy(max_error_ratio=0.05, max_p99_latency_ms=50, max_p99_latency_ratio=1.5)
+    policy = AnalysisSpec(max_error_ratio=0.05, max_p99_latency_ms=50, max_p99_latency_ratio=1.5)
     verdict = judge(
         policy,
         [
@@ -142,7 +134,7 @@ def test_a_wave_within_every_threshold_passes() -> None:
 
 
 def test_the_window_stays_open_until_window_seconds_after_the_latest_start() -> None:
-    policy = AnalysisPolicy(max_error_ratio=0.05)
+    policy = AnalysisSpec(max_error_ratio=0.05)
     late = T0 + timedelta(seconds=20)
     windows = [pod("a-1", "a", served(100)), pod("a-2", "a", served(100), since=late)]
     assert judge(policy, windows, T0, AFTER).phase == "Running"
@@ -150,7 +142,7 @@ def test_the_window_stays_open_until_window_seconds_after_the_latest_start() -> 
 
 
 def test_errors_over_the_ratio_fail_the_wave_naming_site_value_and_threshold() -> None:
-    policy = AnalysisPolicy(max_error_ratio=0.05)
+    policy = AnalysisSpec(max_error_ratio=0.05)
     verdict = judge(
         policy, [pod("a-1", "a", served(100, 2)), pod("b-1", "b", served(100, 40))], T0, AFTER
     )
@@ -163,7 +155,7 @@ def test_errors_over_the_ratio_fail_the_wave_naming_site_value_and_threshold() -
 
 
 def test_a_slower_wave_fails_the_relative_p99_against_the_baseline() -> None:
-    policy = AnalysisPolicy(max_p99_latency_ratio=1.2)
+    policy = AnalysisSpec(max_p99_latency_ratio=1.2)
     verdict = judge(
         policy,
         [
@@ -180,34 +172,34 @@ def test_a_slower_wave_fails_the_relative_p99_against_the_baseline() -> None:
 
 
 def test_too_few_requests_is_inconclusive() -> None:
-    policy = AnalysisPolicy(max_error_ratio=0.05, min_requests=20)
+    policy = AnalysisSpec(max_error_ratio=0.05, min_requests=20)
     verdict = judge(policy, [pod("a-1", "a", served(19))], T0, AFTER)
     assert verdict.phase == "Inconclusive"
     assert "19 inference request(s)" in verdict.message
 
 
 def test_an_unreachable_pod_is_inconclusive_not_a_pass() -> None:
-    policy = AnalysisPolicy(max_error_ratio=0.05)
+    policy = AnalysisSpec(max_error_ratio=0.05)
     verdict = judge(policy, [pod("a-1", "a", served(100)), pod("a-2", "a", None)], T0, AFTER)
     assert verdict.phase == "Inconclusive"
     assert "a-2 (refused)" in verdict.message
 
 
 def test_errors_on_the_pods_that_answered_fail_the_wave_even_with_one_unread() -> None:
-    policy = AnalysisPolicy(max_error_ratio=0.05)
+    policy = AnalysisSpec(max_error_ratio=0.05)
     windows = [pod("a-1", "a", served(100, 50)), pod("a-2", "a", None)]
     assert judge(policy, windows, T0, AFTER).phase == "Failed"
 
 
 def test_errors_on_fewer_than_min_requests_are_inconclusive_not_a_failure() -> None:
-    policy = AnalysisPolicy(max_error_ratio=0.05, min_requests=20)
+    policy = AnalysisSpec(max_error_ratio=0.05, min_requests=20)
     verdict = judge(policy, [pod("a-1", "a", served(5, 5))], T0, AFTER)
     assert verdict.phase == "Inconclusive"
     assert "5 inference request(s)" in verdict.message
 
 
 def test_no_pod_reachable_is_inconclusive_once_the_window_ends() -> None:
-    policy = AnalysisPolicy(max_error_ratio=0.05)
+    policy = AnalysisSpec(max_error_ratio=0.05)
     windows = [pod("a-1", "a", None, since=None)]
     assert judge(policy, windows, T0, T0 + timedelta(seconds=5)).phase == "Running"
     verdict = judge(policy, windows, T0, AFTER)
@@ -216,14 +208,14 @@ def test_no_pod_reachable_is_inconclusive_once_the_window_ends() -> None:
 
 
 def test_a_relative_threshold_without_any_baseline_site_is_not_judged() -> None:
-    policy = AnalysisPolicy(max_p99_latency_ratio=1.2)
+    policy = AnalysisSpec(max_p99_latency_ratio=1.2)
     verdict = judge(policy, [pod("a-1", "a", served(100, seconds=2.0))], T0, AFTER)
     assert verdict.phase == "Passed"
     assert verdict.results[0].message == "no site left on the stable digest"
 
 
 def test_a_baseline_that_cannot_be_read_leaves_the_relative_threshold_inconclusive() -> None:
-    policy = AnalysisPolicy(max_p99_latency_ratio=1.2)
+    policy = AnalysisSpec(max_p99_latency_ratio=1.2)
     verdict = judge(
         policy, [pod("a-1", "a", served(100)), pod("b-1", "b", None, baseline=True)], T0, AFTER
     )
@@ -231,9 +223,7 @@ def test_a_baseline_that_cannot_be_read_leaves_the_relative_threshold_inconclusi
 
 
 def test_a_custom_ratio_over_its_max_fails() -> None:
-    policy = AnalysisPolicy(
-        custom_ratio=CustomRatioPolicy("rejected", "rej_total", "req_total", max=0.1)
-    )
+    policy = AnalysisSpec(custom_ratio=CustomRatio("rejected", "rej_total", "req_total", max=0.1))
     counters = Counters(100.0, 0.0, histogram({0.004: 100}), {"rej_total": 30, "req_total": 100})
     verdict = judge(policy, [pod("a-1", "a", counters)], T0, AFTER)
     assert verdict.phase == "Failed"
@@ -257,7 +247,7 @@ window_st = st.builds(
     st.sampled_from([T0, T0 + timedelta(seconds=10), None]),
 )
 policy_st = st.builds(
-    AnalysisPolicy,
+    AnalysisSpec,
     window_seconds=st.sampled_from([5.0, 30.0]),
     min_requests=st.integers(1, 300),
     max_error_ratio=st.one_of(st.none(), st.floats(0, 1)),
@@ -269,7 +259,7 @@ policy_st = st.builds(
 @settings(max_examples=300, deadline=None)
 @given(policy_st, st.lists(window_st, max_size=6), st.integers(0, 60))
 def test_a_pass_always_has_min_requests_and_every_pod_read(
-    policy: AnalysisPolicy, windows: list[PodWindow], seconds: int
+    policy: AnalysisSpec, windows: list[PodWindow], seconds: int
 ) -> None:
     verdict = judge(policy, windows, T0, T0 + timedelta(seconds=seconds))
     if verdict.phase == "Passed":
@@ -289,7 +279,7 @@ def test_a_pass_always_has_min_requests_and_every_pod_read(
 @settings(max_examples=300, deadline=None)
 @given(policy_st, st.lists(window_st, max_size=6), st.integers(0, 60))
 def test_a_failure_names_the_site_furthest_over_a_broken_threshold(
-    policy: AnalysisPolicy, windows: list[PodWindow], seconds: int
+    policy: AnalysisSpec, windows: list[PodWindow], seconds: int
 ) -> None:
     verdict = judge(policy, windows, T0, T0 + timedelta(seconds=seconds))
     if verdict.phase != "Failed":

@@ -10,10 +10,10 @@ from dataclasses import replace
 
 import pytest
 
+from fogline.api.edgedeployment import AnalysisSpec
 from fogline.rollout import RolloutPlan, RolloutPolicy, SiteObservation, plan_rollout
 from fogline.rollout.analysis import (
     AnalysisFailure,
-    AnalysisPolicy,
     AnalysisVerdict,
     MetricResult,
     VerdictPhase,
@@ -28,7 +28,7 @@ GATED = RolloutPolicy(
     canary_sites=1,
     max_unavailable=2,
     progress_deadline_seconds=300,
-    analysis=AnalysisPolicy(window_seconds=30, max_error_ratio=0.05),
+    analysis=AnalysisSpec(window_seconds=30, max_error_ratio=0.05),
 )
 
 

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from fogline.api.edgedeployment import AnalysisSpec
 from fogline.rollout import RolloutMemory, RolloutPlan, RolloutPolicy, SiteObservation, plan_rollout
 from fogline.rollout.analysis import (
     AnalysisFailure,
-    AnalysisPolicy,
     AnalysisRequest,
     AnalysisVerdict,
     VerdictPhase,
@@ -281,7 +281,7 @@ VERDICT_PHASES: list[VerdictPhase | None] = [None, "Running", "Inconclusive", "P
 gated_policies = st.builds(
     lambda policy, inconclusive: replace(
         policy,
-        analysis=AnalysisPolicy(window_seconds=20, max_error_ratio=0.05, inconclusive=inconclusive),
+        analysis=AnalysisSpec(window_seconds=20, max_error_ratio=0.05, inconclusive=inconclusive),
     ),
     policies,
     st.sampled_from(["Wait", "Fail"]),

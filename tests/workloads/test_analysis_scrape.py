@@ -16,8 +16,9 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
+from fogline.api.edgedeployment import AnalysisSpec
 from fogline.controllers.analysis import AnalysisWindow, PodScrapeSource
-from fogline.rollout.analysis import AnalysisPolicy, PodTarget, PodWindow, judge
+from fogline.rollout.analysis import PodTarget, PodWindow, judge
 from tests.workloads.served_artifacts import MlpShape, write_artifact
 from tests.workloads.test_server import MODEL, ServerProcess, infer, start_server, wait_ready
 
@@ -130,7 +131,7 @@ def test_the_window_counts_the_inference_requests_each_server_answered_since_it_
     assert by_pod["wave-0"].counters is not None and by_pod["wave-0"].counters.requests == 25
     assert by_pod["base-0"].counters is not None and by_pod["base-0"].counters.requests == 5
     assert by_pod["wave-0"].counters.errors == 0
-    policy = AnalysisPolicy(
+    policy = AnalysisSpec(
         window_seconds=5, min_requests=20, max_error_ratio=0.01, max_p99_latency_ms=5000
     )
     verdict = judge(policy, later, T0, T0 + timedelta(seconds=6))
@@ -162,7 +163,7 @@ def test_a_pod_nobody_listens_on_and_one_that_never_answers_are_not_read(
     assert read["gone"].counters is None and "cannot reach" in (read["gone"].problem or "")
     assert read["stuck"].counters is None and read["stuck"].problem == "no answer within 0.5s"
     assert sorted(outcomes) == ["error", "ok", "timeout"]
-    policy = AnalysisPolicy(window_seconds=5, min_requests=1, max_error_ratio=0.5)
+    policy = AnalysisSpec(window_seconds=5, min_requests=1, max_error_ratio=0.5)
     verdict = judge(policy, list(read.values()), T0, T0 + timedelta(seconds=6))
     assert verdict.phase != "Passed"
 

@@ -140,6 +140,12 @@ class AnalysisSpec:
     max_pods: int = 5
     inconclusive: InconclusivePolicy = "Wait"
 
+    def counters(self) -> tuple[str, ...]:
+        """The counter sample names a source must read besides requests and latency."""
+        if self.custom_ratio is None:
+            return ()
+        return (self.custom_ratio.numerator, self.custom_ratio.denominator)
+
 
 @dataclass(frozen=True)
 class RolloutSpec:

@@ -18,7 +18,7 @@ import kopf
 
 from fogline.api.conditions import set_condition
 from fogline.api.crds import GROUP, VERSION
-from fogline.api.edgedeployment import EdgeDeployment, validate_edgedeployment
+from fogline.api.edgedeployment import AnalysisSpec, EdgeDeployment, validate_edgedeployment
 from fogline.api.errors import SpecError
 from fogline.api.labels import MAINTENANCE_LABEL, UPDATE_LOCK_ANNOTATION
 from fogline.api.status import status_patch
@@ -56,7 +56,7 @@ from fogline.edge.status import (
     rollback_targets,
 )
 from fogline.rollout import RolloutMemory, RolloutPlan, SiteObservation, plan_rollout
-from fogline.rollout.analysis import AnalysisPolicy, AnalysisVerdict, WaveAnalysis, judge
+from fogline.rollout.analysis import AnalysisVerdict, WaveAnalysis, judge
 
 logger = logging.getLogger(__name__)
 EDGE_SELECTOR = {**MANAGED_BY, COMPONENT_LABEL: "edge-server"}
@@ -257,7 +257,7 @@ async def _sample(
     state: OperatorState,
     edge: EdgeDeployment,
     run: AnalysisRun,
-    policy: AnalysisPolicy,
+    policy: AnalysisSpec,
     sites: Sequence[SiteObservation],
     pods: Sequence[Mapping[str, Any]],
     memory: RolloutMemory,
@@ -299,7 +299,7 @@ async def _follow_analysis(
     state: OperatorState,
     edge: EdgeDeployment,
     plan: RolloutPlan,
-    policy: AnalysisPolicy | None,
+    policy: AnalysisSpec | None,
     sites: Sequence[SiteObservation],
     pods: Sequence[Mapping[str, Any]],
     now: datetime,

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from fogline.api.digests import is_digest, short_digest
-from fogline.api.edgedeployment import AnalysisSpec, EdgeDeployment, RolloutSpec
+from fogline.api.edgedeployment import EdgeDeployment, RolloutSpec
 from fogline.api.labels import MAINTENANCE_LABEL, UPDATE_LOCK_ANNOTATION
 from fogline.api.timestamps import parse_time
 from fogline.edge.daemonsets import (
@@ -23,12 +23,7 @@ from fogline.edge.daemonsets import (
     daemonset_name,
 )
 from fogline.rollout import NodeObservation, PodObservation, RolloutPolicy, SiteObservation
-from fogline.rollout.analysis import (
-    AnalysisPolicy,
-    AnalysisRequest,
-    CustomRatioPolicy,
-    PodTarget,
-)
+from fogline.rollout.analysis import AnalysisRequest, PodTarget
 
 # Container states from which a pod will not become healthy by waiting.
 FAILING_REASONS = frozenset(
@@ -343,28 +338,7 @@ def rollout_policy(spec: RolloutSpec) -> RolloutPolicy:
         paused=spec.paused,
         disconnected=spec.disconnected_sites,
         retry=spec.retry,
-        analysis=analysis_policy(spec.analysis),
-    )
-
-
-def analysis_policy(spec: AnalysisSpec | None) -> AnalysisPolicy | None:
-    """spec.rollout.analysis as the planner and the verdict read it (None: none asked)."""
-    if spec is None:
-        return None
-    custom = spec.custom_ratio
-    return AnalysisPolicy(
-        window_seconds=float(spec.window_seconds),
-        min_requests=spec.min_requests,
-        max_error_ratio=spec.max_error_ratio,
-        max_p99_latency_ms=spec.max_p99_latency_ms,
-        max_p99_latency_ratio=spec.max_p99_latency_ratio,
-        custom_ratio=CustomRatioPolicy(
-            custom.name, custom.numerator, custom.denominator, custom.max
-        )
-        if custom is not None
-        else None,
-        max_pods=spec.max_pods,
-        inconclusive=spec.inconclusive,
+        analysis=spec.analysis,
     )
 
 

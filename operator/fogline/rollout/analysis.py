@@ -28,7 +28,7 @@ from datetime import datetime
 from typing import Literal
 
 from fogline.api.edgedeployment import AnalysisPhase as VerdictPhase
-from fogline.api.edgedeployment import InconclusivePolicy
+from fogline.api.edgedeployment import AnalysisSpec, CustomRatio
 
 ERROR_RATIO = "errorRatio"
 P99_LATENCY_MS = "p99LatencyMs"
@@ -40,36 +40,6 @@ THRESHOLD_FIELDS = {
     P99_LATENCY_RATIO: "maxP99LatencyRatio",
 }
 GateDecision = Literal["Pass", "Fail", "Wait"]
-
-
-@dataclass(frozen=True)
-class CustomRatioPolicy:
-    """``spec.rollout.analysis.customRatio``: counter sample names and the highest ratio."""
-
-    name: str
-    numerator: str
-    denominator: str
-    max: float
-
-
-@dataclass(frozen=True)
-class AnalysisPolicy:
-    """``spec.rollout.analysis`` as the verdict and the planner read it."""
-
-    window_seconds: float = 30.0
-    min_requests: int = 20
-    max_error_ratio: float | None = None
-    max_p99_latency_ms: float | None = None
-    max_p99_latency_ratio: float | None = None
-    custom_ratio: CustomRatioPolicy | None = None
-    max_pods: int = 5
-    inconclusive: InconclusivePolicy = "Wait"
-
-    def counters(self) -> tuple[str, ...]:
-        """The counter sample names a source must read besides requests and latency."""
-        if self.custom_ratio is None:
-            return ()
-        return (self.custom_ratio.numerator, self.custom_ratio.denominator)
 
 
 @dataclass(frozen=True)
@@ -270,7 +240,7 @@ class _Site:
         seconds = histogram_quantile(QUANTILE, self.counters.buckets)
         return None if seconds is None else seconds * 1000.0
 
-    def custom(self, ratio: CustomRatioPolicy) -> float | None:
+    def custom(self, ratio: CustomRatio) -> float | None:
         denominator = self.counters.custom.get(ratio.denominator, 0.0)
         if denominator <= 0:
             return None
@@ -278,7 +248,7 @@ class _Site:
 
 
 def judge(
-    policy: AnalysisPolicy, windows: Sequence[PodWindow], opened_at: datetime, now: datetime
+    policy: AnalysisSpec, windows: Sequence[PodWindow], opened_at: datetime, now: datetime
 ) -> AnalysisVerdict:
     """The verdict on a wave from its sampled pods' windows (``baseline`` False) and the
     baseline's (True). ``opened_at``: when the analysis of this wave began; the window
@@ -333,7 +303,7 @@ def judge(
     return ended("Passed", f"every threshold held on {requests} request(s)")
 
 
-def gate(policy: AnalysisPolicy, verdict: AnalysisVerdict | None) -> GateDecision:
+def gate(policy: AnalysisSpec, verdict: AnalysisVerdict | None) -> GateDecision:
     """What a verdict does to its wave: Passed passes it, Failed fails it, Inconclusive
     fails it under ``inconclusive: Fail`` and otherwise waits (the progress deadline fails
     it in the end); no verdict yet, or a window still open, waits. Nothing else passes."""
@@ -366,12 +336,12 @@ def _sites(windows: Sequence[PodWindow]) -> list[_Site]:
     return [_Site(name, merge(counters)) for name, counters in sorted(by_site.items())]
 
 
-def _needs_baseline(policy: AnalysisPolicy) -> bool:
+def _needs_baseline(policy: AnalysisSpec) -> bool:
     return policy.max_p99_latency_ratio is not None
 
 
 def _figures(
-    policy: AnalysisPolicy, site: _Site, base: Counters
+    policy: AnalysisSpec, site: _Site, base: Counters
 ) -> list[tuple[str, float, float | None]]:
     """(metric, threshold, value) of each threshold set, for one site."""
     figures: list[tuple[str, float, float | None]] = []
@@ -390,7 +360,7 @@ def _figures(
 
 
 def _worst_failure(
-    policy: AnalysisPolicy, sites: Sequence[_Site], base: Counters
+    policy: AnalysisSpec, sites: Sequence[_Site], base: Counters
 ) -> AnalysisFailure | None:
     """The broken threshold furthest over its limit (value / threshold), across sites."""
     worst: tuple[float, AnalysisFailure] | None = None
@@ -405,7 +375,7 @@ def _worst_failure(
 
 
 def _results(
-    policy: AnalysisPolicy,
+    policy: AnalysisSpec,
     sites: Sequence[_Site],
     base: Counters,
     baseline: Sequence[PodWindow],

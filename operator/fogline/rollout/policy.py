@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from fogline.rollout.analysis import AnalysisPolicy
+from fogline.api.edgedeployment import AnalysisSpec
 
 DisconnectedPolicy = Literal["Skip", "Wait"]
 
@@ -53,7 +53,7 @@ class RolloutPolicy:
     paused: bool = False
     disconnected: DisconnectedPolicy = "Skip"
     retry: int = 0
-    analysis: AnalysisPolicy | None = None
+    analysis: AnalysisSpec | None = None
 
     def width(self, eligible_sites: int) -> int:
         return wave_width(self.max_unavailable, eligible_sites)
