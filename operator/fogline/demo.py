@@ -26,7 +26,7 @@ from rich.table import Table
 
 from fogline.devcluster import DevCluster, DevClusterError, Topology
 from fogline.devcluster.binaries import ToolsMissingError
-from fogline.devcluster.localpods import LOCAL_PORT_ANNOTATION, pod_folder_name
+from fogline.devcluster.localpods import pod_endpoint, pod_folder_name
 from fogline.devcluster.topology import LOCAL_EDGE_NODE
 
 SYSTEM_NAMESPACE = "fogline-system"
@@ -320,7 +320,7 @@ class Demo:
             for p in pods
             if p.spec.node_name == LOCAL_EDGE_NODE and p.metadata.deletion_timestamp is None
         )
-        base = f"http://127.0.0.1:{pod.metadata.annotations[LOCAL_PORT_ANNOTATION]}"
+        base = pod_endpoint(self.api.sanitize_for_serialization(pod))
         with urllib.request.urlopen(f"{base}/v2/models/{SERVED_NAME}", timeout=10) as reply:
             metadata = json.load(reply)
         digits = load_digits()

@@ -27,7 +27,7 @@ from kubernetes.client.rest import ApiException
 
 from fogline.api.edgedeployment import EdgeDeployment
 from fogline.devcluster.cluster import NODE_AGENT
-from fogline.devcluster.localpods import LOCAL_PORT_ANNOTATION
+from fogline.devcluster.localpods import pod_endpoint
 from fogline.devcluster.nodeagent import container_log_path
 from fogline.devcluster.stores import ArtifactStores, StoreEndpoints
 from fogline.devcluster.topology import EDGE_TAINT, LOCAL_EDGE_NODE
@@ -203,10 +203,9 @@ def ready_pod(cluster: ClusterHandle, edge: EdgeDeployment, other_than: str = ""
 
 
 def infer(pod: dict[str, Any]) -> list[float]:
-    port = int(pod["metadata"]["annotations"][LOCAL_PORT_ANNOTATION])
     body = {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.5] * 64}]}
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v2/models/{pod['metadata']['labels'][EDGE_LABEL]}/infer",
+        f"{pod_endpoint(pod)}/v2/models/{pod['metadata']['labels'][EDGE_LABEL]}/infer",
         data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json"},
     )
@@ -434,7 +433,7 @@ def test_edge_pods_restart_with_the_store_gone_from_the_node_cache_and_the_pod_c
 
     # The node restarts (its agent shuts down, stopping every pod, and starts again): the
     # same pod runs its fetch step again, which finds the digest in the pod's own cache.
-    port = own["metadata"]["annotations"][LOCAL_PORT_ANNOTATION]
+    server_id = own["status"]["containerStatuses"][0]["containerID"]
     # The folder of a pod that left while the node was down goes; those of bound pods stay.
     left = local_cluster.devcluster.local_root / "pods" / "gone_pod_0123abcd" / "volumes"
     left.mkdir(parents=True)
@@ -442,9 +441,9 @@ def test_edge_pods_restart_with_the_store_gone_from_the_node_cache_and_the_pod_c
 
     def restarted() -> dict[str, Any] | None:
         # The pod's Ready condition may still be the one from before the restart while the
-        # agent starts it again: only a server on the new port that answers counts.
+        # agent starts it again: only a new server process that answers counts.
         pod = ready_pod(local_cluster, pod_cached)
-        if pod["metadata"]["annotations"][LOCAL_PORT_ANNOTATION] == port:
+        if pod["status"]["containerStatuses"][0].get("containerID") == server_id:
             return None
         try:
             infer(pod)

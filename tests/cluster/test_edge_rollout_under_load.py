@@ -22,7 +22,6 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from fogline.devcluster.localpods import LOCAL_PORT_ANNOTATION
 from fogline.devcluster.topology import EDGE_ROLE_LABEL, LOCAL_NODE_LABEL
 from fogline.edge.daemonsets import DIGEST_ANNOTATION, EDGE_LABEL, SITE_LABEL
 from tests.cluster.conftest import CRD_DIR, _established
@@ -39,6 +38,7 @@ ROUTER_LAG = 0.5  # seconds between what the router sees and when it acts on it
 DRAIN_SECONDS = 3  # longer than the router's lag, as a drain must outlast kube-proxy's
 CLIENTS_PER_SITE = 2
 MAX_REQUESTS = 50_000  # per client: the load stops by itself
+PORT = 8080  # the servers' container port (spec.runtime.port), at each pod's own address
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +85,7 @@ def space(local_cluster: ClusterHandle) -> Iterator[str]:
 
 @dataclass
 class Endpoint:
-    port: int
+    address: str  # the pod's own: status.podIP
     site: str
     digest: str
 
@@ -98,7 +98,7 @@ class Router:
     namespace: str
     selector: str
     endpoints: dict[str, list[Endpoint]] = field(default_factory=dict)
-    seen: dict[int, Endpoint] = field(default_factory=dict)  # every endpoint ever routed to
+    seen: dict[str, Endpoint] = field(default_factory=dict)  # every endpoint ever routed to
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     turns: Counter[str] = field(default_factory=Counter)
@@ -111,13 +111,11 @@ class Router:
             conditions = (pod.status.conditions if pod.status else None) or []
             if (
                 pod.metadata.deletion_timestamp is None
-                and LOCAL_PORT_ANNOTATION in annotations
+                and pod.status.pod_ip
                 and any(c.type == "Ready" and c.status == "True" for c in conditions)
             ):
                 site = pod.metadata.labels[SITE_LABEL]
-                endpoint = Endpoint(
-                    int(annotations[LOCAL_PORT_ANNOTATION]), site, annotations[DIGEST_ANNOTATION]
-                )
+                endpoint = Endpoint(pod.status.pod_ip, site, annotations[DIGEST_ANNOTATION])
                 ready.setdefault(site, []).append(endpoint)
         return ready
 
@@ -126,7 +124,7 @@ class Router:
             self.endpoints = ready
             for endpoints in ready.values():
                 for endpoint in endpoints:
-                    self.seen[endpoint.port] = endpoint
+                    self.seen[endpoint.address] = endpoint
 
     def follow(self) -> None:
         while not self.stop.is_set():
@@ -134,21 +132,21 @@ class Router:
             time.sleep(ROUTER_LAG)  # acts on what it saw, late
             self.apply(ready)
 
-    def pick(self, site: str) -> int | None:
+    def pick(self, site: str) -> str | None:
         with self.lock:
             endpoints = self.endpoints.get(site) or []
             if not endpoints:
                 return None
             self.turns[site] += 1
-            return endpoints[self.turns[site] % len(endpoints)].port
+            return endpoints[self.turns[site] % len(endpoints)].address
 
 
 @dataclass
 class Load:
-    """What the load generator saw: answers per endpoint port, and every failure."""
+    """What the load generator saw: answers per endpoint address, and every failure."""
 
-    answered: Counter[int] = field(default_factory=Counter)
-    draining: Counter[int] = field(default_factory=Counter)  # answers with Connection: close
+    answered: Counter[str] = field(default_factory=Counter)
+    draining: Counter[str] = field(default_factory=Counter)  # answers with Connection: close
     failures: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -156,20 +154,20 @@ class Load:
 def send_continuously(router: Router, site: str, model: str, load: Load) -> None:
     tensor = {"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.25] * 64}
     body = json.dumps({"inputs": [tensor]}).encode()
-    connections: dict[int, http.client.HTTPConnection] = {}
+    connections: dict[str, http.client.HTTPConnection] = {}
     for _ in range(MAX_REQUESTS):
         if router.stop.is_set():
             break
-        port = router.pick(site)
-        if port is None:
+        address = router.pick(site)
+        if address is None:
             with load.lock:
                 load.failures.append(f"{site}: no Ready endpoint")
             time.sleep(0.05)
             continue
-        connection = connections.get(port) or http.client.HTTPConnection(
-            "127.0.0.1", port, timeout=10
+        connection = connections.get(address) or http.client.HTTPConnection(
+            address, PORT, timeout=10
         )
-        connections[port] = connection
+        connections[address] = connection
         try:
             connection.request("POST", f"/v2/models/{model}/infer", body=body)
             response = connection.getresponse()
@@ -178,17 +176,17 @@ def send_continuously(router: Router, site: str, model: str, load: Load) -> None
             ok = response.status == 200 and b'"shape":[1,10]' in payload
             if closing:
                 connection.close()
-                del connections[port]
+                del connections[address]
         except (OSError, http.client.HTTPException) as err:
             ok, closing, payload = False, False, repr(err).encode()
             connection.close()
-            connections.pop(port, None)
+            connections.pop(address, None)
         with load.lock:
             if ok:
-                load.answered[port] += 1
-                load.draining[port] += closing
+                load.answered[address] += 1
+                load.draining[address] += closing
             else:
-                load.failures.append(f"{site} port {port}: {payload[:200]!r}")
+                load.failures.append(f"{site} {address}:{PORT}: {payload[:200]!r}")
     for connection in connections.values():
         connection.close()
 
@@ -284,8 +282,8 @@ def test_rolling_three_sites_to_a_new_digest_under_load_fails_no_request(
 
     assert load.failures == []
     by_site: dict[str, Counter[str]] = {site: Counter() for site in SITES}
-    for port, count in load.answered.items():
-        endpoint = router.seen[port]
+    for address, count in load.answered.items():
+        endpoint = router.seen[address]
         by_site[endpoint.site][endpoint.digest] += count
     for site in SITES:  # every site answered from both servers, before and after
         assert by_site[site][old_digest] > 0 and by_site[site][new_digest] > 0, by_site

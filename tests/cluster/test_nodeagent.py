@@ -18,7 +18,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
-from fogline.devcluster.localpods import LOCAL_PORT_ANNOTATION
+from fogline.devcluster.localpods import LOCALHOST, pod_endpoint
 from fogline.devcluster.topology import EDGE_TAINT, GPU_TAINT, LOCAL_EDGE_NODE, LOCAL_GPU_NODE
 from fogline.settings import OperatorSettings
 from fogline.training.jobs import build_trainer_rbac
@@ -255,7 +255,7 @@ def server(local_cluster: ClusterHandle, space: str, trained: dict[str, Any]) ->
     return "server"
 
 
-def _infer(port: int) -> float:
+def _infer(endpoint: str) -> float:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -271,7 +271,7 @@ def _infer(port: int) -> float:
         ]
     }
     request = urllib.request.Request(
-        f"http://127.0.0.1:{port}/v2/models/digits/infer",
+        f"{endpoint}/v2/models/digits/infer",
         data=json.dumps(body).encode(),
         headers={"Content-Type": "application/json"},
     )
@@ -281,22 +281,25 @@ def _infer(port: int) -> float:
     return sum(p == t for p, t in zip(predicted, digits.target[:64], strict=True)) / 64
 
 
-def test_server_pod_fetches_becomes_ready_and_answers_on_its_local_port(
+def test_server_pod_fetches_becomes_ready_and_answers_at_its_own_address_and_port(
     local_cluster: ClusterHandle, space: str, server: str
 ) -> None:
     pod = _read(local_cluster, space, server)
     assert pod["status"]["phase"] == "Running"
     init = pod["status"]["initContainerStatuses"][0]
     assert init["state"]["terminated"]["exitCode"] == 0
-    port = int(pod["metadata"]["annotations"][LOCAL_PORT_ANNOTATION])
-    assert port != 8080
-    assert _infer(port) > 0.5  # the artifact trained for two epochs, really served
+    # An address of its own on loopback, its container's own port, as in a cluster.
+    assert pod["status"]["podIP"].startswith("127.") and pod["status"]["podIP"] != LOCALHOST
+    assert pod["status"]["podIPs"] == [{"ip": pod["status"]["podIP"]}]
+    assert _infer(pod_endpoint(pod)) > 0.5  # the artifact trained for two epochs, really served
 
 
 def test_crashed_server_restarts_and_becomes_ready_again(
     local_cluster: ClusterHandle, space: str, server: str
 ) -> None:
-    os.kill(_pid(_read(local_cluster, space, server)), signal.SIGKILL)
+    before = _read(local_cluster, space, server)
+    pod_ip = before["status"]["podIP"]
+    os.kill(_pid(before), signal.SIGKILL)
     restarted = wait_for(
         lambda: (
             (p := _read(local_cluster, space, server))["status"]["containerStatuses"][0][
@@ -312,7 +315,8 @@ def test_crashed_server_restarts_and_becomes_ready_again(
     )
     last = restarted["status"]["containerStatuses"][0]["lastState"]["terminated"]
     assert last["exitCode"] == 128 + signal.SIGKILL
-    assert _infer(int(restarted["metadata"]["annotations"][LOCAL_PORT_ANNOTATION])) > 0.5
+    assert restarted["status"]["podIP"] == pod_ip  # a restarted container keeps the pod's address
+    assert _infer(pod_endpoint(restarted)) > 0.5
 
 
 def test_deleting_a_running_pod_stops_its_process_and_removes_it(

@@ -1,5 +1,6 @@
 """The pure half of the dev node agent: image mapping, kubelet $(VAR) expansion, downward-API
-env, pod paths seen through a local folder, port rewriting, pod phase and conditions."""
+env, pod paths seen through a local folder, each pod's own loopback address, pod phase and
+conditions."""
 
 from __future__ import annotations
 
@@ -9,17 +10,19 @@ from typing import Any
 import pytest
 
 from fogline.devcluster.localpods import (
+    PodAddresses,
     PodSpecError,
     PodView,
+    bind_to_pod,
     container_env,
     expand,
     image_kind,
     pod_conditions,
+    pod_endpoint,
     pod_phase,
     pod_ports,
     probe_port,
     resolve_command,
-    rewrite_ports,
 )
 from fogline.devcluster.topology import (
     EDGE_TAINT,
@@ -173,28 +176,90 @@ def test_pod_ports_lists_declared_and_probed_ports_once() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "rewritten"),
+    ("args", "kind", "bound"),
     [
-        (["--port", "8080"], ["--port", "41000"]),
-        (["--port=8080", "--name=x"], ["--port=41000", "--name=x"]),
-        (["--port=9999"], ["--port=9999"]),  # not a declared port: left alone
-        (["--host", "0.0.0.0", "--host=0.0.0.0"], ["--host", "127.0.0.1", "--host=127.0.0.1"]),
-        (["--name", "8080"], ["--name", "8080"]),
+        (["--port", "8080", "--host", "0.0.0.0"], None, ["--port", "8080", "--host", "127.9.0.5"]),
+        (["--host=0.0.0.0", "--port=8080"], "server", ["--host=127.9.0.5", "--port=8080"]),
+        (["--port=8080"], "server", ["--port=8080", "--host=127.9.0.5"]),  # its default: all
+        (["--host=127.0.0.1"], "server", ["--host=127.0.0.1"]),  # an address given stays
+        (["--port=8080"], "trainer", ["--port=8080"]),
+        (["--name", "0.0.0.0"], None, ["--name", "0.0.0.0"]),
     ],
 )
-def test_rewrite_ports_maps_declared_ports_to_local_ones(
-    args: list[str], rewritten: list[str]
+def test_bind_to_pod_listens_on_the_pods_address_and_its_container_port(
+    args: list[str], kind: str | None, bound: list[str]
 ) -> None:
-    assert rewrite_ports(args, {8080: 41000}) == rewritten
+    assert bind_to_pod(args, "127.9.0.5", kind) == bound
 
 
 def test_probe_port_resolves_named_and_numbered_ports() -> None:
     container = SERVER_POD["spec"]["containers"][0]
-    ports = {8080: 41000, 9090: 41001}
-    assert probe_port({"port": "http"}, container, ports) == 41000
-    assert probe_port({"port": 9090}, container, ports) == 41001
+    assert probe_port({"port": "http"}, container) == 8080
+    assert probe_port({"port": 9090}, container) == 9090
     with pytest.raises(PodSpecError, match="'metrics' is not declared"):
-        probe_port({"port": "metrics"}, container, ports)
+        probe_port({"port": "metrics"}, container)
+
+
+def test_pod_endpoint_is_the_pods_address_and_container_port() -> None:
+    pod = {**SERVER_POD, "metadata": {"name": "p"}, "status": {"podIP": "127.9.0.5"}}
+    assert pod_endpoint(pod) == "http://127.9.0.5:8080"
+    assert pod_endpoint(pod, 7000) == "http://127.9.0.5:7000"
+    with pytest.raises(ValueError, match="no port 'metrics'"):
+        pod_endpoint(pod, "metrics")
+    with pytest.raises(ValueError, match="no address yet"):
+        pod_endpoint({**pod, "status": {}})
+
+
+def test_pod_addresses_are_distinct_and_stay_with_their_pod() -> None:
+    pool = PodAddresses("127.9.0.0/16")
+    first, second = pool.allocate("a"), pool.allocate("b")
+    assert first == "127.9.0.1" and second == "127.9.0.2"
+    assert pool.allocate("a") == first  # asked again: the same
+    assert pool.held() == {"a": first, "b": second}
+
+
+def test_a_released_address_comes_back_only_after_the_rest_of_the_network() -> None:
+    pool = PodAddresses("127.9.0.0/29")  # .1 to .6 usable
+    handed = [pool.allocate(f"p{i}") for i in range(3)]
+    pool.release("p0")
+    later = [pool.allocate(f"q{i}") for i in range(3)]
+    assert later == ["127.9.0.4", "127.9.0.5", "127.9.0.6"]
+    assert pool.allocate("r") == handed[0]  # the network went round: now it comes back
+    with pytest.raises(PodSpecError, match="no free address left in the local pod network"):
+        pool.allocate("s")
+
+
+def test_pod_addresses_skip_refused_network_broadcast_and_dot_zero_or_255() -> None:
+    pool = PodAddresses("127.9.0.0/23")
+    assert pool.allocate("a", refused={"127.9.0.1", "127.9.0.2"}) == "127.9.0.3"
+    # Fill the first /24 up to .254: the next is 127.9.1.1, never .255 or .0.
+    addresses = {pool.allocate(f"p{i}") for i in range(251)}
+    assert "127.9.0.255" not in addresses and pool.allocate("next") == "127.9.1.1"
+    assert all(not a.endswith((".0", ".255")) for a in pool.held().values())
+
+
+def test_a_pod_claims_its_address_again_after_a_restart_when_it_is_free() -> None:
+    pool = PodAddresses("127.9.0.0/16")
+    assert pool.claim("a", "127.9.3.4") == "127.9.3.4"
+    assert pool.claim("b", "127.9.3.4") is None  # held by another pod
+    assert pool.claim("c", "127.0.0.1") is None  # outside the network (an older agent)
+    assert pool.claim("d", "not-an-address") is None and pool.claim("e", None) is None
+    assert pool.allocate("a") == "127.9.3.4"
+
+
+@pytest.mark.parametrize(
+    ("network", "message"),
+    [
+        ("10.0.0.0/16", "must lie inside 127.0.0.0/8"),
+        ("127.0.0.0/16", "must not hold 127.0.0.1"),
+        ("127.9.0.0/31", "too small"),
+    ],
+)
+def test_a_pod_network_outside_loopback_or_holding_the_nodes_address_is_refused(
+    network: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        PodAddresses(network)
 
 
 def _status(state: dict[str, Any], ready: bool = False, last: bool = False) -> dict[str, Any]:

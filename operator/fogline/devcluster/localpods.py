@@ -1,18 +1,19 @@
 """The pure half of the dev node agent: how a pod spec becomes local processes (image to
-command, kubelet-style $(VAR) expansion, downward-API env, pod paths and ports mapped to
-local ones) and how process states become pod status. No I/O, no clock: see nodeagent.py."""
+command, kubelet-style $(VAR) expansion, downward-API env, pod paths mapped to local ones, a
+loopback address of its own for each pod) and how process states become pod status. No I/O,
+no clock: see nodeagent.py."""
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-LOCAL_PORT_ANNOTATION = "devcluster.fogline.io/local-port"
-LOCAL_PORTS_ANNOTATION = "devcluster.fogline.io/local-ports"
-LOCALHOST = "127.0.0.1"
+LOCALHOST = "127.0.0.1"  # the local nodes' own address (status.hostIP)
+LOOPBACK = ipaddress.IPv4Network("127.0.0.0/8")
 
 # Fogline's images hold one Python environment; the agent runs them from the local one.
 # These are the images' entrypoints, used when a container gives no command.
@@ -119,7 +120,7 @@ def expand(text: str, env: Mapping[str, str]) -> str:
 _LABEL_REF = re.compile(r"^metadata\.(labels|annotations)\['(.+)'\]$")
 
 
-def field_value(pod: Mapping[str, Any], field_path: str) -> str:
+def field_value(pod: Mapping[str, Any], field_path: str, pod_ip: str = LOCALHOST) -> str:
     """A downward-API fieldRef of the pod."""
     meta, spec = pod["metadata"], pod.get("spec", {})
     simple = {
@@ -128,7 +129,7 @@ def field_value(pod: Mapping[str, Any], field_path: str) -> str:
         "metadata.uid": meta.get("uid"),
         "spec.nodeName": spec.get("nodeName"),
         "spec.serviceAccountName": spec.get("serviceAccountName"),
-        "status.podIP": LOCALHOST,
+        "status.podIP": pod_ip,
         "status.hostIP": LOCALHOST,
     }
     if field_path in simple:
@@ -145,6 +146,7 @@ def container_env(
     container: Mapping[str, Any],
     service_env: Mapping[str, str],
     env_from: Mapping[str, str] | None = None,
+    pod_ip: str = LOCALHOST,
 ) -> dict[str, str]:
     """The container's environment as the kubelet builds it: service variables first, then
     what envFrom brought (read by the caller), then env in order, each value expanded against
@@ -155,7 +157,7 @@ def container_env(
         if source is None:
             env[var["name"]] = expand(var.get("value", ""), env)
         elif "fieldRef" in source:
-            env[var["name"]] = field_value(pod, source["fieldRef"]["fieldPath"])
+            env[var["name"]] = field_value(pod, source["fieldRef"]["fieldPath"], pod_ip)
         else:
             kind = next(iter(source), "?")
             raise PodSpecError(
@@ -209,7 +211,81 @@ class PodView:
         return self.rewrite_value(arg)
 
 
-# -- ports ---------------------------------------------------------------------------------
+# -- addresses and ports --------------------------------------------------------------
+
+
+class PodAddresses:
+    """A loopback address for each local pod, as a cluster gives each pod an IP of its own.
+    Linux routes the whole of 127.0.0.0/8 to the loopback device, so a server bound to
+    127.42.0.7:8080 listens on its container's own port, beside other pods on 8080, and is
+    reachable from this machine only; whoever reads status.podIP reaches it at
+    podIP:containerPort as in a real cluster. Addresses are handed out in turn (a released
+    one comes back only after the rest of the network), so a client still holding a deleted
+    pod's address does not reach its successor at once."""
+
+    def __init__(self, network: str) -> None:
+        net = ipaddress.IPv4Network(network)
+        if not net.subnet_of(LOOPBACK):
+            raise ValueError(f"pod network {network}: must lie inside 127.0.0.0/8")
+        if ipaddress.IPv4Address(LOCALHOST) in net:
+            raise ValueError(
+                f"pod network {network}: must not hold {LOCALHOST}, the nodes' own address"
+            )
+        if net.num_addresses < 4:
+            raise ValueError(f"pod network {network}: too small, use a /30 or larger")
+        self.network = net
+        self._held: dict[str, str] = {}  # pod uid -> address
+        self._next = 1  # offset in the network of the next address to try
+
+    def _usable(self, address: ipaddress.IPv4Address) -> bool:
+        # No network or broadcast address, and none ending in .0 or .255, which read as such.
+        last = int(address) & 0xFF
+        return address not in (self.network[0], self.network[-1]) and last not in (0, 255)
+
+    def claim(self, uid: str, address: str | None = None) -> str | None:
+        """Give the pod `address` again (what its status says, after an agent restart) when it
+        is in the network and free; returns it, or None (then allocate)."""
+        if uid in self._held:
+            return self._held[uid]
+        if address is None:
+            return None
+        try:
+            wanted = ipaddress.IPv4Address(address)
+        except ValueError:
+            return None
+        if wanted not in self.network or not self._usable(wanted):
+            return None
+        if str(wanted) in self._held.values():
+            return None
+        self._held[uid] = str(wanted)
+        return str(wanted)
+
+    def allocate(self, uid: str, refused: Collection[str] = ()) -> str:
+        """The pod's address: the one it holds, or the next free one that is not `refused`
+        (addresses whose ports turned out to be taken on this machine)."""
+        if uid in self._held:
+            return self._held[uid]
+        held = set(self._held.values())
+        size = self.network.num_addresses
+        for step in range(size):
+            offset = (self._next + step) % size
+            candidate = self.network[offset]
+            text = str(candidate)
+            if self._usable(candidate) and text not in held and text not in refused:
+                self._next = offset + 1
+                self._held[uid] = text
+                return text
+        raise PodSpecError(
+            "CreateContainerConfigError",
+            f"no free address left in the local pod network {self.network} "
+            f"({len(held)} pods hold one)",
+        )
+
+    def release(self, uid: str) -> None:
+        self._held.pop(uid, None)
+
+    def held(self) -> dict[str, str]:
+        return dict(self._held)
 
 
 def _probes(container: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -229,31 +305,33 @@ def pod_ports(pod: Mapping[str, Any]) -> list[int]:
     return ports
 
 
-def rewrite_ports(args: Sequence[str], ports: Mapping[int, int]) -> list[str]:
-    """`--port N` and `--port=N` of a mapped port get the local port; `--host 0.0.0.0`
-    becomes loopback so that nothing listens beyond this machine."""
+# The flag by which an image's program is told where to listen, for those whose default is
+# every address (0.0.0.0): in a pod that means the pod's own address, here its loopback one.
+LISTEN_FLAGS: dict[str, str] = {"server": "--host"}
+
+
+def bind_to_pod(args: Sequence[str], pod_ip: str, kind: str | None = None) -> list[str]:
+    """`--host 0.0.0.0` (every address of the pod) becomes the pod's address, so that nothing
+    listens beyond this machine and pods do not take each other's ports; a program of `kind`
+    given no listen address at all gets the pod's."""
     out: list[str] = []
-    replacements = {str(k): str(v) for k, v in ports.items()}
     for index, arg in enumerate(args):
         previous = args[index - 1] if index else ""
         flag, eq, value = arg.partition("=")
-        if eq and flag == "--port" and value in replacements:
-            out.append(f"--port={replacements[value]}")
-        elif eq and flag == "--host" and value == "0.0.0.0":
-            out.append(f"--host={LOCALHOST}")
-        elif previous == "--port" and arg in replacements:
-            out.append(replacements[arg])
+        if eq and flag == "--host" and value == "0.0.0.0":
+            out.append(f"--host={pod_ip}")
         elif previous == "--host" and arg == "0.0.0.0":
-            out.append(LOCALHOST)
+            out.append(pod_ip)
         else:
             out.append(arg)
+    listen_flag = LISTEN_FLAGS.get(kind or "")
+    if listen_flag and not any(a == listen_flag or a.startswith(listen_flag + "=") for a in args):
+        out.append(f"{listen_flag}={pod_ip}")
     return out
 
 
-def probe_port(
-    probe_action: Mapping[str, Any], container: Mapping[str, Any], ports: Mapping[int, int]
-) -> int:
-    """The local port a probe's httpGet/tcpSocket targets (a number or a named port)."""
+def probe_port(probe_action: Mapping[str, Any], container: Mapping[str, Any]) -> int:
+    """The port a probe's httpGet/tcpSocket targets (a number or a named port)."""
     port = probe_action.get("port")
     if isinstance(port, str):
         named = {p.get("name"): p["containerPort"] for p in container.get("ports") or []}
@@ -262,7 +340,25 @@ def probe_port(
         port = named[port]
     if not isinstance(port, int):
         raise PodSpecError("CreateContainerConfigError", "a probe needs a port")
-    return ports.get(port, port)
+    return port
+
+
+def pod_endpoint(pod: Mapping[str, Any], port: str | int = "http") -> str:
+    """`http://podIP:containerPort` of a local pod (a dict as the API returns it), the port
+    named or numbered: where its server is reached, as in a cluster."""
+    ip = (pod.get("status") or {}).get("podIP")
+    if not ip:
+        raise ValueError(f"pod {pod['metadata']['name']} has no address yet (status.podIP)")
+    if isinstance(port, str):
+        declared = {
+            p.get("name"): p["containerPort"]
+            for c in pod["spec"]["containers"]
+            for p in c.get("ports") or []
+        }
+        if port not in declared:
+            raise ValueError(f"pod {pod['metadata']['name']} declares no port {port!r}")
+        port = declared[port]
+    return f"http://{ip}:{port}"
 
 
 # -- status --------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import shutil
 import signal
 import socket
@@ -33,11 +34,11 @@ from urllib3.exceptions import HTTPError
 
 from fogline.devcluster.localpods import (
     IMAGE_ENTRYPOINTS,
-    LOCAL_PORT_ANNOTATION,
-    LOCAL_PORTS_ANNOTATION,
     LOCALHOST,
+    PodAddresses,
     PodSpecError,
     PodView,
+    bind_to_pod,
     container_env,
     expand,
     field_value,
@@ -48,7 +49,6 @@ from fogline.devcluster.localpods import (
     pod_ports,
     probe_port,
     resolve_command,
-    rewrite_ports,
     unknown_image_message,
 )
 from fogline.devcluster.topology import local_nodes
@@ -59,6 +59,7 @@ TICK_SECONDS = 0.2
 HEARTBEAT_SECONDS = 10.0
 PROBE_PERIOD_CAP_SECONDS = 2.0  # probes run at least this often, so the demo stays brisk
 BACKOFF_BASE, BACKOFF_CAP, BACKOFF_RESET = 1.0, 30.0, 60.0
+ADDRESS_ATTEMPTS = 16  # addresses tried for a pod whose ports are taken elsewhere
 SHUTDOWN_GRACE_SECONDS = 5.0
 TERMINATION_MESSAGE_LIMIT = 4096
 MERGE_PATCH = "application/merge-patch+json"
@@ -79,11 +80,23 @@ def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((LOCALHOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+def _can_listen(address: str, ports: list[int]) -> bool:
+    """Whether every port is free on the address: nothing else on this machine (another dev
+    cluster's pod, a process on 0.0.0.0) listens there."""
+    for port in ports:
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((address, port))
+            except OSError:
+                return False
+    return True
+
+
+def random_pod_network() -> str:
+    """A /16 of the loopback network, drawn at random, so that two dev clusters on one machine
+    (two test sessions) almost never hand out the same addresses; _can_listen catches the rest."""
+    return f"127.{random.randint(1, 254)}.0.0/16"
 
 
 @dataclass(frozen=True)
@@ -95,6 +108,7 @@ class AgentConfig:
     gpus: int = 1
     configured_images: Mapping[str, str] = field(default_factory=dict)
     python: Path = Path(sys.executable)
+    pod_network: str = field(default_factory=random_pod_network)  # each pod's address from it
 
     @property
     def bin_dir(self) -> Path:
@@ -170,7 +184,7 @@ class PodRunner(threading.Thread):
         self.restart_policy: str = pod["spec"].get("restartPolicy", "Always")
         self.inits = [LocalContainer(c, True) for c in pod["spec"].get("initContainers") or []]
         self.mains = [LocalContainer(c, False) for c in pod["spec"]["containers"]]
-        self.ports: dict[int, int] = {}
+        self.ip = ""  # the pod's own loopback address, once prepared
         self.published: dict[str, Any] | None = None
         self.start_time = pod.get("status", {}).get("startTime") or _now()
         # (grace seconds, delete the pod, keep its volumes)
@@ -204,26 +218,19 @@ class PodRunner(threading.Thread):
         if delete:
             self._publish()
             self.agent.finalize(self.namespace, self.pod_name, self.uid)
+        self.agent.release_address(self.uid)
         if not keep_volumes:
             shutil.rmtree(self.folder, ignore_errors=True)
 
     # -- preparing: volumes, ports, per-container launch plans ---------------------------
     def _prepare(self) -> None:
+        previous = (self.pod.get("status") or {}).get("podIP")
+        self.ip = self.agent.pod_address(self.uid, pod_ports(self.pod), previous)
         self.folder.mkdir(parents=True, exist_ok=True)
-        volumes, token = self.agent.materialize_volumes(self.pod, self.folder / "volumes")
+        volumes, token = self.agent.materialize_volumes(self.pod, self.folder / "volumes", self.ip)
         kubeconfig = self.folder / "kubeconfig" if token else None
         if kubeconfig is not None and token is not None:
             kubeconfig.write_text(yaml.safe_dump(self.agent.pod_kubeconfig(token)))
-        self.ports = {port: _free_port() for port in pod_ports(self.pod)}
-        if self.ports:
-            self.agent.annotate(
-                self.namespace,
-                self.pod_name,
-                {
-                    LOCAL_PORT_ANNOTATION: str(next(iter(self.ports.values()))),
-                    LOCAL_PORTS_ANNOTATION: json.dumps({str(k): v for k, v in self.ports.items()}),
-                },
-            )
         host, _, port = self.agent.config.server.removeprefix("https://").partition(":")
         service_env = {"KUBERNETES_SERVICE_HOST": host, "KUBERNETES_SERVICE_PORT": port or "443"}
         for container in [*self.inits, *self.mains]:
@@ -284,10 +291,10 @@ class PodRunner(threading.Thread):
                 link.symlink_to(volumes[mount["name"]] / mount.get("subPath", ""))
         c.termination_file = Path(view.local(termination_path))
         c.termination_file.parent.mkdir(parents=True, exist_ok=True)
-        env = container_env(self.pod, c.spec, service_env, self._env_from(c.spec))
+        env = container_env(self.pod, c.spec, service_env, self._env_from(c.spec), self.ip)
         command = c.spec.get("command") or list(IMAGE_ENTRYPOINTS[kind])
-        argv = rewrite_ports(
-            [expand(a, env) for a in [*command, *(c.spec.get("args") or [])]], self.ports
+        argv = bind_to_pod(
+            [expand(a, env) for a in [*command, *(c.spec.get("args") or [])]], self.ip, kind
         )
         c.argv = resolve_command(
             [view.rewrite_arg(a) for a in argv], self.agent.config.python, self.agent.config.bin_dir
@@ -412,19 +419,19 @@ class PodRunner(threading.Thread):
             c.ready = c.ready and c.probe_failed < probe.get("failureThreshold", 3)
 
     def _check(self, probe: Mapping[str, Any], c: LocalContainer) -> bool:
-        """One real probe against the local port; exec and grpc probes pass while running."""
+        """One real probe against the pod's address; exec and grpc probes pass while running."""
         timeout = probe.get("timeoutSeconds", 1)
         try:
             if action := probe.get("httpGet"):
-                port = probe_port(action, c.spec, self.ports)
+                port = probe_port(action, c.spec)
                 scheme = action.get("scheme", "HTTP").lower()
-                url = f"{scheme}://{LOCALHOST}:{port}{action.get('path', '/')}"
+                url = f"{scheme}://{self.ip}:{port}{action.get('path', '/')}"
                 with urllib.request.urlopen(url, timeout=timeout) as reply:
                     status: int = reply.status
                     return 200 <= status < 400
             if action := probe.get("tcpSocket"):
-                port = probe_port(action, c.spec, self.ports)
-                with socket.create_connection((LOCALHOST, port), timeout=timeout):
+                port = probe_port(action, c.spec)
+                with socket.create_connection((self.ip, port), timeout=timeout):
                     return True
         except (urllib.error.URLError, OSError, PodSpecError):
             return False
@@ -455,17 +462,17 @@ class PodRunner(threading.Thread):
         statuses = [c.status() for c in self.mains]
         phase = pod_phase(self.restart_policy, init_statuses, statuses)
         existing = (self.published or self.pod.get("status") or {}).get("conditions") or []
-        status = {
+        status: dict[str, Any] = {
             "phase": phase,
             "conditions": pod_conditions(existing, phase, init_statuses, statuses, _now()),
             "hostIP": LOCALHOST,
             "hostIPs": [{"ip": LOCALHOST}],
-            "podIP": LOCALHOST,
-            "podIPs": [{"ip": LOCALHOST}],
             "startTime": self.start_time,
             "initContainerStatuses": init_statuses,
             "containerStatuses": statuses,
         }
+        if self.ip:
+            status |= {"podIP": self.ip, "podIPs": [{"ip": self.ip}]}
         if status == self.published:
             return
         try:
@@ -492,6 +499,7 @@ class NodeAgent:
         self.nodes = local_nodes(*config.sites, gpus=config.gpus)
         self.runners: dict[str, PodRunner] = {}
         self.lock = threading.Lock()
+        self.addresses = PodAddresses(config.pod_network)
         self.stopped = threading.Event()
         self.started = _now()
 
@@ -702,17 +710,36 @@ class NodeAgent:
                 name, namespace, body={"gracePeriodSeconds": 0, "preconditions": {"uid": uid}}
             )
 
-    def annotate(self, namespace: str, name: str, annotations: Mapping[str, str]) -> None:
-        self.core.patch_namespaced_pod(
-            name,
-            namespace,
-            {"metadata": {"annotations": dict(annotations)}},
-            _content_type=MERGE_PATCH,
+    def pod_address(self, uid: str, ports: list[int], previous: str | None) -> str:
+        """The pod's own loopback address: the one its status names (the agent restarted) when
+        still free, else the next one whose ports nothing on this machine holds."""
+        refused: set[str] = set()
+        with self.lock:
+            address = self.addresses.claim(uid, previous)
+        for _ in range(ADDRESS_ATTEMPTS):
+            if address is not None:
+                if _can_listen(address, ports):
+                    return address
+                refused.add(address)
+                with self.lock:
+                    self.addresses.release(uid)
+            with self.lock:
+                address = self.addresses.allocate(uid, refused)
+        with self.lock:
+            self.addresses.release(uid)
+        message = (
+            f"ports {ports} are taken on {len(refused)} addresses of the local pod network "
+            f"{self.addresses.network}; stop what listens there (another dev cluster?)"
         )
+        raise PodSpecError("CreateContainerConfigError", message)
+
+    def release_address(self, uid: str) -> None:
+        with self.lock:
+            self.addresses.release(uid)
 
     # -- volumes ---------------------------------------------------------------------------
     def materialize_volumes(
-        self, pod: Mapping[str, Any], folder: Path
+        self, pod: Mapping[str, Any], folder: Path, pod_ip: str = LOCALHOST
     ) -> tuple[dict[str, Path], str | None]:
         """A local folder per volume, and the service-account token when one is projected."""
         namespace = pod["metadata"]["namespace"]
@@ -739,7 +766,7 @@ class NodeAgent:
                 path.mkdir(parents=True, exist_ok=True)
                 sources = (volume.get("projected") or {}).get("sources") or [volume]
                 for source in sources:
-                    token = self._project(pod, source, path) or token
+                    token = self._project(pod, source, path, pod_ip) or token
             else:
                 kind = next((k for k in volume if k != "name"), "?")
                 raise PodSpecError(
@@ -822,7 +849,9 @@ class NodeAgent:
                 return None
             raise
 
-    def _project(self, pod: Mapping[str, Any], source: Mapping[str, Any], path: Path) -> str | None:
+    def _project(
+        self, pod: Mapping[str, Any], source: Mapping[str, Any], path: Path, pod_ip: str
+    ) -> str | None:
         meta = pod["metadata"]
         namespace = meta["namespace"]
         if sa := source.get("serviceAccountToken"):
@@ -843,7 +872,7 @@ class NodeAgent:
                 data = {k: base64.b64decode(v) for k, v in (secret.data or {}).items()}
         elif ref := source.get("downwardAPI"):
             data = {
-                item["path"]: field_value(pod, item["fieldRef"]["fieldPath"]).encode()
+                item["path"]: field_value(pod, item["fieldRef"]["fieldPath"], pod_ip).encode()
                 for item in ref.get("items") or []
                 if "fieldRef" in item
             }
@@ -917,6 +946,11 @@ def main(argv: list[str] | None = None) -> int:
         help="a site that gets a local edge node (repeatable; default: site-01)",
     )
     parser.add_argument("--gpus", type=int, default=1, help="nvidia.com/gpu of the local GPU node")
+    parser.add_argument(
+        "--pod-network",
+        default=None,
+        help="loopback network the pods' addresses come from (default: a random 127.N.0.0/16)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     configuration = client.Configuration()
@@ -933,6 +967,7 @@ def main(argv: list[str] | None = None) -> int:
         sites=tuple(args.site or ("site-01",)),
         gpus=args.gpus,
         configured_images=images,
+        pod_network=args.pod_network or random_pod_network(),
     )
     agent = NodeAgent(agent_config, client.ApiClient(configuration))
     for signum in (signal.SIGTERM, signal.SIGINT):
