@@ -1,0 +1,197 @@
+"""A load generator for the dev cluster's local edge servers: real Open Inference v2 requests
+at a bounded rate, for a bounded time and count, to loopback addresses only (the local pods'
+own, status.podIP). It stops by itself. The tests and the demo use it to give a rollout's
+analysis real traffic to measure; it lives beside the node agent because it only ever talks
+to the servers that agent runs.
+
+urllib3 (already installed with the Kubernetes client) keeps one connection pool per server;
+one thread per server paces its requests on a fixed schedule (request i at start + i/rate), so
+a slow server gets fewer answers per second but never more requests than the rate allows."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import urllib3
+
+MAX_SECONDS = 600.0  # a run never goes on longer than this, whatever it was asked
+MAX_RATE = 1000.0  # requests per second per server
+REQUEST_TIMEOUT = urllib3.Timeout(connect=2.0, read=10.0)
+
+
+def loopback_target(url: str) -> str:
+    """`http://<loopback address>:<port>` or a ValueError naming what is wrong: the generator
+    never sends to anything beyond this machine."""
+    parts = urlsplit(url)
+    if parts.scheme != "http" or not parts.hostname or parts.port is None:
+        raise ValueError(f"target {url!r}: give http://ADDRESS:PORT (a local pod's endpoint)")
+    try:
+        address = ipaddress.ip_address(parts.hostname)
+    except ValueError:
+        raise ValueError(f"target {url!r}: give an IP address, not a name") from None
+    if not address.is_loopback:
+        raise ValueError(f"target {url!r}: only loopback addresses are loaded")
+    return f"http://{parts.hostname}:{parts.port}"
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """What to send: `rate` requests per second to each target for `seconds`, at most
+    `max_requests` to each; the rows are sent in turn, one row a request."""
+
+    targets: tuple[str, ...]
+    model: str
+    rows: tuple[tuple[float, ...], ...]
+    input_name: str = "input"
+    rate: float = 20.0
+    seconds: float = 10.0
+    max_requests: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not self.targets:
+            raise ValueError("a load needs at least one target")
+        for target in self.targets:
+            loopback_target(target)
+        if not self.rows or len({len(r) for r in self.rows}) != 1:
+            raise ValueError("rows: give at least one row, all of one length")
+        if not 0 < self.rate <= MAX_RATE:
+            raise ValueError(f"rate: requests per second per target, >0..{MAX_RATE:g}")
+        if not 0 < self.seconds <= MAX_SECONDS:
+            raise ValueError(f"seconds: how long to send, >0..{MAX_SECONDS:g}")
+        if self.max_requests < 1:
+            raise ValueError("max_requests: at least 1")
+
+    def body(self, index: int) -> bytes:
+        row = self.rows[index % len(self.rows)]
+        tensor = {
+            "name": self.input_name,
+            "datatype": "FP32",
+            "shape": [1, len(row)],
+            "data": list(row),
+        }
+        return json.dumps({"inputs": [tensor]}).encode()
+
+    def due(self, index: int) -> float:
+        """Seconds after the start when request `index` (0-based) of a target is due."""
+        return index / self.rate
+
+
+@dataclass
+class TargetResult:
+    """What one target answered: a count per HTTP status (0: no answer), latencies of the
+    answered requests in seconds, and the first few failures."""
+
+    statuses: Counter[int] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def sent(self) -> int:
+        return sum(self.statuses.values())
+
+    @property
+    def errors(self) -> int:
+        """Requests answered 5xx or not at all."""
+        return sum(n for status, n in self.statuses.items() if status == 0 or status >= 500)
+
+    def quantile(self, q: float) -> float:
+        """The q-quantile of the latencies (nearest rank), NaN when nothing was answered."""
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+class LoadGenerator:
+    """Runs a LoadPlan on one thread per target: `start()`, then `join()` (or `stop()` early);
+    `results` maps each target to its TargetResult."""
+
+    FAILURES_KEPT = 5
+
+    def __init__(self, plan: LoadPlan) -> None:
+        self.plan = plan
+        self.results = {target: TargetResult() for target in plan.targets}
+        self.stopped = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._send, args=(t,), name=f"load-{t}", daemon=True)
+            for t in plan.targets
+        ]
+
+    def start(self) -> LoadGenerator:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.join()
+
+    def join(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for thread in self._threads:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            thread.join(left)
+
+    def run(self) -> dict[str, TargetResult]:
+        """Send the whole plan and wait for it."""
+        self.start().join()
+        return self.results
+
+    def _send(self, target: str) -> None:
+        parts = urlsplit(target)  # checked by loopback_target: an address and a port
+        host, port = parts.hostname or "", parts.port
+        result = self.results[target]
+        path = f"/v2/models/{self.plan.model}/infer"
+        headers = {"Content-Type": "application/json"}
+        with urllib3.HTTPConnectionPool(
+            host, port, maxsize=1, timeout=REQUEST_TIMEOUT, retries=False
+        ) as pool:
+            start = time.monotonic()
+            for index in range(self.plan.max_requests):
+                due = start + self.plan.due(index)
+                if due - start >= self.plan.seconds:
+                    break
+                if self.stopped.wait(max(0.0, due - time.monotonic())):
+                    break
+                began = time.monotonic()
+                try:
+                    reply = pool.urlopen("POST", path, body=self.plan.body(index), headers=headers)
+                except urllib3.exceptions.HTTPError as err:
+                    result.statuses[0] += 1
+                    self._keep(result, f"{target}: {err}")
+                    continue
+                took = time.monotonic() - began
+                result.statuses[reply.status] += 1
+                if reply.status == 200:
+                    result.latencies.append(took)
+                else:
+                    text = reply.data[:200].decode(errors="replace")
+                    self._keep(result, f"{target}: {reply.status} {text}")
+
+    def _keep(self, result: TargetResult, failure: str) -> None:
+        if len(result.failures) < self.FAILURES_KEPT:
+            result.failures.append(failure)
+
+
+def digits_rows(count: int = 64) -> tuple[tuple[float, ...], ...]:
+    """Real inputs for the digits models: rows of scikit-learn's 8x8 digits (0..16)."""
+    from sklearn.datasets import load_digits
+
+    data = load_digits().data[:count]
+    return tuple(tuple(float(v) for v in row) for row in data)
+
+
+def run_load(
+    targets: Sequence[str], model: str, *, rate: float = 20.0, seconds: float = 10.0
+) -> dict[str, TargetResult]:
+    """Digits rows to every target at `rate` per second each for `seconds`; waits."""
+    plan = LoadPlan(tuple(targets), model, digits_rows(), rate=rate, seconds=seconds)
+    return LoadGenerator(plan).run()

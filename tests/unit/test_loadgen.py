@@ -1,0 +1,81 @@
+"""The load generator's plan: loopback targets only, bounded rate, time and count, a fixed
+schedule, Open Inference v2 bodies; and the quantiles it reports."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from fogline.devcluster.loadgen import LoadPlan, TargetResult, loopback_target
+
+ROWS = ((1.0, 2.0), (3.0, 4.0))
+
+
+def _plan(**changes: Any) -> LoadPlan:
+    fields: dict[str, Any] = {"targets": ("http://127.9.0.5:8080",), "model": "digits"}
+    fields |= {"rows": ROWS} | changes
+    return LoadPlan(**fields)
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("http://10.0.0.7:8080", "only loopback"),
+        ("http://example.com:8080", "an IP address, not a name"),
+        ("https://127.0.0.1:8443", "give http://ADDRESS:PORT"),
+        ("http://127.0.0.1", "give http://ADDRESS:PORT"),
+    ],
+)
+def test_targets_beyond_loopback_are_refused(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        loopback_target(url)
+    with pytest.raises(ValueError, match=message):
+        _plan(targets=(url,))
+
+
+def test_a_loopback_target_is_kept_without_its_path() -> None:
+    assert loopback_target("http://127.42.0.3:8080/v2") == "http://127.42.0.3:8080"
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"targets": ()}, "at least one target"),
+        ({"rows": ()}, "at least one row"),
+        ({"rows": ((1.0,), (1.0, 2.0))}, "all of one length"),
+        ({"rate": 0}, "rate"),
+        ({"rate": 5000}, "rate"),
+        ({"seconds": 0}, "seconds"),
+        ({"seconds": 3600}, "seconds"),
+        ({"max_requests": 0}, "max_requests"),
+    ],
+)
+def test_an_unbounded_or_empty_plan_is_refused(changes: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        _plan(**changes)
+
+
+def test_requests_are_due_on_a_fixed_schedule_at_the_rate() -> None:
+    plan = _plan(rate=4)
+    assert [plan.due(i) for i in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+def test_bodies_are_open_inference_requests_of_one_row_each_in_turn() -> None:
+    plan = _plan(input_name="pixels")
+    bodies = [json.loads(plan.body(i)) for i in range(3)]
+    assert bodies[0] == {
+        "inputs": [{"name": "pixels", "datatype": "FP32", "shape": [1, 2], "data": [1.0, 2.0]}]
+    }
+    assert [b["inputs"][0]["data"] for b in bodies] == [[1.0, 2.0], [3.0, 4.0], [1.0, 2.0]]
+
+
+def test_errors_count_5xx_and_unanswered_requests_and_quantiles_are_nearest_rank() -> None:
+    result = TargetResult()
+    result.statuses.update({200: 8, 400: 1, 500: 2, 0: 1})
+    result.latencies = [float(i) for i in range(1, 101)]
+    assert result.sent == 12 and result.errors == 3
+    assert result.quantile(0.5) == 50.0 and result.quantile(0.99) == 99.0
+    assert result.quantile(1.0) == 100.0
+    assert TargetResult().quantile(0.5) != TargetResult().quantile(0.5)  # NaN: nothing answered
