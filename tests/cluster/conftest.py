@@ -75,3 +75,27 @@ def operator(
     process.start()
     yield process
     process.stop()
+
+
+def start_local_operator(
+    local_cluster: ClusterHandle, log_dir: Path, allowed_file_roots: list[str]
+) -> OperatorProcess:
+    """The CRDs and `fogline run` against the cluster whose local nodes run real processes,
+    serving Fogline's local server image from the artifact folders named."""
+    local_cluster.kubectl(
+        "apply", "--server-side", "--field-manager=fogline-tests", "-f", str(CRD_DIR)
+    )
+    extensions = client.ApiextensionsV1Api(local_cluster.api)
+    wait_for(
+        lambda: _established(extensions, "edgedeployments.fogline.io"),
+        timeout=60,
+        what="the EdgeDeployment CRD to be Established",
+    )
+    env = {
+        "FOGLINE_SERVER_IMAGE": "fogline.dev/server:local",
+        "FOGLINE_IMAGE_PULL_POLICY": "Never",
+        "FOGLINE_ALLOWED_FILE_ROOTS": json.dumps(allowed_file_roots),
+    }
+    process = OperatorProcess(local_cluster.kubeconfig, log_dir, env)
+    process.start()
+    return process

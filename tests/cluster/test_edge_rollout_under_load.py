@@ -24,7 +24,7 @@ from kubernetes import client
 
 from fogline.devcluster.topology import EDGE_ROLE_LABEL, LOCAL_NODE_LABEL
 from fogline.edge.daemonsets import DIGEST_ANNOTATION, EDGE_LABEL, SITE_LABEL
-from tests.cluster.conftest import CRD_DIR, _established
+from tests.cluster.conftest import start_local_operator
 from tests.conftest import ClusterHandle, wait_for
 from tests.operator_process import OperatorProcess
 from tests.workloads.served_artifacts import write_artifact
@@ -45,25 +45,9 @@ PORT = 8080  # the servers' container port (spec.runtime.port), at each pod's ow
 def operator(
     local_cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[OperatorProcess]:
-    """The CRDs and `fogline run` against the cluster whose local nodes run real processes."""
-    local_cluster.kubectl(
-        "apply", "--server-side", "--field-manager=fogline-tests", "-f", str(CRD_DIR)
+    process = start_local_operator(
+        local_cluster, tmp_path_factory.mktemp("rollout-operator"), [ARTIFACTS]
     )
-    extensions = client.ApiextensionsV1Api(local_cluster.api)
-    wait_for(
-        lambda: _established(extensions, f"edgedeployments.{GROUP}"),
-        timeout=60,
-        what="the EdgeDeployment CRD to be Established",
-    )
-    env = {
-        "FOGLINE_SERVER_IMAGE": "fogline.dev/server:local",
-        "FOGLINE_IMAGE_PULL_POLICY": "Never",
-        "FOGLINE_ALLOWED_FILE_ROOTS": json.dumps([ARTIFACTS]),
-    }
-    process = OperatorProcess(
-        local_cluster.kubeconfig, tmp_path_factory.mktemp("rollout-operator"), env
-    )
-    process.start()
     yield process
     process.stop()
 

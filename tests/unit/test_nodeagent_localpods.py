@@ -156,6 +156,7 @@ def test_pod_view_rewrites_only_paths_inside_mounts(arg: str, rewritten: str) ->
     assert VIEW.rewrite_arg(arg) == rewritten
 
 
+IP = "127.9.0.5"
 SERVER_POD: dict[str, Any] = {
     "spec": {
         "containers": [
@@ -176,20 +177,25 @@ def test_pod_ports_lists_declared_and_probed_ports_once() -> None:
 
 
 @pytest.mark.parametrize(
-    ("args", "kind", "bound"),
+    ("argv", "bound"),
     [
-        (["--port", "8080", "--host", "0.0.0.0"], None, ["--port", "8080", "--host", "127.9.0.5"]),
-        (["--host=0.0.0.0", "--port=8080"], "server", ["--host=127.9.0.5", "--port=8080"]),
-        (["--port=8080"], "server", ["--port=8080", "--host=127.9.0.5"]),  # its default: all
-        (["--host=127.0.0.1"], "server", ["--host=127.0.0.1"]),  # an address given stays
-        (["--port=8080"], "trainer", ["--port=8080"]),
-        (["--name", "0.0.0.0"], None, ["--name", "0.0.0.0"]),
+        (["srv", "--port", "8080", "--host", "0.0.0.0"], ["srv", "--port", "8080", "--host", IP]),
+        (["fogline", "serve", "--host=0.0.0.0"], ["fogline", "serve", f"--host={IP}"]),
+        # The server's default is every address: it is told the pod's.
+        (["fogline", "serve", "--port=8080"], ["fogline", "serve", "--port=8080", f"--host={IP}"]),
+        (
+            ["/v/bin/python3", "-m", "fogline.workloads.server"],
+            ["/v/bin/python3", "-m", "fogline.workloads.server", f"--host={IP}"],
+        ),
+        (["fogline", "serve", "--host=127.0.0.1"], ["fogline", "serve", "--host=127.0.0.1"]),
+        (["fogline", "fetch", "--dest=/m"], ["fogline", "fetch", "--dest=/m"]),  # no listener
+        (["srv", "--name", "0.0.0.0"], ["srv", "--name", "0.0.0.0"]),
     ],
 )
 def test_bind_to_pod_listens_on_the_pods_address_and_its_container_port(
-    args: list[str], kind: str | None, bound: list[str]
+    argv: list[str], bound: list[str]
 ) -> None:
-    assert bind_to_pod(args, "127.9.0.5", kind) == bound
+    assert bind_to_pod(argv, IP) == bound
 
 
 def test_probe_port_resolves_named_and_numbered_ports() -> None:

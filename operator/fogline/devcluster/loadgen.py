@@ -16,7 +16,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
@@ -195,3 +195,79 @@ def run_load(
     """Digits rows to every target at `rate` per second each for `seconds`; waits."""
     plan = LoadPlan(tuple(targets), model, digits_rows(), rate=rate, seconds=seconds)
     return LoadGenerator(plan).run()
+
+
+class FollowingLoad:
+    """Load that follows a fleet while it changes (a rollout replaces pods, each with a new
+    address): every `burst_seconds` it asks `find_targets` where the servers are now and runs
+    one LoadPlan burst to them, until `stop()` or `seconds` in all. Results add up per target."""
+
+    def __init__(
+        self,
+        find_targets: Callable[[], Sequence[str]],
+        model: str,
+        rows: tuple[tuple[float, ...], ...],
+        *,
+        rate: float = 20.0,
+        seconds: float = 300.0,
+        burst_seconds: float = 1.0,
+    ) -> None:
+        if not 0 < seconds <= MAX_SECONDS:
+            raise ValueError(f"seconds: how long to follow, >0..{MAX_SECONDS:g}")
+        self.find_targets, self.model, self.rows = find_targets, model, rows
+        self.rate, self.seconds, self.burst_seconds = rate, seconds, burst_seconds
+        self.results: dict[str, TargetResult] = {}
+        self.problems: list[str] = []  # what find_targets raised, the first few
+        self.stopped = threading.Event()
+        self.lock = threading.Lock()
+        self._thread = threading.Thread(target=self._follow, name="following-load", daemon=True)
+        self._current: LoadGenerator | None = None
+
+    def start(self) -> FollowingLoad:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+        current = self._current
+        if current is not None:
+            current.stopped.set()
+        self._thread.join()
+
+    def __enter__(self) -> FollowingLoad:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def snapshot(self) -> dict[str, TargetResult]:
+        """The results so far, copied."""
+        with self.lock:
+            return {
+                target: TargetResult(Counter(r.statuses), list(r.latencies), list(r.failures))
+                for target, r in self.results.items()
+            }
+
+    def _follow(self) -> None:
+        deadline = time.monotonic() + self.seconds
+        while not self.stopped.is_set() and (left := deadline - time.monotonic()) > 0:
+            try:
+                targets = tuple(dict.fromkeys(self.find_targets()))
+            except Exception as err:  # the caller's lookup (an API call): go on, keep one
+                if len(self.problems) < LoadGenerator.FAILURES_KEPT:
+                    self.problems.append(repr(err))
+                targets = ()
+            if not targets:
+                self.stopped.wait(min(0.2, left))
+                continue
+            seconds = min(self.burst_seconds, left)
+            plan = LoadPlan(targets, self.model, self.rows, rate=self.rate, seconds=seconds)
+            self._current = LoadGenerator(plan)
+            burst = self._current.run()
+            with self.lock:
+                for target, result in burst.items():
+                    total = self.results.setdefault(target, TargetResult())
+                    total.statuses.update(result.statuses)
+                    total.latencies += result.latencies
+                    room = LoadGenerator.FAILURES_KEPT - len(total.failures)
+                    total.failures += result.failures[: max(0, room)]

@@ -305,18 +305,31 @@ def pod_ports(pod: Mapping[str, Any]) -> list[int]:
     return ports
 
 
-# The flag by which an image's program is told where to listen, for those whose default is
-# every address (0.0.0.0): in a pod that means the pod's own address, here its loopback one.
-LISTEN_FLAGS: dict[str, str] = {"server": "--host"}
+# Programs of Fogline's images that listen on every address (0.0.0.0) unless told otherwise,
+# and the flag that tells them: in a pod that means the pod's own address, here its loopback one.
+LISTENERS: dict[tuple[str, ...], str] = {
+    ("fogline", "serve"): "--host",
+    ("python", "-m", "fogline.workloads.server"): "--host",
+}
 
 
-def bind_to_pod(args: Sequence[str], pod_ip: str, kind: str | None = None) -> list[str]:
+def _listen_flag(argv: Sequence[str]) -> str | None:
+    program = [posixpath.basename(argv[0]), *argv[1:]] if argv else []
+    if program and _PYTHON.match(program[0]):
+        program[0] = "python"
+    for prefix, flag in LISTENERS.items():
+        if tuple(program[: len(prefix)]) == prefix:
+            return flag
+    return None
+
+
+def bind_to_pod(argv: Sequence[str], pod_ip: str) -> list[str]:
     """`--host 0.0.0.0` (every address of the pod) becomes the pod's address, so that nothing
-    listens beyond this machine and pods do not take each other's ports; a program of `kind`
-    given no listen address at all gets the pod's."""
+    listens beyond this machine and pods do not take each other's ports; a server given no
+    listen address at all gets the pod's."""
     out: list[str] = []
-    for index, arg in enumerate(args):
-        previous = args[index - 1] if index else ""
+    for index, arg in enumerate(argv):
+        previous = argv[index - 1] if index else ""
         flag, eq, value = arg.partition("=")
         if eq and flag == "--host" and value == "0.0.0.0":
             out.append(f"--host={pod_ip}")
@@ -324,8 +337,8 @@ def bind_to_pod(args: Sequence[str], pod_ip: str, kind: str | None = None) -> li
             out.append(pod_ip)
         else:
             out.append(arg)
-    listen_flag = LISTEN_FLAGS.get(kind or "")
-    if listen_flag and not any(a == listen_flag or a.startswith(listen_flag + "=") for a in args):
+    listen_flag = _listen_flag(argv)
+    if listen_flag and not any(a == listen_flag or a.startswith(listen_flag + "=") for a in argv):
         out.append(f"{listen_flag}={pod_ip}")
     return out
 

@@ -294,7 +294,7 @@ class PodRunner(threading.Thread):
         env = container_env(self.pod, c.spec, service_env, self._env_from(c.spec), self.ip)
         command = c.spec.get("command") or list(IMAGE_ENTRYPOINTS[kind])
         argv = bind_to_pod(
-            [expand(a, env) for a in [*command, *(c.spec.get("args") or [])]], self.ip, kind
+            [expand(a, env) for a in [*command, *(c.spec.get("args") or [])]], self.ip
         )
         c.argv = resolve_command(
             [view.rewrite_arg(a) for a in argv], self.agent.config.python, self.agent.config.bin_dir
