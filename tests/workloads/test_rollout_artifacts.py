@@ -16,12 +16,8 @@ import pytest
 import urllib3
 
 from fogline.devcluster.loadgen import LoadGenerator, LoadPlan, digits_rows
-from tests.workloads.served_artifacts import (
-    failing_onnx,
-    wide_cnn_onnx,
-    write_artifact,
-    write_model_artifact,
-)
+from fogline.devcluster.rollout_models import failing_onnx, wide_cnn_onnx, write_onnx_artifact
+from tests.workloads.served_artifacts import write_artifact
 from tests.workloads.test_server import MODEL, ServerProcess, start_server, wait_ready
 
 pytestmark = pytest.mark.workloads
@@ -33,8 +29,8 @@ ROUNDS = 3  # alternating load rounds; the ratio is taken within each, then the 
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, ServerProcess]]:
     root = tmp_path_factory.mktemp("rollout-artifacts")
     write_artifact(root / "good", seed=1)
-    write_model_artifact(root / "slow", wide_cnn_onnx())
-    write_model_artifact(root / "failing", failing_onnx())
+    write_onnx_artifact(root / "slow", wide_cnn_onnx())
+    write_onnx_artifact(root / "failing", failing_onnx())
     kinds = ("good", "slow", "failing")
     started = {kind: start_server(root / kind, root / f"{kind}.log") for kind in kinds}
     try:
@@ -51,7 +47,7 @@ def _url(server: ServerProcess) -> str:
 
 
 def test_the_wide_cnn_has_the_mlps_signature_and_finite_answers(tmp_path: Path) -> None:
-    write_model_artifact(tmp_path, wide_cnn_onnx())
+    write_onnx_artifact(tmp_path, wide_cnn_onnx())
     session = ort.InferenceSession(str(tmp_path / "model.onnx"))
     rows = np.array(digits_rows(8), dtype=np.float32)
     (logits,) = session.run(None, {"input": rows})
