@@ -1,6 +1,10 @@
 """`fogline demo`: the whole story on the local real control plane. Starts the dev cluster
-with its local nodes, installs the chart, runs the operator as the chart's ServiceAccount,
-applies the samples, and shows a real training, a real rollout and a real inference."""
+with its local nodes (a real edge node in each of three sites), installs the chart, runs the
+operator as the chart's ServiceAccount, applies the samples, and shows a real training, a
+first deployment, a second training rolled out canary first and in waves gated on the edge
+servers' live metrics, a deliberately bad model rolled back by that analysis, and a real
+inference. A load generator sends real inference requests to every Ready server throughout,
+so that each wave's analysis has traffic to judge."""
 
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +30,9 @@ from rich.table import Table
 
 from fogline.devcluster import DevCluster, DevClusterError, Topology
 from fogline.devcluster.binaries import ToolsMissingError
+from fogline.devcluster.loadgen import FollowingLoad, digits_rows
 from fogline.devcluster.localpods import pod_endpoint, pod_folder_name
-from fogline.devcluster.topology import LOCAL_EDGE_NODE
+from fogline.devcluster.topology import EDGE_ROLE_LABEL, LOCAL_EDGE_NODE, LOCAL_NODE_LABEL
 
 SYSTEM_NAMESPACE = "fogline-system"
 DEMO_NAMESPACE = "fogline-demo"
@@ -35,6 +40,19 @@ TRAINER_IMAGE = "fogline.dev/trainer:local"
 SERVER_IMAGE = "fogline.dev/server:local"
 TRAINING, EDGE, SERVED_NAME = "digits-mlp-s3", "digits-edge-s3", "digits"
 SAMPLES = ("modeltraining-digits-mlp-s3.yaml", "edgedeployment-digits-edge-s3.yaml")
+SITES = 3  # each with a real local edge node
+# Each wave is judged on 5 s of its servers' own metrics against the sites still on the
+# stable model; the load generator gives every Ready server this many requests a second.
+ANALYSIS = {
+    "windowSeconds": 5,
+    "minRequests": 20,
+    "maxErrorRatio": 0.05,
+    "maxP99LatencyRatio": 3.0,
+    "maxPods": 3,
+}
+LOAD_RATE = 15
+RETRAIN_EPOCHS = 30  # the second training: more epochs than the sample's
+BAD_MODEL_PREFIX = "demo/lookup-bug"  # in the store's bucket
 
 
 class DemoError(RuntimeError):
@@ -47,6 +65,10 @@ class DemoSummary:
 
     training: dict[str, Any] = field(default_factory=dict)
     rollout: dict[str, Any] = field(default_factory=dict)
+    retraining: dict[str, Any] = field(default_factory=dict)  # the second training
+    second_rollout: dict[str, Any] = field(default_factory=dict)
+    bad_model: dict[str, Any] = field(default_factory=dict)  # its rollout, rolled back
+    traffic: dict[str, Any] = field(default_factory=dict)
     inference: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -70,6 +92,53 @@ def wait(predicate: Callable[[], Any], timeout: float, what: str, interval: floa
             return result
         time.sleep(interval)
     raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def rollout_line(status: Mapping[str, Any], digest: str) -> str:
+    """One line of a rollout in progress: phase, the wave and its analysis, each site."""
+    parts = [str(status.get("phase", "Pending"))]
+    wave = status.get("wave") or {}
+    if wave.get("index") is not None:
+        parts.append(f"wave {wave['index']} ({', '.join(wave.get('sites') or [])})")
+    analysis = status.get("analysis") or {}
+    if analysis.get("digest") == digest and analysis.get("phase"):
+        parts.append(f"analysis {analysis['phase']}, {analysis.get('requests') or 0} requests")
+    sites = " ".join(
+        f"{s['name']}:{s.get('state')}{'*' if s.get('digest') == digest else ''}"
+        for s in status.get("sites") or []
+    )
+    return " · ".join([*parts, sites])
+
+
+def wave_summary(wave: Mapping[str, Any]) -> dict[str, Any]:
+    """A finished wave's analysis as the summary shows it."""
+    results = wave.get("results") or []
+    measured = ", ".join(
+        f"{r['metric']} {_number(r.get('value'))} (≤ {_number(r.get('threshold'))}"
+        + (f", baseline {_number(r['baseline'])}" if r.get("baseline") is not None else "")
+        + (f", {r['site']}" if r.get("site") else "")
+        + ")"
+        for r in results
+    )
+    text = f"analysis {wave.get('phase')} on {wave.get('requests')} requests: {measured}"
+    return {
+        "wave": wave.get("wave"),
+        "phase": wave.get("phase"),
+        "requests": wave.get("requests"),
+        "results": results,
+        "text": text,
+    }
+
+
+def failure_text(site: str | None, failure: Mapping[str, Any]) -> str:
+    return (
+        f"failed at {site}: {failure.get('metric')} {_number(failure.get('value'))} "
+        f"> threshold {_number(failure.get('threshold'))}; every site back on the stable model"
+    )
+
+
+def _number(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, int | float) else "-"
 
 
 class Demo:
@@ -123,10 +192,13 @@ class Demo:
 
     # -- the story --------------------------------------------------------------------------
     def run(self) -> DemoSummary:
-        with self.step("Start the local control plane (kwok edge sites, local GPU and edge nodes)"):
-            self.cluster.up(
-                Topology(gpu_nodes=0, edge_sites=3, nodes_per_site=2), local_nodes=True, stores=True
+        with self.step(
+            "Start the local control plane (a local GPU node, a local edge node a site)"
+        ):
+            topology = Topology(
+                gpu_nodes=0, edge_sites=SITES, nodes_per_site=1, local_edge_sites=SITES
             )
+            self.cluster.up(topology, local_nodes=True, stores=True)
         with self.step("Install Fogline with the Helm chart"):
             self.helm(
                 "install",
@@ -151,14 +223,127 @@ class Demo:
                 body = yaml.safe_load((self.root / "manifests" / "samples" / sample).read_text())
                 place = body["spec"]["output" if body["kind"] == "ModelTraining" else "model"]
                 place["access"]["endpoint"] = endpoint
+                if body["kind"] == "EdgeDeployment":
+                    self.gate_on_live_metrics(body["spec"])
                 self.cluster.kubectl(
                     "apply", "-n", DEMO_NAMESPACE, "-f", "-", input=yaml.safe_dump(body)
                 )
-        self.follow_training()
-        self.follow_rollout()
+        with self.traffic():
+            self.summary.training = self.follow_training("Train digits-mlp on the local GPU node")
+            self.summary.rollout = self.follow_rollout(
+                "First deployment", self.summary.training["digest"]
+            )
+            self.retrain()
+            self.summary.retraining = self.follow_training(f"Train again, {RETRAIN_EPOCHS} epochs")
+            self.summary.second_rollout = self.follow_rollout(
+                "Roll out the second training", self.summary.retraining["digest"]
+            )
+            digest = self.publish_bad_model(endpoint)
+            self.summary.bad_model = self.follow_rollout(
+                "Roll out a deliberately bad model", digest, expect="RolledBack"
+            )
         with self.step("Send an inference request to the server on the local edge node"):
             self.infer()
         return self.summary
+
+    @staticmethod
+    def gate_on_live_metrics(spec: dict[str, Any]) -> None:
+        """The sample EdgeDeployment as the demo runs it: on the local edge nodes only (their
+        servers are real and can be measured; kwok's pods would leave every wave
+        inconclusive), waves one after another without the sample's pause, each gated on
+        its servers' live metrics."""
+        spec.setdefault("placement", {})["nodeSelector"] = {
+            EDGE_ROLE_LABEL: "true",
+            LOCAL_NODE_LABEL: "true",
+        }
+        spec["rollout"] |= {"pauseSeconds": 0, "analysis": ANALYSIS}
+
+    @contextlib.contextmanager
+    def traffic(self) -> Iterator[FollowingLoad]:
+        """Real inference requests to every Ready server of the EdgeDeployment, following
+        the pods as the rollouts replace them; bounded in rate and time, loopback only."""
+        load = FollowingLoad(
+            self.ready_servers, SERVED_NAME, digits_rows(), rate=LOAD_RATE, seconds=600
+        )
+        with load:
+            yield load
+        results = load.snapshot()
+        self.summary.traffic = {
+            "requests": sum(r.sent for r in results.values()),
+            "errors": sum(r.errors for r in results.values()),
+            "servers": len(results),
+        }
+
+    def ready_servers(self) -> list[str]:
+        from kubernetes import client
+
+        pods = client.CoreV1Api(self.api).list_namespaced_pod(
+            DEMO_NAMESPACE, label_selector=f"fogline.io/edgedeployment={EDGE}"
+        )
+        return [
+            pod_endpoint(self.api.sanitize_for_serialization(pod))
+            for pod in pods.items
+            if pod.metadata.deletion_timestamp is None
+            and pod.status.pod_ip
+            and any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+        ]
+
+    def retrain(self) -> None:
+        """A second training of the same ModelTraining, with more epochs: a new run, a new
+        artifact, which the EdgeDeployment (following the training) rolls out."""
+        from kubernetes import client
+
+        client.CustomObjectsApi(self.api).patch_namespaced_custom_object(
+            "fogline.io",
+            "v1alpha1",
+            DEMO_NAMESPACE,
+            "modeltrainings",
+            TRAINING,
+            {"spec": {"hyperparameters": {"epochs": RETRAIN_EPOCHS}}},
+        )
+        first = self.summary.training["digest"]
+        wait(
+            lambda: (
+                (self.custom("modeltrainings", TRAINING).get("status") or {}).get("phase")
+                not in ("Succeeded", None)
+                or self.custom("modeltrainings", TRAINING)["status"]["artifact"]["digest"] != first
+            ),
+            60,
+            "the second training to start",
+        )
+
+    def publish_bad_model(self, endpoint: str) -> str:
+        """A model with a bug no gate before the edge sees: it has the right signature, loads
+        and becomes Ready, and fails every real request (fogline.devcluster.rollout_models).
+        Published to the bucket as the trainer publishes; the EdgeDeployment is pointed at it."""
+        from kubernetes import client
+
+        from fogline.devcluster.rollout_models import failing_onnx, write_onnx_artifact
+        from fogline.workloads.trainer.publish import publish
+
+        stores = self.cluster.stores.read()
+        assert stores is not None  # prepare_namespace checked it
+        folder = self.workdir / "bad-model"
+        digest = write_onnx_artifact(folder, failing_onnx(), name=SERVED_NAME)
+        uri = f"s3://{stores.bucket}/{BAD_MODEL_PREFIX}"
+        publish(
+            folder,
+            uri,
+            {
+                "AWS_ENDPOINT_URL": endpoint,
+                "AWS_ACCESS_KEY_ID": stores.writer_access_key,
+                "AWS_SECRET_ACCESS_KEY": stores.writer_secret_key,
+            },
+        )
+        client.CustomObjectsApi(self.api).patch_namespaced_custom_object(
+            "fogline.io",
+            "v1alpha1",
+            DEMO_NAMESPACE,
+            "edgedeployments",
+            EDGE,
+            {"spec": {"model": {"fromTraining": None, "uri": uri, "digest": digest}}},
+        )
+        return digest
 
     def start_operator(self) -> None:
         kubeconfig = self.cluster.service_account_kubeconfig(
@@ -213,7 +398,7 @@ class Demo:
             )
         return stores.s3_endpoint
 
-    def follow_training(self) -> None:
+    def follow_training(self, title: str) -> dict[str, Any]:
         started = time.monotonic()
         columns = (
             TextColumn("[bold]Train {task.fields[phase]:<9}"),
@@ -230,7 +415,8 @@ class Demo:
                 report = status.get("progress") or {}
                 if report.get("epochs"):
                     metric = (report.get("metric") or {}).get("value")
-                    text = f"epoch {report['epoch']}/{report['epochs']}  loss {report.get('loss', 0):.3f}"
+                    text = f"epoch {report['epoch']}/{report['epochs']}"
+                    text += f"  loss {report.get('loss', 0):.3f}"
                     text += f"  accuracy {metric:.3f}" if metric is not None else ""
                     progress.update(
                         task,
@@ -258,54 +444,68 @@ class Demo:
                 f"the training ended {phase}: {failed.get('reason')}: {failed.get('message')}"
             )
         artifact = status["artifact"]
-        self.summary.training = {
+        spec = self.custom("modeltrainings", TRAINING)["spec"]
+        training = {
             "phase": phase,
+            "epochs": spec["hyperparameters"]["epochs"],
             "accuracy": artifact["metric"]["value"],
-            "threshold": self.custom("modeltrainings", TRAINING)["spec"]["evaluation"]["threshold"],
+            "threshold": spec["evaluation"]["threshold"],
             "digest": artifact["digest"],
             "uri": artifact["uri"],
             "quantized": artifact.get("quantized"),
             "sizeBytes": artifact.get("sizeBytes"),
         }
-        self.summary.seconds["Train digits-mlp on the local GPU node"] = round(
-            time.monotonic() - started, 1
-        )
+        self.summary.seconds[title] = round(time.monotonic() - started, 1)
         self.console.print(
-            f"[green]✓[/] Trained: accuracy {artifact['metric']['value']:.4f} "
-            f"(gate {self.summary.training['threshold']}), artifact {artifact['digest'][:19]}…"
+            f"[green]✓[/] {title}: accuracy {artifact['metric']['value']:.4f} "
+            f"(gate {training['threshold']}), artifact {artifact['digest'][:19]}…"
         )
+        return training
 
-    def follow_rollout(self) -> None:
+    def follow_rollout(self, title: str, digest: str, expect: str = "Available") -> dict[str, Any]:
+        """Show the rollout of `digest` live (phase, wave, its analysis, each site) until it
+        is `expect` (Available, or RolledBack for a model the analysis must stop); return
+        what happened at each wave."""
         started = time.monotonic()
-        with self.console.status("[bold]Roll the artifact out to the edge sites…") as shown:
+        with self.console.status(f"[bold]{title}…") as shown:
 
-            def available() -> dict[str, Any] | None:
+            def finished() -> dict[str, Any] | None:
                 status = self.custom("edgedeployments", EDGE).get("status") or {}
-                shown.update(
-                    f"[bold]Roll out: {status.get('phase', 'Pending')}, sites ready {status.get('sitesReady', '-')}"
-                )
-                if (
-                    status.get("phase") == "Available"
-                    and status.get("currentDigest") == self.summary.training["digest"]
+                shown.update(f"[bold]{title}: [/]{rollout_line(status, digest)}")
+                if status.get("phase") == expect and (
+                    expect != "Available" or status.get("currentDigest") == digest
                 ):
                     return status
+                if status.get("phase") in ("RolledBack", "Failed") and expect == "Available":
+                    raise DemoError(f"{title}: {status.get('phase')}: {status.get('message')}")
                 return None
 
-            status = wait(available, 300, "the EdgeDeployment to become Available")
-        self.summary.rollout = {
+            status = wait(finished, 300, f"the EdgeDeployment to be {expect}")
+        took = time.monotonic() - started
+        self.summary.seconds[title] = round(took, 1)
+        analysis = status.get("analysis") or {}
+        waves = [wave_summary(w) for w in analysis.get("waves") or [] if w.get("digest") == digest]
+        result = {
+            "digest": digest,
             "phase": status["phase"],
-            "digest": status["currentDigest"],
-            "sitesReady": status["sitesReady"],
+            "currentDigest": status.get("currentDigest"),
+            "sitesReady": status.get("sitesReady"),
+            "failedSite": status.get("failedSite"),
+            "failure": analysis.get("failure") if expect == "RolledBack" else None,
+            "message": status.get("message"),
+            "waves": waves,
             "sites": [
                 {k: s.get(k) for k in ("name", "state", "ready", "desired")}
-                for s in status["sites"]
+                for s in status.get("sites") or []
             ],
         }
-        took = time.monotonic() - started
-        self.summary.seconds["Roll out to the edge"] = round(took, 1)
-        self.console.print(
-            f"[green]✓[/] Rolled out to {status['sitesReady']} sites [dim]({took:.1f} s)[/]"
-        )
+        mark = "[green]✓[/]"
+        self.console.print(f"{mark} {title}: {status['phase']} [dim]({took:.1f} s)[/]")
+        for wave in waves:
+            self.console.print(f"    wave {wave['wave']}: {wave['text']}")
+        if result["failure"]:
+            self.console.print(f"    {failure_text(result['failedSite'], result['failure'])}")
+        return result
 
     def infer(self) -> None:
         from kubernetes import client
@@ -379,31 +579,44 @@ class Demo:
     def report(self) -> None:
         s = self.summary
         table = Table(title="Fogline demo", show_header=False)
-        table.add_row(
-            "Training",
-            f"{s.training['phase']}: accuracy {s.training['accuracy']:.4f} "
-            f"≥ gate {s.training['threshold']}, INT8 {s.training['quantized']}, {s.training['sizeBytes']} bytes",
-        )
-        table.add_row("Artifact", f"{s.training['digest']}\n{s.training['uri']}")
-        table.add_row("Rollout", f"{s.rollout['phase']} on {s.rollout['sitesReady']} sites")
-        for site in s.rollout["sites"]:
+        for label, training in (("Training", s.training), ("Second training", s.retraining)):
             table.add_row(
-                "", f"{site['name']}: {site['state']} {site['ready']}/{site['desired']} pods"
+                label,
+                f"{training['phase']}, {training['epochs']} epochs: accuracy "
+                f"{training['accuracy']:.4f} ≥ gate {training['threshold']}, INT8 "
+                f"{training['quantized']}, {training['sizeBytes']} bytes\n{training['digest']}",
             )
+        rollouts = (
+            ("First deployment", s.rollout),
+            ("Second rollout", s.second_rollout),
+            ("Bad model", s.bad_model),
+        )
+        for label, rollout in rollouts:
+            table.add_row(
+                label,
+                f"{rollout['digest'][:19]}…: {rollout['phase']}, sites ready "
+                f"{rollout['sitesReady']}",
+            )
+            for wave in rollout["waves"]:
+                table.add_row("", f"wave {wave['wave']}: {wave['text']}")
+            if rollout["failure"]:
+                table.add_row("", failure_text(rollout["failedSite"], rollout["failure"]))
+        table.add_row(
+            "Traffic",
+            f"{s.traffic['requests']} inference requests to {s.traffic['servers']} servers, "
+            f"{s.traffic['errors']} answered 5xx or not at all (the bad model's)",
+        )
         verdict = "correct" if s.inference["correct"] else "wrong"
         table.add_row(
             "Inference",
             f"digit {s.inference['label']} → predicted {s.inference['predicted']} ({verdict}) "
             f"by {s.inference['pod']} on {s.inference['node']}",
         )
-        match = (
-            "equals"
-            if s.inference["servedManifestSha256"] == s.training["digest"]
-            else "DIFFERS FROM"
-        )
+        served = s.retraining["digest"]
+        match = "equals" if s.inference["servedManifestSha256"] == served else "DIFFERS FROM"
         table.add_row(
             "Digest check",
-            f"sha256 of the manifest the server verified {match} the artifact digest",
+            f"sha256 of the manifest the server verified {match} the second training's digest",
         )
         self.console.print(table)
 
