@@ -484,7 +484,9 @@ class Demo:
         took = time.monotonic() - started
         self.summary.seconds[title] = round(took, 1)
         analysis = status.get("analysis") or {}
-        waves = [wave_summary(w) for w in analysis.get("waves") or [] if w.get("digest") == digest]
+        # status.analysis.waves lists the newest first; the summary tells them in order.
+        ours = [w for w in analysis.get("waves") or [] if w.get("digest") == digest]
+        waves = [wave_summary(w) for w in sorted(ours, key=lambda w: int(w.get("wave") or 0))]
         result = {
             "digest": digest,
             "phase": status["phase"],

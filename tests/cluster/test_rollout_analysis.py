@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from fogline.controllers.analysis import sample_interval
 from fogline.devcluster.loadgen import FollowingLoad, digits_rows
 from fogline.devcluster.localpods import pod_endpoint
 from fogline.devcluster.rollout_models import failing_onnx, wide_cnn_onnx, write_onnx_artifact
@@ -54,6 +55,7 @@ ANALYSIS = {
 LATENCY_METRICS = {"p99LatencyRatio", "p99LatencyMs"}
 # The operator's count of its /metrics scrapes of edge servers (controllers/metrics.py).
 SCRAPES_METRIC = "fogline_analysis_scrapes_total"
+SLACK_SECONDS = 6  # reconciles before and after a window
 
 
 @dataclass
@@ -145,6 +147,8 @@ def fleet(
         "spec": {
             "model": {"uri": f"file://{ARTIFACTS}/{namespace}-good", "digest": digests["good"]},
             "modelName": MODEL,
+            # A short drain: an in-place replacement (one node a site) waits for it.
+            "runtime": {"drainSeconds": 1},
             "placement": {
                 "sites": SITES,
                 "nodeSelector": {EDGE_ROLE_LABEL: "true", LOCAL_NODE_LABEL: "true"},
@@ -180,9 +184,13 @@ def _stable(fleet: Fleet) -> str:
     return next(name for name, digest in fleet.digests.items() if digest == current)
 
 
-def _rolled_back(fleet: Fleet) -> dict[str, Any] | None:
+def _rolled_back_from(fleet: Fleet, artifact: str) -> dict[str, Any] | None:
+    """The status once the rollout of `artifact` was rolled back (an earlier rollback stays
+    RolledBack until the operator takes up the new digest: its analysis tells them apart)."""
     status = fleet.status()
-    return status if status.get("phase") == "RolledBack" else None
+    analysis = status.get("analysis") or {}
+    ours = analysis.get("digest") == fleet.digests[artifact]
+    return status if ours and status.get("phase") == "RolledBack" else None
 
 
 def test_a_good_model_passes_the_analysis_of_every_wave_and_reaches_every_site(
@@ -200,7 +208,11 @@ def test_a_good_model_passes_the_analysis_of_every_wave_and_reaches_every_site(
         )
     status = fleet.status()
     analysis = status["analysis"]
-    waves = [w for w in analysis["waves"] if w["digest"] == fleet.digests[target]]
+    # Newest first in status; this rollout's, in wave order.
+    waves = sorted(
+        (w for w in analysis["waves"] if w["digest"] == fleet.digests[target]),
+        key=lambda w: int(w["wave"]),
+    )
     assert [w["wave"] for w in waves] == [0, 1], waves  # the canary, then the other two
     assert all(w["phase"] == "Passed" for w in waves), waves
     for wave in waves:
@@ -208,9 +220,11 @@ def test_a_good_model_passes_the_analysis_of_every_wave_and_reaches_every_site(
         assert wave["results"] and all(r["passed"] for r in wave["results"]), wave
     assert len(fleet.events("AnalysisPassed")) >= 2
     # Bounded scraping: each wave reads at most maxPods of its own pods and maxPods of the
-    # baseline, about once a second for its window and the reconciles around it.
+    # baseline, each at most once a sample interval while its window (and the reconciles
+    # around it) lasts.
     scrapes = fleet.scrapes() - before
-    bound = len(waves) * 2 * MAX_PODS * (WINDOW_SECONDS + 10)
+    per_pod = 1 + int((WINDOW_SECONDS + SLACK_SECONDS) // sample_interval(WINDOW_SECONDS))
+    bound = len(waves) * 2 * MAX_PODS * per_pod
     print(f"rollout of {target}: {scrapes:.0f} scrapes for {len(waves)} waves (bound {bound})")
     assert 0 < scrapes <= bound
     served = load.snapshot()
@@ -254,7 +268,7 @@ def test_a_correct_but_much_slower_model_is_rolled_back_by_its_latency(fleet: Fl
     with fleet.load():
         fleet.roll_to("slow")
         status = wait_for(
-            lambda: _rolled_back(fleet),
+            lambda: _rolled_back_from(fleet, "slow"),
             timeout=150,
             interval=0.5,
             what="the slow model rolled back by analysis",
@@ -271,7 +285,7 @@ def test_a_model_that_fails_real_requests_is_rolled_back_by_its_error_ratio(
     with fleet.load():
         fleet.roll_to("failing")
         status = wait_for(
-            lambda: _rolled_back(fleet),
+            lambda: _rolled_back_from(fleet, "failing"),
             timeout=150,
             interval=0.5,
             what="the failing model rolled back by analysis",
@@ -279,3 +293,63 @@ def test_a_model_that_fails_real_requests_is_rolled_back_by_its_error_ratio(
         failure = _assert_rolled_back_at_the_canary(fleet, status, stable, {"errorRatio"})
     assert failure["value"] == 1.0 and failure["threshold"] == ANALYSIS["maxErrorRatio"]
     assert status["currentDigest"] == fleet.digests[stable]
+
+
+def test_servers_whose_metrics_cannot_be_read_are_inconclusive_and_the_policy_decides(
+    fleet: Fleet,
+) -> None:
+    """site-01's simulated (kwok) node: its pods become Ready and their addresses (loopback
+    ones, devcluster.cluster.KWOK_POD_CIDR) answer nothing, as servers the operator cannot
+    reach. Inconclusive is never a pass: Wait holds the wave, Fail fails it at once."""
+    custom = fleet.custom
+    for name, policy in (("unread-wait", "Wait"), ("unread-fail", "Fail")):
+        uri = f"file://{ARTIFACTS}/{fleet.namespace}-good"
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "EdgeDeployment",
+            "metadata": {"name": name},
+            "spec": {
+                "model": {"uri": uri, "digest": fleet.digests["good"]},
+                "modelName": MODEL,
+                "placement": {
+                    "sites": [SITES[0]],
+                    "nodeSelector": {EDGE_ROLE_LABEL: "true", "type": "kwok"},
+                },
+                "rollout": {"analysis": ANALYSIS | {"inconclusive": policy}},
+            },
+        }
+        custom.create_namespaced_custom_object(GROUP, VERSION, fleet.namespace, PLURAL, body)
+
+    def status_of(name: str) -> dict[str, Any]:
+        found = custom.get_namespaced_custom_object(GROUP, VERSION, fleet.namespace, PLURAL, name)
+        status: dict[str, Any] = found.get("status") or {}
+        return status
+
+    failed = wait_for(
+        lambda: (s := status_of("unread-fail")).get("phase") in ("Failed", "RolledBack") and s,
+        timeout=60,
+        interval=0.5,
+        what="the Fail policy to fail the wave whose metrics cannot be read",
+    )
+    assert failed["analysis"]["phase"] == "Inconclusive", failed["analysis"]
+    assert failed["failedSite"] == SITES[0]
+    # Why: no request could be counted from pods that cannot be read.
+    assert re.search(r"metrics not read|0 inference request", failed["analysis"]["message"])
+    held = wait_for(
+        lambda: (
+            (s := status_of("unread-wait")).get("analysis", {}).get("phase") == "Inconclusive" and s
+        ),
+        timeout=60,
+        interval=0.5,
+        what="the Wait policy's analysis to be inconclusive",
+    )
+    assert held["phase"] == "Progressing", held  # held, not promoted, not failed
+    core = client.CoreV1Api(fleet.cluster.api)
+    events = core.list_namespaced_event(fleet.namespace, field_selector="reason=AnalysisPassed")
+    assert not [e for e in events.items if e.involved_object.name.startswith("unread-")]
+    failures = core.list_namespaced_event(
+        fleet.namespace, field_selector="involvedObject.name=unread-fail,reason=AnalysisFailed"
+    )
+    assert any("inconclusive" in e.message for e in failures.items)
+    for name in ("unread-wait", "unread-fail"):
+        custom.delete_namespaced_custom_object(GROUP, VERSION, fleet.namespace, PLURAL, name)

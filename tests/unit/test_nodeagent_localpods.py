@@ -4,6 +4,7 @@ conditions."""
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Any
 
@@ -363,3 +364,14 @@ def test_each_named_site_gets_a_local_edge_node_of_its_own() -> None:
     assert hostnames == ["local-edge", "local-edge-2", "local-edge-3"]
     sites = Topology(edge_sites=1, local_edge_sites=3).local_site_names()
     assert sites == ["site-01", "site-02", "site-03"]
+
+
+def test_a_drawn_pod_network_never_overlaps_kwoks_pods_or_the_nodes_address() -> None:
+    from fogline.devcluster.cluster import KWOK_POD_CIDR
+    from fogline.devcluster.nodeagent import random_pod_network
+
+    kwok = ipaddress.IPv4Network(KWOK_POD_CIDR)
+    for _ in range(300):
+        network = ipaddress.IPv4Network(random_pod_network())
+        assert not network.overlaps(kwok)
+        PodAddresses(str(network))  # inside loopback, without 127.0.0.1

@@ -34,6 +34,11 @@ COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-schedul
 # Optional: the dev node agent that runs the pods of the local nodes (devcluster/nodeagent.py).
 NODE_AGENT = "nodeagent"
 SERVICE_CIDR = "10.96.0.0/16"
+# kwok's simulated pods get loopback addresses nothing listens on: whatever reaches for one (a
+# rollout analysis scraping a simulated server) is refused at once and never leaves this
+# machine, as a pod whose server cannot be reached. The local pods' networks lie elsewhere
+# in 127.0.0.0/8 (nodeagent.random_pod_network).
+KWOK_POD_CIDR = "127.244.0.0/16"
 
 
 class DevClusterError(RuntimeError):
@@ -212,7 +217,7 @@ class DevCluster:
                     "--manage-all-nodes=false",
                     "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                     "--node-lease-duration-seconds=40",
-                    "--cidr=10.244.0.0/16",
+                    f"--cidr={KWOK_POD_CIDR}",
                     f"--server-address=127.0.0.1:{free_port()}",
                 ],
             )

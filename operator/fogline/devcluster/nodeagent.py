@@ -93,10 +93,16 @@ def _can_listen(address: str, ports: list[int]) -> bool:
     return True
 
 
+# Second octets the local pod networks never use: 127.0.0.0/16 holds the nodes' own address,
+# 127.244.0.0/16 is kwok's pods' (cluster.KWOK_POD_CIDR).
+RESERVED_OCTETS = frozenset({0, 244, 255})
+
+
 def random_pod_network() -> str:
     """A /16 of the loopback network, drawn at random, so that two dev clusters on one machine
     (two test sessions) almost never hand out the same addresses; _can_listen catches the rest."""
-    return f"127.{random.randint(1, 254)}.0.0/16"
+    octet = random.choice([n for n in range(1, 255) if n not in RESERVED_OCTETS])
+    return f"127.{octet}.0.0/16"
 
 
 @dataclass(frozen=True)
