@@ -606,7 +606,8 @@ class Demo:
         table.add_row(
             "Traffic",
             f"{s.traffic['requests']} inference requests to {s.traffic['servers']} servers, "
-            f"{s.traffic['errors']} answered 5xx or not at all (the bad model's)",
+            f"{s.traffic['errors']} answered 5xx or not at all (the bad model's, and servers "
+            "stopped while a request was on its way)",
         )
         verdict = "correct" if s.inference["correct"] else "wrong"
         table.add_row(
