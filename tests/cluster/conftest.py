@@ -47,12 +47,17 @@ def namespace(cluster: ClusterHandle) -> Iterator[str]:
     core = client.CoreV1Api(cluster.api)
     core.create_namespace({"metadata": {"name": name}})
     yield name
-    core.delete_namespace(name)
     # Wait until it is gone, so that one test's pods never hold another's GPUs, and so that
     # anything that blocks deletion (a finalizer nobody removes) fails loudly here.
+    delete_namespace(core, name, timeout=60)
+
+
+def delete_namespace(core: client.CoreV1Api, name: str, timeout: float = 90) -> None:
+    """Delete a namespace and wait until it is gone (its pods with it)."""
+    core.delete_namespace(name)
     wait_for(
         lambda: not core.list_namespace(field_selector=f"metadata.name={name}").items,
-        timeout=60,
+        timeout=timeout,
         what=f"namespace {name} to be deleted",
     )
 

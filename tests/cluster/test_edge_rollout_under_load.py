@@ -24,7 +24,7 @@ from kubernetes import client
 
 from fogline.devcluster.topology import EDGE_ROLE_LABEL, LOCAL_NODE_LABEL
 from fogline.edge.daemonsets import DIGEST_ANNOTATION, EDGE_LABEL, SITE_LABEL
-from tests.cluster.conftest import start_local_operator
+from tests.cluster.conftest import delete_namespace, start_local_operator
 from tests.conftest import ClusterHandle, wait_for
 from tests.operator_process import OperatorProcess
 from tests.workloads.served_artifacts import write_artifact
@@ -58,13 +58,8 @@ def space(local_cluster: ClusterHandle) -> Iterator[str]:
     core = client.CoreV1Api(local_cluster.api)
     core.create_namespace({"metadata": {"name": name}})
     yield name
-    core.delete_namespace(name)
     # Its pods are real processes: wait until the agent has stopped them all.
-    wait_for(
-        lambda: not core.list_namespace(field_selector=f"metadata.name={name}").items,
-        timeout=90,
-        what=f"namespace {name} to be deleted",
-    )
+    delete_namespace(core, name)
 
 
 @dataclass

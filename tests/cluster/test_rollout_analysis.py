@@ -26,7 +26,7 @@ from fogline.devcluster.localpods import pod_endpoint
 from fogline.devcluster.rollout_models import failing_onnx, wide_cnn_onnx, write_onnx_artifact
 from fogline.devcluster.topology import EDGE_ROLE_LABEL, LOCAL_NODE_LABEL
 from fogline.edge.daemonsets import DIGEST_ANNOTATION, EDGE_LABEL
-from tests.cluster.conftest import start_local_operator
+from tests.cluster.conftest import delete_namespace, start_local_operator
 from tests.conftest import ClusterHandle, wait_for
 from tests.operator_process import OperatorProcess
 from tests.workloads.served_artifacts import write_artifact
@@ -168,13 +168,8 @@ def fleet(
             )
         yield fleet
     finally:
-        core.delete_namespace(namespace)
         # Its pods are real processes: wait until the agent has stopped them all.
-        wait_for(
-            lambda: not core.list_namespace(field_selector=f"metadata.name={namespace}").items,
-            timeout=90,
-            what=f"namespace {namespace} to be deleted",
-        )
+        delete_namespace(core, namespace)
         operator.stop()
 
 
@@ -231,26 +226,6 @@ def test_a_good_model_passes_the_analysis_of_every_wave_and_reaches_every_site(
     assert sum(r.errors for r in served.values()) == 0, [r.failures for r in served.values()]
 
 
-def _assert_rolled_back_at_the_canary(
-    fleet: Fleet, status: dict[str, Any], stable: str, metrics: set[str]
-) -> dict[str, Any]:
-    failure = status["analysis"]["failure"]
-    assert status["failedSite"] == SITES[0] == failure["site"]  # the canary
-    assert failure["metric"] in metrics, failure
-    assert failure["value"] > failure["threshold"], failure
-    assert status["analysis"]["phase"] == "Failed"
-    wait_for(
-        lambda: _rolled_back_on(fleet, stable),
-        timeout=60,
-        interval=0.5,
-        what=f"every site back on {stable}",
-    )
-    messages = fleet.events("AnalysisFailed")
-    assert any(failure["metric"] in m and SITES[0] in m for m in messages), messages
-    result: dict[str, Any] = failure
-    return result
-
-
 def _rolled_back_on(fleet: Fleet, stable: str) -> bool:
     core = client.CoreV1Api(fleet.cluster.api)
     pods = core.list_namespaced_pod(fleet.namespace, label_selector=f"{EDGE_LABEL}={EDGE}").items
@@ -263,36 +238,45 @@ def _rolled_back_on(fleet: Fleet, stable: str) -> bool:
     )
 
 
-def test_a_correct_but_much_slower_model_is_rolled_back_by_its_latency(fleet: Fleet) -> None:
+def _rolled_back_at_the_canary(fleet: Fleet, artifact: str, metrics: set[str]) -> dict[str, Any]:
+    """Roll the fleet to `artifact` under load; it must fail the canary's analysis on one of
+    `metrics` and every site must go back to the stable model. Returns status.analysis.failure."""
     stable = _stable(fleet)
     with fleet.load():
-        fleet.roll_to("slow")
+        fleet.roll_to(artifact)
         status = wait_for(
-            lambda: _rolled_back_from(fleet, "slow"),
+            lambda: _rolled_back_from(fleet, artifact),
             timeout=150,
             interval=0.5,
-            what="the slow model rolled back by analysis",
+            what=f"the {artifact} model rolled back by analysis",
         )
-        failure = _assert_rolled_back_at_the_canary(fleet, status, stable, LATENCY_METRICS)
+        failure: dict[str, Any] = status["analysis"]["failure"]
+        assert status["failedSite"] == SITES[0] == failure["site"]  # the canary
+        assert failure["metric"] in metrics, failure
+        assert failure["value"] > failure["threshold"], failure
+        assert status["analysis"]["phase"] == "Failed"
+        wait_for(
+            lambda: _rolled_back_on(fleet, stable),
+            timeout=60,
+            interval=0.5,
+            what=f"every site back on {stable}",
+        )
+    assert fleet.status()["currentDigest"] == fleet.digests[stable]
+    messages = fleet.events("AnalysisFailed")
+    assert any(failure["metric"] in m and SITES[0] in m for m in messages), messages
+    return failure
+
+
+def test_a_correct_but_much_slower_model_is_rolled_back_by_its_latency(fleet: Fleet) -> None:
+    failure = _rolled_back_at_the_canary(fleet, "slow", LATENCY_METRICS)
     print(f"slow model: {failure}")
-    assert status["currentDigest"] == fleet.digests[stable]
 
 
 def test_a_model_that_fails_real_requests_is_rolled_back_by_its_error_ratio(
     fleet: Fleet,
 ) -> None:
-    stable = _stable(fleet)
-    with fleet.load():
-        fleet.roll_to("failing")
-        status = wait_for(
-            lambda: _rolled_back_from(fleet, "failing"),
-            timeout=150,
-            interval=0.5,
-            what="the failing model rolled back by analysis",
-        )
-        failure = _assert_rolled_back_at_the_canary(fleet, status, stable, {"errorRatio"})
+    failure = _rolled_back_at_the_canary(fleet, "failing", {"errorRatio"})
     assert failure["value"] == 1.0 and failure["threshold"] == ANALYSIS["maxErrorRatio"]
-    assert status["currentDigest"] == fleet.digests[stable]
 
 
 def test_servers_whose_metrics_cannot_be_read_are_inconclusive_and_the_policy_decides(
