@@ -110,6 +110,22 @@ def rollout_line(status: Mapping[str, Any], digest: str) -> str:
     return " · ".join([*parts, sites])
 
 
+def settled(status: Mapping[str, Any], digest: str, expect: str) -> bool:
+    """Whether the rollout of `digest` is over as expected: Available on it, or rolled back
+    from it with every site on the stable model again (a site's state is RolledBack once its
+    pods are Ready there; the phase is RolledBack as the sites start going back, and an earlier rollback reads RolledBack until the operator takes
+    up the new digest: its analysis tells them apart)."""
+    served = status.get("currentDigest")
+    sites = status.get("sites") or []
+    every_site_ready = bool(sites) and all(
+        s.get("digest") == served and s.get("state") in ("Ready", "RolledBack") for s in sites
+    )
+    if expect == "Available":
+        return served == digest and every_site_ready
+    analysed = (status.get("analysis") or {}).get("digest") == digest
+    return analysed and served != digest and every_site_ready
+
+
 def wave_summary(wave: Mapping[str, Any]) -> dict[str, Any]:
     """A finished wave's analysis as the summary shows it."""
     results = wave.get("results") or []
@@ -118,6 +134,8 @@ def wave_summary(wave: Mapping[str, Any]) -> dict[str, Any]:
         + (f", baseline {_number(r['baseline'])}" if r.get("baseline") is not None else "")
         + (f", {r['site']}" if r.get("site") else "")
         + ")"
+        if r.get("value") is not None
+        else f"{r['metric']} not judged ({r.get('message') or 'nothing to compare'})"
         for r in results
     )
     text = f"analysis {wave.get('phase')} on {wave.get('requests')} requests: {measured}"
@@ -251,12 +269,14 @@ class Demo:
         """The sample EdgeDeployment as the demo runs it: on the local edge nodes only (their
         servers are real and can be measured; kwok's pods would leave every wave
         inconclusive), waves one after another without the sample's pause, each gated on
-        its servers' live metrics."""
+        its servers' live metrics, and a short drain."""
         spec.setdefault("placement", {})["nodeSelector"] = {
             EDGE_ROLE_LABEL: "true",
             LOCAL_NODE_LABEL: "true",
         }
         spec["rollout"] |= {"pauseSeconds": 0, "analysis": ANALYSIS}
+        # One node a site: the new server replaces the old in place, after its drain.
+        spec["runtime"]["drainSeconds"] = 1
 
     @contextlib.contextmanager
     def traffic(self) -> Iterator[FollowingLoad]:
@@ -472,9 +492,7 @@ class Demo:
             def finished() -> dict[str, Any] | None:
                 status = self.custom("edgedeployments", EDGE).get("status") or {}
                 shown.update(f"[bold]{title}: [/]{rollout_line(status, digest)}")
-                if status.get("phase") == expect and (
-                    expect != "Available" or status.get("currentDigest") == digest
-                ):
+                if status.get("phase") == expect and settled(status, digest, expect):
                     return status
                 if status.get("phase") in ("RolledBack", "Failed") and expect == "Available":
                     raise DemoError(f"{title}: {status.get('phase')}: {status.get('message')}")
@@ -514,14 +532,25 @@ class Demo:
         from sklearn.datasets import load_digits
 
         core = client.CoreV1Api(self.api)
-        pods = core.list_namespaced_pod(
-            DEMO_NAMESPACE, label_selector=f"fogline.io/edgedeployment={EDGE}"
-        ).items
-        pod = next(
-            p
-            for p in pods
-            if p.spec.node_name == LOCAL_EDGE_NODE and p.metadata.deletion_timestamp is None
-        )
+
+        def ready_on_local_edge() -> Any:
+            pods = core.list_namespaced_pod(
+                DEMO_NAMESPACE, label_selector=f"fogline.io/edgedeployment={EDGE}"
+            ).items
+            return next(
+                (
+                    p
+                    for p in pods
+                    if p.spec.node_name == LOCAL_EDGE_NODE
+                    and p.metadata.deletion_timestamp is None
+                    and any(
+                        c.type == "Ready" and c.status == "True" for c in p.status.conditions or []
+                    )
+                ),
+                None,
+            )
+
+        pod = wait(ready_on_local_edge, 60, f"a Ready server on {LOCAL_EDGE_NODE}")
         base = pod_endpoint(self.api.sanitize_for_serialization(pod))
         with urllib.request.urlopen(f"{base}/v2/models/{SERVED_NAME}", timeout=10) as reply:
             metadata = json.load(reply)
