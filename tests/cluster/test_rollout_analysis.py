@@ -11,7 +11,6 @@ another digest from whatever stable digest it serves, so the tests do not depend
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
 from fogline.controllers.analysis import sample_interval
 from fogline.devcluster.loadgen import FollowingLoad, digits_rows
@@ -116,8 +116,12 @@ class Fleet:
 
     def scrapes(self) -> float:
         """What the operator's scrape counter says now, all its series together."""
-        pattern = re.compile(rf"^{SCRAPES_METRIC}(?:\{{[^}}]*\}})? ([0-9.e+]+)$", re.M)
-        return sum(float(v) for v in pattern.findall(self.operator.metrics()))
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(self.operator.metrics())
+            for sample in family.samples
+            if sample.name == SCRAPES_METRIC
+        )
 
 
 @pytest.fixture(scope="module")
