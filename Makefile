@@ -19,11 +19,12 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# The control plane and the artifact stores have cache keys of their own: bumping a store
-# never rebuilds Kubernetes.
+# The control plane, the artifact stores and Prometheus have cache keys of their own:
+# bumping a store never rebuilds Kubernetes.
 tools:
 	bash tools/build.sh
 	bash tools/stores/build.sh
+	bash tools/prometheus/build.sh
 
 # pytest exits 5 when it collected nothing: that is a broken suite, never a pass.
 define run_pytest

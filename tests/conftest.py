@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from fogline.devcluster import DevCluster, Topology
+from fogline.devcluster.prometheus import PrometheusServer
 from fogline.devcluster.stores import ArtifactStores, StoreEndpoints
 
 # The fleet every cluster test sees: a GPU pool and three K3s edge sites of two nodes.
@@ -119,3 +120,16 @@ def artifact_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoreE
         yield stores.up()
     finally:
         stores.down()
+
+
+@pytest.fixture(scope="session")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    """A real Prometheus (the one `make tools` installs) on a free loopback port with its own
+    data folder, scraping every second whatever a test hands `set_targets` (file_sd: it
+    notices a new list within about a second). Started once, on demand; stopped by PID."""
+    server = PrometheusServer(tmp_path_factory.mktemp("prometheus"), scrape_interval_seconds=1.0)
+    server.up()
+    try:
+        yield server
+    finally:
+        server.down()

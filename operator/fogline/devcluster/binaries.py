@@ -1,6 +1,6 @@
 """Where the control-plane binaries live: the project builds them (`make tools`) into a
 cache outside the repository and links them at .tools/bin (the artifact stores at
-.tools/stores-bin). This module only finds them."""
+.tools/stores-bin, Prometheus at .tools/prometheus-bin). This module only finds them."""
 
 from __future__ import annotations
 
@@ -56,4 +56,15 @@ def find_stores_dir() -> Path:
     raise ToolsMissingError(
         "the artifact stores were not found; build them with `make tools` "
         "(or point FOGLINE_STORES_BIN at a folder holding " + ", ".join(STORES) + ")"
+    )
+
+
+def find_prometheus_dir() -> Path:
+    """The folder holding prometheus, or a clear error."""
+    for candidate in _candidates("FOGLINE_PROMETHEUS_BIN", "prometheus-bin"):
+        if os.access(candidate / "prometheus", os.X_OK):
+            return candidate.resolve()
+    raise ToolsMissingError(
+        "prometheus was not found; install it with `make tools` "
+        "(or point FOGLINE_PROMETHEUS_BIN at a folder holding prometheus)"
     )
