@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -96,22 +96,33 @@ def parse_exposition(text: str, counters: Sequence[str] = ()) -> Counters:
     """The inference counters in a server's Prometheus text exposition (prometheus_client's
     parser): requests and 5xx answers of the inference endpoints, their latency buckets, and
     the ``counters`` named (each summed over its labels)."""
+    samples = (
+        (sample.name, sample.labels, float(sample.value))
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    )
+    return counters_of(samples, counters)
+
+
+def counters_of(
+    samples: Iterable[tuple[str, Mapping[str, str], float]], counters: Sequence[str] = ()
+) -> Counters:
+    """The inference counters in one reading of a server's samples (name, labels, value):
+    what a scrape of its /metrics holds, or what Prometheus stored of one of its scrapes."""
     requests = errors = 0.0
     buckets: dict[float, float] = {}
     custom = dict.fromkeys(counters, 0.0)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            name, labels, value = sample.name, sample.labels, float(sample.value)
-            if name in custom:
-                custom[name] += value
-            inference = labels.get("endpoint", "").endswith(INFER_SUFFIX)
-            if name == REQUESTS_SAMPLE and inference:
-                requests += value
-                if labels.get("status", "").startswith("5"):
-                    errors += value
-            elif name == LATENCY_BUCKET_SAMPLE and inference:
-                bound = math.inf if labels["le"] == "+Inf" else float(labels["le"])
-                buckets[bound] = buckets.get(bound, 0.0) + value
+    for name, labels, value in samples:
+        if name in custom:
+            custom[name] += value
+        inference = labels.get("endpoint", "").endswith(INFER_SUFFIX)
+        if name == REQUESTS_SAMPLE and inference:
+            requests += value
+            if labels.get("status", "").startswith("5"):
+                errors += value
+        elif name == LATENCY_BUCKET_SAMPLE and inference:
+            bound = math.inf if labels["le"] == "+Inf" else float(labels["le"])
+            buckets[bound] = buckets.get(bound, 0.0) + value
     return Counters(requests, errors, tuple(sorted(buckets.items())), custom)
 
 
