@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -74,6 +76,15 @@ class OperatorSettings:
     # any address. None: the Prometheus source is refused with a condition.
     analysis_prometheus_url: str | None = None
     analysis_prometheus_ca_bundle: str | None = None
+    # A file holding the bearer token sent to that API (a mounted Secret or a projected
+    # ServiceAccount token), read again at each query so that a rotated token is used.
+    analysis_prometheus_bearer_token_file: str | None = None
+    # The target labels that name a sampled pod and its namespace in Prometheus (what the
+    # scrape config's kubernetes_sd relabeling writes; `pod` and `namespace` usually).
+    analysis_prometheus_pod_label: str = "pod"
+    analysis_prometheus_namespace_label: str = "namespace"
+    # How long one query may take, the operator's wait and Prometheus' own evaluation.
+    analysis_prometheus_timeout_seconds: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -153,6 +164,27 @@ class OperatorSettings:
                 "FOGLINE_ANALYSIS_PROMETHEUS_URL", env.get("FOGLINE_ANALYSIS_PROMETHEUS_URL")
             ),
             analysis_prometheus_ca_bundle=env.get("FOGLINE_ANALYSIS_PROMETHEUS_CA_BUNDLE") or None,
+            analysis_prometheus_bearer_token_file=env.get(
+                "FOGLINE_ANALYSIS_PROMETHEUS_BEARER_TOKEN_FILE"
+            )
+            or None,
+            analysis_prometheus_pod_label=_label_name(
+                "FOGLINE_ANALYSIS_PROMETHEUS_POD_LABEL",
+                text(
+                    "FOGLINE_ANALYSIS_PROMETHEUS_POD_LABEL", defaults.analysis_prometheus_pod_label
+                ),
+            ),
+            analysis_prometheus_namespace_label=_label_name(
+                "FOGLINE_ANALYSIS_PROMETHEUS_NAMESPACE_LABEL",
+                text(
+                    "FOGLINE_ANALYSIS_PROMETHEUS_NAMESPACE_LABEL",
+                    defaults.analysis_prometheus_namespace_label,
+                ),
+            ),
+            analysis_prometheus_timeout_seconds=_seconds(
+                "FOGLINE_ANALYSIS_PROMETHEUS_TIMEOUT_SECONDS",
+                text("FOGLINE_ANALYSIS_PROMETHEUS_TIMEOUT_SECONDS", "5"),
+            ),
         )
 
 
@@ -189,6 +221,29 @@ def _http_url(name: str, raw: str | None) -> str | None:
             f"{name}: {raw!r} is not an http(s) URL; e.g. https://prometheus.monitoring:9090"
         )
     return raw.rstrip("/")
+
+
+# Prometheus' label name syntax; a label whose name starts with __ is dropped after relabeling.
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def _label_name(name: str, value: str) -> str:
+    if not _LABEL_NAME.fullmatch(value) or value.startswith("__"):
+        raise SettingsError(
+            f"{name}: {value!r} is not a Prometheus target label name (letters, digits and _, "
+            "not starting with a digit or __); e.g. pod, or kubernetes_pod_name"
+        )
+    return value
+
+
+def _seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise SettingsError(f"{name}: expected a number of seconds above 0, not {raw!r}; e.g. 5")
+    return value
 
 
 def _flag(name: str, raw: str | None) -> bool:
