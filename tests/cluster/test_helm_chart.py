@@ -151,6 +151,29 @@ def test_analysis_settings_reach_the_operator_with_the_ca_mounted(cluster: Clust
     )
 
 
+def test_the_prometheus_token_labels_and_timeout_reach_the_operator(cluster: ClusterHandle) -> None:
+    prefix = "settings.analysis.prometheus"
+    args = ["--set", f"{prefix}.url=https://prometheus.monitoring:9090"]
+    args += ["--set", f"{prefix}.bearerToken.secret=prometheus-reader"]
+    args += ["--set", f"{prefix}.podLabel=kubernetes_pod_name"]
+    args += ["--set", f"{prefix}.timeoutSeconds=2.5"]
+    pod = one(documents(template(cluster, *args).stdout), "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    settings = OperatorSettings.from_env(
+        {e["name"]: e["value"] for e in container["env"] if "value" in e}
+    )
+    assert settings.analysis_prometheus_pod_label == "kubernetes_pod_name"
+    assert settings.analysis_prometheus_namespace_label == "namespace"
+    assert settings.analysis_prometheus_timeout_seconds == 2.5
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "prometheus-token")
+    assert settings.analysis_prometheus_bearer_token_file == mount["mountPath"] + "/token"
+    volume = next(v for v in pod["volumes"] if v["name"] == "prometheus-token")
+    assert volume["secret"]["secretName"] == "prometheus-reader"
+    # Without a URL nothing of it is rendered: the Prometheus source is not offered.
+    defaults = one(documents(template(cluster).stdout), "Deployment")
+    assert "PROMETHEUS" not in json.dumps(defaults)
+
+
 BAD_VALUES = [
     (["--set", "replicaCount=4"], "/replicaCount"),
     (["--set", "peering.priority=first"], "/peering/priority"),
@@ -171,6 +194,10 @@ BAD_VALUES = [
     (["--set", "sttings.siteLabel=typo"], "additional properties 'sttings'"),
     (["--set", "settings.requireModelSignature=yes"], "/settings/requireModelSignature"),
     (["--set", "settings.analysis.prometheus.url=ftp://x"], "/settings/analysis/prometheus/url"),
+    (
+        ["--set", "settings.analysis.prometheus.podLabel=pod-name"],
+        "/settings/analysis/prometheus/podLabel",
+    ),
     (
         ["--set-json", 'settings.gpuTolerations=[{"key":"a","operator":"Maybe"}]'],
         "/settings/gpuTolerations/0",
@@ -249,6 +276,10 @@ def test_every_rendering_validates_against_the_real_apiserver(
             "networkPolicy.enabled=true",
             "--set-json",
             'networkPolicy.metricsFrom=[{"namespaceSelector":{"matchLabels":{"team":"obs"}}}]',
+            "--set",
+            "settings.analysis.prometheus.url=https://prometheus.monitoring:9090",
+            "--set",
+            "settings.analysis.prometheus.bearerToken.secret=prometheus-reader",
         ],
     }
     for name, args in variants.items():

@@ -13,8 +13,8 @@ over its window as ``PodWindow`` values. Two sources implement it:
   ``MAX_EXPOSITION_BYTES`` read, and at most one scrape per pod per
   ``min_interval_seconds`` (a reconcile that comes sooner gets the last reading again). An operator restart loses the first readings: the window starts again.
 - a Prometheus query source (``source: Prometheus``) answers the same from the query API
-  the operator's settings name (``analysis_prometheus_url``), with ``since`` the window's
-  opening. It is registered under "Prometheus" in ``OperatorState.analysis_sources``;
+  the operator's settings name (``analysis_prometheus_url``), each pod's ``since`` its
+  first sample in the window (controllers/prometheus.py). It is registered under "Prometheus" in ``OperatorState.analysis_sources``;
   while none is, that source's analyses are inconclusive, saying why.
 
 To plug in a source: implement ``sample`` (the increase of each target's counters since

@@ -85,6 +85,13 @@ class OperatorMetrics:
             ["outcome"],
             registry=r,
         )
+        self.analysis_prometheus_queries = Counter(
+            "fogline_analysis_prometheus_queries",
+            "Queries the rollout analysis made to the Prometheus query API (at most one per "
+            "analysis sample), by outcome (ok, error, timeout).",
+            ["outcome"],
+            registry=r,
+        )
         self.tracked = Gauge(
             "fogline_tracked_objects",
             "Objects the operator keeps per-object memory of.",

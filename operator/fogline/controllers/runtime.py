@@ -18,6 +18,7 @@ import kopf
 from fogline.controllers.analysis import AnalysisRun, MetricsSource, PodScrapeSource
 from fogline.controllers.announcer import Announcer
 from fogline.controllers.metrics import OperatorMetrics, serve_metrics
+from fogline.controllers.prometheus import PrometheusSource
 from fogline.controllers.workqueue import Key, WorkQueue
 from fogline.edge.observe import WorkloadRefusal
 from fogline.kube import KubeClient
@@ -225,6 +226,12 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     state.analysis_sources["Pods"] = PodScrapeSource(
         on_scrape=lambda outcome: metrics.analysis_scrapes.labels(outcome).inc()
     )
+    prometheus = PrometheusSource.from_settings(
+        state.settings,
+        on_request=lambda outcome: metrics.analysis_prometheus_queries.labels(outcome).inc(),
+    )
+    if prometheus is not None:
+        state.analysis_sources["Prometheus"] = prometheus
     metrics.tracked.set_function(state.tracked)
     memo.fogline = state
     if port := os.environ.get("FOGLINE_METRICS_PORT"):
