@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.server
 import json
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -345,3 +347,74 @@ def test_a_prometheus_that_never_answers_times_out_once_per_sample(
         f"Prometheus at http://127.0.0.1:{silent.server_address[1]} gave no answer within 0.5s"
     )
     assert silent.most == 1
+
+
+class Recorder(http.server.ThreadingHTTPServer):
+    """Answers every query with an empty matrix and keeps what was asked: Prometheus itself
+    checks no bearer token, so this is how the test sees the one sent."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _Record)
+        self.seen: list[tuple[str, dict[str, list[str]]]] = []
+
+
+class _Record(http.server.BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        server: Recorder = self.server  # type: ignore[assignment]
+        body = self.rfile.read(int(self.headers["Content-Length"])).decode()
+        server.seen.append((self.headers.get("Authorization", ""), urllib.parse.parse_qs(body)))
+        answer = b'{"status":"success","data":{"resultType":"matrix","result":[]}}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(answer)))
+        self.end_headers()
+        self.wfile.write(answer)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_the_bearer_token_is_read_from_its_file_at_each_query(tmp_path: Path) -> None:
+    recorder = Recorder()
+    thread = threading.Thread(target=recorder.serve_forever, daemon=True)
+    thread.start()
+    token = tmp_path / "token"
+    token.write_text("first-token\n")
+    opened = utcnow()
+    window = AnalysisWindow(
+        KEY, NAMESPACE, opened, 1.0, (PodTarget(WAVE_POD, "site-a", "127.0.0.1", 1),)
+    )
+    source = PrometheusSource(
+        f"http://127.0.0.1:{recorder.server_address[1]}",
+        bearer_token_file=str(token),
+        timeout_seconds=3,
+        min_interval_seconds=0,
+    )
+
+    async def run() -> list[PodWindow]:
+        try:
+            await source.sample(window, opened + timedelta(seconds=2))
+            token.write_text("rotated-token")
+            await source.sample(window, opened + timedelta(seconds=4))
+            token.unlink()
+            return await source.sample(window, opened + timedelta(seconds=6))
+        finally:
+            await source.close()
+
+    try:
+        without_token = asyncio.run(run())
+    finally:
+        recorder.shutdown()
+        recorder.server_close()
+        thread.join(timeout=10)
+    assert [auth for auth, _ in recorder.seen] == ["Bearer first-token", "Bearer rotated-token"]
+    form = recorder.seen[0][1]
+    assert form["query"] == [source.query(window, opened + timedelta(seconds=2))]
+    assert form["time"] == [f"{(opened + timedelta(seconds=2)).timestamp():.3f}"]
+    assert form["timeout"] == ["3"]
+    # No token to send: nothing is sent, and the pod is not read.
+    assert source.requests == 2
+    assert without_token[0].counters is None
+    assert (without_token[0].problem or "").startswith(
+        f"cannot read the Prometheus bearer token file {token}"
+    )

@@ -27,6 +27,12 @@ link_into_repo() {
   ln -sfn "$out" "$repo/.tools/prometheus-bin"
 }
 
+# A Prometheus installed another way, named by the variable the tests read too.
+if [[ -n "${FOGLINE_PROMETHEUS_BIN:-}" && -x "$FOGLINE_PROMETHEUS_BIN/prometheus" ]]; then
+  echo "prometheus: using $FOGLINE_PROMETHEUS_BIN/prometheus (FOGLINE_PROMETHEUS_BIN)"
+  exit 0
+fi
+
 if [[ -x "$out/prometheus" ]]; then
   link_into_repo
   echo "prometheus: cached at $out"
