@@ -12,6 +12,7 @@ import pytest
 from kubernetes import client
 
 from fogline.api.crds import CRD_FILES
+from fogline.devcluster.prometheus import PrometheusServer
 from tests.conftest import ClusterHandle, wait_for
 from tests.operator_process import OperatorProcess
 
@@ -64,10 +65,15 @@ def delete_namespace(core: client.CoreV1Api, name: str, timeout: float = 90) -> 
 
 @pytest.fixture(scope="module")
 def operator(
-    cluster: ClusterHandle, crds: list[str], tmp_path_factory: pytest.TempPathFactory
+    cluster: ClusterHandle,
+    crds: list[str],
+    prometheus: PrometheusServer,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[OperatorProcess]:
     """`fogline run` against the session's cluster, one per test module (restartable)."""
     images = {
+        # The session's Prometheus: what `analysis.source: Prometheus` reads.
+        "FOGLINE_ANALYSIS_PROMETHEUS_URL": prometheus.url,
         "FOGLINE_TRAINER_IMAGE": "registry.example/fogline-trainer:test",
         "FOGLINE_SERVER_IMAGE": "registry.example/fogline-server:test",
         # The node folder the controller tests' trainings publish to, as an administrator

@@ -4,18 +4,24 @@ becomes Ready, disconnected sites, new sites, fromTraining, and clean-up."""
 
 from __future__ import annotations
 
+import json
+import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
 
+from fogline.devcluster.prometheus import PrometheusServer, ScrapeTarget
 from fogline.edge.daemonsets import daemonset_name
 from fogline.edge.networkpolicy import network_policy_name
 from tests.cluster.conftest import EDGE_INGRESS_CIDRS
 from tests.conftest import ClusterHandle, wait_for
 from tests.operator_process import OperatorProcess
+from tests.workloads.test_analysis_prometheus import one_row_only
+from tests.workloads.test_server import ServerProcess, start_server, wait_ready
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -717,3 +723,109 @@ def test_an_analysis_that_reads_no_metrics_waits_then_its_fail_policy_rolls_back
     )
     scrapes, elapsed = analysis_scrapes(operator), time.monotonic() - restarted
     assert 2 <= scrapes <= 2 * (elapsed / 2 + 1), (scrapes, elapsed)
+
+
+def prometheus_queries(operator: OperatorProcess) -> float:
+    """The operator's count of its queries to the Prometheus query API."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(operator.metrics())
+        for sample in family.samples
+        if sample.name == "fogline_analysis_prometheus_queries_total"
+    )
+
+
+@pytest.fixture(scope="module")
+def metric_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerProcess]]:
+    """Two real inference servers on loopback whose model fails requests of two rows: what
+    Prometheus scrapes in the kwok pods' name (kwok runs no process)."""
+    artifact = tmp_path_factory.mktemp("artifact")
+    one_row_only(artifact)
+    logs = tmp_path_factory.mktemp("servers")
+    started = [start_server(artifact, logs / f"server-{i}.log") for i in range(2)]
+    try:
+        for server in started:
+            wait_ready(server)
+        yield started
+    finally:
+        for server in started:
+            assert server.stop() == 0, server.log.read_text()
+
+
+def keep_sending(server: ServerProcess, rows: int, stop: threading.Event) -> None:
+    """Inference requests of `rows` rows until told to stop: at most 3,000, for 120 s."""
+    tensor = {"name": "input", "datatype": "FP32", "shape": [rows, 64], "data": [0.5] * 64 * rows}
+    body = json.dumps({"inputs": [tensor]}).encode()
+    deadline = time.monotonic() + 120
+    for _ in range(3000):
+        if stop.is_set() or time.monotonic() > deadline:
+            return
+        server.request("POST", "/v2/models/digits/infer", body)
+        stop.wait(0.02)
+
+
+def test_the_prometheus_source_rolls_back_a_canary_that_answers_errors(
+    ed: Edges,
+    operator: OperatorProcess,
+    prometheus: PrometheusServer,
+    metric_servers: list[ServerProcess],
+) -> None:
+    """The operator configured with a real Prometheus (FOGLINE_ANALYSIS_PROMETHEUS_URL) that
+    scrapes real servers under the names of the EdgeDeployment's pods: the canary's pods'
+    server answers 500s, the baseline's answers, and the analysis reads the error ratio
+    from Prometheus and rolls the canary back, naming the value and the threshold. One
+    query per sample, at most one per 5 s."""
+    failing, serving = metric_servers
+    ed.create(edge("scraped", maxUnavailable=3, progressDeadlineSeconds=120))
+    ed.wait_phase("scraped", "Available")
+    before, started = prometheus_queries(operator), time.monotonic()
+    analysis = {
+        "source": "Prometheus",
+        "windowSeconds": 5,
+        "minRequests": 10,
+        "maxErrorRatio": 0.1,
+        "maxPods": 2,
+    }
+    ed.patch_spec("scraped", {"model": {"digest": NEWER}, "rollout": {"analysis": analysis}})
+
+    def canary_pods() -> list[Any]:
+        pods = ed.pods("scraped")
+        new = [p for p in pods if p.metadata.annotations.get("fogline.io/model-digest") == NEWER]
+        return len(new) == 2 and pods
+
+    pods = wait_for(canary_pods, timeout=60, what="the canary's two pods")
+
+    def server_of(pod: Any) -> ServerProcess:
+        canary = pod.metadata.annotations["fogline.io/model-digest"] == NEWER
+        return failing if canary else serving
+
+    prometheus.set_targets(
+        [
+            ScrapeTarget(server_of(p).address, {"pod": p.metadata.name, "namespace": ed.namespace})
+            for p in pods
+        ]
+    )
+    stop = threading.Event()
+    senders = [
+        threading.Thread(target=keep_sending, args=(failing, 2, stop), daemon=True),
+        threading.Thread(target=keep_sending, args=(serving, 1, stop), daemon=True),
+    ]
+    for sender in senders:
+        sender.start()
+    try:
+        status = ed.wait_phase("scraped", "RolledBack", timeout=90)
+    finally:
+        stop.set()
+        for sender in senders:
+            sender.join(timeout=30)
+    assert status["failedSite"] == "site-01"
+    assert "errorRatio 1 > 0.1" in status["message"], status["message"]
+    shown = status["analysis"]
+    failure = shown["failure"]
+    assert (failure["site"], failure["metric"]) == ("site-01", "errorRatio")
+    assert (failure["value"], failure["threshold"]) == (1, 0.1)
+    assert (shown["phase"], shown["pods"], shown["baselinePods"]) == ("Failed", 2, 2)
+    assert shown["requests"] >= 10
+    assert shown["waves"][0]["phase"] == "Failed"
+    queries, elapsed = prometheus_queries(operator) - before, time.monotonic() - started
+    assert 1 <= queries <= elapsed / 5 + 1, (queries, elapsed)

@@ -8,6 +8,7 @@ Prometheus at all."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import http.server
 import json
@@ -207,6 +208,10 @@ def test_prometheus_reads_the_counts_error_ratio_and_p99_the_servers_counted(
     p99 = {r.metric: r for r in from_prometheus.results}["p99LatencyMs"]
     assert p99.value is not None and 0 < p99.value < 5000
     assert p99.baseline is not None and p99.baseline > 0
+    # The baseline's server, judged as a wave of its own, answered every request: a pass.
+    alone = [dataclasses.replace(base_window, baseline=False)]
+    passed = judge(dataclasses.replace(POLICY, min_requests=BASELINE), alone, opened, now)
+    assert passed.phase == "Passed", passed.message
 
 
 def test_pods_that_prometheus_never_scraped_are_not_read_and_not_passed(
