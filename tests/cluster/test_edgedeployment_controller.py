@@ -4,7 +4,6 @@ becomes Ready, disconnected sites, new sites, fromTraining, and clean-up."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -20,8 +19,8 @@ from fogline.edge.networkpolicy import network_policy_name
 from tests.cluster.conftest import EDGE_INGRESS_CIDRS
 from tests.conftest import ClusterHandle, wait_for
 from tests.operator_process import OperatorProcess
-from tests.workloads.test_analysis_prometheus import one_row_only
-from tests.workloads.test_server import ServerProcess, start_server, wait_ready
+from tests.workloads.test_analysis_prometheus import one_row_servers, rows_body
+from tests.workloads.test_server import ServerProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -655,13 +654,14 @@ def test_a_pod_the_quota_refuses_after_the_rollout_degrades_its_site_with_the_qu
     assert rows[0]["state"] == "Failed" and "exceeded quota" in status["message"]
 
 
-def analysis_scrapes(operator: OperatorProcess) -> float:
-    """The operator's count of the requests its rollout analysis made to edge servers."""
+def analysis_scrapes(operator: OperatorProcess, name: str = "scrapes") -> float:
+    """The operator's count of the requests its rollout analysis made: to edge servers
+    (`scrapes`), or to the Prometheus query API (`prometheus_queries`)."""
     return sum(
         sample.value
         for family in text_string_to_metric_families(operator.metrics())
         for sample in family.samples
-        if sample.name == "fogline_analysis_scrapes_total"
+        if sample.name == f"fogline_analysis_{name}_total"
     )
 
 
@@ -725,37 +725,17 @@ def test_an_analysis_that_reads_no_metrics_waits_then_its_fail_policy_rolls_back
     assert 2 <= scrapes <= 2 * (elapsed / 2 + 1), (scrapes, elapsed)
 
 
-def prometheus_queries(operator: OperatorProcess) -> float:
-    """The operator's count of its queries to the Prometheus query API."""
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(operator.metrics())
-        for sample in family.samples
-        if sample.name == "fogline_analysis_prometheus_queries_total"
-    )
-
-
 @pytest.fixture(scope="module")
 def metric_servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerProcess]]:
     """Two real inference servers on loopback whose model fails requests of two rows: what
     Prometheus scrapes in the kwok pods' name (kwok runs no process)."""
-    artifact = tmp_path_factory.mktemp("artifact")
-    one_row_only(artifact)
-    logs = tmp_path_factory.mktemp("servers")
-    started = [start_server(artifact, logs / f"server-{i}.log") for i in range(2)]
-    try:
-        for server in started:
-            wait_ready(server)
+    with one_row_servers(tmp_path_factory) as started:
         yield started
-    finally:
-        for server in started:
-            assert server.stop() == 0, server.log.read_text()
 
 
 def keep_sending(server: ServerProcess, rows: int, stop: threading.Event) -> None:
     """Inference requests of `rows` rows until told to stop: at most 3,000, for 120 s."""
-    tensor = {"name": "input", "datatype": "FP32", "shape": [rows, 64], "data": [0.5] * 64 * rows}
-    body = json.dumps({"inputs": [tensor]}).encode()
+    body = rows_body(rows)
     deadline = time.monotonic() + 120
     for _ in range(3000):
         if stop.is_set() or time.monotonic() > deadline:
@@ -778,7 +758,7 @@ def test_the_prometheus_source_rolls_back_a_canary_that_answers_errors(
     failing, serving = metric_servers
     ed.create(edge("scraped", maxUnavailable=3, progressDeadlineSeconds=120))
     ed.wait_phase("scraped", "Available")
-    before, started = prometheus_queries(operator), time.monotonic()
+    before, started = analysis_scrapes(operator, "prometheus_queries"), time.monotonic()
     analysis = {
         "source": "Prometheus",
         "windowSeconds": 5,
@@ -827,5 +807,8 @@ def test_the_prometheus_source_rolls_back_a_canary_that_answers_errors(
     assert (shown["phase"], shown["pods"], shown["baselinePods"]) == ("Failed", 2, 2)
     assert shown["requests"] >= 10
     assert shown["waves"][0]["phase"] == "Failed"
-    queries, elapsed = prometheus_queries(operator) - before, time.monotonic() - started
+    queries, elapsed = (
+        analysis_scrapes(operator, "prometheus_queries") - before,
+        time.monotonic() - started,
+    )
     assert 1 <= queries <= elapsed / 5 + 1, (queries, elapsed)

@@ -8,6 +8,7 @@ Prometheus at all."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import http.server
@@ -45,7 +46,6 @@ KEY = (NAMESPACE, "digits-edge", 1, "sha256:" + "b" * 64)
 # (onnxruntime runs, and their rows; scrapes of /metrics move neither).
 CUSTOM = ("fogline_inference_batch_rows_count", "fogline_inference_duration_seconds_count")
 GOOD, FAILING, REFUSED, BASELINE = 30, 6, 4, 12
-TWO_ROWS = {"name": "input", "datatype": "FP32", "shape": [2, 64], "data": [0.5] * 128}
 
 
 def one_row_only(folder: Path) -> None:
@@ -69,12 +69,15 @@ def one_row_only(folder: Path) -> None:
     assert manifest_digest(manifest).startswith("sha256:")
 
 
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerProcess]]:
+@contextlib.contextmanager
+def one_row_servers(
+    tmp_path_factory: pytest.TempPathFactory, count: int = 2
+) -> Iterator[list[ServerProcess]]:
+    """`count` real servers on loopback of the model `one_row_only` makes, stopped after."""
     artifact = tmp_path_factory.mktemp("artifact")
     one_row_only(artifact)
     logs = tmp_path_factory.mktemp("servers")
-    started = [start_server(artifact, logs / f"server-{i}.log") for i in range(2)]
+    started = [start_server(artifact, logs / f"server-{i}.log") for i in range(count)]
     try:
         for server in started:
             wait_ready(server)
@@ -82,6 +85,18 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerPro
     finally:
         for server in started:
             assert server.stop() == 0, server.log.read_text()
+
+
+def rows_body(rows: int) -> bytes:
+    """A JSON inference request of `rows` rows (more than one fails on that model)."""
+    tensor = {"name": "input", "datatype": "FP32", "shape": [rows, 64], "data": [0.5] * 64 * rows}
+    return json.dumps({"inputs": [tensor]}).encode()
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerProcess]]:
+    with one_row_servers(tmp_path_factory) as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +141,7 @@ def send_traffic(wave: ServerProcess, base: ServerProcess) -> None:
         status, answer = wave.request(
             "POST",
             "/v2/models/digits/infer",
-            json.dumps({"inputs": [TWO_ROWS]}).encode(),
+            rows_body(2),
             {"Content-Type": "application/json"},
         )
         assert status == 500, answer
