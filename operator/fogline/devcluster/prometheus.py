@@ -1,6 +1,7 @@
-"""A real Prometheus on loopback for the rollout analysis tests and the dev cluster: the binary
-`make tools` installs (tools/prometheus/build.sh), its own data folder, a short scrape
-interval, and the targets to scrape in a file_sd file that can be rewritten while it runs.
+"""A real Prometheus on loopback for the rollout analysis tests: the binary `make tools`
+installs (tools/prometheus/build.sh), its own data folder, a short scrape interval, and the
+targets to scrape in a file_sd file that can be rewritten while it runs, each with the
+labels kubernetes_sd relabeling would give a pod (Debian's build has no kubernetes_sd).
 Development only: plain HTTP on 127.0.0.1, no authentication."""
 
 from __future__ import annotations
