@@ -80,7 +80,7 @@ if [[ "$got" != "$want" ]]; then
 fi
 dpkg-deb -x "$deb" "$work/root"
 mkdir -p "$out.partial"
-cp "$work/root/usr/bin/prometheus" "$work/root/usr/bin/promtool" "$out.partial/"
+cp "$work/root/usr/bin/prometheus" "$out.partial/"
 "$out.partial/prometheus" --version >/dev/null
 rm -rf "$out"
 mv "$out.partial" "$out"
