@@ -31,7 +31,7 @@ def bucket(le: str, value: float) -> tuple[str, dict[str, str], float]:
     return ("fogline_http_request_duration_seconds_bucket", {"endpoint": INFER, "le": le}, value)
 
 
-def test_the_query_selects_the_pods_by_their_labels_over_the_whole_window() -> None:
+def test_the_query_selects_the_pods_by_their_labels_over_the_window_since_its_opening() -> None:
     window = AnalysisWindow(
         ("shop", "digits", 0, "sha256:" + "a" * 64),
         "shop",
@@ -49,7 +49,7 @@ def test_the_query_selects_the_pods_by_their_labels_over_the_whole_window() -> N
     assert source.query(window, T0 + timedelta(seconds=31, microseconds=500)) == (
         '{__name__=~"fogline_http_requests_total|fogline_http_request_duration_seconds_bucket|'
         'my_rejected_total", kubernetes_namespace="shop", '
-        'kubernetes_pod_name=~"digits\\\\-edge\\\\-s2\\\\-y|digits\\\\-edge\\\\.s1\\\\-x"}[31001ms]'
+        'kubernetes_pod_name=~"digits\\\\-edge\\\\-s2\\\\-y|digits\\\\-edge\\\\.s1\\\\-x"}[31000ms]'
     )
 
 

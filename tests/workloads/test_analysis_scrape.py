@@ -20,7 +20,7 @@ from fogline.api.edgedeployment import AnalysisSpec
 from fogline.controllers.analysis import AnalysisWindow, PodScrapeSource
 from fogline.rollout.analysis import PodTarget, PodWindow, judge
 from tests.workloads.served_artifacts import MlpShape, write_artifact
-from tests.workloads.test_server import MODEL, ServerProcess, infer, start_server, wait_ready
+from tests.workloads.test_server import MODEL, ServerProcess, infer, running_servers
 
 pytestmark = pytest.mark.workloads
 
@@ -32,15 +32,8 @@ KEY = ("ns", "shop", 0, "sha256:" + "a" * 64)
 def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ServerProcess]]:
     artifact = tmp_path_factory.mktemp("artifact")
     write_artifact(artifact, MlpShape(features=64, hidden=32, classes=10), name=MODEL)
-    logs = tmp_path_factory.mktemp("servers")
-    started = [start_server(artifact, logs / f"server-{i}.log") for i in range(2)]
-    try:
-        for server in started:
-            wait_ready(server)
+    with running_servers(artifact, tmp_path_factory.mktemp("servers"), 2) as started:
         yield started
-    finally:
-        for server in started:
-            assert server.stop() == 0, server.log.read_text()
 
 
 class _Hold(socketserver.BaseRequestHandler):

@@ -3,6 +3,7 @@ client written elsewhere) and by raw HTTP for the requests a good client never s
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -116,6 +117,20 @@ def wait_ready(server: ServerProcess, timeout: float = 30) -> None:
         assert server.process.poll() is None, server.log.read_text()
         time.sleep(0.05)
     pytest.fail(f"server not ready within {timeout} s: {server.log.read_text()}")
+
+
+@contextlib.contextmanager
+def running_servers(artifact: Path, logs: Path, count: int) -> Iterator[list[ServerProcess]]:
+    """`count` servers of `artifact` on free loopback ports, Ready; stopped (and their exit
+    status checked) on the way out."""
+    started = [start_server(artifact, logs / f"server-{i}.log") for i in range(count)]
+    try:
+        for server in started:
+            wait_ready(server)
+        yield started
+    finally:
+        for server in started:
+            assert server.stop() == 0, server.log.read_text()
 
 
 def direct_session(model_dir: Path) -> ort.InferenceSession:

@@ -171,8 +171,9 @@ class PrometheusSource:
                 f"{self.pod_label}=~{_string(_alternatives(pods))}",
             )
         )
-        # The range reaches back to the opening exactly (whole milliseconds, at least one).
-        reach = max(1, math.ceil((now - window.opened_at).total_seconds() * 1000))
+        # The range reaches back to the opening, never before it (whole milliseconds, at
+        # least one): a sample from before the analysis opened never starts a window.
+        reach = max(1, math.floor((now - window.opened_at).total_seconds() * 1000))
         return f"{{{matchers}}}[{reach}ms]"
 
     def _query(self, query: str, now: datetime) -> tuple[list[Any] | None, str]:
