@@ -26,10 +26,11 @@ import onnx
 import pytest
 from onnx import helper, numpy_helper
 
+from fogline.api.edgedeployment import AnalysisSpec
 from fogline.controllers.analysis import AnalysisWindow, PodScrapeSource
 from fogline.controllers.prometheus import QUERIES_PER_SAMPLE, PrometheusSource
 from fogline.devcluster.prometheus import PrometheusServer, ScrapeTarget
-from fogline.rollout.analysis import AnalysisPolicy, PodTarget, PodWindow, judge
+from fogline.rollout.analysis import PodTarget, PodWindow, judge
 from fogline.workloads.manifest import manifest_digest
 from tests.workloads.served_artifacts import MlpShape, write_artifact
 from tests.workloads.test_analysis_scrape import Silent, silent  # noqa: F401  (a fixture)
@@ -156,7 +157,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-POLICY = AnalysisPolicy(
+POLICY = AnalysisSpec(
     window_seconds=1,
     min_requests=20,
     max_error_ratio=0.05,
@@ -248,7 +249,7 @@ def test_pods_that_prometheus_never_scraped_are_not_read_and_not_passed(
     assert 'pod="digits-edge-site-c-gone"' in gone.problem and "no sample" in gone.problem
     assert all(w.counters is not None for w in read[:2])
     assert all(w.counters is None for w in elsewhere)
-    policy = AnalysisPolicy(window_seconds=1, min_requests=0, max_error_ratio=0.5)
+    policy = AnalysisSpec(window_seconds=1, min_requests=0, max_error_ratio=0.5)
     later = utcnow() + timedelta(seconds=5)  # the window has closed
     assert judge(policy, read, opened, later).phase == "Inconclusive"
     assert judge(policy, elsewhere, opened, later).phase == "Inconclusive"
@@ -321,7 +322,7 @@ def test_prometheus_down_refusing_the_query_or_not_prometheus_is_inconclusive(
     assert all("bad_data" in p for p in problems["refused"])
     assert all("HTTP 404" in p for p in problems["not prometheus"])
     assert all(f"cannot reach Prometheus at {own.url}" in p for p in problems["down"])
-    policy = AnalysisPolicy(window_seconds=1, min_requests=0, max_error_ratio=0.5)
+    policy = AnalysisSpec(window_seconds=1, min_requests=0, max_error_ratio=0.5)
     later = utcnow() + timedelta(seconds=5)  # the window has closed
     for case, windows in answers.items():
         assert all(w.counters is None for w in windows), case
