@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import http.server
 import json
 import threading
@@ -30,9 +29,9 @@ from fogline.api.edgedeployment import AnalysisSpec
 from fogline.controllers.analysis import AnalysisWindow, PodScrapeSource
 from fogline.controllers.prometheus import QUERIES_PER_SAMPLE, PrometheusSource
 from fogline.devcluster.prometheus import PrometheusServer, ScrapeTarget
+from fogline.devcluster.rollout_models import write_onnx_artifact
 from fogline.rollout.analysis import PodTarget, PodWindow, judge
-from fogline.workloads.manifest import manifest_digest
-from tests.workloads.served_artifacts import MlpShape, write_artifact
+from tests.workloads.served_artifacts import MlpShape, mlp_onnx, mlp_weights
 from tests.workloads.test_analysis_scrape import Silent, silent  # noqa: F401  (a fixture)
 from tests.workloads.test_server import ServerProcess, infer, running_servers
 
@@ -50,24 +49,16 @@ GOOD, FAILING, REFUSED, BASELINE = 30, 6, 4, 12
 
 
 def one_row_only(folder: Path) -> None:
-    """Make the artifact's model answer one row and fail in onnxruntime on more (its logits
-    are reshaped to [1, 10]): requests of two rows get a 500 from a server that is Ready."""
-    write_artifact(folder, MlpShape(features=64, hidden=32, classes=10))
-    model = onnx.load(folder / "model.onnx")
+    """An artifact whose model answers one row and fails in onnxruntime on more (the test
+    MLP's logits reshaped to [1, 10]): requests of two rows get a 500 from a server that is
+    Ready."""
+    model = mlp_onnx(mlp_weights(MlpShape(features=64, hidden=32, classes=10)))
     graph = model.graph
     graph.node[-1].output[0] = "any_rows"
     graph.initializer.append(numpy_helper.from_array(np.array([1, 10], np.int64), "one_row"))
     graph.node.append(helper.make_node("Reshape", ["any_rows", "one_row"], ["logits"]))
     onnx.checker.check_model(model)
-    data = model.SerializeToString()
-    (folder / "model.onnx").write_bytes(data)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    manifest["files"]["model.onnx"] = {
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "sizeBytes": len(data),
-    }
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    assert manifest_digest(manifest).startswith("sha256:")
+    write_onnx_artifact(folder, model)
 
 
 @contextlib.contextmanager
