@@ -25,8 +25,10 @@ MAY_IMPORT: dict[str, set[str]] = {
     "edge": {"api", "settings", "rollout"},
     "controllers": {"api", "settings", "rollout", "training", "edge", "kube"},
     "workloads": {"api.digests", "cli"},
-    "devcluster": set(),
-    "demo": {"devcluster"},
+    # The dev cluster and the demo write and publish artifacts as the trainer does (its
+    # manifest and its publish step: one home for the artifact format), never the reverse.
+    "devcluster": {"workloads"},
+    "demo": {"devcluster", "workloads"},
     "kube": {"api"},
     "settings": set(),
     "status": {"api", "cli"},
