@@ -41,28 +41,48 @@ class _Hold(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         server: Silent = self.server  # type: ignore[assignment]
-        with server.lock:
-            server.open += 1
-            server.most = max(server.most, server.open)
+        server.opened(self.request)
         try:
             while self.request.recv(4096):
                 pass
         except OSError:
             pass
         finally:
-            with server.lock:
-                server.open -= 1
+            server.closed(self.request)
+
+
+def _peer_has_closed(connection: socket.socket) -> bool:
+    try:
+        return connection.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
 
 
 class Silent(socketserver.ThreadingTCPServer):
+    """Counts the most connections its clients held open at once. A connection the client
+    has closed counts no more from its FIN on, though the handler thread that reads the end
+    may run later than the client's next connection arrives."""
+
     daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self) -> None:
         super().__init__(("127.0.0.1", 0), _Hold)
         self.lock = threading.Lock()
-        self.open = 0
+        self.connections: set[socket.socket] = set()
         self.most = 0
+
+    def opened(self, connection: socket.socket) -> None:
+        with self.lock:
+            self.connections = {c for c in self.connections if not _peer_has_closed(c)}
+            self.connections.add(connection)
+            self.most = max(self.most, len(self.connections))
+
+    def closed(self, connection: socket.socket) -> None:
+        with self.lock:
+            self.connections.discard(connection)
 
 
 @pytest.fixture
