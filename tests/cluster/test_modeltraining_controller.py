@@ -8,13 +8,16 @@ import json
 import subprocess
 import sys
 import uuid
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bench.fleet import audit_now, settle_audit_log
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from fogline.kube import USER_AGENT
 from tests.conftest import ClusterHandle, wait_for
 from tests.operator_process import OperatorProcess
 from tests.workloads.conftest import trainer_environment
@@ -629,3 +632,49 @@ def test_a_deleted_trainer_identity_is_applied_again_without_a_restart(mt: Train
     wait_for(identity, timeout=20, what="the trainer identity applied again")
     mt.create(training("second"))
     mt.running_pod("second")  # its pods run as the trainer ServiceAccount
+
+
+def operator_requests(audit_log: Path, namespace: str, since: str) -> Counter[tuple[str, str]]:
+    """What the operator (its client and kopf's) asked of the API server about `namespace`
+    since `since`, by verb and resource."""
+    settle_audit_log(audit_log)
+    asked: Counter[tuple[str, str]] = Counter()
+    for line in audit_log.read_text().splitlines():
+        event = json.loads(line)
+        ref = event.get("objectRef") or {}
+        if ref.get("namespace") != namespace or event["requestReceivedTimestamp"] < since:
+            continue
+        if not event.get("userAgent", "").startswith((USER_AGENT, "kopf/")):
+            continue
+        resource = ref["resource"] + (f"/{ref['subresource']}" if ref.get("subresource") else "")
+        asked[(event["verb"], resource)] += 1
+    return asked
+
+
+def test_a_training_costs_one_job_write_and_a_status_patch_and_an_event_per_transition(
+    mt: Trainings, operator: OperatorProcess
+) -> None:
+    """To Running: the trainer identity of a new namespace (three applies), the Job, and for
+    each of the two transitions (created, running) one status patch and one Event. The
+    Job's and the pod's own watch events find the status written and say nothing again."""
+    since = audit_now()
+    mt.create(training("frugal"))
+    mt.running_pod("frugal")
+    wait_for(lambda: ("Normal", "Training") in mt.events("frugal"), what="the Training Event")
+    wait_for(lambda: 'fogline_workqueue_depth{kind="ModelTraining"} 0.0' in operator.metrics())
+    events = [
+        (e.reason, e.message)
+        for e in mt.core.list_namespaced_event(mt.namespace).items
+        if e.involved_object.kind == "ModelTraining"
+    ]
+    assert sorted(r for r, _ in events) == ["JobCreated", "Training"], events
+    created = next(m for r, m in events if r == "JobCreated")
+    assert created.endswith("; waiting for the training pods to start")
+    assert operator_requests(mt.cluster.devcluster.audit_log, mt.namespace, since) == {
+        ("patch", "serviceaccounts"): 1,
+        ("patch", "roles"): 1,
+        ("patch", "rolebindings"): 1,
+        ("patch", "jobs"): 1,
+        ("patch", "modeltrainings/status"): 2,
+        ("create", "events"): 2,
+    }

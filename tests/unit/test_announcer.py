@@ -70,3 +70,29 @@ def test_forget_drops_the_memory_of_a_deleted_object() -> None:
     assert events.tracked() == 1
     events.forget(KEY)
     assert events.tracked() == 0
+
+
+def test_an_event_that_covers_another_says_it_too() -> None:
+    clock = Clock()
+    posted: list[tuple[str, str]] = []
+    events = announcer(clock, posted)
+    starting = ("PodsStarting", "waiting for the training pods to start")
+    events.announce(KEY, {}, "Normal", "JobCreated", "created Job a; waiting", covers=starting)
+    assert not events.announce(KEY, {}, "Normal", *starting)
+    # The next transition is news, and so is going back to the covered state after it.
+    assert events.announce(KEY, {}, "Normal", "Training", "the trainer is running")
+    assert events.announce(KEY, {}, "Normal", *starting)
+    assert [reason for reason, _ in posted] == ["JobCreated", "Training", "PodsStarting"]
+
+
+def test_once_per_reason_says_a_reason_once_whatever_its_messages() -> None:
+    clock = Clock()
+    posted: list[tuple[str, str]] = []
+    events = announcer(clock, posted)
+    pod = ("Pod", "ns", "trainer-0")
+    for rubbish in ("loss is NaN", "epoch is 1e308", "loss is NaN"):
+        events.announce(pod, {}, "Warning", "PodReportIgnored", rubbish, once_per_reason=True)
+    assert posted == [("PodReportIgnored", "loss is NaN")]
+    clock.now += 61
+    events.announce(pod, {}, "Warning", "PodReportIgnored", "epoch is 1e308", once_per_reason=True)
+    assert posted[-1] == ("PodReportIgnored", "epoch is 1e308")

@@ -48,13 +48,35 @@ class Announcer:
         self._last[key] = what
         return True
 
-    def announce(self, key: Key, body: kopf.Body, type: str, reason: str, message: str) -> bool:
-        """Post the Event unless it would repeat itself; True when it was posted."""
+    def announce(
+        self,
+        key: Key,
+        body: kopf.Body,
+        type: str,
+        reason: str,
+        message: str,
+        covers: tuple[str, str] | None = None,
+        once_per_reason: bool = False,
+    ) -> bool:
+        """Post the Event unless it would repeat itself; True when it was posted. `covers`
+        is another (reason, message) that this Event's message says too: it counts as said
+        and is not posted after this one. With `once_per_reason`, the reason said about
+        `key` within the window is not said again whatever the message (a pod that keeps
+        writing new rubbish gets one Warning)."""
+        if once_per_reason and self._said_within_window(key, reason):
+            return False
         if not self.should_post(key, reason, message):
             return False
         self.metrics.events.labels(type, reason).inc()
         self._post(body, type=type, reason=reason, message=message)
+        if covers is not None:
+            self.should_post(key, *covers)
         return True
+
+    def _said_within_window(self, key: Key, reason: str) -> bool:
+        now = self._clock()
+        said = self._said.get(key, {})
+        return any(r == reason and now - at < self.window for (r, _), at in said.items())
 
     def forget(self, key: Key) -> None:
         self._last.pop(key, None)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -21,10 +20,8 @@ from fogline.api.crds import GROUP, VERSION
 from fogline.api.edgedeployment import AnalysisSpec, EdgeDeployment, validate_edgedeployment
 from fogline.api.errors import SpecError
 from fogline.api.labels import MAINTENANCE_LABEL, UPDATE_LOCK_ANNOTATION
-from fogline.api.status import status_patch
 from fogline.controllers.analysis import AnalysisRun, AnalysisWindow, sample_interval, unread
 from fogline.controllers.runtime import OperatorState, spec_may_have_changed, state_of, utcnow
-from fogline.controllers.workqueue import Key
 from fogline.edge.admission import admission_problems
 from fogline.edge.daemonsets import (
     COMPONENT_LABEL,
@@ -137,26 +134,10 @@ CORRUPT_HELP = (
 )
 
 
-def _with_written_status(state: OperatorState, body: kopf.Body) -> Mapping[str, Any]:
-    """The body, with the status our last patch left while the watch has not brought that
-    patch yet: the body is then one we planned from or one an earlier patch of ours left
-    (a watch delivers our own patches late on a busy API server), and the next reconcile
-    would otherwise write the same change again and plan from old memory. A body of any
-    other version (ours caught up, or someone else wrote) is taken as it is."""
-    key = (KIND, body["metadata"]["namespace"], body["metadata"]["name"])
-    written = state.edge.status_written.get(key)
-    if written is None:
-        return body
-    stale, _, status = written
-    if body["metadata"].get("resourceVersion") not in stale:
-        del state.edge.status_written[key]
-        return body
-    return {**body, "status": status}
-
-
 async def _reconcile(state: OperatorState, kopf_body: kopf.Body) -> float | None:
     now = utcnow()
-    body = _with_written_status(state, kopf_body)
+    meta = kopf_body["metadata"]
+    body = state.status.view((KIND, meta["namespace"], meta["name"]), kopf_body)
     try:
         edge = EdgeDeployment.from_body(body)
         errors = validate_edgedeployment(edge.spec)
@@ -243,9 +224,8 @@ async def _reconcile(state: OperatorState, kopf_body: kopf.Body) -> float | None
     status = build_status(edge, plan, model.uri, history, written)
     previous = (body.get("status") or {}).get("analysis")
     status["analysis"] = analysis_status(previous, ended, analysing, written)
-    current = dict(body.get("status") or {})
-    flush_in = await _write_status(
-        state, object_key, current, status, body["metadata"].get("resourceVersion")
+    flush_in = await state.status.write(
+        state.kube, object_key, body, status, may_wait=progress_only
     )
     for event in plan.events:
         state.announce(object_key, kopf_body, event.type, event.reason, event.message)
@@ -332,46 +312,6 @@ async def _follow_analysis(
         left = policy.window_seconds - (now - verdict.started_at).total_seconds()
         interval = min(interval, max(0.5, left))
     return ended, run.given(), interval
-
-
-# How long a status change that is only progress (counts, per-site rows) may wait for the
-# next ones: pods move one by one, and a patch per transition would be most of the
-# operator's writes; on a busy API server a reconcile takes seconds, so a shorter wait
-# would still write after nearly every one. A transition a user or the planner acts on
-# (phase, wave, conditions, memory) is written at once.
-STATUS_COALESCE_SECONDS = 5.0
-
-
-async def _write_status(
-    state: OperatorState,
-    key: Key,
-    current: Mapping[str, Any],
-    desired: Mapping[str, Any],
-    resource_version: str | None,
-) -> float | None:
-    """Patch what changed in status, at once or, when it is only progress, once it has
-    waited STATUS_COALESCE_SECONDS; remember what the patch leaves, for the reconciles that
-    run before the watch brings it. Returns the seconds until the held change is due."""
-    patch = status_patch(current, desired)
-    if not patch:
-        state.edge.progress_since.pop(key, None)
-        return None
-    if progress_only(patch):
-        clock = time.monotonic()
-        since = state.edge.progress_since.setdefault(key, clock)
-        if clock - since < STATUS_COALESCE_SECONDS:
-            return since + STATUS_COALESCE_SECONDS - clock
-    version = await state.kube.patch_status(KIND, key[1], key[2], patch)
-    state.edge.progress_since.pop(key, None)
-    after = {k: v for k, v in current.items() if patch.get(k, v) is not None}
-    after.update({k: desired[k] for k, v in patch.items() if v is not None})
-    # Versions that predate this patch: the body planned from, and what earlier patches of
-    # ours left (still on their way through the watch). Only this patch's own version, or a
-    # later one, shows it.
-    earlier = state.edge.status_written.get(key)
-    stale = {resource_version, *(earlier[0] | {earlier[1]} if earlier else ())} - {version}
-    state.edge.status_written[key] = (frozenset(v for v in stale if v), version, after)
-    return None
 
 
 def _refusals(

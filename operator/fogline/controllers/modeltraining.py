@@ -7,14 +7,13 @@ finalizer on every CR, and a CR must stay deletable while the operator is down."
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
 from fogline.api.crds import GROUP, VERSION
 from fogline.api.errors import SpecError
 from fogline.api.modeltraining import ModelTraining, validate_modeltraining
-from fogline.api.status import status_patch
 from fogline.controllers.runtime import OperatorState, spec_may_have_changed, state_of, utcnow
 from fogline.training.jobs import (
     COMPONENT_LABEL,
@@ -27,7 +26,7 @@ from fogline.training.jobs import (
     plan_run,
     teacher_of,
 )
-from fogline.training.observe import TERMINAL_PHASES, observe_training, regate
+from fogline.training.observe import TERMINAL_PHASES, observe_training, progress_only, regate
 
 TRAINER_SELECTOR = {**MANAGED_BY, COMPONENT_LABEL: "trainer"}
 
@@ -80,8 +79,11 @@ async def reconcile_training(state: OperatorState, namespace: str, name: str) ->
     body = owners[0]
     if body["metadata"].get("deletionTimestamp"):
         return None
-    await _reconcile(body, state, state.indexes["training_jobs"], state.indexes["training_pods"])
-    return None
+    # The index's body, with the status our last patch left while the body predates it.
+    body = kopf.Body(cast(kopf.RawBody, dict(state.status.view(key, body))))
+    return await _reconcile(
+        body, state, state.indexes["training_jobs"], state.indexes["training_pods"]
+    )
 
 
 async def _reconcile(
@@ -89,7 +91,8 @@ async def _reconcile(
     state: OperatorState,
     jobs: kopf.Index[Any, Any],
     pods: kopf.Index[Any, Any],
-) -> None:
+) -> float | None:
+    """Returns the seconds until a held status change is due."""
     try:
         training = ModelTraining.from_body(body)
         errors = validate_modeltraining(training.spec)
@@ -97,7 +100,7 @@ async def _reconcile(
         errors = [err]
     if errors:
         await _report_invalid(body, state, errors)
-        return
+        return None
     run = plan_run(training)
     key = (training.namespace, training.name)
     object_key = (KIND, training.namespace, training.name)
@@ -113,20 +116,22 @@ async def _reconcile(
             )
 
     finished = training.status.job_name == run.job_name and training.status.phase in TERMINAL_PHASES
+    created: str | None = None  # the new run's Event, when this reconcile starts one
     if job is None and not finished:
         teacher = _teacher(training, state.indexes["trainings_by_name"])
         if training.spec.distillation is not None and teacher is None:
             await _wait_for_teacher(body, training, state)
-            return  # the teacher's status change brings us back
-        await _create_run(body, training, state, teacher)
-        return  # the Job's own event brings us back with it in the index
-    if job is not None:
+            return None  # the teacher's status change brings us back
+        # The new Job as the API server stored it is observed like any other, so the status
+        # written now is the one its own watch event would compute: that event writes and
+        # says nothing again.
+        job, created = await _create_run(body, training, state, teacher)
+    elif job is not None:
         if training.status.phase not in TERMINAL_PHASES:
             # A run under way needs its trainer identity: pods it creates from now on (a
             # retry, another worker) run as it. A no-op unless it was deleted.
             await _ensure_trainer_rbac(state, training.namespace)
         await _sync_suspend(training, job, state)
-    current = dict(body.get("status") or {})
     if job is None:
         # Finished and cleaned up by ttlSecondsAfterFinished: the run's status stands,
         # but the gate is the spec's, now: a raised threshold withdraws the artifact.
@@ -141,12 +146,27 @@ async def _reconcile(
         observation = observe_training(training, run, job, run_pods, now)
         desired, withdrawn = regate(training, observation.status, now)
         removable, events = RUN_KEYS, (*observation.events, *withdrawn)
-    if patch := status_patch(current, desired, removable):
-        await state.kube.patch_status(KIND, training.namespace, training.name, patch)
+    held = await state.status.write(
+        state.kube, object_key, body, desired, removable, may_wait=progress_only
+    )
+    if created is not None:
+        # One Event for the new run: it names the Job and says the run's first state.
+        verdict = events[0]
+        state.announce(
+            object_key,
+            body,
+            "Normal",
+            "JobCreated",
+            f"{created}; {verdict.message}",
+            covers=(verdict.reason, verdict.message),
+        )
     for event in events:
         # A pod's ignored report is said once per pod, apart from the training's own news.
         about = ("Pod", training.namespace, event.pod) if event.pod else object_key
-        state.announce(about, body, event.type, event.reason, event.message)
+        state.announce(
+            about, body, event.type, event.reason, event.message, once_per_reason=bool(event.pod)
+        )
+    return held
 
 
 def _teacher(training: ModelTraining, trainings: kopf.Index[Any, Any]) -> TeacherArtifact | None:
@@ -191,8 +211,9 @@ async def _wait_for_teacher(body: kopf.Body, training: ModelTraining, state: Ope
             "observedGeneration": training.generation,
             "conditions": conditions,
         }
-        if patch := status_patch(current, desired):
-            await state.kube.patch_status(KIND, training.namespace, training.name, patch)
+        await state.status.write(
+            state.kube, (KIND, training.namespace, training.name), body, desired
+        )
     state.announce(
         (KIND, training.namespace, training.name), body, "Normal", "TeacherNotReady", message
     )
@@ -203,39 +224,20 @@ async def _create_run(
     training: ModelTraining,
     state: OperatorState,
     teacher: TeacherArtifact | None = None,
-) -> None:
-    settings = state.settings
+) -> tuple[dict[str, Any], str]:
+    """Start the spec's run: the trainer's RBAC, the rendezvous Service of a distributed
+    run, the Job. Returns the Job as stored and what the creation Event says."""
     run = plan_run(training)
     await _ensure_trainer_rbac(state, training.namespace)
     if training.spec.distributed.is_distributed:
         service = build_rendezvous_service(training, run)
         kopf.adopt(service, owner=body)
         await state.kube.apply(service)
-    job = build_training_job(training, run, settings, teacher)
+    job = build_training_job(training, run, state.settings, teacher)
     kopf.adopt(job, owner=body)
-    await state.kube.apply(job)
-    phase = (
-        "Queued"
-        if training.spec.queue_name
-        else ("Suspended" if training.spec.run_policy.suspend else "Pending")
-    )
-    # A new run: the last run's times and progress no longer apply.
-    status = {
-        "phase": phase,
-        "observedGeneration": training.generation,
-        "jobName": run.job_name,
-        **dict.fromkeys(RUN_KEYS),
-    }
-    patch = status_patch(dict(body.get("status") or {}), status)
-    await state.kube.patch_status(KIND, training.namespace, training.name, patch)
+    stored = await state.kube.apply(job)
     where = f" in queue {training.spec.queue_name!r}" if training.spec.queue_name else ""
-    state.announce(
-        (KIND, training.namespace, training.name),
-        body,
-        "Normal",
-        "JobCreated",
-        f"created Job {run.job_name}{where}",
-    )
+    return stored, f"created Job {run.job_name}{where}"
 
 
 async def _ensure_trainer_rbac(state: OperatorState, namespace: str) -> None:

@@ -20,6 +20,7 @@ from fogline.controllers.announcer import Announcer
 from fogline.controllers.metrics import OperatorMetrics, serve_metrics
 from fogline.controllers.prometheus import PrometheusSource
 from fogline.controllers.workqueue import Key, WorkQueue
+from fogline.controllers.written import StatusWriter
 from fogline.edge.observe import WorkloadRefusal
 from fogline.kube import KubeClient
 from fogline.settings import OperatorSettings
@@ -54,14 +55,6 @@ class EdgeCache:
     applied_generations: dict[Key, dict[str, int]] = field(default_factory=dict)
     # What of each node matters to rollouts, so that heartbeats wake nothing.
     node_essence: dict[str, str] = field(default_factory=dict)
-    # Since when a status change that is only progress has waited to be written.
-    progress_since: dict[Key, float] = field(default_factory=dict)
-    # The resourceVersions that predate our last status patch (the body it was computed
-    # from, those our earlier patches left), the one it left, and the status it left: until
-    # the watch brings a body of another version.
-    status_written: dict[Key, tuple[frozenset[str], str | None, dict[str, Any]]] = field(
-        default_factory=dict
-    )
 
     # Pods deleted to be replaced that the watch still shows, by EdgeDeployment.
     deleted_pods: dict[Key, set[str]] = field(default_factory=dict)
@@ -75,8 +68,6 @@ class EdgeCache:
     def forget(self, key: Key) -> None:
         self.analyses.pop(key, None)
         self.applied_generations.pop(key, None)
-        self.progress_since.pop(key, None)
-        self.status_written.pop(key, None)
         self.deleted_pods.pop(key, None)
 
     def remember_refusal(self, namespace: str, refusal: WorkloadRefusal) -> bool:
@@ -117,6 +108,9 @@ class OperatorState:
     indexes: dict[str, Any] = field(default_factory=dict)
     training: TrainingCache = field(default_factory=TrainingCache)
     edge: EdgeCache = field(default_factory=EdgeCache)
+    # Our CRs' status writes: coalesced progress, and what they left until the watch
+    # brings it.
+    status: StatusWriter = field(default_factory=StatusWriter)
     # Where wave analyses read metrics, by spec.rollout.analysis.source.
     analysis_sources: dict[str, MetricsSource] = field(default_factory=dict)
 
@@ -145,17 +139,27 @@ class OperatorState:
         self.queue.forget(key)
         self.announcer.forget(key)
         self.edge.forget(key)
+        self.status.forget(key)
 
     def tracked(self) -> int:
         """How many objects the operator holds memory of (nodes not counted: they are the
         fleet, not objects that come and go with CRs)."""
-        edge = len(self.edge.applied_generations) + len(self.edge.progress_since)
-        edge += len(self.edge.status_written) + len(self.edge.deleted_pods)
+        edge = len(self.edge.applied_generations) + self.status.tracked()
+        edge += len(self.edge.deleted_pods)
         edge += len(self.edge.refusals) + len(self.edge.analyses)
         return self.queue.tracked() + self.announcer.tracked() + edge
 
-    def announce(self, key: Key, body: kopf.Body, type: str, reason: str, message: str) -> None:
-        self.announcer.announce(key, body, type, reason, message)
+    def announce(
+        self,
+        key: Key,
+        body: kopf.Body,
+        type: str,
+        reason: str,
+        message: str,
+        covers: tuple[str, str] | None = None,
+        once_per_reason: bool = False,
+    ) -> None:
+        self.announcer.announce(key, body, type, reason, message, covers, once_per_reason)
 
 
 def utcnow() -> datetime:

@@ -18,6 +18,10 @@ from fogline.training import reports
 from fogline.training.jobs import TrainingRun
 
 TERMINAL_PHASES = ("Succeeded", "Failed")
+# What of a run's status moves without a transition: the Job's start and attempt count as
+# the Job controller fills them in, and the trainer's per-epoch report. A patch of these
+# alone may wait for the next transition (or a few seconds).
+PROGRESS_KEYS = frozenset({"startTime", "attempts", "progress"})
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 REPORT_IGNORED = "PodReportIgnored"
 # The only artifact format an edge server loads.
@@ -301,6 +305,11 @@ def _verdict(
     if any((p.get("status") or {}).get("phase") == "Running" for p in pods):
         return _Verdict("Running", "Training", "the trainer is running")
     return _Verdict("Pending", "PodsStarting", "waiting for the training pods to start")
+
+
+def progress_only(patch: Mapping[str, Any]) -> bool:
+    """Whether a status patch changes only PROGRESS_KEYS."""
+    return bool(patch) and patch.keys() <= PROGRESS_KEYS
 
 
 def observe_training(
