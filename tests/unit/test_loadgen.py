@@ -18,6 +18,8 @@ from fogline.devcluster.loadgen import (
 )
 from tests.conftest import wait_for
 
+pytestmark = pytest.mark.unit
+
 ROWS = ((1.0, 2.0), (3.0, 4.0))
 
 
