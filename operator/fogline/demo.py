@@ -471,6 +471,7 @@ class Demo:
             "accuracy": artifact["metric"]["value"],
             "threshold": spec["evaluation"]["threshold"],
             "digest": artifact["digest"],
+            "digestShort": status["artifactDigestShort"],
             "uri": artifact["uri"],
             "quantized": artifact.get("quantized"),
             "sizeBytes": artifact.get("sizeBytes"),
@@ -478,7 +479,7 @@ class Demo:
         self.summary.seconds[title] = round(time.monotonic() - started, 1)
         self.console.print(
             f"[green]✓[/] {title}: accuracy {artifact['metric']['value']:.4f} "
-            f"(gate {training['threshold']}), artifact {artifact['digest'][:19]}…"
+            f"(gate {training['threshold']}), artifact {training['digestShort']}"
         )
         return training
 
@@ -509,6 +510,7 @@ class Demo:
             "digest": digest,
             "phase": status["phase"],
             "currentDigest": status.get("currentDigest"),
+            "currentDigestShort": status.get("currentDigestShort"),
             "sitesReady": status.get("sitesReady"),
             "failedSite": status.get("failedSite"),
             "failure": analysis.get("failure") if expect == "RolledBack" else None,
@@ -625,7 +627,7 @@ class Demo:
         for label, rollout in rollouts:
             table.add_row(
                 label,
-                f"{rollout['digest'][:19]}…: {rollout['phase']}, sites ready "
+                f"{rollout['phase']}, serving {rollout['currentDigestShort']}, sites ready "
                 f"{rollout['sitesReady']}",
             )
             for wave in rollout["waves"]:

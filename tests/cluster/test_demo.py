@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from fogline.api.digests import short_digest
+
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 
@@ -42,6 +44,7 @@ def test_demo_trains_rolls_out_in_gated_waves_rolls_back_a_bad_model_and_serves(
     for run in (training, retraining):
         assert run["phase"] == "Succeeded"
         assert run["accuracy"] >= run["threshold"] >= 0.9
+        assert run["digestShort"] == short_digest(run["digest"])  # from status, as kubectl shows
     assert retraining["epochs"] > training["epochs"] and retraining["digest"] != training["digest"]
     assert rollout["phase"] == "Available" and rollout["digest"] == training["digest"]
     # The second training: the canary, then the other two sites, each wave's analysis passed.
@@ -57,6 +60,8 @@ def test_demo_trains_rolls_out_in_gated_waves_rolls_back_a_bad_model_and_serves(
     assert bad["failedSite"] == "site-01" == bad["failure"]["site"]
     assert bad["failure"]["metric"] == "errorRatio"
     assert bad["failure"]["value"] > bad["failure"]["threshold"]
+    for report in (rollout, second, bad):
+        assert report["currentDigestShort"] == short_digest(report["currentDigest"])
     assert summary["traffic"]["errors"] > 0 and summary["traffic"]["requests"] > 0
     # The digest the operator published is the sha256 of the very file the server loaded.
     assert inference["servedManifestSha256"] == retraining["digest"] == inference["servedDigest"]

@@ -1,27 +1,25 @@
 """A rollout of three sites to a new digest under load, end to end on the real control plane:
 the operator (`fogline run`) writes the per-site DaemonSets, the DaemonSet controller surges a
 new pod beside the old one on each site's node, the dev node agent runs both as real server
-processes, and a load generator sends inference requests to every site without pause. It
-routes like a Service's endpoints do: a pod is an endpoint while it is Ready and not being
-deleted, and the router learns of a change late, as kube-proxy does. Not one request may fail.
+processes, and the dev cluster's load generator sends inference requests to every site without
+pause. It routes like a Service's endpoints do: per site, to the pods that are Ready and not
+being deleted, and it learns of a change late, as kube-proxy does. Not one request may fail,
+and no site may be left without a server to route to.
 What this relies on: the DaemonSet's surge strategy (replaceInPlace: false), the server's
 readiness-first drain after SIGTERM, and a termination grace period longer than the drain."""
 
 from __future__ import annotations
 
-import http.client
-import json
-import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from kubernetes import client
 
+from fogline.devcluster.loadgen import FollowingLoad, digits_rows
+from fogline.devcluster.localpods import pod_endpoint
 from fogline.devcluster.topology import EDGE_ROLE_LABEL, LOCAL_NODE_LABEL
 from fogline.edge.daemonsets import DIGEST_ANNOTATION, EDGE_LABEL, SITE_LABEL
 from tests.cluster.conftest import delete_namespace, start_local_operator
@@ -32,13 +30,14 @@ from tests.workloads.served_artifacts import write_artifact
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 GROUP, VERSION = "fogline.io", "v1alpha1"
+EDGE = "rolling"
+MODEL = "digits"
 SITES = ["site-01", "site-02", "site-03"]  # each with one local edge node (LOCAL_TOPOLOGY)
 ARTIFACTS = "/var/lib/fogline/rollout-under-load"  # a node folder, as the agent maps hostPath
-ROUTER_LAG = 0.5  # seconds between what the router sees and when it acts on it
-DRAIN_SECONDS = 3  # longer than the router's lag, as a drain must outlast kube-proxy's
-CLIENTS_PER_SITE = 2
-MAX_REQUESTS = 50_000  # per client: the load stops by itself
-PORT = 8080  # the servers' container port (spec.runtime.port), at each pod's own address
+ROUTING_LAG = 1.0  # seconds the load acts on the endpoints it found (one burst)
+DRAIN_SECONDS = 3  # longer than the routing lag, as a drain must outlast kube-proxy's
+RATE = 40  # inference requests per second to each site
+LOAD_SECONDS = 300  # the most the load runs: it stops by itself
 
 
 @pytest.fixture(scope="module")
@@ -62,112 +61,31 @@ def space(local_cluster: ClusterHandle) -> Iterator[str]:
     delete_namespace(core, name)
 
 
-@dataclass
-class Endpoint:
-    address: str  # the pod's own: status.podIP
-    site: str
-    digest: str
+class Endpoints:
+    """Each site's endpoints as a Service's would be: its pods that are Ready and not being
+    deleted, at podIP:containerPort; and the site and digest of every endpoint ever found."""
 
+    def __init__(self, cluster: ClusterHandle, namespace: str) -> None:
+        self.cluster, self.namespace = cluster, namespace
+        self.core = client.CoreV1Api(cluster.api)
+        self.seen: dict[str, tuple[str, str]] = {}  # endpoint -> (site, digest)
 
-@dataclass
-class Router:
-    """Endpoints per site from the pods' readiness, refreshed late; round robin within a site."""
+    def pods(self) -> list[Any]:
+        selector = f"{EDGE_LABEL}={EDGE}"
+        return list(self.core.list_namespaced_pod(self.namespace, label_selector=selector).items)
 
-    core: client.CoreV1Api
-    namespace: str
-    selector: str
-    endpoints: dict[str, list[Endpoint]] = field(default_factory=dict)
-    seen: dict[str, Endpoint] = field(default_factory=dict)  # every endpoint ever routed to
-    stop: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    turns: Counter[str] = field(default_factory=Counter)
-
-    def observe(self) -> dict[str, list[Endpoint]]:
-        pods = self.core.list_namespaced_pod(self.namespace, label_selector=self.selector).items
-        ready: dict[str, list[Endpoint]] = {}
-        for pod in pods:
-            annotations = pod.metadata.annotations or {}
+    def by_site(self) -> dict[str, list[str]]:
+        ready: dict[str, list[str]] = {site: [] for site in SITES}
+        for pod in self.pods():
             conditions = (pod.status.conditions if pod.status else None) or []
-            if (
-                pod.metadata.deletion_timestamp is None
-                and pod.status.pod_ip
-                and any(c.type == "Ready" and c.status == "True" for c in conditions)
+            if pod.metadata.deletion_timestamp is None and any(
+                c.type == "Ready" and c.status == "True" for c in conditions
             ):
                 site = pod.metadata.labels[SITE_LABEL]
-                endpoint = Endpoint(pod.status.pod_ip, site, annotations[DIGEST_ANNOTATION])
-                ready.setdefault(site, []).append(endpoint)
+                endpoint = pod_endpoint(self.cluster.api.sanitize_for_serialization(pod))
+                ready[site].append(endpoint)
+                self.seen[endpoint] = (site, pod.metadata.annotations[DIGEST_ANNOTATION])
         return ready
-
-    def apply(self, ready: dict[str, list[Endpoint]]) -> None:
-        with self.lock:
-            self.endpoints = ready
-            for endpoints in ready.values():
-                for endpoint in endpoints:
-                    self.seen[endpoint.address] = endpoint
-
-    def follow(self) -> None:
-        while not self.stop.is_set():
-            ready = self.observe()
-            time.sleep(ROUTER_LAG)  # acts on what it saw, late
-            self.apply(ready)
-
-    def pick(self, site: str) -> str | None:
-        with self.lock:
-            endpoints = self.endpoints.get(site) or []
-            if not endpoints:
-                return None
-            self.turns[site] += 1
-            return endpoints[self.turns[site] % len(endpoints)].address
-
-
-@dataclass
-class Load:
-    """What the load generator saw: answers per endpoint address, and every failure."""
-
-    answered: Counter[str] = field(default_factory=Counter)
-    draining: Counter[str] = field(default_factory=Counter)  # answers with Connection: close
-    failures: list[str] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-
-def send_continuously(router: Router, site: str, model: str, load: Load) -> None:
-    tensor = {"name": "input", "datatype": "FP32", "shape": [1, 64], "data": [0.25] * 64}
-    body = json.dumps({"inputs": [tensor]}).encode()
-    connections: dict[str, http.client.HTTPConnection] = {}
-    for _ in range(MAX_REQUESTS):
-        if router.stop.is_set():
-            break
-        address = router.pick(site)
-        if address is None:
-            with load.lock:
-                load.failures.append(f"{site}: no Ready endpoint")
-            time.sleep(0.05)
-            continue
-        connection = connections.get(address) or http.client.HTTPConnection(
-            address, PORT, timeout=10
-        )
-        connections[address] = connection
-        try:
-            connection.request("POST", f"/v2/models/{model}/infer", body=body)
-            response = connection.getresponse()
-            payload = response.read()
-            closing = response.getheader("Connection", "").lower() == "close"
-            ok = response.status == 200 and b'"shape":[1,10]' in payload
-            if closing:
-                connection.close()
-                del connections[address]
-        except (OSError, http.client.HTTPException) as err:
-            ok, closing, payload = False, False, repr(err).encode()
-            connection.close()
-            connections.pop(address, None)
-        with load.lock:
-            if ok:
-                load.answered[address] += 1
-                load.draining[address] += closing
-            else:
-                load.failures.append(f"{site} {address}:{PORT}: {payload[:200]!r}")
-    for connection in connections.values():
-        connection.close()
 
 
 def test_rolling_three_sites_to_a_new_digest_under_load_fails_no_request(
@@ -180,10 +98,10 @@ def test_rolling_three_sites_to_a_new_digest_under_load_fails_no_request(
     body = {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "EdgeDeployment",
-        "metadata": {"name": "rolling"},
+        "metadata": {"name": EDGE},
         "spec": {
             "model": {"uri": f"file://{ARTIFACTS}/{space}-v1", "digest": old_digest},
-            "modelName": "digits",
+            "modelName": MODEL,
             "runtime": {"drainSeconds": DRAIN_SECONDS},
             "placement": {
                 "sites": SITES,
@@ -196,9 +114,7 @@ def test_rolling_three_sites_to_a_new_digest_under_load_fails_no_request(
     custom.create_namespaced_custom_object(GROUP, VERSION, space, "edgedeployments", body)
 
     def status() -> dict[str, Any]:
-        found = custom.get_namespaced_custom_object(
-            GROUP, VERSION, space, "edgedeployments", "rolling"
-        )
+        found = custom.get_namespaced_custom_object(GROUP, VERSION, space, "edgedeployments", EDGE)
         result: dict[str, Any] = found.get("status") or {}
         return result
 
@@ -216,29 +132,26 @@ def test_rolling_three_sites_to_a_new_digest_under_load_fails_no_request(
         interval=0.5,
         what="the first digest Available on 3 sites",
     )
-    router = Router(client.CoreV1Api(local_cluster.api), space, f"{EDGE_LABEL}=rolling")
-    router.apply(router.observe())
-    assert sorted(router.endpoints) == SITES
-    load = Load()
-    threads = [threading.Thread(target=router.follow)]
-    threads += [
-        threading.Thread(target=send_continuously, args=(router, site, "digits", load))
-        for site in SITES
-        for _ in range(CLIENTS_PER_SITE)
-    ]
-    try:
-        for thread in threads:
-            thread.start()
-        time.sleep(1.0)  # load on the old servers alone
+    endpoints = Endpoints(local_cluster, space)
+    assert all(endpoints.by_site().values()), "every site has a Ready endpoint before the load"
+    load = FollowingLoad(
+        endpoints.by_site,
+        MODEL,
+        digits_rows(),
+        rate=RATE,
+        seconds=LOAD_SECONDS,
+        burst_seconds=ROUTING_LAG,
+    )
+    with load:
+        # Load on the old servers alone first (a burst answered).
+        wait_for(load.snapshot, timeout=30, interval=0.2, what="the first answers")
         custom.patch_namespaced_custom_object(
             GROUP,
             VERSION,
             space,
             "edgedeployments",
-            "rolling",
-            {
-                "spec": {"model": {"uri": f"file://{ARTIFACTS}/{space}-v2", "digest": new_digest}},
-            },
+            EDGE,
+            {"spec": {"model": {"uri": f"file://{ARTIFACTS}/{space}-v2", "digest": new_digest}}},
         )
         wait_for(
             lambda: available_on(new_digest),
@@ -248,29 +161,39 @@ def test_rolling_three_sites_to_a_new_digest_under_load_fails_no_request(
         )
 
         def old_pods_gone() -> bool:
-            pods = router.core.list_namespaced_pod(space, label_selector=router.selector).items
+            pods = endpoints.pods()
             digests = {p.metadata.annotations.get(DIGEST_ANNOTATION) for p in pods}
             return digests == {new_digest} and len(pods) == len(SITES)
 
         wait_for(old_pods_gone, timeout=60, interval=0.5, what="the old servers to stop")
-        time.sleep(1.0)  # load on the new servers alone
-    finally:
-        router.stop.set()
-        for thread in threads:
-            thread.join(timeout=30)
 
-    assert load.failures == []
+        # Load on the new servers alone: they go on answering.
+        def new_answers() -> int:
+            return sum(
+                result.statuses[200]
+                for target, result in load.snapshot().items()
+                if endpoints.seen[target][1] == new_digest
+            )
+
+        before = new_answers()
+        wait_for(lambda: new_answers() > before, timeout=30, interval=0.2, what="new answers")
+    results = load.snapshot()
+
+    assert load.problems == []
+    assert sum(load.unrouted.values()) == 0, f"sites without a Ready endpoint: {load.unrouted}"
+    failures = [f for result in results.values() for f in result.failures]
+    assert all(set(r.statuses) == {200} for r in results.values()), failures
     by_site: dict[str, Counter[str]] = {site: Counter() for site in SITES}
-    for address, count in load.answered.items():
-        endpoint = router.seen[address]
-        by_site[endpoint.site][endpoint.digest] += count
+    for target, result in results.items():
+        site, digest = endpoints.seen[target]
+        by_site[site][digest] += result.statuses[200]
     for site in SITES:  # every site answered from both servers, before and after
         assert by_site[site][old_digest] > 0 and by_site[site][new_digest] > 0, by_site
-    # The drain was exercised: requests the router still sent to a stopping server were
+    # The drain was exercised: requests the load still sent to a stopping server were
     # answered (each with `Connection: close`, so clients move on).
-    drained = sum(load.draining[p] for p, e in router.seen.items() if e.digest == old_digest)
+    drained = sum(r.closing for t, r in results.items() if endpoints.seen[t][1] == old_digest)
     assert drained > 0
-    total = sum(load.answered.values())
+    total = sum(r.sent for r in results.values())
     print(
         f"rollout of {len(SITES)} sites under load: {total} requests, 0 failed, "
         f"{drained} answered while draining"

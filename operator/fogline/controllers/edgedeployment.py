@@ -184,6 +184,9 @@ async def _reconcile(state: OperatorState, kopf_body: kopf.Body) -> float | None
     sites = observe_sites(edge, nodes, pods, _refusals(state, edge.namespace, daemonsets))
     policy = rollout_policy(edge.spec.rollout)
     run = state.edge.analyses.get(object_key)
+    # The analysis under way is read before planning, so that this plan judges the reading.
+    # A wave's first reading is taken when the plan asks for an analysis not yet open
+    # (_follow_analysis): only the plan says which sites it judges and which the baseline.
     if (
         run is not None
         and policy.analysis is not None
@@ -256,7 +259,7 @@ async def _sample(
         targets=targets,
         counters=policy.counters(),
     )
-    source_name = spec.rollout.analysis.source if spec.rollout.analysis else "Pods"
+    source_name = policy.source
     source = state.analysis_sources.get(source_name)
     if source_name == "Pods" and spec.runtime.tls is not None:
         windows = unread(
