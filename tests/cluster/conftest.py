@@ -3,15 +3,19 @@ session and Established, and a fresh namespace for each test."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from kubernetes import client
+from kubernetes.client.rest import ApiException
 
-from fogline.api.crds import CRD_FILES
+from fogline.api.crds import CRD_FILES, GROUP, VERSION
 from fogline.devcluster.prometheus import PrometheusServer
 from tests.conftest import ClusterHandle, wait_for
 from tests.operator_process import OperatorProcess
@@ -41,16 +45,106 @@ def crds(cluster: ClusterHandle) -> list[str]:
     return names
 
 
+@dataclass
+class DeletedNamespaces:
+    """Namespaces this module's tests deleted, each with the test it served and the moment
+    by which it must be gone (60 s after its deletion)."""
+
+    core: client.CoreV1Api
+    pending: dict[str, tuple[str, float]] = field(default_factory=dict)
+
+    def add(self, name: str, test: str) -> None:
+        self.pending[name] = (test, time.monotonic() + 60)
+
+    def remaining(self) -> dict[str, str]:
+        """The pending namespaces that still exist, by name, with the test each served."""
+        existing = {n.metadata.name for n in self.core.list_namespace().items}
+        for name in [n for n in self.pending if n not in existing]:
+            del self.pending[name]
+        return {name: test for name, (test, _) in self.pending.items()}
+
+    def fail_if_overdue(self) -> None:
+        now = time.monotonic()
+        overdue = {
+            name: test for name, test in self.remaining().items() if self.pending[name][1] <= now
+        }
+        if overdue:
+            pytest.fail(f"namespaces not deleted within 60 s (name: test): {overdue}")
+
+    def wait_all(self) -> None:
+        while self.remaining():
+            self.fail_if_overdue()
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def deleted_namespaces(cluster: ClusterHandle) -> Iterator[DeletedNamespaces]:
+    """The namespaces of a module's tests, awaited together at its end: the namespace
+    controller waits 5 s before it starts on a deleted namespace (a constant in
+    kube-controller-manager), so waiting for each in turn costs every test 5 s or more."""
+    deleted = DeletedNamespaces(client.CoreV1Api(cluster.api))
+    yield deleted
+    deleted.wait_all()
+
+
 @pytest.fixture
-def namespace(cluster: ClusterHandle) -> Iterator[str]:
+def namespace(
+    cluster: ClusterHandle, deleted_namespaces: DeletedNamespaces, request: pytest.FixtureRequest
+) -> Iterator[str]:
     """A namespace of its own for one test, deleted afterwards."""
+    deleted_namespaces.fail_if_overdue()
     name = f"t-{uuid.uuid4().hex[:10]}"
     core = client.CoreV1Api(cluster.api)
     core.create_namespace({"metadata": {"name": name}})
     yield name
-    # Wait until it is gone, so that one test's pods never hold another's GPUs, and so that
-    # anything that blocks deletion (a finalizer nobody removes) fails loudly here.
-    delete_namespace(core, name, timeout=60)
+    # Its workloads and pods are gone before the next test starts, so that one test's pods
+    # never hold another's GPUs and no controller acts on them during another test; the
+    # namespace itself is awaited at the module's end, so that anything that blocks deletion
+    # (a finalizer nobody removes) still fails loudly, naming the test.
+    empty_namespace(cluster, name)
+    deleted_namespaces.add(name, request.node.nodeid)
+
+
+def empty_namespace(cluster: ClusterHandle, name: str, timeout: float = 60) -> None:
+    """Delete a namespace and, without waiting for the namespace controller (which starts 5 s
+    later, then waits about half its pods' grace period between passes), what acts in it:
+    Fogline's resources, the workloads and their pods, at once (grace period 0, as nothing
+    runs in a kwok pod); wait until those are gone. The namespace controller removes the
+    rest (Services, ServiceAccounts, Events...) and then the namespace."""
+    core = client.CoreV1Api(cluster.api)
+    custom = client.CustomObjectsApi(cluster.api)
+    batch, apps = client.BatchV1Api(cluster.api), client.AppsV1Api(cluster.api)
+    networking = client.NetworkingV1Api(cluster.api)
+    core.delete_namespace(name)  # Terminating: nothing new can be created in it from now on
+    plurals = [file_name.split(".")[0] for file_name in CRD_FILES.values()]
+    for plural in plurals:
+        with contextlib.suppress(ApiException):  # 404 where no test installed the CRDs
+            custom.delete_collection_namespaced_custom_object(GROUP, VERSION, name, plural)
+    # Background: a Job's deletion lets the Job controller drop its pods' tracking
+    # finalizers at once, pending pods included (otherwise held until pod GC's 20 s sweep).
+    batch.delete_collection_namespaced_job(name, propagation_policy="Background")
+    apps.delete_collection_namespaced_daemon_set(name, propagation_policy="Background")
+    apps.delete_collection_namespaced_deployment(name, propagation_policy="Background")
+    networking.delete_collection_namespaced_network_policy(name)
+    core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
+
+    def left() -> list[str]:
+        found = [f"pod/{p.metadata.name}" for p in core.list_namespaced_pod(name).items]
+        found += [f"job/{j.metadata.name}" for j in batch.list_namespaced_job(name).items]
+        found += [
+            f"daemonset/{d.metadata.name}" for d in apps.list_namespaced_daemon_set(name).items
+        ]
+        for plural in plurals:
+            with contextlib.suppress(ApiException):
+                items = custom.list_namespaced_custom_object(GROUP, VERSION, name, plural)
+                found += [f"{plural}/{i['metadata']['name']}" for i in items["items"]]
+        return found
+
+    deadline = time.monotonic() + timeout
+    while found := left():
+        if time.monotonic() > deadline:
+            pytest.fail(f"namespace {name}: not emptied within {timeout:.0f} s, left: {found}")
+        time.sleep(0.1)
 
 
 def delete_namespace(core: client.CoreV1Api, name: str, timeout: float = 90) -> None:
