@@ -8,7 +8,6 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -45,15 +44,19 @@ def crds(cluster: ClusterHandle) -> list[str]:
     return names
 
 
-@dataclass
 class DeletedNamespaces:
-    """Namespaces this module's tests deleted, each with the test it served and the moment
-    by which it must be gone (60 s after its deletion)."""
+    """Namespaces deleted by one module's tests, each emptied at once of what acts in it and
+    remembered with the test it served and the moment by which it must be gone (60 s after
+    its deletion, as when each was awaited in turn)."""
 
-    core: client.CoreV1Api
-    pending: dict[str, tuple[str, float]] = field(default_factory=dict)
+    def __init__(self, cluster: ClusterHandle) -> None:
+        self.cluster = cluster
+        self.core = client.CoreV1Api(cluster.api)
+        self.pending: dict[str, tuple[str, float]] = {}
 
-    def add(self, name: str, test: str) -> None:
+    def delete(self, name: str, test: str) -> None:
+        self.fail_if_overdue()
+        empty_namespace(self.cluster, name)
         self.pending[name] = (test, time.monotonic() + 60)
 
     def remaining(self) -> dict[str, str]:
@@ -79,10 +82,18 @@ class DeletedNamespaces:
 
 @pytest.fixture(scope="module")
 def deleted_namespaces(cluster: ClusterHandle) -> Iterator[DeletedNamespaces]:
-    """The namespaces of a module's tests, awaited together at its end: the namespace
+    """The deleted namespaces of a module's tests, awaited together at its end: the namespace
     controller waits 5 s before it starts on a deleted namespace (a constant in
     kube-controller-manager), so waiting for each in turn costs every test 5 s or more."""
-    deleted = DeletedNamespaces(client.CoreV1Api(cluster.api))
+    deleted = DeletedNamespaces(cluster)
+    yield deleted
+    deleted.wait_all()
+
+
+@pytest.fixture(scope="module")
+def local_deleted_namespaces(local_cluster: ClusterHandle) -> Iterator[DeletedNamespaces]:
+    """`deleted_namespaces` on the cluster whose local nodes run real processes."""
+    deleted = DeletedNamespaces(local_cluster)
     yield deleted
     deleted.wait_all()
 
@@ -91,26 +102,25 @@ def deleted_namespaces(cluster: ClusterHandle) -> Iterator[DeletedNamespaces]:
 def namespace(
     cluster: ClusterHandle, deleted_namespaces: DeletedNamespaces, request: pytest.FixtureRequest
 ) -> Iterator[str]:
-    """A namespace of its own for one test, deleted afterwards."""
+    """A namespace of its own for one test, deleted afterwards: its workloads and pods are
+    gone before the next test starts, so that one test's pods never hold another's GPUs and
+    no controller acts on them during another test; the namespace itself is awaited at the
+    module's end, so that anything that blocks its deletion (a finalizer nobody removes)
+    still fails loudly, naming the test."""
     deleted_namespaces.fail_if_overdue()
     name = f"t-{uuid.uuid4().hex[:10]}"
-    core = client.CoreV1Api(cluster.api)
-    core.create_namespace({"metadata": {"name": name}})
+    client.CoreV1Api(cluster.api).create_namespace({"metadata": {"name": name}})
     yield name
-    # Its workloads and pods are gone before the next test starts, so that one test's pods
-    # never hold another's GPUs and no controller acts on them during another test; the
-    # namespace itself is awaited at the module's end, so that anything that blocks deletion
-    # (a finalizer nobody removes) still fails loudly, naming the test.
-    empty_namespace(cluster, name)
-    deleted_namespaces.add(name, request.node.nodeid)
+    deleted_namespaces.delete(name, request.node.nodeid)
 
 
 def empty_namespace(cluster: ClusterHandle, name: str, timeout: float = 60) -> None:
     """Delete a namespace and, without waiting for the namespace controller (which starts 5 s
     later, then waits about half its pods' grace period between passes), what acts in it:
-    Fogline's resources, the workloads and their pods, at once (grace period 0, as nothing
-    runs in a kwok pod); wait until those are gone. The namespace controller removes the
-    rest (Services, ServiceAccounts, Events...) and then the namespace."""
+    Fogline's resources, the workloads and their pods; wait until those are gone (a pod is
+    gone once its node has stopped it: kwok at once, the node agent its real processes).
+    The namespace controller removes the rest (Services, ServiceAccounts, Events...) and
+    then the namespace."""
     core = client.CoreV1Api(cluster.api)
     custom = client.CustomObjectsApi(cluster.api)
     batch, apps = client.BatchV1Api(cluster.api), client.AppsV1Api(cluster.api)
@@ -126,7 +136,7 @@ def empty_namespace(cluster: ClusterHandle, name: str, timeout: float = 60) -> N
     apps.delete_collection_namespaced_daemon_set(name, propagation_policy="Background")
     apps.delete_collection_namespaced_deployment(name, propagation_policy="Background")
     networking.delete_collection_namespaced_network_policy(name)
-    core.delete_collection_namespaced_pod(name, grace_period_seconds=0)
+    core.delete_collection_namespaced_pod(name)
 
     def left() -> list[str]:
         found = [f"pod/{p.metadata.name}" for p in core.list_namespaced_pod(name).items]
@@ -145,16 +155,6 @@ def empty_namespace(cluster: ClusterHandle, name: str, timeout: float = 60) -> N
         if time.monotonic() > deadline:
             pytest.fail(f"namespace {name}: not emptied within {timeout:.0f} s, left: {found}")
         time.sleep(0.1)
-
-
-def delete_namespace(core: client.CoreV1Api, name: str, timeout: float = 90) -> None:
-    """Delete a namespace and wait until it is gone (its pods with it)."""
-    core.delete_namespace(name)
-    wait_for(
-        lambda: not core.list_namespace(field_selector=f"metadata.name={name}").items,
-        timeout=timeout,
-        what=f"namespace {name} to be deleted",
-    )
 
 
 @pytest.fixture(scope="module")

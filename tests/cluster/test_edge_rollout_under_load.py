@@ -22,7 +22,7 @@ from fogline.devcluster.loadgen import FollowingLoad, digits_rows
 from fogline.devcluster.localpods import pod_endpoint
 from fogline.devcluster.topology import EDGE_ROLE_LABEL, LOCAL_NODE_LABEL
 from fogline.edge.daemonsets import DIGEST_ANNOTATION, EDGE_LABEL, SITE_LABEL
-from tests.cluster.conftest import delete_namespace, start_local_operator
+from tests.cluster.conftest import DeletedNamespaces, start_local_operator
 from tests.conftest import ClusterHandle, wait_for
 from tests.operator_process import OperatorProcess
 from tests.workloads.served_artifacts import write_artifact
@@ -52,13 +52,17 @@ def operator(
 
 
 @pytest.fixture
-def space(local_cluster: ClusterHandle) -> Iterator[str]:
+def space(
+    local_cluster: ClusterHandle,
+    local_deleted_namespaces: DeletedNamespaces,
+    request: pytest.FixtureRequest,
+) -> Iterator[str]:
     name = f"rollout-{uuid.uuid4().hex[:8]}"
     core = client.CoreV1Api(local_cluster.api)
     core.create_namespace({"metadata": {"name": name}})
     yield name
-    # Its pods are real processes: wait until the agent has stopped them all.
-    delete_namespace(core, name)
+    # Its pods are real processes: this waits until the agent has stopped them all.
+    local_deleted_namespaces.delete(name, request.node.nodeid)
 
 
 class Endpoints:

@@ -26,7 +26,7 @@ from fogline.devcluster.localpods import pod_endpoint
 from fogline.devcluster.rollout_models import failing_onnx, wide_cnn_onnx, write_onnx_artifact
 from fogline.devcluster.topology import EDGE_ROLE_LABEL, LOCAL_NODE_LABEL
 from fogline.edge.daemonsets import DIGEST_ANNOTATION, EDGE_LABEL
-from tests.cluster.conftest import delete_namespace, start_local_operator
+from tests.cluster.conftest import DeletedNamespaces, start_local_operator
 from tests.conftest import ClusterHandle, wait_for
 from tests.operator_process import OperatorProcess
 from tests.workloads.served_artifacts import write_artifact
@@ -126,7 +126,10 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(
-    local_cluster: ClusterHandle, tmp_path_factory: pytest.TempPathFactory
+    local_cluster: ClusterHandle,
+    local_deleted_namespaces: DeletedNamespaces,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> Iterator[Fleet]:
     """The operator, the artifacts in a node folder, and the EdgeDeployment Available on the
     first good model in three sites (the first deployment)."""
@@ -172,8 +175,8 @@ def fleet(
             )
         yield fleet
     finally:
-        # Its pods are real processes: wait until the agent has stopped them all.
-        delete_namespace(core, namespace)
+        # Its pods are real processes: this waits until the agent has stopped them all.
+        local_deleted_namespaces.delete(namespace, request.node.nodeid)
         operator.stop()
 
 
