@@ -16,16 +16,16 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
-import urllib3
 from bench.fleet import (
+    FirstSeen,
     MeasuredCluster,
     audit_now,
     by_verb_and_resource,
     events_relist,
     measured_cluster,
+    object_name,
 )
 from kubernetes import client
-from kubernetes.client.rest import ApiException
 
 from fogline.api.crds import GROUP, VERSION
 from fogline.devcluster import Topology
@@ -318,34 +318,23 @@ def test_per_object_memory_returns_to_its_size_after_many_objects_come_and_go(
             created["spec"]["placement"] = {"sites": ["nowhere"]}
         return created
 
-    with ThreadPoolExecutor(max_workers=8) as pool:
-        list(pool.map(lambda i: api.create("edgedeployments", body(i)), range(CHURN)))
+    def reconciled(obj: dict[str, Any]) -> bool:
+        return bool((obj.get("status") or {}).get("phase"))
 
-    def all_reconciled() -> bool:
-        """Every one has a status, read in pages: one list of 2,000 objects is megabytes,
-        and a loaded machine may cut it short (then ask again)."""
-        seen, token = 0, None
-        try:
-            while True:
-                page = api.custom.list_namespaced_custom_object(
-                    GROUP,
-                    VERSION,
-                    api.namespace,
-                    "edgedeployments",
-                    limit=500,
-                    _continue=token,
-                    _request_timeout=30,
-                )
-                if not all((i.get("status") or {}).get("phase") for i in page["items"]):
-                    return False
-                seen += len(page["items"])
-                token = page["metadata"].get("continue")
-                if not token:
-                    return seen == CHURN
-        except (ApiException, urllib3.exceptions.HTTPError):
-            return False
-
-    wait_for(all_reconciled, timeout=600, interval=10, what="every EdgeDeployment reconciled")
+    # Every one gets a status: seen on a watch opened before the first is created (a list
+    # of 2,000 objects is megabytes, too heavy to poll on a loaded machine).
+    with FirstSeen(
+        api.custom.list_namespaced_custom_object,
+        object_name,
+        reconciled,
+        group=GROUP,
+        version=VERSION,
+        namespace=api.namespace,
+        plural="edgedeployments",
+    ) as seen:
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(lambda i: api.create("edgedeployments", body(i)), range(CHURN)))
+        seen.wait([f"e{index:04d}" for index in range(CHURN)], timeout=600)
     assert _tracked(rig) >= before + CHURN
 
     def delete(index: int) -> None:
