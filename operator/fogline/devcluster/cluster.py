@@ -40,6 +40,48 @@ SERVICE_CIDR = "10.96.0.0/16"
 # in 127.0.0.0/8 (nodeagent.random_pod_network).
 KWOK_POD_CIDR = "127.244.0.0/16"
 
+# Sized for a fleet of a thousand simulated nodes on a small shared machine, where a real
+# cluster of that size would have a control plane sized for it. The client limits of the
+# controller manager and the scheduler default to 20 and 50 requests a second: at 1,000
+# nodes the node controller alone took four minutes to lift the not-ready taint of new
+# nodes (a get, a patch and an Event each), and no DaemonSet pod lands on a node before.
+CONTROL_PLANE_CLIENT_LIMITS = ("--kube-api-qps=500", "--kube-api-burst=1000")
+# kwok renews a lease every LEASE_SECONDS / 4 (a kubelet: 40 s, so every 10 s): at 1,000
+# nodes 100 lease writes a second, the largest load on the API server and more than kwok's
+# default 4 lease workers kept up with on a loaded machine (renewals came 40 to 80 s
+# apart), so that nodes flapped to Unknown and the node controller marked their pods
+# NotReady, which kwok never reverts (no kubelet reports them again). Leases every 30 s
+# and a grace of 120 s keep a simulated node Ready under load; a node that really stops
+# (a NotReady annotation) goes NotReady at once, by its stage, not by its lease.
+LEASE_SECONDS = 120
+NODE_MONITOR_GRACE_SECONDS = 120
+# kwok's own options (its defaults: 4 workers each for leases, node and pod stages).
+KWOK_CONFIGURATION = {
+    "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+    "kind": "KwokConfiguration",
+    "options": {
+        "nodeLeaseParallelism": 16,
+        "nodePlayStageParallelism": 16,
+        "podPlayStageParallelism": 16,
+    },
+}
+# The taint the node controller puts on a node until it has seen it Ready.
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+
+
+def kwok_config() -> str:
+    """kwok's --config: the stages (devcluster/stages.yaml), then kwok's own options."""
+    stages = resources.files("fogline.devcluster").joinpath("stages.yaml").read_text()
+    return stages + "---\n" + yaml.safe_dump(KWOK_CONFIGURATION)
+
+
+def node_health_flags() -> dict[str, list[str]]:
+    """The flags that decide when a simulated node counts as gone, by component."""
+    return {
+        "kube-controller-manager": [f"--node-monitor-grace-period={NODE_MONITOR_GRACE_SECONDS}s"],
+        "kwok": [f"--node-lease-duration-seconds={LEASE_SECONDS}"],
+    }
+
 
 class DevClusterError(RuntimeError):
     pass
@@ -192,6 +234,8 @@ class DevCluster:
                     f"--root-ca-file={pki.ca_cert}",
                     "--cluster-name=fogline-dev",
                     "--controllers=*,-nodeipam,-service-lb-controller,-cloud-node-lifecycle",
+                    *CONTROL_PLANE_CLIENT_LIMITS,
+                    *node_health_flags()["kube-controller-manager"],
                 ],
             )
             self._start(
@@ -202,12 +246,11 @@ class DevCluster:
                     "--leader-elect=false",
                     "--bind-address=127.0.0.1",
                     f"--secure-port={free_port()}",
+                    *CONTROL_PLANE_CLIENT_LIMITS,
                 ],
             )
             stages = self.directory / "kwok-stages.yaml"
-            stages.write_text(
-                resources.files("fogline.devcluster").joinpath("stages.yaml").read_text()
-            )
+            stages.write_text(kwok_config())
             self._start(
                 state,
                 "kwok",
@@ -216,7 +259,7 @@ class DevCluster:
                     f"--config={stages}",
                     "--manage-all-nodes=false",
                     "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-                    "--node-lease-duration-seconds=40",
+                    *node_health_flags()["kwok"],
                     f"--cidr={KWOK_POD_CIDR}",
                     f"--server-address=127.0.0.1:{free_port()}",
                 ],
@@ -504,12 +547,16 @@ class DevCluster:
         with self.api_client() as api:
             core = client.CoreV1Api(api)
             while time.monotonic() < deadline:
+                # Ready, and the node controller has lifted the not-ready taint it puts on
+                # a new node: before that, neither the scheduler nor the DaemonSet
+                # controller places a pod there.
                 ready = {
                     n.metadata.name
                     for n in core.list_node().items
                     if any(
                         c.type == "Ready" and c.status == "True" for c in n.status.conditions or []
                     )
+                    and not any(t.key == NOT_READY_TAINT for t in n.spec.taints or [])
                 }
                 if wanted <= ready:
                     return
