@@ -311,6 +311,10 @@ class ApiRequest:
     resource: str  # with "/subresource" where there is one; "" for non-resource URLs
     user_agent: str
     code: int
+    # When the apiserver received it and when it had sent the whole answer (audit_now's
+    # format): a request received before another's answer was complete overlapped it.
+    received: str = ""
+    completed: str = ""
 
     @property
     def is_write(self) -> bool:
@@ -345,6 +349,8 @@ def read_requests(audit_log: Path, user: str, since: str, until: str) -> list[Ap
                     resource=resource,
                     user_agent=event.get("userAgent", ""),
                     code=int((event.get("responseStatus") or {}).get("code", 0)),
+                    received=received,
+                    completed=event.get("stageTimestamp", ""),
                 )
             )
     return found

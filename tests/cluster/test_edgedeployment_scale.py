@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Iterator
+from itertools import pairwise
 from typing import Any, NamedTuple
 
 import pytest
@@ -150,6 +151,27 @@ def test_rollout_writes_are_bounded_by_sites_and_nodes(rollout: Rollout) -> None
     assert events <= 2 * WAVES + 4, summary
     assert len(writes) <= SITES + NODES + status_patches + events, summary
     assert count(writes, "patch", "edgedeployments") == 0, summary
+
+
+def overlapping(requests: list[ApiRequest], verb: str, resource: str) -> int:
+    """How many of these requests the apiserver received before the previous one's answer
+    was complete: none when the client sends them one after another."""
+    chosen = sorted(
+        (r for r in requests if r.verb == verb and r.resource == resource),
+        key=lambda r: r.received,
+    )
+    return sum(1 for a, b in pairwise(chosen) if b.received < a.completed)
+
+
+def test_a_waves_daemonset_applies_and_pod_replacements_go_out_together(
+    rollout: Rollout,
+) -> None:
+    """A wave's child writes are sent several at a time, not each after the last one's
+    answer: one by one, a wave of 40 sites waited 8 s for its deletes at every step."""
+    writes = [r for r in rollout.during if r.is_write]
+    summary = by_verb_and_resource(writes)
+    assert overlapping(writes, "patch", "daemonsets") > 0, summary
+    assert overlapping(writes, "delete", "pods") > 0, summary
 
 
 def test_settled_rollout_stays_silent(rollout: Rollout) -> None:
