@@ -232,7 +232,7 @@ async def _reconcile(state: OperatorState, kopf_body: kopf.Body) -> float | None
         state.kube, object_key, body, status, may_wait=progress_only
     )
     for event in plan.events:
-        state.announce(object_key, kopf_body, event.type, event.reason, event.message)
+        state.announcer.announce(object_key, kopf_body, event.type, event.reason, event.message)
     later = [t for t in (plan.requeue_after, flush_in, analysis_due) if t is not None]
     return max(0.5, min(later)) if later else None
 
@@ -513,7 +513,7 @@ async def _hold(
             "message": message,
         },
     )
-    state.announce(
+    state.announcer.announce(
         (KIND, meta["namespace"], meta["name"]),
         body,
         "Warning" if phase == "Failed" else "Normal",

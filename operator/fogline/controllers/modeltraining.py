@@ -111,7 +111,7 @@ async def _reconcile(
     for old, old_job in own_jobs.items():
         if old != run.job_name and not old_job["metadata"].get("deletionTimestamp"):
             await state.kube.delete("batch/v1", "Job", training.namespace, old)
-            state.announce(
+            state.announcer.announce(
                 object_key, body, "Normal", "RunSuperseded", f"spec changed; Job {old} deleted"
             )
 
@@ -152,7 +152,7 @@ async def _reconcile(
     if created is not None:
         # One Event for the new run: it names the Job and says the run's first state.
         verdict = events[0]
-        state.announce(
+        state.announcer.announce(
             object_key,
             body,
             "Normal",
@@ -163,7 +163,7 @@ async def _reconcile(
     for event in events:
         # A pod's ignored report is said once per pod, apart from the training's own news.
         about = ("Pod", training.namespace, event.pod) if event.pod else object_key
-        state.announce(
+        state.announcer.announce(
             about, body, event.type, event.reason, event.message, once_per_reason=bool(event.pod)
         )
     return held
@@ -214,7 +214,7 @@ async def _wait_for_teacher(body: kopf.Body, training: ModelTraining, state: Ope
         await state.status.write(
             state.kube, (KIND, training.namespace, training.name), body, desired
         )
-    state.announce(
+    state.announcer.announce(
         (KIND, training.namespace, training.name), body, "Normal", "TeacherNotReady", message
     )
 
@@ -300,7 +300,9 @@ async def _report_invalid(body: kopf.Body, state: OperatorState, errors: list[Sp
             "conditions": conditions,
         },
     )
-    state.announce((KIND, meta["namespace"], meta["name"]), body, "Warning", "InvalidSpec", message)
+    state.announcer.announce(
+        (KIND, meta["namespace"], meta["name"]), body, "Warning", "InvalidSpec", message
+    )
 
 
 # -- triggers --------------------------------------------------------------------------------

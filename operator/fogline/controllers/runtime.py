@@ -149,18 +149,6 @@ class OperatorState:
         edge += len(self.edge.refusals) + len(self.edge.analyses)
         return self.queue.tracked() + self.announcer.tracked() + edge
 
-    def announce(
-        self,
-        key: Key,
-        body: kopf.Body,
-        type: str,
-        reason: str,
-        message: str,
-        covers: tuple[str, str] | None = None,
-        once_per_reason: bool = False,
-    ) -> None:
-        self.announcer.announce(key, body, type, reason, message, covers, once_per_reason)
-
 
 def utcnow() -> datetime:
     """The clock, read by handlers only: pure code takes `now` as an argument."""
