@@ -499,7 +499,7 @@ def report(
         lists = [r for r in phase.requests if r.verb in ("list", "get")]
         yield (
             f"  from the controllers' client {len(phase.requests) - len(kopf_requests)}, from "
-            f"kopf's machinery (watches, Events, its annotations) {len(kopf_requests)}; reads: "
+            f"kopf's machinery (watches, Events) {len(kopf_requests)}; reads: "
             f"{format_counts(by_verb_and_resource(lists)) or 'none'}"
         )
     yield (

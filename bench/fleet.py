@@ -322,8 +322,8 @@ class ApiRequest:
 
     @property
     def from_kopf(self) -> bool:
-        """kopf's own machinery (watches, its annotations, Events) rather than the
-        controllers' KubeClient, which speaks through the kubernetes client."""
+        """kopf's own machinery (watches, Events) rather than the controllers' KubeClient,
+        which names itself fogline/<version>."""
         return self.user_agent.startswith("kopf/")
 
 
