@@ -502,19 +502,16 @@ async def _hold(
         meta.get("generation"),
         now,
     )
-    await state.kube.patch_status(
-        KIND,
-        meta["namespace"],
-        meta["name"],
-        {
-            "phase": phase,
-            "observedGeneration": meta.get("generation"),
-            "conditions": conditions,
-            "message": message,
-        },
-    )
+    key = (KIND, meta["namespace"], meta["name"])
+    desired = {
+        "phase": phase,
+        "observedGeneration": meta.get("generation"),
+        "conditions": conditions,
+        "message": message,
+    }
+    await state.status.write(state.kube, key, body, desired)
     state.announcer.announce(
-        (KIND, meta["namespace"], meta["name"]),
+        key,
         body,
         "Warning" if phase == "Failed" else "Normal",
         reason,

@@ -290,19 +290,14 @@ async def _report_invalid(body: kopf.Body, state: OperatorState, errors: list[Sp
         meta.get("generation"),
         utcnow(),
     )
-    await state.kube.patch_status(
-        KIND,
-        meta["namespace"],
-        meta["name"],
-        {
-            "phase": "Failed",
-            "observedGeneration": meta.get("generation"),
-            "conditions": conditions,
-        },
-    )
-    state.announcer.announce(
-        (KIND, meta["namespace"], meta["name"]), body, "Warning", "InvalidSpec", message
-    )
+    key = (KIND, meta["namespace"], meta["name"])
+    desired = {
+        "phase": "Failed",
+        "observedGeneration": meta.get("generation"),
+        "conditions": conditions,
+    }
+    await state.status.write(state.kube, key, body, desired)
+    state.announcer.announce(key, body, "Warning", "InvalidSpec", message)
 
 
 # -- triggers --------------------------------------------------------------------------------
