@@ -22,7 +22,13 @@ from fogline.api.edgedeployment import AnalysisSpec, EdgeDeployment, validate_ed
 from fogline.api.errors import SpecError
 from fogline.api.labels import MAINTENANCE_LABEL, UPDATE_LOCK_ANNOTATION
 from fogline.controllers.analysis import AnalysisRun, AnalysisWindow, sample_interval, unread
-from fogline.controllers.runtime import OperatorState, spec_may_have_changed, state_of, utcnow
+from fogline.controllers.runtime import (
+    OperatorState,
+    TemplateHashes,
+    spec_may_have_changed,
+    state_of,
+    utcnow,
+)
 from fogline.edge.admission import admission_problems
 from fogline.edge.daemonsets import (
     COMPONENT_LABEL,
@@ -351,7 +357,12 @@ async def _apply_daemonsets(
         d["metadata"]["name"]: d
         for d in state.indexes["edge_daemonsets"].get((edge.namespace, edge.name), [])
     }
-    generations = state.edge.applied_generations.setdefault((KIND, edge.namespace, edge.name), {})
+    key = (KIND, edge.namespace, edge.name)
+    generations = state.edge.applied_generations.setdefault(key, {})
+    hashes = state.edge.template_hashes.get(key)
+    if hashes is None or hashes.generation != edge.generation:
+        hashes = state.edge.template_hashes[key] = TemplateHashes(edge.generation)
+    hashed: dict[tuple[str, ModelRef], str] = {}
 
     async def apply(desired: dict[str, Any]) -> None:
         result = await state.kube.apply(desired)
@@ -364,20 +375,27 @@ async def _apply_daemonsets(
             continue  # a digest whose location is forgotten cannot be served; the planner waits
         keep = rollback_targets(history, digest, state.settings.edge_cache_keep)
         model = ModelRef(uri=uri, digest=digest, rollback=keep)
-        desired = build_site_daemonset(edge, site, model, state.settings)
-        current = existing.get(desired["metadata"]["name"])
-        wanted_hash = desired["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION]
+        desired = None
+        wanted_hash = hashes.by_site.get((site, model))
+        if wanted_hash is None:
+            desired = build_site_daemonset(edge, site, model, state.settings)
+            wanted_hash = desired["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION]
+        hashed[(site, model)] = wanted_hash
+        name = daemonset_name(edge.name, site)
+        current = existing.get(name)
         if current is not None:
             annotations = current["metadata"].get("annotations") or {}
-            applied = generations.get(desired["metadata"]["name"])
+            applied = generations.get(name)
             generation = current["metadata"].get("generation")
             if annotations.get(TEMPLATE_HASH_ANNOTATION) == wanted_hash and applied in (
                 None,
                 generation,
             ):
                 continue  # as we left it (someone else's edit bumps the generation: drift)
+        desired = desired or build_site_daemonset(edge, site, model, state.settings)
         kopf.adopt(desired, owner=body)
         applies.append(apply(desired))
+    hashes.by_site = hashed  # only what this plan asks for: a rollout's old digests go
     await _bounded(applies)
     wanted = {daemonset_name(edge.name, site) for site in site_digests}
     for name, current in existing.items():
