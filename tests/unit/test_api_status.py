@@ -15,6 +15,15 @@ def test_a_steady_state_patches_nothing() -> None:
     assert status_patch(current, dict(current)) == {}
 
 
+def test_a_number_the_api_server_gives_back_without_its_fraction_is_no_change() -> None:
+    # Written as 0.0 and 12.0, read back as 0 and 12 (a CRD `number` through Go's JSON).
+    stored = {"rollout": {"waveStoppedSeconds": 0, "siteDigests": {"a": "x"}}, "score": 12}
+    desired = {"rollout": {"waveStoppedSeconds": 0.0, "siteDigests": {"a": "x"}}, "score": 12.0}
+    assert status_patch(stored, desired) == {}
+    moved = {"rollout": {"waveStoppedSeconds": 0.5, "siteDigests": {"a": "x"}}, "score": 12.0}
+    assert status_patch(stored, moved) == {"rollout": {"waveStoppedSeconds": 0.5}}
+
+
 def test_a_key_of_the_last_run_that_no_longer_applies_becomes_null() -> None:
     current = {
         "phase": "Succeeded",

@@ -11,7 +11,22 @@ from typing import Any
 
 
 def _same(a: Any, b: Any) -> bool:
-    return bool(json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True))
+    return bool(
+        json.dumps(_canonical(a), sort_keys=True) == json.dumps(_canonical(b), sort_keys=True)
+    )
+
+
+def _canonical(value: Any) -> Any:
+    """A value as the API server gives it back: a number without its fraction (0.0 written,
+    0 read, as a CRD `number` goes through Go's JSON). Compared as text, 0.0 and 0 differed,
+    and every reconcile of a rollout patched status.rollout.waveStoppedSeconds at once."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, Mapping):
+        return {key: _canonical(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(item) for item in value]
+    return value
 
 
 def _object_patch(current: Mapping[str, Any], desired: Mapping[str, Any]) -> dict[str, Any]:
