@@ -108,6 +108,78 @@ def test_one_key_never_reconciles_concurrently_and_an_add_during_it_reruns_once(
     assert runs == 2
 
 
+def test_an_event_during_a_long_reconcile_reruns_it_without_a_second_debounce() -> None:
+    runs = 0
+    release = asyncio.Event()
+
+    async def scenario() -> None:
+        async def reconcile(key: Key) -> None:
+            nonlocal runs
+            runs += 1
+            if runs == 1:
+                await release.wait()
+
+        queue = WorkQueue(reconcile, debounce=1.0)
+        queue.add(A, delay=0)
+        await asyncio.sleep(0.01)
+        queue.add(A)  # a pod became Ready just after the reconcile began
+        await asyncio.sleep(1.05)  # the reconcile outlasts the debounce
+        release.set()
+        await asyncio.sleep(0.4)
+        assert runs == 2, "the rerun waited for a whole debounce after the reconcile"
+        await queue.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_urgent_event_during_a_reconcile_reruns_it_right_after() -> None:
+    runs = 0
+    release = asyncio.Event()
+
+    async def scenario() -> None:
+        async def reconcile(key: Key) -> None:
+            nonlocal runs
+            runs += 1
+            if runs == 1:
+                await release.wait()
+
+        queue = WorkQueue(reconcile, debounce=3600)
+        queue.add(A, delay=0)
+        await asyncio.sleep(0.01)
+        queue.add(A)  # progress only: may wait for the debounce
+        queue.add(A, delay=0)  # a pod became Ready: the next step waits on it
+        release.set()
+        await asyncio.sleep(0.05)
+        assert runs == 2, "the urgent event waited for the debounce"
+        await queue.close()
+
+    asyncio.run(scenario())
+
+
+def test_an_event_late_in_a_reconcile_still_waits_out_its_debounce() -> None:
+    runs = 0
+    release = asyncio.Event()
+
+    async def scenario() -> None:
+        async def reconcile(key: Key) -> None:
+            nonlocal runs
+            runs += 1
+            if runs == 1:
+                await release.wait()
+
+        queue = WorkQueue(reconcile, debounce=3600)
+        queue.add(A, delay=0)
+        await asyncio.sleep(0.01)
+        queue.add(A)
+        release.set()
+        await asyncio.sleep(0.05)
+        assert runs == 1, "a burst during a reconcile was not batched"
+        assert queue.depth() == 1
+        await queue.close()
+
+    asyncio.run(scenario())
+
+
 def test_different_keys_reconcile_side_by_side_up_to_the_worker_count() -> None:
     running = 0
     most = 0

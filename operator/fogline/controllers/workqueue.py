@@ -1,7 +1,7 @@
 """The controllers' work queue, in controller-runtime's model: events name a key (kind,
 namespace, name), never a body; a key waits at most once in the queue however many events
-name it (debounce), runs in at most one reconcile at a time (an event during a reconcile
-runs it once more afterwards), and a reconcile that raises is retried with jittered
+name it (debounce), runs in at most one reconcile at a time (events during a reconcile
+run it once more afterwards, when the earliest of them is due), and a reconcile that raises is retried with jittered
 exponential back-off instead of being lost with its event. `forget` drops a deleted
 object's key with everything the queue remembered about it.
 
@@ -69,7 +69,7 @@ class WorkQueue:
         self._queued_at: dict[Key, float] = {}  # when a key entered the queue, for latency
         self._waiting: set[Key] = set()  # due, waiting for a worker
         self._active: set[Key] = set()  # in a reconcile now
-        self._dirty: set[Key] = set()  # named again during its reconcile
+        self._dirty: dict[Key, float] = {}  # named again during its reconcile: when due
         self._failures: dict[Key, int] = {}
         self._depth: Counter[str] = Counter()  # keys in _timers or _waiting, by kind
         self._tasks: set[asyncio.Task[None]] = set()
@@ -79,17 +79,18 @@ class WorkQueue:
 
     def add(self, key: Key, delay: float | None = None) -> None:
         """Reconcile `key` after `delay` (the debounce by default). A key already waiting
-        keeps the earlier of its two due times; a key in a reconcile now runs again after."""
+        keeps the earlier of its two due times; a key in a reconcile now runs again after it,
+        at the earliest due time of the adds it got meanwhile."""
         if self._closed:
             return
         delay = self.debounce if delay is None else max(0.0, delay)
-        if key in self._active:
-            self._dirty.add(key)
-            return
         if key in self._waiting:
             return
         loop = asyncio.get_running_loop()
         due = loop.time() + delay
+        if key in self._active:
+            self._dirty[key] = min(due, self._dirty.get(key, due))
+            return
         existing = self._timers.get(key)
         if existing is not None:
             if existing.when() <= due:
@@ -108,7 +109,7 @@ class WorkQueue:
             timer.cancel()
             self._depth[key[0]] -= 1
         self._failures.pop(key, None)
-        self._dirty.discard(key)
+        self._dirty.pop(key, None)
         self._queued_at.pop(key, None)
         self._report_depth(key[0])
 
@@ -121,7 +122,7 @@ class WorkQueue:
 
     def tracked(self) -> int:
         """Keys the queue holds any memory of: zero once every object is deleted."""
-        keys = set(self._timers) | self._waiting | self._active | self._dirty
+        keys = set(self._timers) | self._waiting | self._active | self._dirty.keys()
         return len(keys | self._failures.keys() | self._queued_at.keys())
 
     async def idle(self) -> None:
@@ -185,12 +186,14 @@ class WorkQueue:
                 self._failures.pop(key, None)
             finally:
                 self._active.discard(key)
-            rerun = key in self._dirty
-            self._dirty.discard(key)
-            if rerun and key not in self._failures:
-                # Something changed while we looked: look again soon. A failing key keeps
-                # its back-off, or its own partial writes would make a hot loop.
-                retry = self.debounce if retry is None else min(retry, self.debounce)
+            due = self._dirty.pop(key, None)
+            if due is not None and key not in self._failures:
+                # Something changed while we looked: look again when the earliest of those
+                # events is due, counted from its arrival, not from the reconcile's end (a
+                # wave's next pod waited up to 0.2 s more at each step). A failing key
+                # keeps its back-off, or its own partial writes would make a hot loop.
+                left = max(0.0, due - loop.time())
+                retry = left if retry is None else min(retry, left)
             if retry is not None:
                 self.add(key, retry)
 
