@@ -23,6 +23,7 @@ from fogline.api.errors import SpecError
 from fogline.api.labels import MAINTENANCE_LABEL, UPDATE_LOCK_ANNOTATION
 from fogline.controllers.analysis import AnalysisRun, AnalysisWindow, sample_interval, unread
 from fogline.controllers.runtime import (
+    EdgeMemos,
     OperatorState,
     TemplateHashes,
     spec_may_have_changed,
@@ -144,12 +145,16 @@ CORRUPT_HELP = (
 async def _reconcile(state: OperatorState, kopf_body: kopf.Body) -> float | None:
     now = utcnow()
     meta = kopf_body["metadata"]
-    body = state.status.view((KIND, meta["namespace"], meta["name"]), kopf_body)
-    try:
-        edge = EdgeDeployment.from_body(body)
+    object_key = (KIND, meta["namespace"], meta["name"])
+    body = state.status.view(object_key, kopf_body)
+    memos = state.edge.memos.setdefault(object_key, EdgeMemos())
+    memos.round()  # what the last reconcile asked for is kept; older entries go
+    parsed = memos.parsed(kopf_body, body.get("status"))
+    if isinstance(parsed, SpecError):
+        errors = [parsed]
+    else:
+        edge = parsed
         errors = validate_edgedeployment(edge.spec)
-    except SpecError as err:
-        errors = [err]
     if errors:
         await _hold(
             state, kopf_body, "Failed", "InvalidSpec", "; ".join(str(e) for e in errors), now
@@ -183,12 +188,12 @@ async def _reconcile(state: OperatorState, kopf_body: kopf.Body) -> float | None
         # (a read of the index; the held status is written once).
         return CORRUPT_RECHECK_SECONDS
     key = (edge.namespace, edge.name)
-    object_key = (KIND, edge.namespace, edge.name)
     # Index entries are read in place: copying 1,000 nodes on every reconcile buys nothing.
     pods = list(state.indexes["edge_pods"].get(key, []))
     nodes = [node for bodies in state.indexes["edge_nodes"].values() for node in bodies]
     daemonsets = list(state.indexes["edge_daemonsets"].get(key, []))
-    sites = observe_sites(edge, nodes, pods, _refusals(state, edge.namespace, daemonsets))
+    refused = _refusals(state, edge.namespace, daemonsets)
+    sites = observe_sites(edge, nodes, pods, refused, observe=memos.pods)
     policy = rollout_policy(edge.spec.rollout)
     run = state.edge.analyses.get(object_key)
     # The analysis under way is read before planning, so that this plan judges the reading.

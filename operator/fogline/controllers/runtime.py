@@ -15,15 +15,19 @@ from wsgiref.simple_server import WSGIServer
 
 import kopf
 
+from fogline.api.edgedeployment import EdgeDeployment
+from fogline.api.errors import SpecError
 from fogline.controllers.analysis import AnalysisRun, MetricsSource, PodScrapeSource
 from fogline.controllers.announcer import Announcer
+from fogline.controllers.memo import SameObjects
 from fogline.controllers.metrics import OperatorMetrics, serve_metrics
 from fogline.controllers.prometheus import PrometheusSource
 from fogline.controllers.workqueue import Key, WorkQueue
 from fogline.controllers.written import StatusWriter
 from fogline.edge.daemonsets import ModelRef
-from fogline.edge.observe import WorkloadRefusal
+from fogline.edge.observe import WorkloadRefusal, observe_pod
 from fogline.kube import KubeClient
+from fogline.rollout import PodObservation
 from fogline.settings import OperatorSettings
 
 logger = logging.getLogger(__name__)
@@ -57,6 +61,30 @@ class TemplateHashes:
 
 
 @dataclass
+class EdgeMemos:
+    """What one EdgeDeployment's reconciles derive from objects they meet again unchanged:
+    the parsed CR (by its body and the status it is seen with) and each pod's observation."""
+
+    parsed: SameObjects[EdgeDeployment | SpecError] = field(
+        default_factory=lambda: SameObjects(_parse_edge)
+    )
+    pods: SameObjects[PodObservation | None] = field(
+        default_factory=lambda: SameObjects(observe_pod)
+    )
+
+    def round(self) -> None:
+        self.parsed.round()
+        self.pods.round()
+
+
+def _parse_edge(body: Mapping[str, Any], status: Any) -> EdgeDeployment | SpecError:
+    try:
+        return EdgeDeployment.from_body({**body, "status": status})
+    except SpecError as err:
+        return err
+
+
+@dataclass
 class EdgeCache:
     """What the EdgeDeployment controller remembers between reconciles."""
 
@@ -70,6 +98,7 @@ class EdgeCache:
     # generation it was built from: most reconciles change no DaemonSet, and building 200
     # of them to find that out was a tenth of a reconcile's time.
     template_hashes: dict[Key, TemplateHashes] = field(default_factory=dict)
+    memos: dict[Key, EdgeMemos] = field(default_factory=dict)
     # Pods deleted to be replaced that the watch still shows, by EdgeDeployment.
     deleted_pods: dict[Key, set[str]] = field(default_factory=dict)
     # The newest refusal of each of our DaemonSets, by (namespace, name): one at most per
@@ -83,6 +112,7 @@ class EdgeCache:
         self.analyses.pop(key, None)
         self.applied_generations.pop(key, None)
         self.template_hashes.pop(key, None)
+        self.memos.pop(key, None)
         self.deleted_pods.pop(key, None)
 
     def remember_refusal(self, namespace: str, refusal: WorkloadRefusal) -> bool:
@@ -160,7 +190,7 @@ class OperatorState:
         """How many objects the operator holds memory of (nodes not counted: they are the
         fleet, not objects that come and go with CRs)."""
         edge = len(self.edge.applied_generations) + self.status.tracked()
-        edge += len(self.edge.template_hashes)
+        edge += len(self.edge.template_hashes) + len(self.edge.memos)
         edge += len(self.edge.deleted_pods)
         edge += len(self.edge.refusals) + len(self.edge.analyses)
         return self.queue.tracked() + self.announcer.tracked() + edge

@@ -7,7 +7,7 @@ Pure functions of their inputs; edge/status.py turns the plan into status."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -275,10 +275,12 @@ def observe_sites(
     nodes: Iterable[Mapping[str, Any]],
     pods: Iterable[Mapping[str, Any]],
     refusals: Mapping[str, WorkloadRefusal] | None = None,
+    observe: Callable[[Mapping[str, Any]], PodObservation | None] = observe_pod,
 ) -> list[SiteObservation]:
     """The selected edge nodes grouped into sites, each node with its inference pod and
     each site with the refusal of its DaemonSet, if any (`refusals` by DaemonSet name,
-    already matched to the DaemonSet that exists now)."""
+    already matched to the DaemonSet that exists now). `observe` is observe_pod or a
+    memo of it."""
     refusals = refusals or {}
     placement = edge.spec.placement
     wanted_sites = set(placement.sites) if placement.sites else None
@@ -286,7 +288,7 @@ def observe_sites(
     by_node: dict[str, PodObservation] = {}
     for pod in pods:
         node_name = (pod.get("spec") or {}).get("nodeName")
-        observed = observe_pod(pod)
+        observed = observe(pod)
         if node_name and observed is not None:
             by_node[node_name] = observed
     sites: dict[str, list[NodeObservation]] = {}
