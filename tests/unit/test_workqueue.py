@@ -108,76 +108,56 @@ def test_one_key_never_reconciles_concurrently_and_an_add_during_it_reruns_once(
     assert runs == 2
 
 
-def test_an_event_during_a_long_reconcile_reruns_it_without_a_second_debounce() -> None:
+def reruns(
+    debounce: float, delays: list[float | None], held_for: float = 0.0, then: float = 0.05
+) -> tuple[int, int]:
+    """Adds of one key with `delays` (None: the debounce) just after its first reconcile
+    began, which lasts `held_for` seconds: how many reconciles had run `then` seconds after
+    it ended, and how many keys were still waiting."""
     runs = 0
     release = asyncio.Event()
 
-    async def scenario() -> None:
+    async def scenario() -> int:
+        nonlocal runs
+
         async def reconcile(key: Key) -> None:
             nonlocal runs
             runs += 1
             if runs == 1:
                 await release.wait()
 
-        queue = WorkQueue(reconcile, debounce=1.0)
+        queue = WorkQueue(reconcile, debounce=debounce)
         queue.add(A, delay=0)
         await asyncio.sleep(0.01)
-        queue.add(A)  # a pod became Ready just after the reconcile began
-        await asyncio.sleep(1.05)  # the reconcile outlasts the debounce
+        for delay in delays:
+            queue.add(A, delay)
+        await asyncio.sleep(held_for)
         release.set()
-        await asyncio.sleep(0.4)
-        assert runs == 2, "the rerun waited for a whole debounce after the reconcile"
+        await asyncio.sleep(then)
+        waiting = queue.depth()
         await queue.close()
+        return waiting
 
-    asyncio.run(scenario())
+    waiting = asyncio.run(scenario())
+    return runs, waiting
+
+
+def test_an_event_during_a_long_reconcile_reruns_it_without_a_second_debounce() -> None:
+    # A pod became Ready just after the reconcile began; the reconcile outlasts the debounce.
+    runs, _ = reruns(debounce=1.0, delays=[None], held_for=1.05, then=0.4)
+    assert runs == 2, "the rerun waited for a whole debounce after the reconcile"
 
 
 def test_an_urgent_event_during_a_reconcile_reruns_it_right_after() -> None:
-    runs = 0
-    release = asyncio.Event()
-
-    async def scenario() -> None:
-        async def reconcile(key: Key) -> None:
-            nonlocal runs
-            runs += 1
-            if runs == 1:
-                await release.wait()
-
-        queue = WorkQueue(reconcile, debounce=3600)
-        queue.add(A, delay=0)
-        await asyncio.sleep(0.01)
-        queue.add(A)  # progress only: may wait for the debounce
-        queue.add(A, delay=0)  # a pod became Ready: the next step waits on it
-        release.set()
-        await asyncio.sleep(0.05)
-        assert runs == 2, "the urgent event waited for the debounce"
-        await queue.close()
-
-    asyncio.run(scenario())
+    # Progress only (may wait for the debounce), then one the next step waits on.
+    runs, _ = reruns(debounce=3600, delays=[None, 0])
+    assert runs == 2, "the urgent event waited for the debounce"
 
 
 def test_an_event_late_in_a_reconcile_still_waits_out_its_debounce() -> None:
-    runs = 0
-    release = asyncio.Event()
-
-    async def scenario() -> None:
-        async def reconcile(key: Key) -> None:
-            nonlocal runs
-            runs += 1
-            if runs == 1:
-                await release.wait()
-
-        queue = WorkQueue(reconcile, debounce=3600)
-        queue.add(A, delay=0)
-        await asyncio.sleep(0.01)
-        queue.add(A)
-        release.set()
-        await asyncio.sleep(0.05)
-        assert runs == 1, "a burst during a reconcile was not batched"
-        assert queue.depth() == 1
-        await queue.close()
-
-    asyncio.run(scenario())
+    runs, waiting = reruns(debounce=3600, delays=[None])
+    assert runs == 1, "a burst during a reconcile was not batched"
+    assert waiting == 1
 
 
 def test_different_keys_reconcile_side_by_side_up_to_the_worker_count() -> None:
