@@ -40,6 +40,7 @@ from bench.fleet import (
     format_counts,
     measured_cluster,
     object_name,
+    percentile,
 )
 from kubernetes import client
 from prometheus_client.parser import text_string_to_metric_families
@@ -128,6 +129,56 @@ class PodsByNode(Informer):
         return all(self.serving(n, digest) for n in nodes)
 
 
+class Reactions(Informer):
+    """How long a controller takes to act on a pod that became Ready: a site replaces its
+    nodes' pods one at a time, so each delete of a site's next pod follows the Ready of its
+    last new one. Both are seen by this one watch (which delivers them in order), for the
+    operator and the script alike; the first delete of a site in a wave follows no Ready
+    and is not counted. The operator's extra time over the script is mostly this, summed
+    over a wave's steps."""
+
+    def __init__(
+        self, core: client.CoreV1Api, namespace: str, fleet: dict[str, list[str]], digest: str
+    ) -> None:
+        super().__init__(
+            core.list_namespaced_pod, namespace=namespace, label_selector=f"{EDGE_LABEL}={NAME}"
+        )
+        self.site_of = {node: site for site, nodes in fleet.items() for node in nodes}
+        self.digest = digest
+        self.seconds: list[float] = []
+        self._seen_ready: set[str] = set()
+        self._going: set[str] = set()
+        self._ready_at: dict[str, float] = {}  # by site: its newest pod's Ready, not yet acted on
+
+    def changed(self, kind: str, obj: dict[str, Any]) -> None:
+        now = time.monotonic()
+        meta = obj["metadata"]
+        site = self.site_of.get((obj.get("spec") or {}).get("nodeName") or "")
+        if site is None:
+            return
+        if kind == "DELETED" or meta.get("deletionTimestamp"):
+            if meta["name"] not in self._going:
+                self._going.add(meta["name"])
+                ready_at = self._ready_at.pop(site, None)
+                if ready_at is not None:
+                    self.seconds.append(now - ready_at)
+        elif (
+            meta["name"] not in self._seen_ready
+            and (meta.get("annotations") or {}).get(DIGEST_ANNOTATION) == self.digest
+            and pod_ready(obj)
+        ):
+            self._seen_ready.add(meta["name"])
+            self._ready_at[site] = now
+
+    def summary(self) -> str:
+        if not self.seconds:
+            return "no step seen"
+        return (
+            f"p50 {percentile(self.seconds, 50) * 1000:.0f} ms, p95 "
+            f"{percentile(self.seconds, 95) * 1000:.0f} ms over {len(self.seconds)} steps"
+        )
+
+
 def site_nodes(core: client.CoreV1Api, sites: int, per_site: int) -> dict[str, list[str]]:
     grouped: dict[str, list[str]] = {}
     for node in core.list_node(label_selector="node-role.kubernetes.io/edge=true").items:
@@ -172,7 +223,11 @@ def lower_bound(
                 core.delete_namespaced_pod(old, namespace)
             pods.wait_until(partial(pods.serving, node, target), 300, f"{node} on the target")
 
-    with PodsByNode(core, namespace) as pods, ThreadPoolExecutor(32) as pool:
+    with (
+        PodsByNode(core, namespace) as pods,
+        Reactions(core, namespace, fleet, target) as reactions,
+        ThreadPoolExecutor(32) as pool,
+    ):
         pods.wait_until(lambda: pods.all_serving(nodes, source), 600, "every node on the source")
         since, started = audit_now(), time.monotonic()
         for wave in waves(list(fleet)):
@@ -181,7 +236,10 @@ def lower_bound(
         elapsed = time.monotonic() - started
         until = audit_now()
     return Phase(
-        "direct script (lower bound)", elapsed, rig.requests(since, until, user="fogline-admin")
+        "direct script (lower bound)",
+        elapsed,
+        rig.requests(since, until, user="fogline-admin"),
+        reactions=reactions,
     )
 
 
@@ -240,9 +298,11 @@ class Phase:
         cpu: float | None = None,
         rss: int | None = None,
         object_bytes: int | None = None,
+        reactions: Reactions | None = None,
     ) -> None:
         self.title, self.seconds, self.requests = title, seconds, requests
         self.cpu, self.rss, self.object_bytes = cpu, rss, object_bytes
+        self.reactions = reactions
 
     @property
     def writes(self) -> list[ApiRequest]:
@@ -320,7 +380,10 @@ def operator_phases(
         print(f"operator RSS with the fleet indexed, before any CR: {sampler.rss() / MIB:.0f} MiB")
         for title, digest in (("first deployment", OLD), ("rollout", NEW), ("rollback", OLD)):
             reconciles, reconcile_seconds = reconcile_totals(rig)
-            with watch_edges(custom, namespace, digest) as seen:
+            with (
+                watch_edges(custom, namespace, digest) as seen,
+                Reactions(client.CoreV1Api(rig.api), namespace, fleet, digest) as reactions,
+            ):
                 since, started, cpu = audit_now(), time.monotonic(), sampler.cpu_seconds()
                 if title == "first deployment":
                     custom.create_namespaced_custom_object(
@@ -346,6 +409,7 @@ def operator_phases(
                 cpu=sampler.cpu_seconds() - cpu,
                 rss=sampler.rss(),
                 object_bytes=object_size(custom, namespace),
+                reactions=reactions,
             )
             phases.append(done)
             print(
@@ -483,6 +547,16 @@ def report(
             f"requests {len(phase.requests) / len(direct.requests):.2f}x, writes "
             f"{len(phase.writes) / len(direct.writes):.2f}x"
         )
+    yield "from a site's new pod Ready to the delete of its next node's pod:"
+    script = direct.reactions.seconds if direct.reactions is not None else []
+    for phase in [*phases[1:], direct]:
+        if phase.reactions is None:
+            continue
+        line = f"  {phase.title:<28} {phase.reactions.summary()}"
+        if phase is not direct and phase.reactions.seconds and script:
+            p50 = percentile(phase.reactions.seconds, 50) / percentile(script, 50)
+            line += f" ({p50:.1f}x the script's p50)"
+        yield line
     yield f"operator peak RSS {peak / MIB:.0f} MiB; after a 20 s quiet spell {settled / MIB:.0f} MiB"
     last = phases[-1]
     if last.object_bytes is not None:
