@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fogline.controllers.memo import SameObjects
+from fogline.controllers.memo import Remembered, SameObjects
 
 pytestmark = pytest.mark.unit
 
@@ -47,3 +47,15 @@ def test_objects_not_met_in_a_round_are_let_go() -> None:
     assert len(memo) == 0, "entries outlived the objects the reconciles met"
     memo(pods[1])
     assert memo.computed == 51
+
+
+def test_a_result_by_value_stays_while_asked_for_and_a_new_generation_misses() -> None:
+    hashes: Remembered[tuple[int, str], str] = Remembered()
+    hashes.keep((1, "berlin"), "h1")
+    hashes.round()
+    assert hashes.found((1, "berlin")) == "h1"
+    assert hashes.found((2, "berlin")) is None, "a new spec generation reused an old hash"
+    hashes.round()
+    hashes.round()
+    assert hashes.found((1, "berlin")) is None
+    assert len(hashes) == 0

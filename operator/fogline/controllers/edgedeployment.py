@@ -22,10 +22,10 @@ from fogline.api.edgedeployment import AnalysisSpec, EdgeDeployment, validate_ed
 from fogline.api.errors import SpecError
 from fogline.api.labels import MAINTENANCE_LABEL, UPDATE_LOCK_ANNOTATION
 from fogline.controllers.analysis import AnalysisRun, AnalysisWindow, sample_interval, unread
+from fogline.controllers.memo import Remembered
 from fogline.controllers.runtime import (
     EdgeMemos,
     OperatorState,
-    TemplateHashes,
     spec_may_have_changed,
     state_of,
     utcnow,
@@ -216,7 +216,9 @@ async def _reconcile(state: OperatorState, kopf_body: kopf.Body) -> float | None
     uris = {h.get("digest"): h.get("uri") for h in history_in if h.get("digest")}
     uris[model.digest] = model.uri
 
-    await _apply_daemonsets(state, kopf_body, edge, plan.site_digests, uris, history_in)
+    await _apply_daemonsets(
+        state, kopf_body, edge, plan.site_digests, uris, history_in, memos.template_hashes
+    )
     if edge.spec.rollout.replace_in_place:
         await _replace_pods(state, edge, pods, plan.replace_pods_on)
     # The calls above may have waited out an API outage: a wave this plan starts starts
@@ -357,17 +359,13 @@ async def _apply_daemonsets(
     site_digests: Mapping[str, str],
     uris: Mapping[str | None, str | None],
     history: Sequence[Mapping[str, Any]],
+    hashes: Remembered[tuple[int, str, ModelRef], str],
 ) -> None:
     existing = {
         d["metadata"]["name"]: d
         for d in state.indexes["edge_daemonsets"].get((edge.namespace, edge.name), [])
     }
-    key = (KIND, edge.namespace, edge.name)
-    generations = state.edge.applied_generations.setdefault(key, {})
-    hashes = state.edge.template_hashes.get(key)
-    if hashes is None or hashes.generation != edge.generation:
-        hashes = state.edge.template_hashes[key] = TemplateHashes(edge.generation)
-    hashed: dict[tuple[str, ModelRef], str] = {}
+    generations = state.edge.applied_generations.setdefault((KIND, edge.namespace, edge.name), {})
 
     async def apply(desired: dict[str, Any]) -> None:
         result = await state.kube.apply(desired)
@@ -381,11 +379,11 @@ async def _apply_daemonsets(
         keep = rollback_targets(history, digest, state.settings.edge_cache_keep)
         model = ModelRef(uri=uri, digest=digest, rollback=keep)
         desired = None
-        wanted_hash = hashes.by_site.get((site, model))
+        wanted_hash = hashes.found((edge.generation, site, model))
         if wanted_hash is None:
             desired = build_site_daemonset(edge, site, model, state.settings)
             wanted_hash = desired["metadata"]["annotations"][TEMPLATE_HASH_ANNOTATION]
-        hashed[(site, model)] = wanted_hash
+            hashes.keep((edge.generation, site, model), wanted_hash)
         name = daemonset_name(edge.name, site)
         current = existing.get(name)
         if current is not None:
@@ -400,7 +398,6 @@ async def _apply_daemonsets(
         desired = desired or build_site_daemonset(edge, site, model, state.settings)
         kopf.adopt(desired, owner=body)
         applies.append(apply(desired))
-    hashes.by_site = hashed  # only what this plan asks for: a rollout's old digests go
     await _bounded(applies)
     wanted = {daemonset_name(edge.name, site) for site in site_digests}
     for name, current in existing.items():

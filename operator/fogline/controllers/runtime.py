@@ -19,7 +19,7 @@ from fogline.api.edgedeployment import EdgeDeployment
 from fogline.api.errors import SpecError
 from fogline.controllers.analysis import AnalysisRun, MetricsSource, PodScrapeSource
 from fogline.controllers.announcer import Announcer
-from fogline.controllers.memo import SameObjects
+from fogline.controllers.memo import Remembered, SameObjects
 from fogline.controllers.metrics import OperatorMetrics, serve_metrics
 from fogline.controllers.prometheus import PrometheusSource
 from fogline.controllers.workqueue import Key, WorkQueue
@@ -52,18 +52,11 @@ class TrainingCache:
 
 
 @dataclass
-class TemplateHashes:
-    """The template hashes of one EdgeDeployment's sites, valid for one spec generation
-    (the operator's settings are fixed for its lifetime)."""
-
-    generation: int
-    by_site: dict[tuple[str, ModelRef], str] = field(default_factory=dict)
-
-
-@dataclass
 class EdgeMemos:
-    """What one EdgeDeployment's reconciles derive from objects they meet again unchanged:
-    the parsed CR (by its body and the status it is seen with) and each pod's observation."""
+    """What one EdgeDeployment's reconciles derive and meet again: the parsed CR (by its body
+    and the status it is seen with), each pod's observation, and each site's template hash
+    by spec generation, site and model (the operator's settings are fixed for its
+    lifetime): most reconciles change no DaemonSet."""
 
     parsed: SameObjects[EdgeDeployment | SpecError] = field(
         default_factory=lambda: SameObjects(_parse_edge)
@@ -71,10 +64,12 @@ class EdgeMemos:
     pods: SameObjects[PodObservation | None] = field(
         default_factory=lambda: SameObjects(observe_pod)
     )
+    template_hashes: Remembered[tuple[int, str, ModelRef], str] = field(default_factory=Remembered)
 
     def round(self) -> None:
         self.parsed.round()
         self.pods.round()
+        self.template_hashes.round()
 
 
 def _parse_edge(body: Mapping[str, Any], status: Any) -> EdgeDeployment | SpecError:
@@ -94,10 +89,7 @@ class EdgeCache:
     # What of each node matters to rollouts, so that heartbeats wake nothing.
     node_essence: dict[str, str] = field(default_factory=dict)
 
-    # The template hash of each site's desired DaemonSet, by EdgeDeployment, for the spec
-    # generation it was built from: most reconciles change no DaemonSet, and building 200
-    # of them to find that out was a tenth of a reconcile's time.
-    template_hashes: dict[Key, TemplateHashes] = field(default_factory=dict)
+    # What each EdgeDeployment's reconciles derived and meet again (controllers/memo.py).
     memos: dict[Key, EdgeMemos] = field(default_factory=dict)
     # Pods deleted to be replaced that the watch still shows, by EdgeDeployment.
     deleted_pods: dict[Key, set[str]] = field(default_factory=dict)
@@ -111,7 +103,6 @@ class EdgeCache:
     def forget(self, key: Key) -> None:
         self.analyses.pop(key, None)
         self.applied_generations.pop(key, None)
-        self.template_hashes.pop(key, None)
         self.memos.pop(key, None)
         self.deleted_pods.pop(key, None)
 
@@ -190,7 +181,7 @@ class OperatorState:
         """How many objects the operator holds memory of (nodes not counted: they are the
         fleet, not objects that come and go with CRs)."""
         edge = len(self.edge.applied_generations) + self.status.tracked()
-        edge += len(self.edge.template_hashes) + len(self.edge.memos)
+        edge += len(self.edge.memos)
         edge += len(self.edge.deleted_pods)
         edge += len(self.edge.refusals) + len(self.edge.analyses)
         return self.queue.tracked() + self.announcer.tracked() + edge

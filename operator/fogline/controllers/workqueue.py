@@ -1,8 +1,8 @@
 """The controllers' work queue, in controller-runtime's model: events name a key (kind,
 namespace, name), never a body; a key waits at most once in the queue however many events
 name it (debounce), runs in at most one reconcile at a time (events during a reconcile
-run it once more afterwards, when the earliest of them is due), and a reconcile that raises is retried with jittered
-exponential back-off instead of being lost with its event. `forget` drops a deleted
+run it once more afterwards, when the earliest of them is due), and a reconcile that
+raises is retried with jittered exponential back-off instead of being lost with its event. `forget` drops a deleted
 object's key with everything the queue remembered about it.
 
 asyncio has no such queue and kopf's own retries cover only its change handlers, not its
@@ -198,7 +198,7 @@ class WorkQueue:
             if due is not None and key not in self._failures:
                 # Something changed while we looked: look again when the earliest of those
                 # events is due, counted from its arrival, not from the reconcile's end (a
-                # wave's next pod waited up to 0.2 s more at each step). A failing key
+                # wave's next pod waited a whole debounce more at each step). A failing key
                 # keeps its back-off, or its own partial writes would make a hot loop.
                 left = max(0.0, due - loop.time())
                 retry = left if retry is None else min(retry, left)
