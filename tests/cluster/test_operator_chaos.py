@@ -198,6 +198,12 @@ def test_operator_killed_mid_rollout_continues_from_its_wave(rig: MeasuredCluste
     wait_for(lambda: available_on(api, "fleet", NEW), timeout=90, what="fleet Available on NEW")
     # Each site's DaemonSet changed exactly once: no site was updated twice or rolled back.
     assert api.daemonset_generations("fleet") == dict.fromkeys(SITES, 2)
+    # The Event is posted after the status that says Available: wait for it to land.
+    wait_for(
+        lambda: api.reasons("fleet").count("RolloutComplete") >= 2,
+        timeout=30,
+        what="the RolloutComplete Event of NEW",
+    )
     reasons = api.reasons("fleet")
     assert reasons.count("RolloutComplete") == 2, reasons  # the first deploy, then NEW
     assert "WaveFailed" not in reasons and "RolledBack" not in reasons
